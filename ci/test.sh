@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The test suite: unit tests (no VM) first, they take seconds; then the VM tests, which build
+# the kernel (cached after the first time) and boot it. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+exec .venv/bin/python -m pytest "$@"

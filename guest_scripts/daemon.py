@@ -1,0 +1,195 @@
+"""The cachefiles on-demand daemon: serves EROFS blobs to the kernel, one incarnation a process.
+
+Started by keeper.py with the /dev/cachefiles fd waiting on a socket. An incarnation after the
+first writes `restore` so that requests its dead predecessor had read but not answered are
+delivered again. Every message is logged (eventlog.py) before it is acted on and again when it
+is answered, so the host can tell which requests a killed incarnation was holding.
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import fcntl
+import json
+import mmap
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+
+import protocol
+from eventlog import EventLog, write_atomically
+from keeper import recv_fd
+
+ALIGN = 4096
+
+
+@dataclass
+class Blob:
+    fd: int
+    size: int
+
+
+@dataclass
+class CacheObject:
+    anon_fd: int
+    blob: Blob
+    name: str
+
+
+class Daemon:
+    def __init__(self, config: dict, device_fd: int, incarnation: int) -> None:
+        self.config = config
+        self.device_fd = device_fd
+        self.incarnation = incarnation
+        self.log = EventLog(config["daemon_log"], who="daemon", inc=incarnation, pid=os.getpid())
+        self.read_delay_s = float(config.get("read_delay_s", 0.0))
+        self.images: dict[str, str] = config["images"]
+        self.blobs: dict[str, Blob] = {}
+        self.objects: dict[int, CacheObject] = {}
+        self.buffer = mmap.mmap(-1, 1 << 20)
+        self.stopping = False
+
+    # -- start-up --------------------------------------------------------------------------
+    def restore(self) -> None:
+        """Re-mark every request the kernel still holds as new; only after the old one is gone."""
+        try:
+            os.write(self.device_fd, b"restore")
+            self.log.emit("restore", ok=True)
+        except OSError as e:
+            self.log.emit("restore", ok=False, errno=e.errno, error=e.strerror)
+
+    # -- requests --------------------------------------------------------------------------
+    def blob(self, fsid: str) -> Blob | None:
+        image = fsid.split(".", 1)[0]  # fsids are <image>.<round>: a fresh cookie each round
+        path = self.images.get(image)
+        if path is None:
+            return None
+        if image not in self.blobs:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            self.blobs[image] = Blob(fd, os.fstat(fd).st_size)
+        return self.blobs[image]
+
+    def on_open(self, req: protocol.OpenRequest) -> None:
+        name = protocol.blob_name(req.volume_key, req.cookie_key)
+        blob = self.blob(name) if req.volume_key.startswith("erofs,") else None
+        size = blob.size if blob else protocol.copen_error(errno.ENOENT)
+        try:
+            os.write(self.device_fd, protocol.copen_command(req.msg_id, size))
+        except OSError as e:
+            os.close(req.fd)
+            self.log.emit("error", msg_id=req.msg_id, op="OPEN", errno=e.errno, error=e.strerror)
+            return
+        if blob is None:
+            os.close(req.fd)
+        else:
+            self.objects[req.object_id] = CacheObject(req.fd, blob, name)
+        self.log.emit("done", msg_id=req.msg_id, op="OPEN", object_id=req.object_id, size=size)
+
+    def on_read(self, req: protocol.ReadRequest) -> None:
+        obj = self.objects.get(req.object_id)
+        if obj is None:
+            # Should not happen: the kernel reopens a closed object before sending its READs.
+            self.log.emit("error", msg_id=req.msg_id, op="READ", object_id=req.object_id,
+                          error="unknown object")
+            return
+        if self.read_delay_s:
+            time.sleep(self.read_delay_s)  # keeps requests in flight when a kill lands
+        start, length = protocol.aligned_span(req.offset, req.length, ALIGN)
+        length = min(length, obj.blob.size + -obj.blob.size % ALIGN - start)
+        if length > len(self.buffer):
+            self.buffer = mmap.mmap(-1, length + -length % (1 << 20))
+        # O_DIRECT underneath: an mmap buffer is page aligned, a bytes object is not.
+        view = memoryview(self.buffer)[:length]
+        try:
+            got = os.preadv(obj.blob.fd, [view], start)
+            view[got:] = bytes(length - got)
+            os.pwrite(obj.anon_fd, view, start)
+            fcntl.ioctl(obj.anon_fd, protocol.CACHEFILES_IOC_READ_COMPLETE, req.msg_id)
+        except OSError as e:
+            self.log.emit("error", msg_id=req.msg_id, op="READ", object_id=req.object_id,
+                          errno=e.errno, error=e.strerror)
+            return
+        finally:
+            view.release()
+        self.log.emit("done", msg_id=req.msg_id, op="READ", object_id=req.object_id)
+
+    def on_close(self, req: protocol.CloseRequest) -> None:
+        obj = self.objects.pop(req.object_id, None)
+        if obj is not None:
+            os.close(obj.anon_fd)
+        self.log.emit("done", msg_id=req.msg_id, op="CLOSE", object_id=req.object_id)
+
+    def handle(self, buf: bytes) -> None:
+        try:
+            req = protocol.decode(buf)
+        except protocol.ProtocolError as e:
+            self.log.emit("error", error=f"bad message: {e}", raw=buf[:64].hex())
+            return
+        fields: dict = {"msg_id": req.msg_id, "object_id": req.object_id}
+        if isinstance(req, protocol.OpenRequest):
+            fields.update(op="OPEN", volume=req.volume_key,
+                          cookie=req.cookie_key.decode("utf-8", "replace"), fd=req.fd)
+        elif isinstance(req, protocol.ReadRequest):
+            fields.update(op="READ", off=req.offset, len=req.length)
+        else:
+            fields.update(op="CLOSE")
+        self.log.emit("recv", **fields)
+        if isinstance(req, protocol.OpenRequest):
+            self.on_open(req)
+        elif isinstance(req, protocol.ReadRequest):
+            self.on_read(req)
+        else:
+            self.on_close(req)
+
+    # -- the loop --------------------------------------------------------------------------
+    def serve(self) -> int:
+        poller = select.poll()
+        poller.register(self.device_fd, select.POLLIN)
+        while not self.stopping:
+            if not poller.poll(500):
+                continue
+            try:
+                buf = os.read(self.device_fd, protocol.MAX_MSG_SIZE)
+            except OSError as e:
+                self.log.emit("error", op="read", errno=e.errno, error=e.strerror)
+                if e.errno == errno.EIO:  # the cache is dead: nothing more will come
+                    return 1
+                time.sleep(0.1)
+                continue
+            if not buf:
+                # poll said readable, read found nothing: what patch 4 narrowed
+                self.log.emit("empty_read")
+                continue
+            self.handle(buf)
+        return 0
+
+    def stop(self, _signum: int, _frame: object) -> None:
+        self.stopping = True
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--sock-fd", type=int, required=True)
+    parser.add_argument("--incarnation", type=int, required=True)
+    args = parser.parse_args()
+    with open(args.config) as f:
+        config = json.load(f)
+    with socket.socket(fileno=args.sock_fd) as sock:
+        device_fd = recv_fd(sock)
+    daemon = Daemon(config, device_fd, args.incarnation)
+    signal.signal(signal.SIGTERM, daemon.stop)
+    daemon.log.emit("fd_received", device_fd=device_fd)
+    if args.incarnation > 1:
+        daemon.restore()
+    write_atomically(config["daemon_state_file"], f"{args.incarnation} serving {os.getpid()}\n")
+    daemon.log.emit("serving")
+    return daemon.serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

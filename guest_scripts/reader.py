@@ -1,0 +1,167 @@
+"""Reads every file of the EROFS images again and again, checksumming each one.
+
+Each round mounts every image under a fresh fsid (`<image>.<reader>x<round>`), so the kernel
+has no cached copy and every byte read becomes a READ request to the daemon: the daemon stays
+busy for as long as the kill loop runs. Per file: sha256, bytes, read count and worst latency;
+per failed read: the errno. A watchdog thread reports a read that has not returned within the
+stall bound while it is still stuck, since a read waiting on a dead daemon may never return.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import hashlib
+import json
+import os
+import sys
+import threading
+import time
+
+from eventlog import EventLog
+
+CHUNK = 128 * 1024
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def mount_erofs(fsid: str, target: str) -> None:
+    if _libc.mount(b"none", target.encode(), b"erofs", 0, f"fsid={fsid}".encode()) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def umount(target: str) -> None:
+    if _libc.umount2(target.encode(), 0) != 0:
+        _libc.umount2(target.encode(), 2)  # MNT_DETACH: never leave the reader stuck here
+
+
+class Watchdog(threading.Thread):
+    def __init__(self, log: EventLog, bound_s: float) -> None:
+        super().__init__(daemon=True)
+        self.log = log
+        self.bound_s = bound_s
+        self.current: tuple[str, float] | None = None  # (what, monotonic start)
+        self.reported: tuple[str, float] | None = None
+
+    def run(self) -> None:
+        while True:
+            time.sleep(min(0.5, self.bound_s / 4))
+            current = self.current
+            if current and current is not self.reported:
+                waited = time.monotonic() - current[1]
+                if waited > self.bound_s:
+                    self.reported = current
+                    self.log.emit("stall", what=current[0], waited_s=round(waited, 3))
+
+
+class Reader:
+    def __init__(self, config: dict, reader_id: int) -> None:
+        self.config = config
+        self.reader_id = reader_id
+        self.log = EventLog(os.path.join(config["log_dir"], f"reader-{reader_id}.jsonl"),
+                            who="reader", reader=reader_id)
+        self.slow_s = float(config.get("slow_read_s", 1.0))
+        self.watchdog = Watchdog(self.log, float(config["stall_bound_s"]))
+        self.rounds_done = 0
+
+    def stop_requested(self) -> bool:
+        """Asked to stop, and every file has been read at least once by this reader."""
+        return self.rounds_done >= 1 and os.path.exists(self.config["stop_file"])
+
+    def read_file(self, image: str, fsid: str, root: str, rel: str) -> None:
+        digest = hashlib.sha256()
+        total = reads = 0
+        worst = 0.0
+        error = None
+        path = os.path.join(root, rel)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            self.log.emit("read_error", image=image, fsid=fsid, path=rel, stage="open",
+                          errno=e.errno, error=e.strerror)
+            return
+        try:
+            while True:
+                started = time.monotonic()
+                self.watchdog.current = (f"{fsid}:{rel}@{total}", started)
+                try:
+                    chunk = os.read(fd, CHUNK)
+                except OSError as e:
+                    error = e
+                    break
+                finally:
+                    self.watchdog.current = None
+                latency = time.monotonic() - started
+                reads += 1
+                worst = max(worst, latency)
+                if latency > self.slow_s:
+                    self.log.emit("slow_read", image=image, fsid=fsid, path=rel, off=total,
+                                  latency_s=round(latency, 4))
+                if not chunk:
+                    break
+                digest.update(chunk)
+                total += len(chunk)
+        finally:
+            os.close(fd)
+        if error is not None:
+            self.log.emit("read_error", image=image, fsid=fsid, path=rel, stage="read", off=total,
+                          errno=error.errno, error=error.strerror)
+            return
+        self.log.emit("file", image=image, fsid=fsid, path=rel, sha256=digest.hexdigest(),
+                      bytes=total, reads=reads, max_latency_s=round(worst, 4))
+
+    def read_image(self, image: str, round_no: int) -> None:
+        fsid = f"{image}.{self.reader_id}x{round_no}"
+        target = os.path.join(self.config["mount_dir"], fsid)
+        os.makedirs(target, exist_ok=True)
+        started = time.monotonic()
+        self.watchdog.current = (f"mount {fsid}", started)
+        try:
+            mount_erofs(fsid, target)
+        except OSError as e:
+            self.log.emit("read_error", image=image, fsid=fsid, path="", stage="mount",
+                          errno=e.errno, error=e.strerror)
+            return
+        finally:
+            self.watchdog.current = None
+        self.log.emit("mounted", image=image, fsid=fsid, latency_s=round(time.monotonic() - started, 4))
+        try:
+            files = []
+            for dirpath, dirnames, filenames in os.walk(target):
+                dirnames.sort()
+                files += sorted(os.path.relpath(os.path.join(dirpath, n), target) for n in filenames)
+            for rel in files:
+                if self.stop_requested():
+                    return
+                self.read_file(image, fsid, target, rel)
+        finally:
+            umount(target)
+            os.rmdir(target)
+
+    def run(self) -> int:
+        self.watchdog.start()
+        images = sorted(self.config["images"])
+        # Readers start on different images so that they do not queue behind each other.
+        images = images[self.reader_id % len(images):] + images[: self.reader_id % len(images)]
+        self.log.emit("started", pid=os.getpid())
+        while not self.stop_requested():
+            for image in images:
+                if self.stop_requested():
+                    break
+                self.read_image(image, self.rounds_done)
+            self.rounds_done += 1
+        self.log.emit("finished", rounds=self.rounds_done)
+        return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--id", type=int, required=True)
+    args = parser.parse_args()
+    with open(args.config) as f:
+        config = json.load(f)
+    return Reader(config, args.id).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

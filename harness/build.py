@@ -1,0 +1,99 @@
+"""Configure and build a small kernel out of tree, keyed by source and config, with ccache.
+
+The build directory is `<cache>/build/<key>` where the key hashes the source's identity and the
+fragments, so two sources or two configs never share objects, while a re-run (or a bisection
+step in the same tree) reuses every object make does not need to rebuild.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import kconfig, proc
+from .errors import InputError, UntestableError
+from .source import KernelSource
+
+STAMP = ".harness-built"
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    source: KernelSource
+    fragments: tuple[kconfig.Fragment, ...]
+    cache: Path
+    jobs: int
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    bzimage: Path
+    build_dir: Path
+    config_hash: str
+    seconds: float
+    reused: bool  # nothing was run: a finished build of an immutable source
+    log: Path
+
+
+def build_key(req: BuildRequest) -> str:
+    return kconfig.fingerprint(req.fragments, req.source.identity)
+
+
+def _make(req: BuildRequest, build_dir: Path, targets: list[str], log: Path, timeout_s: float) -> proc.Completed:
+    argv = ["make", "-C", str(req.source.tree), f"O={build_dir}", f"-j{req.jobs}", *targets]
+    env = {}
+    if shutil.which("ccache"):
+        argv.append("CC=ccache gcc")
+        env["CCACHE_DIR"] = os.environ.get("CCACHE_DIR", str(req.cache / "ccache"))
+    return proc.run(argv, timeout_s=timeout_s, log=log, env=env)
+
+
+def configure(req: BuildRequest, build_dir: Path, log_dir: Path) -> None:
+    """tinyconfig + fragments + olddefconfig; every symbol asked for must have survived."""
+    config = build_dir / ".config"
+    merged = kconfig.merge(req.fragments)
+    if config.exists() and (build_dir / ".harness-fragments").read_text() == merged:
+        return
+    r = _make(req, build_dir, ["tinyconfig"], log_dir / "config.log", 600)
+    if not r.ok:
+        if "is not clean" in r.output:
+            raise InputError(f"{req.source.tree}: source tree is not clean (run `make mrproper` in it)")
+        raise UntestableError(f"make tinyconfig failed: {r.tail(5)}")
+    with open(config, "a") as f:
+        f.write(merged)
+    r = _make(req, build_dir, ["olddefconfig"], log_dir / "olddefconfig.log", 600)
+    if not r.ok:
+        raise UntestableError(f"make olddefconfig failed: {r.tail(5)}")
+    final = kconfig.parse_config(config.read_text())
+    drops = kconfig.find_drops(req.fragments, final)
+    if drops:
+        report = kconfig.explain_drops(req.source.tree, drops, final)
+        (log_dir / "config-drops.txt").write_text(report + "\n")
+        config.unlink()  # never build, nor reuse, a config that lost what we asked for
+        raise InputError(f"{len(drops)} config symbol(s) dropped by olddefconfig:\n{report}")
+    (build_dir / ".harness-fragments").write_text(merged)
+
+
+def build(req: BuildRequest, log_dir: Path) -> BuildResult:
+    key = build_key(req)
+    build_dir = req.cache / "build" / key
+    build_dir.mkdir(parents=True, exist_ok=True)
+    bzimage = build_dir / "arch" / "x86" / "boot" / "bzImage"
+    log = log_dir / "build.log"
+    stamp = build_dir / STAMP
+    started = time.monotonic()
+    if req.source.immutable and stamp.exists() and bzimage.exists():
+        log.write_text(f"reused {bzimage} (built before from {req.source.identity})\n")
+        return BuildResult(bzimage, build_dir, key, 0.0, True, log)
+    stamp.unlink(missing_ok=True)
+    configure(req, build_dir, log_dir)
+    r = _make(req, build_dir, ["bzImage"], log, req.timeout_s)
+    if r.timed_out:
+        raise UntestableError(f"kernel build timed out after {req.timeout_s:.0f}s (log: {log})")
+    if not r.ok or not bzimage.exists():
+        raise UntestableError(f"kernel build failed (log: {log}):\n{r.tail(15)}")
+    stamp.write_text(f"{req.source.identity}\n")
+    return BuildResult(bzimage, build_dir, key, time.monotonic() - started, False, log)

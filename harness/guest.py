@@ -1,0 +1,102 @@
+"""A session with a running guest over its serial console (pexpect).
+
+Commands are typed into the guest's shell and end with a marker that carries the exit status;
+the marker's text is computed by the shell (`$?`), so an echoed command line never matches it.
+A guest that stops answering raises GuestHung, one whose console closes raises GuestGone: the
+caller turns either into a finding, never into a wait without end.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+import pexpect
+
+from . import proc
+
+
+class GuestGone(Exception):
+    """The console closed: QEMU exited (a panic, a poweroff, a crash of QEMU itself)."""
+
+
+class GuestHung(Exception):
+    """No answer within the phase's timeout."""
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    command: str
+    status: int
+    output: str
+    seconds: float
+
+
+class GuestSession:
+    def __init__(self, console: proc.Interactive) -> None:
+        self.console = console
+        self._n = 0
+
+    def wait_for_shell(self, timeout_s: float) -> float:
+        """Until the guest's shell answers; returns the seconds it took. Pokes every few
+        seconds, since what is typed before the shell starts may be lost."""
+        started = time.monotonic()
+        deadline = started + timeout_s
+        child = self.console.child
+        while True:
+            child.send("echo FH_READY_$((20+22))\r")
+            try:
+                child.expect("FH_READY_42", timeout=min(5.0, max(0.1, deadline - time.monotonic())))
+                break
+            except pexpect.EOF as e:
+                raise GuestGone("the guest exited before its shell answered") from e
+            except pexpect.TIMEOUT as e:
+                if time.monotonic() > deadline:
+                    raise GuestHung(f"no shell within {timeout_s:.0f}s of boot") from e
+        # A quiet, predictable shell: no echo, no prompt, no job notices, no pager.
+        self.run("stty -echo; PS1=; PROMPT_COMMAND=; set +m; export PAGER=cat", timeout_s=30)
+        return time.monotonic() - started
+
+    def run(self, command: str, timeout_s: float) -> CommandResult:
+        self._n += 1
+        marker = f"__FH{self._n}_"
+        child = self.console.child
+        started = time.monotonic()
+        # drop whatever the shell said since the last command (stray prompts, job notices)
+        try:
+            child.read_nonblocking(1 << 20, timeout=0)
+        except (pexpect.TIMEOUT, pexpect.EOF):
+            pass
+        separator = " " if command.rstrip().endswith("&") else "; "  # `cmd &; echo` is a syntax error
+        child.send(f"{command}{separator}echo {marker}$?__\r")
+        try:
+            child.expect(re.escape(marker) + r"(\d+)__", timeout=timeout_s)
+        except pexpect.EOF as e:
+            raise GuestGone(f"the guest exited during: {command}") from e
+        except pexpect.TIMEOUT as e:
+            raise GuestHung(f"no answer within {timeout_s:.0f}s to: {command}") from e
+        output = (child.before or "").replace("\r", "")
+        return CommandResult(command, int(child.match.group(1)), output.strip("\n"),
+                             time.monotonic() - started)
+
+    def check(self, command: str, timeout_s: float) -> CommandResult:
+        result = self.run(command, timeout_s)
+        if result.status != 0:
+            raise GuestCommandFailed(result)
+        return result
+
+    def shutdown(self, timeout_s: float) -> bool:
+        """Power the guest off; True if QEMU went away by itself within the timeout."""
+        child = self.console.child
+        try:
+            child.send("poweroff -f\r")
+            child.expect(pexpect.EOF, timeout=timeout_s)
+            return True
+        except (pexpect.TIMEOUT, OSError):
+            return False
+
+
+class GuestCommandFailed(Exception):
+    def __init__(self, result: CommandResult) -> None:
+        super().__init__(f"guest command failed ({result.status}): {result.command}\n{result.output[-2000:]}")
+        self.result = result

@@ -1,0 +1,132 @@
+"""The one seam that starts processes: timeouts, process groups, reaping, logs.
+
+Every child runs in a process group of its own so that a timeout, a Ctrl-C or a harness
+exception kills the whole tree (make's compilers, QEMU under vng), and every child is reaped.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Mapping, Sequence
+
+import pexpect
+
+from .errors import InputError
+
+_live: set[int] = set()  # process-group ids started here and not yet reaped
+
+
+@dataclass(frozen=True)
+class Completed:
+    argv: tuple[str, ...]
+    returncode: int
+    output: str
+    seconds: float
+    timed_out: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out
+
+    def tail(self, lines: int = 20) -> str:
+        return "\n".join(self.output.rstrip().splitlines()[-lines:])
+
+
+def require_tool(name: str, package: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise InputError(f"{name} not found (Debian package {package}; ci/setup.sh installs it)")
+    return path
+
+
+def kill_group(pgid: int, grace_s: float = 2.0) -> None:
+    """SIGTERM the group, then SIGKILL what is left after the grace period."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+
+
+def kill_all() -> None:
+    """Last resort on the way out (Ctrl-C, exception): nothing started here outlives us."""
+    for pgid in list(_live):
+        kill_group(pgid, grace_s=1.0)
+        _live.discard(pgid)
+
+
+def run(argv: Sequence[str], *, timeout_s: float, log: Path | None = None, cwd: Path | None = None,
+        env: Mapping[str, str] | None = None, stdin: IO | None = None) -> Completed:
+    """Run to completion or timeout; output goes to `log` (if given) and is returned."""
+    started = time.monotonic()
+    full_env = {**os.environ, **(env or {})}
+    out: IO = open(log, "w") if log else subprocess.PIPE  # type: ignore[assignment]
+    try:
+        child = subprocess.Popen(list(argv), cwd=cwd, env=full_env, stdout=out,
+                                 stderr=subprocess.STDOUT, stdin=stdin or subprocess.DEVNULL,
+                                 start_new_session=True, text=True)
+    except FileNotFoundError as e:
+        if log:
+            out.close()
+        raise InputError(f"{argv[0]}: not found") from e
+    _live.add(child.pid)
+    timed_out = False
+    try:
+        captured, _ = child.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        kill_group(child.pid)
+        captured, _ = child.communicate()
+    finally:
+        kill_group(child.pid, grace_s=0.5) if child.poll() is None else None
+        _live.discard(child.pid)
+        if log:
+            out.close()
+    text = log.read_text(errors="replace") if log else (captured or "")
+    return Completed(tuple(argv), child.returncode, text, time.monotonic() - started, timed_out)
+
+
+class Interactive:
+    """A child on a pseudo-terminal (the guest's console), driven with pexpect.
+
+    Its transcript goes to `transcript`; the child is the leader of its own session (pexpect
+    does setsid), so close() takes the whole tree down, QEMU included.
+    """
+
+    def __init__(self, argv: Sequence[str], transcript: Path, env: Mapping[str, str] | None = None,
+                 cwd: Path | None = None) -> None:
+        self._log = open(transcript, "w", errors="replace")
+        self.child = pexpect.spawn(argv[0], list(argv[1:]), env={**os.environ, **(env or {})},
+                                   cwd=str(cwd) if cwd else None, encoding="utf-8",
+                                   codec_errors="replace", timeout=None, dimensions=(24, 500),
+                                   echo=False)
+        self.child.logfile_read = self._log
+        _live.add(self.child.pid)
+
+    @property
+    def pid(self) -> int:
+        return self.child.pid
+
+    def alive(self) -> bool:
+        return self.child.isalive()
+
+    def close(self) -> None:
+        try:
+            if self.child.isalive():
+                kill_group(self.child.pid)
+            self.child.close(force=True)
+        finally:
+            _live.discard(self.child.pid)
+            self._log.close()

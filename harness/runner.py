@@ -1,0 +1,226 @@
+"""One run, end to end: source → build → dataset → boot → kill loop → logs → verdict.
+
+The only place that knows the order of the stages. Each stage is a module of its own; what they
+hand each other goes through the run directory, which is also the record of the run.
+"""
+from __future__ import annotations
+
+import json
+import random
+import shlex
+import time
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+
+from . import build, console, dataset, kconfig, proc, report, source, vm
+from .errors import HarnessError, InputError, UntestableError
+from .evidence import read_jsonl
+from .guest import GuestGone, GuestHung, GuestSession
+from .request import RunRequest
+
+ROOT = Path(__file__).resolve().parent.parent
+GUEST_SCRIPTS = ROOT / "guest_scripts"
+KCONFIGS = ROOT / "kconfigs"
+FRAGMENTS = ("vm-base.config", "ondemand.config")
+GUEST_TMP = "/run/failover-harness"  # the guest's own tmpfs: the cache's ext4 image, mount points
+GUEST_PYTHON = "/usr/bin/python3 -S"  # Debian's: the standard library only, no site start-up cost
+BUILD_TIMEOUT_S = 3600
+
+
+def preflight() -> None:
+    """Every tool a run needs, checked before the first expensive step."""
+    vm.vng_path()
+    for tool, package in (("mkfs.erofs", "erofs-utils"), ("make", "make"), ("gcc", "gcc"),
+                          ("flex", "flex"), ("bison", "bison"), ("bc", "bc")):
+        proc.require_tool(tool, package)
+
+
+def new_run_dir(req: RunRequest) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = req.output.resolve() / f"{stamp}-seed{req.seed}-{req.mode}"
+    n = 1
+    while run_dir.exists():
+        n += 1
+        run_dir = run_dir.with_name(f"{stamp}-seed{req.seed}-{req.mode}-{n}")
+    (run_dir / "guest").mkdir(parents=True)
+    return run_dir
+
+
+class Run:
+    def __init__(self, req: RunRequest) -> None:
+        self.req = req
+        self.dir = new_run_dir(req)
+        self.guest_dir = self.dir / "guest"
+        self.meta: dict = {"request": req.to_json(), "reproduce": req.reproduce(), "timing": {},
+                           "aborted": None}
+        self.started = time.monotonic()
+
+    def save_meta(self) -> None:
+        (self.dir / "run.json").write_text(json.dumps(self.meta, indent=1) + "\n")
+
+    # -- stages before the guest ---------------------------------------------------------------
+    def kernel(self) -> build.BuildResult:
+        req = self.req
+        src = source.user_tree(req.tree) if req.tree else source.debian_package(req.cache, req.package)
+        fragments = tuple(kconfig.Fragment.load(KCONFIGS / name) for name in FRAGMENTS)
+        result = build.build(build.BuildRequest(src, fragments, req.cache, req.jobs, BUILD_TIMEOUT_S), self.dir)
+        self.meta["kernel"] = {"source": src.identity, "version": src.version, "tree": str(src.tree),
+                               "config_hash": result.config_hash, "bzimage": str(result.bzimage)}
+        self.meta["timing"].update(build_s=round(result.seconds, 1), build_reused=result.reused)
+        return result
+
+    def guest_config(self, data: dataset.Dataset, timeouts: vm.Timeouts) -> Path:
+        g = self.guest_dir
+        config = {
+            "mode": self.req.mode,
+            "cache_dir": f"{GUEST_TMP}/cache",
+            "tag": "failover-harness",
+            "images": {name: str(path) for name, path in data.images.items()},
+            "read_delay_s": self.req.read_delay_ms / 1000,
+            "stall_bound_s": timeouts.stall_bound,
+            "slow_read_s": 1.0,
+            "mount_dir": f"{GUEST_TMP}/mnt",
+            "log_dir": str(g),
+            "keeper_log": str(g / "keeper.jsonl"),
+            "daemon_log": str(g / "daemon.jsonl"),
+            "keeper_state_file": str(g / "keeper.state"),
+            "daemon_state_file": str(g / "daemon.state"),
+            "stop_file": str(g / "stop"),
+        }
+        path = g / "config.json"
+        path.write_text(json.dumps(config, indent=1))
+        (self.dir / "manifest.json").write_text(json.dumps(data.manifest, indent=1, sort_keys=True))
+        return path
+
+    # -- the guest -------------------------------------------------------------------------------
+    def wait_until(self, what: str, predicate, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise GuestHung(f"{what}: not within {timeout_s:.0f}s")
+            time.sleep(0.1)
+
+    def daemon_state(self) -> tuple[int, int] | None:
+        """(incarnation, pid) of the daemon that last said it is serving."""
+        try:
+            inc, what, pid = (self.guest_dir / "daemon.state").read_text().split()
+        except (OSError, ValueError):
+            return None
+        return (int(inc), int(pid)) if what == "serving" else None
+
+    def daemon_serving(self, incarnation: int) -> bool:
+        state = self.daemon_state()
+        return state is not None and state[0] >= incarnation
+
+    def answered_by(self, incarnation: int) -> bool:
+        return any(e.get("event") == "done" and e.get("inc") == incarnation
+                   for e in read_jsonl(self.guest_dir / "daemon.jsonl"))
+
+    def reader_events(self, kind: str) -> int:
+        return sum(1 for p in self.guest_dir.glob("reader-*.jsonl") for e in read_jsonl(p) if e.get("event") == kind)
+
+    def start_services(self, session: GuestSession, config: Path, t: vm.Timeouts) -> None:
+        py = GUEST_PYTHON
+        g = shlex.quote(str(self.guest_dir))
+        scripts = shlex.quote(str(GUEST_SCRIPTS))
+        session.check(f"mkdir -p {GUEST_TMP}/mnt {GUEST_TMP}/cache && truncate -s 1G {GUEST_TMP}/cache.img"
+                      f" && mkfs.ext4 -q -F {GUEST_TMP}/cache.img && mount -o loop {GUEST_TMP}/cache.img {GUEST_TMP}/cache",
+                      t.command)
+        session.check(f"{py} {scripts}/keeper.py --config {shlex.quote(str(config))} >{g}/keeper.out 2>&1 &"
+                      f" echo $! >{g}/keeper.pid", t.command)
+        self.wait_until("the keeper binding /dev/cachefiles",
+                        lambda: (self.guest_dir / "keeper.state").exists(), t.command)
+        self.wait_until("the first daemon incarnation", lambda: self.daemon_serving(1), t.recovery)
+        for i in range(self.req.readers):
+            session.check(f"{py} {scripts}/reader.py --config {shlex.quote(str(config))} --id {i}"
+                          f" >{g}/reader-{i}.out 2>&1 &", t.command)
+        self.wait_until("the readers' first mount", lambda: self.reader_events("mounted") > 0, t.command)
+
+    def kill_loop(self, session: GuestSession, t: vm.Timeouts) -> None:
+        rng = random.Random(f"{self.req.seed}/kills")
+        kills_log = self.dir / "kills.jsonl"
+        incarnation = 1
+        started = time.monotonic()
+        try:
+            for index in range(self.req.kills):
+                if self.reader_events("stall"):
+                    self.meta["aborted"] = "a reader stalled; the kill loop stopped early"
+                    return
+                self.wait_until(f"incarnation {incarnation} serving", lambda: self.daemon_serving(incarnation),
+                                t.recovery)
+                time.sleep(rng.uniform(*self.req.kill_interval_s))
+                state = self.daemon_state()
+                assert state is not None  # it was serving a moment ago; only we kill it
+                inc, pid = state
+                r = session.run(f"kill -KILL {pid}", t.command)
+                with open(kills_log, "a") as f:
+                    f.write(json.dumps({"index": index, "pid": pid, "incarnation": inc, "status": r.status,
+                                        "t": time.time()}) + "\n")
+                incarnation += 1
+            # the last kill must be recovered from too: wait for an answer from the next incarnation
+            self.wait_until(f"incarnation {incarnation} answering", lambda: self.answered_by(incarnation),
+                            t.recovery)
+        except GuestHung as e:
+            self.meta["aborted"] = str(e)
+        finally:
+            self.meta["timing"]["kill_loop_s"] = round(time.monotonic() - started, 1)
+
+    def drain(self, session: GuestSession, t: vm.Timeouts) -> None:
+        """Readers finish the file they are on (and their first full round); then all stops."""
+        g = shlex.quote(str(self.guest_dir))
+        session.check(f"touch {g}/stop", t.command)
+        try:
+            self.wait_until("the readers finishing",
+                            lambda: self.reader_events("finished") >= self.req.readers, t.drain)
+        except GuestHung:
+            pass  # stuck readers: the report says so; kill them so that the guest can stop
+        session.run("pkill -KILL -f guest_scripts/reader.py; "
+                    f"kill -TERM $(cat {g}/keeper.pid) 2>/dev/null; sleep 1", t.command)
+        session.run(f"pkill -KILL -f guest_scripts/ ; umount -l {GUEST_TMP}/mnt/* 2>/dev/null; true", t.command)
+
+    def in_guest(self, bzimage: Path, accel: str, config: Path, t: vm.Timeouts) -> None:
+        spec = vm.VmSpec(bzimage, accel, (self.dir,))
+        (self.dir / "vng-command.txt").write_text(shlex.join(vm.vng_argv(spec)) + "\n")
+        con = proc.Interactive(vm.console_argv(spec, self.dir / "console.log"), self.dir / "session.log",
+                               env=vm.vng_env(), cwd=self.dir)
+        try:
+            session = GuestSession(con)
+            try:
+                self.meta["timing"]["boot_s"] = round(session.wait_for_shell(t.boot), 1)
+            except (GuestHung, GuestGone) as e:
+                raise UntestableError(f"boot failed: {e}\n{console.tail(self.dir / 'console.log', 15)}") from e
+            try:
+                self.start_services(session, config, t)
+                self.kill_loop(session, t)
+                self.drain(session, t)
+            except (GuestHung, GuestGone) as e:
+                # the kernel stopped answering or died under test: a finding, not an infra error
+                self.meta["aborted"] = f"guest {'hung' if isinstance(e, GuestHung) else 'gone'}: {e}"
+            else:
+                session.shutdown(timeout_s=t.command)
+        finally:
+            con.close()
+
+    def execute(self) -> dict:
+        try:
+            preflight()
+            built = self.kernel()
+            data = dataset.build(dataset.DatasetSpec(seed=self.req.seed), self.req.cache)
+            accel = self.req.accel
+            if accel == "auto":
+                accel = vm.probe_accel(built.bzimage, self.req.cache, self.dir / "kvm-probe.log")
+            self.meta["accel"] = accel
+            t = vm.Timeouts.for_accel(accel)
+            self.meta["timeouts"] = asdict(t)
+            config = self.guest_config(data, t)
+            self.save_meta()
+            self.in_guest(built.bzimage, accel, config, t)
+        except HarnessError as e:
+            status = "ERROR" if isinstance(e, InputError) else "UNTESTABLE"
+            report.write_error(self.dir, self.meta, status, str(e))
+            raise
+        finally:
+            self.meta["timing"]["total_s"] = round(time.monotonic() - self.started, 1)
+            self.save_meta()
+        return report.evaluate(self.dir)

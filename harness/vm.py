@@ -1,0 +1,115 @@
+"""The virtme-ng command line, the KVM probe and the timeouts that depend on the accelerator.
+
+virtme-ng's interactive mode puts the guest's shell on the first serial port (our pexpect
+console) and the kernel's console on hvc0, which it writes to its own stderr: redirected into
+`console.log`, that gives the full kernel log of every boot, untouched by the shell traffic.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import proc
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds for each phase; KVM values are TCG's divided by the scale."""
+
+    boot: float
+    command: float
+    stall_bound: float
+    recovery: float  # from a kill to the next incarnation serving
+    drain: float  # readers finishing after the kill loop
+
+    @classmethod
+    def for_accel(cls, accel: str) -> "Timeouts":
+        tcg = cls(boot=180, command=120, stall_bound=30, recovery=60, drain=240)
+        if accel == "tcg":
+            return tcg
+        scale = 3
+        return cls(*(v / scale for v in (tcg.boot, tcg.command, tcg.stall_bound, tcg.recovery, tcg.drain)))
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    bzimage: Path
+    accel: str  # "kvm" or "tcg"
+    rwdirs: tuple[Path, ...]
+    cpus: int = 2
+    memory: str = "2G"
+    # vng boots with `quiet loglevel=1`: the console would hide every WARNING and BUG
+    append: tuple[str, ...] = ("loglevel=7",)
+
+
+def vng_env() -> dict[str, str]:
+    """vng runs its helpers (virtme-run) from PATH: put the venv we run from first."""
+    return {"PATH": f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+
+
+def vng_path() -> str:
+    path = shutil.which("vng", path=vng_env()["PATH"])
+    if path is None:
+        raise InputError("vng (virtme-ng) not found: run ci/setup.sh, or use the .venv it makes")
+    proc.require_tool("qemu-system-x86_64", "qemu-system-x86")
+    return path
+
+
+def vng_argv(spec: VmSpec, *, exec_cmd: str | None = None) -> list[str]:
+    argv = [vng_path(), "--run", str(spec.bzimage),
+            # the same transport everywhere: 9p root (no virtiofsd), the pc machine (no microvm)
+            "--force-9p", "--disable-microvm", "--disable-monitor",
+            "--cpus", str(spec.cpus), "--memory", spec.memory]
+    if spec.accel == "tcg":
+        argv.append("--disable-kvm")
+    for d in spec.rwdirs:
+        argv.append(f"--rwdir={d}")
+    for a in spec.append:
+        argv += ["--append", a]
+    if exec_cmd is not None:
+        argv += ["--exec", exec_cmd]
+    return argv
+
+
+def console_argv(spec: VmSpec, console_log: Path) -> list[str]:
+    """vng under a shell that sends the kernel console (vng's stderr) to `console_log`."""
+    return ["/bin/bash", "-c", f"exec {shlex.join(vng_argv(spec))} 2>>{shlex.quote(str(console_log))}"]
+
+
+# -- does KVM really boot a guest here? --------------------------------------------------------
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def probe_accel(bzimage: Path, cache: Path, log: Path, timeout_s: float = 45) -> str:
+    """"kvm" if a KVM guest gets to run a command within the timeout, else "tcg".
+
+    /dev/kvm can exist and still hang every guest (a nested paravirtual KVM does), so the only
+    honest probe is a boot. The answer is kept per host boot, so it costs one boot per machine.
+    """
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        log.write_text("no usable /dev/kvm: tcg\n")
+        return "tcg"
+    memo = cache / "kvm-probe.json"
+    try:
+        known = json.loads(memo.read_text())
+        if known.get("boot_id") == _boot_id():
+            log.write_text(f"known for this host boot: {known['accel']}\n")
+            return str(known["accel"])
+    except (OSError, ValueError, KeyError):
+        pass
+    spec = VmSpec(bzimage, "kvm", ())
+    r = proc.run(vng_argv(spec, exec_cmd="echo FH_KVM_BOOTED"), timeout_s=timeout_s, log=log, env=vng_env())
+    accel = "kvm" if r.ok and "FH_KVM_BOOTED" in r.output else "tcg"
+    memo.write_text(json.dumps({"boot_id": _boot_id(), "accel": accel}))
+    return accel
