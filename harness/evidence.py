@@ -68,6 +68,12 @@ class DaemonFacts:
         return sum(len(k.redelivered) for k in self.kills)
 
 
+def _identity(recv: dict) -> tuple:
+    """What a re-delivered request keeps: its opcode and range or key. The object id may change
+    (a READ on a closed object is delivered after a reopen), and a msg_id alone may be reused."""
+    return (recv.get("op"), recv.get("off"), recv.get("len"), recv.get("cookie"))
+
+
 def daemon_facts(keeper: list[dict], daemon: list[dict], host_kills: list[dict]) -> DaemonFacts:
     pid_to_inc = {e["pid"]: e["incarnation"] for e in keeper if e.get("event") == "started"}
     killed = {e["incarnation"]: e["t"] for e in keeper
@@ -84,17 +90,16 @@ def daemon_facts(keeper: list[dict], daemon: list[dict], host_kills: list[dict])
             kills.append(Kill(i, hk.get("pid", -1), None, (), (), False, False, None))
             continue
         events = by_inc.get(inc, [])
-        received = [e["msg_id"] for e in events if e.get("event") == "recv"]
         finished = {e["msg_id"] for e in events if e.get("event") in ("done", "error") and "msg_id" in e}
-        held = tuple(dict.fromkeys(m for m in received if m not in finished))
+        held = {e["msg_id"]: _identity(e) for e in events if e.get("event") == "recv" and e["msg_id"] not in finished}
         following = by_inc.get(inc + 1, [])
-        seen_next = {e["msg_id"] for e in following if e.get("event") == "recv"}
+        seen_next = {(e["msg_id"], _identity(e)) for e in following if e.get("event") == "recv"}
         restore = next((e for e in following if e.get("event") == "restore"), None)
         restored = bool(restore and restore.get("ok"))
         answers = [e for e in following if e.get("event") == "done"
                    and (restore is None or e["t"] >= restore["t"])]
         recovery = round(answers[0]["t"] - killed[inc], 4) if answers else None
-        kills.append(Kill(i, hk["pid"], inc, held, tuple(m for m in held if m in seen_next),
+        kills.append(Kill(i, hk["pid"], inc, tuple(held), tuple(m for m, ident in held.items() if (m, ident) in seen_next),
                           restored, restored and bool(answers), recovery))
 
     answered = Counter(e.get("op", "?") for e in daemon if e.get("event") == "done")

@@ -44,6 +44,18 @@ def require_tool(name: str, package: str) -> str:
     return path
 
 
+def _group_alive(pgid: int) -> bool:
+    """Any member of the process group that is not a zombie (a zombie needs reaping, not killing)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
 def kill_group(pgid: int, grace_s: float = 2.0) -> None:
     """SIGTERM the group, then SIGKILL what is left after the grace period."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -53,9 +65,7 @@ def kill_group(pgid: int, grace_s: float = 2.0) -> None:
             return
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
+            if not _group_alive(pgid):
                 return
             time.sleep(0.05)
 
@@ -90,7 +100,8 @@ def run(argv: Sequence[str], *, timeout_s: float, log: Path | None = None, cwd: 
         kill_group(child.pid)
         captured, _ = child.communicate()
     finally:
-        kill_group(child.pid, grace_s=0.5) if child.poll() is None else None
+        if _group_alive(child.pid):  # what the child left running in its group goes too
+            kill_group(child.pid, grace_s=0.5)
         _live.discard(child.pid)
         if log:
             out.close()

@@ -180,9 +180,9 @@ class Run:
         session.run(f"pkill -KILL -f guest_scripts/ ; umount -l {GUEST_TMP}/mnt/* 2>/dev/null; true", t.command)
 
     def in_guest(self, bzimage: Path, accel: str, config: Path, t: vm.Timeouts) -> None:
-        spec = vm.VmSpec(bzimage, accel, (self.dir,))
+        spec = vm.VmSpec(bzimage, accel, (self.dir,), console_log=self.dir / "console.log")
         (self.dir / "vng-command.txt").write_text(shlex.join(vm.vng_argv(spec)) + "\n")
-        con = proc.Interactive(vm.console_argv(spec, self.dir / "console.log"), self.dir / "session.log",
+        con = proc.Interactive(vm.console_argv(spec, self.dir / "vng.log"), self.dir / "session.log",
                                env=vm.vng_env(), cwd=self.dir)
         try:
             session = GuestSession(con)

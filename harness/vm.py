@@ -1,8 +1,11 @@
 """The virtme-ng command line, the KVM probe and the timeouts that depend on the accelerator.
 
 virtme-ng's interactive mode puts the guest's shell on the first serial port (our pexpect
-console) and the kernel's console on hvc0, which it writes to its own stderr: redirected into
-`console.log`, that gives the full kernel log of every boot, untouched by the shell traffic.
+console). Its kernel console, hvc0, starts printing only when the virtio port appears, and
+what the kernel said before that is lost; so the kernel console goes to a second 8250 port,
+live from the first line of boot, written by QEMU into `console.log`: the whole kernel log of
+every boot, untouched by the shell traffic. vng's own stderr (hvc0's copy, QEMU's complaints)
+goes to `vng.log`.
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ class VmSpec:
     bzimage: Path
     accel: str  # "kvm" or "tcg"
     rwdirs: tuple[Path, ...]
+    console_log: Path | None = None
     cpus: int = 2
     memory: str = "2G"
     # vng boots with `quiet loglevel=1`: the console would hide every WARNING and BUG
@@ -70,16 +74,21 @@ def vng_argv(spec: VmSpec, *, exec_cmd: str | None = None) -> list[str]:
         argv.append("--disable-kvm")
     for d in spec.rwdirs:
         argv.append(f"--rwdir={d}")
-    for a in spec.append:
-        argv += ["--append", a]
+    append = list(spec.append)
+    if spec.console_log is not None:
+        path = str(spec.console_log).replace(",", ",,")  # QEMU's escape for a comma in a value
+        argv.append(f"--qemu-opts=-chardev file,id=fhconsole,path={path} -serial chardev:fhconsole")
+        append.append("console=ttyS1")  # the second port; ttyS0 is the shell's
+    for a in append:
+        argv.append(f"--append={a}")
     if exec_cmd is not None:
         argv += ["--exec", exec_cmd]
     return argv
 
 
-def console_argv(spec: VmSpec, console_log: Path) -> list[str]:
-    """vng under a shell that sends the kernel console (vng's stderr) to `console_log`."""
-    return ["/bin/bash", "-c", f"exec {shlex.join(vng_argv(spec))} 2>>{shlex.quote(str(console_log))}"]
+def console_argv(spec: VmSpec, vng_log: Path) -> list[str]:
+    """vng under a shell that keeps its stderr in `vng_log`; the pty is the guest's shell."""
+    return ["/bin/bash", "-c", f"exec {shlex.join(vng_argv(spec))} 2>>{shlex.quote(str(vng_log))}"]
 
 
 # -- does KVM really boot a guest here? --------------------------------------------------------

@@ -1,0 +1,155 @@
+"""The verdict rules, on run directories captured from real runs (tests/fixtures/run-*).
+
+Each rule gets a negative control: the passing run, changed in one place the way a broken
+kernel or daemon would change it, must FAIL with that rule's reason.
+"""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from harness import report
+from conftest import FIXTURES
+
+
+@pytest.fixture
+def passing_run(tmp_path) -> Path:
+    dst = tmp_path / "run"
+    shutil.copytree(FIXTURES / "run-5-kills-pass", dst)
+    return dst
+
+
+def rewrite_jsonl(path: Path, change) -> None:
+    """Apply `change(event) -> event | None` to every event of a log (None drops it)."""
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    kept = [e2 for e in events if (e2 := change(e)) is not None]
+    path.write_text("".join(json.dumps(e) + "\n" for e in kept))
+
+
+def test_captured_run_passes(passing_run):
+    r = report.evaluate(passing_run)
+    assert r["verdict"] == "PASS", r["reasons"]
+    assert r["kills"] == 5 and r["kills_in_flight"] == 5 and r["redelivered"] == 5
+    assert r["restores"] == 5 and r["mismatches"] == 0 and r["read_errors"] == 0
+    assert r["files_never_verified"] == 0 and r["findings"] == []
+    assert all(k["recovery_s"] is not None and k["recovery_s"] < 5 for k in r["kill_log"])
+    assert (passing_run / "summary.txt").read_text().startswith("PASS")
+
+
+def test_captured_no_failover_run_fails_on_read_errors(tmp_path):
+    r = report.evaluate(shutil.copytree(FIXTURES / "run-no-failover", tmp_path / "run"))
+    assert r["verdict"] == "FAIL"
+    assert r["read_errors"] > 0
+    assert any(reason.startswith(f"{r['read_errors']} read error(s)") for reason in r["reasons"])
+    # a fresh cache starts its msg_ids at 0 again: that is not a re-delivery
+    assert r["redelivered"] == 0
+
+
+def test_checksum_mismatch_fails(passing_run):
+    victim = passing_run / "guest" / "reader-0.jsonl"
+    seen = []
+
+    def corrupt(e):
+        if e["event"] == "file" and not seen:
+            seen.append(e)
+            return {**e, "sha256": "0" * 64}
+        return e
+    rewrite_jsonl(victim, corrupt)
+    r = report.evaluate(passing_run)
+    assert r["verdict"] == "FAIL" and r["mismatches"] == 1
+    assert any("checksum mismatch" in reason for reason in r["reasons"])
+
+
+def test_a_read_error_fails(passing_run):
+    with open(passing_run / "guest" / "reader-1.jsonl", "a") as f:
+        f.write(json.dumps({"t": 1, "event": "read_error", "who": "reader", "reader": 1, "image": "img0",
+                            "fsid": "img0.1x9", "path": "dir-c/large-0", "stage": "read", "errno": 5,
+                            "error": "Input/output error"}) + "\n")
+    r = report.evaluate(passing_run)
+    assert r["verdict"] == "FAIL" and r["read_errors"] == 1
+
+
+def test_a_stall_fails(passing_run):
+    with open(passing_run / "guest" / "reader-2.jsonl", "a") as f:
+        f.write(json.dumps({"t": 1, "event": "stall", "who": "reader", "reader": 2, "what": "img0.2x1:x@0",
+                            "waited_s": 31.0}) + "\n")
+    r = report.evaluate(passing_run)
+    assert r["verdict"] == "FAIL" and r["max_stall_s"] == 31.0
+    assert any("stalled" in reason for reason in r["reasons"])
+
+
+def test_a_reader_that_never_finished_fails(passing_run):
+    rewrite_jsonl(passing_run / "guest" / "reader-0.jsonl", lambda e: None if e["event"] == "finished" else e)
+    r = report.evaluate(passing_run)
+    assert r["verdict"] == "FAIL"
+    assert any("never finished" in reason for reason in r["reasons"])
+
+
+def test_missing_restore_fails(passing_run):
+    """`restore` a no-op in the kernel shows as held requests never coming back; a daemon that
+    never writes it shows as no restore event. Either way: FAIL."""
+    rewrite_jsonl(passing_run / "guest" / "daemon.jsonl", lambda e: None if e["event"] == "restore" and e["inc"] == 3 else e)
+    r = report.evaluate(passing_run)
+    assert r["verdict"] == "FAIL"
+    assert any("not followed by a successful restore" in reason for reason in r["reasons"])
+
+
+def test_nothing_served_after_a_kill_fails(passing_run):
+    last = max(json.loads(l)["inc"] for l in (passing_run / "guest" / "daemon.jsonl").read_text().splitlines())
+    rewrite_jsonl(passing_run / "guest" / "daemon.jsonl",
+                  lambda e: None if e["inc"] == last and e["event"] == "done" else e)
+    r = report.evaluate(passing_run)
+    assert r["verdict"] == "FAIL"
+    assert any("not followed by requests served again" in reason for reason in r["reasons"])
+
+
+def test_kills_that_hit_an_idle_daemon_do_not_count(passing_run):
+    """The published test's flaw: kills that land while nothing is in flight prove nothing."""
+    held = {(k["incarnation"], m) for k in report.evaluate(passing_run)["kill_log"] for m in k["held"]}
+    # pretend each held request had been answered just before the kill
+    extra = []
+
+    def answer(e):
+        if e["event"] == "recv" and (e["inc"], e["msg_id"]) in held:
+            extra.append({**e, "event": "done"})
+        return e
+    rewrite_jsonl(passing_run / "guest" / "daemon.jsonl", answer)
+    with open(passing_run / "guest" / "daemon.jsonl", "a") as f:
+        f.writelines(json.dumps(e) + "\n" for e in extra)
+    r = report.evaluate(passing_run)
+    assert r["verdict"] == "FAIL" and r["kills_in_flight"] == 0
+    assert any("failover path was not exercised" in reason for reason in r["reasons"])
+
+
+def test_fewer_kills_than_asked_fails(passing_run):
+    meta = json.loads((passing_run / "run.json").read_text())
+    meta["request"]["kills"] = 6
+    (passing_run / "run.json").write_text(json.dumps(meta))
+    r = report.evaluate(passing_run)
+    assert r["verdict"] == "FAIL"
+    assert any("only 5 of 6 kills" in reason for reason in r["reasons"])
+
+
+def test_a_kill_that_missed_the_daemon_fails(passing_run):
+    rewrite_jsonl(passing_run / "kills.jsonl", lambda e: {**e, "pid": 99999} if e["index"] == 0 else e)
+    r = report.evaluate(passing_run)
+    assert r["verdict"] == "FAIL"
+    assert any("did not kill a daemon incarnation" in reason for reason in r["reasons"])
+
+
+def test_a_kernel_warning_on_the_console_fails(passing_run):
+    with open(passing_run / "console.log", "a") as f:
+        f.write("[   20.000000] WARNING: CPU: 1 PID: 230 at fs/cachefiles/ondemand.c:540 cachefiles_ondemand_send_req+0x1/0x2\n")
+    r = report.evaluate(passing_run)
+    assert r["verdict"] == "FAIL"
+    assert r["findings"][0]["kind"] == "warning"
+
+
+def test_an_aborted_run_fails_and_keeps_the_console_tail(passing_run):
+    meta = json.loads((passing_run / "run.json").read_text())
+    meta["aborted"] = "guest hung: no answer within 120s to: kill -KILL 230"
+    (passing_run / "run.json").write_text(json.dumps(meta))
+    r = report.evaluate(passing_run)
+    assert r["verdict"] == "FAIL" and "console_tail" in r
+    assert r["reasons"][0].startswith("run aborted: guest hung")
