@@ -4,6 +4,10 @@ Started by keeper.py with the /dev/cachefiles fd waiting on a socket. An incarna
 first writes `restore` so that requests its dead predecessor had read but not answered are
 delivered again. Every message is logged (eventlog.py) before it is acted on and again when it
 is answered, so the host can tell which requests a killed incarnation was holding.
+
+Fault injection, all driven by the host: SIGUSR1 makes the daemon close the anon fd of a live
+object (the kernel must reopen it on the next READ); `crash_plan` names, per incarnation, a
+protocol point at which it SIGKILLs itself; `threads` > 1 serves the device from several threads.
 """
 from __future__ import annotations
 
@@ -13,10 +17,12 @@ import fcntl
 import json
 import mmap
 import os
+import random
 import select
 import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -25,6 +31,17 @@ from eventlog import EventLog, write_atomically
 from keeper import recv_fd
 
 ALIGN = 4096
+
+# Where an incarnation can be told to die (crash_plan), in protocol order.
+CRASH_POINTS = (
+    "open_before_copen",  # read an OPEN, not answered
+    "copen_before_use",  # answered the OPEN, never used the anon fd
+    "read_received",  # read a READ, nothing written
+    "read_before_complete",  # data written through the anon fd, READ_COMPLETE not sent
+    "read_after_complete",  # READ_COMPLETE sent, not yet logged as done
+    "after_restore",  # `restore` written, nothing served yet
+    "close_fd",  # closing an anon fd on a CLOSE request
+)
 
 
 @dataclass
@@ -38,6 +55,7 @@ class CacheObject:
     anon_fd: int
     blob: Blob
     name: str
+    busy: int = 0  # READs being served on it: its fd is not closed under them
 
 
 class Daemon:
@@ -48,10 +66,21 @@ class Daemon:
         self.log = EventLog(config["daemon_log"], who="daemon", inc=incarnation, pid=os.getpid())
         self.read_delay_s = float(config.get("read_delay_s", 0.0))
         self.images: dict[str, str] = config["images"]
+        self.crash_point = config.get("crash_plan", {}).get(str(incarnation))
+        self.threads = int(config.get("threads", 1))
         self.blobs: dict[str, Blob] = {}
         self.objects: dict[int, CacheObject] = {}
-        self.buffer = mmap.mmap(-1, 1 << 20)
+        self.lock = threading.Lock()  # objects and blobs, when several threads serve
+        self.local = threading.local()  # each thread's aligned buffer
+        self.rng = random.Random(f"{config.get('seed', 0)}/{incarnation}")
+        self.closes_requested = 0
         self.stopping = False
+
+    def point(self, name: str) -> None:
+        """Die here, by SIGKILL, if this incarnation was told to."""
+        if self.crash_point == name:
+            self.log.emit("crash_point", point=name)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     # -- start-up --------------------------------------------------------------------------
     def restore(self) -> None:
@@ -61,6 +90,7 @@ class Daemon:
             self.log.emit("restore", ok=True)
         except OSError as e:
             self.log.emit("restore", ok=False, errno=e.errno, error=e.strerror)
+        self.point("after_restore")
 
     # -- requests --------------------------------------------------------------------------
     def blob(self, fsid: str) -> Blob | None:
@@ -68,60 +98,92 @@ class Daemon:
         path = self.images.get(image)
         if path is None:
             return None
-        if image not in self.blobs:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            self.blobs[image] = Blob(fd, os.fstat(fd).st_size)
-        return self.blobs[image]
+        with self.lock:
+            if image not in self.blobs:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                self.blobs[image] = Blob(fd, os.fstat(fd).st_size)
+            return self.blobs[image]
 
     def on_open(self, req: protocol.OpenRequest) -> None:
         name = protocol.blob_name(req.volume_key, req.cookie_key)
         blob = self.blob(name) if req.volume_key.startswith("erofs,") else None
         size = blob.size if blob else protocol.copen_error(errno.ENOENT)
+        self.point("open_before_copen")
         try:
             os.write(self.device_fd, protocol.copen_command(req.msg_id, size))
         except OSError as e:
             os.close(req.fd)
             self.log.emit("error", msg_id=req.msg_id, op="OPEN", errno=e.errno, error=e.strerror)
             return
+        self.point("copen_before_use")
         if blob is None:
             os.close(req.fd)
         else:
-            self.objects[req.object_id] = CacheObject(req.fd, blob, name)
+            with self.lock:
+                self.objects[req.object_id] = CacheObject(req.fd, blob, name)
         self.log.emit("done", msg_id=req.msg_id, op="OPEN", object_id=req.object_id, size=size)
 
+    def buffer(self, length: int) -> mmap.mmap:
+        buf = getattr(self.local, "buffer", None)
+        if buf is None or len(buf) < length:
+            buf = self.local.buffer = mmap.mmap(-1, max(1 << 20, length + -length % (1 << 20)))
+        return buf
+
     def on_read(self, req: protocol.ReadRequest) -> None:
-        obj = self.objects.get(req.object_id)
+        with self.lock:
+            obj = self.objects.get(req.object_id)
+            if obj is not None:
+                obj.busy += 1
         if obj is None:
             # Should not happen: the kernel reopens a closed object before sending its READs.
             self.log.emit("error", msg_id=req.msg_id, op="READ", object_id=req.object_id,
                           error="unknown object")
             return
-        if self.read_delay_s:
-            time.sleep(self.read_delay_s)  # keeps requests in flight when a kill lands
-        start, length = protocol.aligned_span(req.offset, req.length, ALIGN)
-        length = min(length, obj.blob.size + -obj.blob.size % ALIGN - start)
-        if length > len(self.buffer):
-            self.buffer = mmap.mmap(-1, length + -length % (1 << 20))
-        # O_DIRECT underneath: an mmap buffer is page aligned, a bytes object is not.
-        view = memoryview(self.buffer)[:length]
         try:
-            got = os.preadv(obj.blob.fd, [view], start)
-            view[got:] = bytes(length - got)
-            os.pwrite(obj.anon_fd, view, start)
-            fcntl.ioctl(obj.anon_fd, protocol.CACHEFILES_IOC_READ_COMPLETE, req.msg_id)
+            self.point("read_received")
+            if self.read_delay_s:
+                time.sleep(self.read_delay_s)  # keeps requests in flight when a kill lands
+            start, length = protocol.aligned_span(req.offset, req.length, ALIGN)
+            length = min(length, obj.blob.size + -obj.blob.size % ALIGN - start)
+            # O_DIRECT underneath: an mmap buffer is page aligned, a bytes object is not.
+            view = memoryview(self.buffer(length))[:length]
+            try:
+                got = os.preadv(obj.blob.fd, [view], start)
+                view[got:] = bytes(length - got)
+                os.pwrite(obj.anon_fd, view, start)
+                self.point("read_before_complete")
+                fcntl.ioctl(obj.anon_fd, protocol.CACHEFILES_IOC_READ_COMPLETE, req.msg_id)
+            finally:
+                view.release()
+            self.point("read_after_complete")
         except OSError as e:
             self.log.emit("error", msg_id=req.msg_id, op="READ", object_id=req.object_id,
                           errno=e.errno, error=e.strerror)
             return
         finally:
-            view.release()
+            with self.lock:
+                obj.busy -= 1
         self.log.emit("done", msg_id=req.msg_id, op="READ", object_id=req.object_id)
 
     def on_close(self, req: protocol.CloseRequest) -> None:
-        obj = self.objects.pop(req.object_id, None)
+        with self.lock:
+            obj = self.objects.pop(req.object_id, None)
         if obj is not None:
             os.close(obj.anon_fd)
+            self.point("close_fd")
         self.log.emit("done", msg_id=req.msg_id, op="CLOSE", object_id=req.object_id)
+
+    def close_random_fd(self) -> None:
+        """What the close-fds scenario asks for: drop a live object's anon fd, unasked. The
+        kernel puts the object in CLOSE and must reopen it when the next READ comes."""
+        with self.lock:
+            idle = sorted(oid for oid, o in self.objects.items() if o.busy == 0)
+            if not idle:
+                return
+            oid = self.rng.choice(idle)
+            obj = self.objects.pop(oid)
+        os.close(obj.anon_fd)
+        self.log.emit("close_fd", object_id=oid, cookie=obj.name)
 
     def handle(self, buf: bytes) -> None:
         try:
@@ -137,6 +199,8 @@ class Daemon:
             fields.update(op="READ", off=req.offset, len=req.length)
         else:
             fields.update(op="CLOSE")
+        if self.threads > 1:
+            fields["thread"] = threading.current_thread().name
         self.log.emit("recv", **fields)
         if isinstance(req, protocol.OpenRequest):
             self.on_open(req)
@@ -146,11 +210,16 @@ class Daemon:
             self.on_close(req)
 
     # -- the loop --------------------------------------------------------------------------
-    def serve(self) -> int:
+    def loop(self) -> int:
         poller = select.poll()
         poller.register(self.device_fd, select.POLLIN)
         while not self.stopping:
-            if not poller.poll(500):
+            with self.lock:
+                close = self.closes_requested > 0
+                self.closes_requested -= close
+            if close:
+                self.close_random_fd()
+            if not poller.poll(200):
                 continue
             try:
                 buf = os.read(self.device_fd, protocol.MAX_MSG_SIZE)
@@ -166,6 +235,14 @@ class Daemon:
                 continue
             self.handle(buf)
         return 0
+
+    def serve(self) -> int:
+        for i in range(1, self.threads):
+            threading.Thread(target=self.loop, name=f"worker-{i}", daemon=True).start()
+        return self.loop()
+
+    def on_usr1(self, _signum: int, _frame: object) -> None:
+        self.closes_requested += 1
 
     def stop(self, _signum: int, _frame: object) -> None:
         self.stopping = True
@@ -183,7 +260,8 @@ def main() -> int:
         device_fd = recv_fd(sock)
     daemon = Daemon(config, device_fd, args.incarnation)
     signal.signal(signal.SIGTERM, daemon.stop)
-    daemon.log.emit("fd_received", device_fd=device_fd)
+    signal.signal(signal.SIGUSR1, daemon.on_usr1)
+    daemon.log.emit("fd_received", device_fd=device_fd, crash_point=daemon.crash_point)
     if args.incarnation > 1:
         daemon.restore()
     write_atomically(config["daemon_state_file"], f"{args.incarnation} serving {os.getpid()}\n")

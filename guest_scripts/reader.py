@@ -23,8 +23,20 @@ CHUNK = 128 * 1024
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def mount_erofs(fsid: str, target: str) -> None:
-    if _libc.mount(b"none", target.encode(), b"erofs", 0, f"fsid={fsid}".encode()) != 0:
+# Read latency histogram: upper bounds in seconds; the last bucket is everything slower.
+LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60)
+
+
+def bucket(latency: float) -> str:
+    for upper in LATENCY_BUCKETS:
+        if latency <= upper:
+            return str(upper)
+    return "inf"
+
+
+def mount_erofs(fsid: str, target: str, domain: str | None = None) -> None:
+    options = f"fsid={fsid}" + (f",domain_id={domain}" if domain else "")
+    if _libc.mount(b"none", target.encode(), b"erofs", 0, options.encode()) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
@@ -62,6 +74,9 @@ class Reader:
         self.slow_s = float(config.get("slow_read_s", 1.0))
         self.watchdog = Watchdog(self.log, float(config["stall_bound_s"]))
         self.rounds_done = 0
+        self.latencies: dict[str, int] = {}
+        # images named here share one EROFS domain per round (volume `erofs,<domain>`)
+        self.domain_images = set(config.get("domain_images", []))
 
     def stop_requested(self) -> bool:
         """Asked to stop, and every file has been read at least once by this reader."""
@@ -91,6 +106,7 @@ class Reader:
                 finally:
                     self.watchdog.current = None
                 latency = time.monotonic() - started
+                self.latencies[bucket(latency)] = self.latencies.get(bucket(latency), 0) + 1
                 reads += 1
                 worst = max(worst, latency)
                 if latency > self.slow_s:
@@ -111,19 +127,21 @@ class Reader:
 
     def read_image(self, image: str, round_no: int) -> None:
         fsid = f"{image}.{self.reader_id}x{round_no}"
+        domain = f"dom{self.reader_id}x{round_no}" if image in self.domain_images else None
         target = os.path.join(self.config["mount_dir"], fsid)
         os.makedirs(target, exist_ok=True)
         started = time.monotonic()
         self.watchdog.current = (f"mount {fsid}", started)
         try:
-            mount_erofs(fsid, target)
+            mount_erofs(fsid, target, domain)
         except OSError as e:
             self.log.emit("read_error", image=image, fsid=fsid, path="", stage="mount",
                           errno=e.errno, error=e.strerror)
             return
         finally:
             self.watchdog.current = None
-        self.log.emit("mounted", image=image, fsid=fsid, latency_s=round(time.monotonic() - started, 4))
+        self.log.emit("mounted", image=image, fsid=fsid, domain=domain,
+                      latency_s=round(time.monotonic() - started, 4))
         try:
             files = []
             for dirpath, dirnames, filenames in os.walk(target):
@@ -149,7 +167,7 @@ class Reader:
                     break
                 self.read_image(image, self.rounds_done)
             self.rounds_done += 1
-        self.log.emit("finished", rounds=self.rounds_done)
+        self.log.emit("finished", rounds=self.rounds_done, latency_histogram=self.latencies)
         return 0
 
 

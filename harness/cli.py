@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 from . import __version__, proc, report
-from .errors import EXIT_FAIL, EXIT_PASS, EXIT_USAGE, HarnessError
+from .errors import EXIT_FAIL, EXIT_PASS, EXIT_UNTESTABLE, EXIT_USAGE, HarnessError
 from .request import RunRequest
+from .scenarios import SCENARIOS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,15 +31,17 @@ def parser() -> argparse.ArgumentParser:
 
     d = RunRequest()
     run = sub.add_parser("run", help="build, boot, kill the daemon over and over, judge")
-    run.add_argument("--kills", type=int, default=d.kills, help="SIGKILLs to send (default %(default)s)")
+    run.add_argument("--scenario", default=d.scenario,
+                     help=f"one of: {', '.join(SCENARIOS)} (default %(default)s)")
+    run.add_argument("--kills", type=int, help="SIGKILLs to send (default: the scenario's, 50 for crash)")
     run.add_argument("--seed", type=int, default=d.seed, help="dataset and kill timing (default %(default)s)")
     run.add_argument("--output", type=Path, default=d.output, help="where run directories go (default %(default)s)")
     src = run.add_mutually_exclusive_group()
     src.add_argument("--tree", type=Path, help="a kernel source tree to test instead of Debian's package")
     src.add_argument("--package", default=d.package, help="Debian source package (default %(default)s)")
     run.add_argument("--no-failover", action="store_true",
-                     help="negative control: the device fd dies with the daemon; must FAIL")
-    run.add_argument("--readers", type=int, default=d.readers, help="reader processes (default %(default)s)")
+                     help="the negative control, same as --scenario no-failover: must FAIL")
+    run.add_argument("--readers", type=int, help="reader processes (default: the scenario's)")
     run.add_argument("--read-delay-ms", type=int, default=d.read_delay_ms,
                      help="the daemon's delay per READ, keeps requests in flight (default %(default)s)")
     run.add_argument("--accel", choices=("auto", "kvm", "tcg"), default=d.accel,
@@ -56,7 +59,8 @@ def _interrupt(_signum: int, _frame: object) -> None:
 
 
 def exit_code(verdict: str) -> int:
-    return EXIT_PASS if verdict == "PASS" else EXIT_FAIL
+    """INCONCLUSIVE is neither good nor bad: what `git bisect run` skips, like UNTESTABLE."""
+    return {"PASS": EXIT_PASS, "FAIL": EXIT_FAIL}.get(verdict, EXIT_UNTESTABLE)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             results = report.evaluate(args.run_dir)
         else:
             from .runner import Run
-            req = RunRequest(kills=args.kills, seed=args.seed, output=args.output, tree=args.tree,
-                             package=args.package, mode="no_failover" if args.no_failover else "failover",
+            req = RunRequest(scenario="no-failover" if args.no_failover else args.scenario, kills=args.kills,
+                             seed=args.seed, output=args.output, tree=args.tree, package=args.package,
                              readers=args.readers, read_delay_ms=args.read_delay_ms, accel=args.accel,
                              jobs=args.jobs, cache=args.cache).validate()
             run = Run(req)

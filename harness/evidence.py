@@ -3,11 +3,12 @@
 Pure functions over parsed JSON lines, so the rules are tested on logs captured from real runs.
 Inputs (all in the run's `guest/` directory): `keeper.jsonl` (incarnations started and reaped),
 `daemon.jsonl` (every message each incarnation received and answered), `reader-*.jsonl` (every
-file read, every error, every stall) and the host's `kills.jsonl` (every SIGKILL it sent).
+file read, every error, every stall) and the host's `faults.jsonl` (every signal it sent).
 """
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,15 +35,18 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 @dataclass(frozen=True)
-class Kill:
-    index: int
+class Death:
+    """A daemon incarnation that died by SIGKILL, and what the next one made of it."""
+
+    incarnation: int
     pid: int
-    incarnation: int | None  # None: the pid matched no incarnation killed by SIGKILL
+    cause: str  # "kill" (the host's SIGKILL), "crash_point" (it killed itself at `point`)
+    point: str | None
     held: tuple[int, ...]  # msg_ids read but not answered when it died
-    redelivered: tuple[int, ...]  # of those, the ones the next incarnation received again
+    redelivered: tuple[int, ...]  # of those, the ones a later incarnation received again
     restored: bool  # the next incarnation wrote `restore` successfully
-    served_after: bool  # and then answered at least one request
-    recovery_s: float | None  # from the death to the next incarnation's first answer
+    served_after: bool  # and a later incarnation then answered a request
+    recovery_s: float | None  # from the death to that first answer
 
     @property
     def in_flight(self) -> bool:
@@ -50,22 +54,38 @@ class Kill:
 
 
 @dataclass(frozen=True)
+class Kill:
+    index: int
+    pid: int
+    death: Death | None  # None: the pid matched no incarnation that died by SIGKILL
+
+
+@dataclass(frozen=True)
 class DaemonFacts:
     incarnations: int
+    deaths: tuple[Death, ...]
     kills: tuple[Kill, ...]
     answered: dict[str, int]  # opcode -> requests answered
     empty_reads: int  # poll() said readable, read() found nothing
     restores_ok: int
     restores_failed: int
+    fd_closes: int  # anon fds the daemon closed unasked (close-fds)
     errors: tuple[dict, ...]
 
     @property
     def kills_in_flight(self) -> int:
-        return sum(k.in_flight for k in self.kills)
+        return sum(1 for k in self.kills if k.death and k.death.in_flight)
 
     @property
     def redelivered(self) -> int:
-        return sum(len(k.redelivered) for k in self.kills)
+        return sum(len(d.redelivered) for d in self.deaths)
+
+    def crash_points(self) -> dict[str, list[Death]]:
+        points: dict[str, list[Death]] = {}
+        for d in self.deaths:
+            if d.point:
+                points.setdefault(d.point, []).append(d)
+        return points
 
 
 def _identity(recv: dict) -> tuple:
@@ -74,43 +94,48 @@ def _identity(recv: dict) -> tuple:
     return (recv.get("op"), recv.get("off"), recv.get("len"), recv.get("cookie"))
 
 
+def _death(inc: int, pid: int, died_t: float, cause: str, by_inc: dict[int, list[dict]]) -> Death:
+    """What incarnation `inc` held when it died, and what the ones after it made of that. The
+    next incarnation must restore; in a chain of crashes the re-delivery and the first answer
+    may come from a later one."""
+    events = by_inc.get(inc, [])
+    finished = {e["msg_id"] for e in events if e.get("event") in ("done", "error") and "msg_id" in e}
+    held = {e["msg_id"]: _identity(e) for e in events if e.get("event") == "recv" and e["msg_id"] not in finished}
+    point = next((e.get("point") for e in events if e.get("event") == "crash_point"), None)
+    later = [e for i in sorted(by_inc) if i > inc for e in by_inc[i]]
+    seen_later = {(e["msg_id"], _identity(e)) for e in later if e.get("event") == "recv"}
+    restore = next((e for e in by_inc.get(inc + 1, []) if e.get("event") == "restore"), None)
+    restored = bool(restore and restore.get("ok"))
+    answer = next((e for e in later if e.get("event") == "done" and e["t"] >= died_t), None)
+    return Death(inc, pid, "crash_point" if point else cause, point, tuple(held),
+                 tuple(m for m, ident in held.items() if (m, ident) in seen_later),
+                 restored, restored and answer is not None,
+                 round(answer["t"] - died_t, 4) if answer else None)
+
+
 def daemon_facts(keeper: list[dict], daemon: list[dict], host_kills: list[dict]) -> DaemonFacts:
-    pid_to_inc = {e["pid"]: e["incarnation"] for e in keeper if e.get("event") == "started"}
-    killed = {e["incarnation"]: e["t"] for e in keeper
-              if e.get("event") == "died" and e.get("signal") == SIGKILL}
     by_inc: dict[int, list[dict]] = {}
     for e in daemon:
         if "inc" in e:
             by_inc.setdefault(e["inc"], []).append(e)
-
-    kills = []
-    for i, hk in enumerate(host_kills):
-        inc = pid_to_inc.get(hk.get("pid"))
-        if inc is None or inc not in killed:
-            kills.append(Kill(i, hk.get("pid", -1), None, (), (), False, False, None))
-            continue
-        events = by_inc.get(inc, [])
-        finished = {e["msg_id"] for e in events if e.get("event") in ("done", "error") and "msg_id" in e}
-        held = {e["msg_id"]: _identity(e) for e in events if e.get("event") == "recv" and e["msg_id"] not in finished}
-        following = by_inc.get(inc + 1, [])
-        seen_next = {(e["msg_id"], _identity(e)) for e in following if e.get("event") == "recv"}
-        restore = next((e for e in following if e.get("event") == "restore"), None)
-        restored = bool(restore and restore.get("ok"))
-        answers = [e for e in following if e.get("event") == "done"
-                   and (restore is None or e["t"] >= restore["t"])]
-        recovery = round(answers[0]["t"] - killed[inc], 4) if answers else None
-        kills.append(Kill(i, hk["pid"], inc, tuple(held), tuple(m for m, ident in held.items() if (m, ident) in seen_next),
-                          restored, restored and bool(answers), recovery))
-
+    killed_pids = {k.get("pid") for k in host_kills}
+    deaths = {}
+    for e in keeper:
+        if e.get("event") == "died" and e.get("signal") == SIGKILL:
+            cause = "kill" if e.get("pid") in killed_pids else "signal"
+            deaths[e["pid"]] = _death(e["incarnation"], e["pid"], e["t"], cause, by_inc)
+    kills = tuple(Kill(i, hk.get("pid", -1), deaths.get(hk.get("pid"))) for i, hk in enumerate(host_kills))
     answered = Counter(e.get("op", "?") for e in daemon if e.get("event") == "done")
     restores = [e for e in daemon if e.get("event") == "restore"]
     return DaemonFacts(
-        incarnations=len(pid_to_inc),
-        kills=tuple(kills),
+        incarnations=sum(1 for e in keeper if e.get("event") == "started"),
+        deaths=tuple(sorted(deaths.values(), key=lambda d: d.incarnation)),
+        kills=kills,
         answered=dict(answered),
         empty_reads=sum(1 for e in daemon if e.get("event") == "empty_read"),
         restores_ok=sum(1 for e in restores if e.get("ok")),
         restores_failed=sum(1 for e in restores if not e.get("ok")),
+        fd_closes=sum(1 for e in daemon if e.get("event") == "close_fd"),
         errors=tuple(e for e in daemon if e.get("event") == "error"),
     )
 
@@ -128,6 +153,18 @@ class ReaderFacts:
     max_latency_s: float
     never_verified: tuple[str, ...]  # image/path never read back correctly in the whole run
     mounts: int
+    latency_histogram: dict[str, int]  # bucket upper bound (s, or "inf") -> reads, all readers
+
+    @property
+    def p99_latency_s(self) -> float | None:
+        """The bucket bound under which 99% of reads finished (an upper bound, not a sample)."""
+        total = sum(self.latency_histogram.values())
+        seen = 0
+        for upper, n in sorted(self.latency_histogram.items(), key=lambda kv: float(kv[0])):
+            seen += n
+            if seen >= 0.99 * total:
+                return float(upper)
+        return None
 
     @property
     def max_stall_s(self) -> float:
@@ -142,6 +179,7 @@ def reader_facts(readers: Iterable[list[dict]], manifest: dict[str, dict[str, st
     errors: list[dict] = []
     stalls: list[dict] = []
     good: set[tuple[str, str]] = set()
+    histogram: Counter[str] = Counter()
     for events in readers:
         for e in events:
             kind = e.get("event")
@@ -149,6 +187,7 @@ def reader_facts(readers: Iterable[list[dict]], manifest: dict[str, dict[str, st
                 started += 1
             elif kind == "finished":
                 finished += 1
+                histogram.update(e.get("latency_histogram", {}))
             elif kind == "mounted":
                 mounts += 1
             elif kind == "read_error":
@@ -168,7 +207,7 @@ def reader_facts(readers: Iterable[list[dict]], manifest: dict[str, dict[str, st
     missing = tuple(f"{img}/{rel}" for img, files_ in sorted(manifest.items())
                     for rel in sorted(files_) if (img, rel) not in good)
     return ReaderFacts(started, finished, files, verified, nbytes, tuple(mismatches), tuple(errors),
-                       tuple(stalls), round(worst, 4), missing, mounts)
+                       tuple(stalls), round(worst, 4), missing, mounts, dict(histogram))
 
 
 @dataclass(frozen=True)
@@ -180,6 +219,8 @@ class RunLogs:
     readers: list[list[dict]]
     host_kills: list[dict]
     manifest: dict[str, dict[str, str]] = field(default_factory=dict)
+    trace: str = ""  # tracefs `trace` at the end of the run
+    trace_lost: bool = False  # the ring buffer overran: trace counts are lower bounds
 
     @classmethod
     def load(cls, run_dir: Path) -> "RunLogs":
@@ -189,6 +230,15 @@ class RunLogs:
             keeper=read_jsonl(guest / "keeper.jsonl"),
             daemon=read_jsonl(guest / "daemon.jsonl"),
             readers=[read_jsonl(p) for p in sorted(guest.glob("reader-*.jsonl"))],
-            host_kills=read_jsonl(run_dir / "kills.jsonl"),
+            host_kills=[e for e in read_jsonl(run_dir / "faults.jsonl") if e.get("kind") == "kill"],
             manifest=json.loads(manifest_file.read_text()) if manifest_file.exists() else {},
+            trace=_read(guest / "trace.txt"),
+            trace_lost=any(int(n) > 0 for n in re.findall(r"^overrun: (\d+)", _read(guest / "trace-stats.txt"), re.M)),
         )
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""

@@ -1,7 +1,7 @@
 """A run directory in, results.json and summary.txt out.
 
-Everything here is computed from what the run left on disk (`run.json`, the logs, console.log),
-so `failover-harness report DIR` re-judges a saved run with the current rules.
+Everything here is computed from what the run left on disk (`run.json`, the logs, the trace,
+console.log), so `failover-harness report DIR` re-judges a saved run with the current rules.
 """
 from __future__ import annotations
 
@@ -10,54 +10,93 @@ import statistics
 from dataclasses import asdict
 from pathlib import Path
 
-from . import __version__, console, evidence, verdict
+from . import __version__, console, evidence, trace, verdict
+from .scenarios import CRASH_POINTS, UNANSWERED_POINTS, Needs
 
 RESULTS_SCHEMA_VERSION = 1
 
 
+def _crash_point_table(daemon: evidence.DaemonFacts) -> dict[str, dict]:
+    hits = daemon.crash_points()
+    table = {}
+    for point in CRASH_POINTS:
+        deaths = hits.get(point, [])
+        table[point] = {
+            "hits": len(deaths),
+            "kernel_had_answer": point not in UNANSWERED_POINTS,
+            "held_requests": sum(len(d.held) for d in deaths),
+            "redelivered": sum(len(d.redelivered) for d in deaths),
+            "restored": sum(d.restored for d in deaths),
+            "served_after": sum(d.served_after for d in deaths),
+            "recovery_max_s": max((d.recovery_s for d in deaths if d.recovery_s is not None), default=None),
+        }
+    return table
+
+
 def evaluate(run_dir: Path) -> dict:
     meta = json.loads((run_dir / "run.json").read_text())
+    scenario = meta.get("scenario", {})
     logs = evidence.RunLogs.load(run_dir)
     daemon = evidence.daemon_facts(logs.keeper, logs.daemon, logs.host_kills)
     readers = evidence.reader_facts(logs.readers, logs.manifest)
+    kernel_trace = trace.facts(trace.parse(logs.trace), logs.trace_lost)
+    reads_after_reopen = trace.reads_after_reopens(logs.daemon)
     findings = console.scan_file(run_dir / "console.log")
-    th = verdict.Thresholds(kills_requested=meta["request"]["kills"],
-                            stall_bound_s=meta["timeouts"]["stall_bound"])
+    th = verdict.Thresholds(kills_requested=scenario.get("kills", 0),
+                            stall_bound_s=meta["timeouts"]["stall_bound"],
+                            needs=Needs(**scenario.get("needs", {})),
+                            crash_points_planned=len(meta.get("crash_plan", {})))
     aborted = meta.get("aborted")
     if aborted is None and readers.readers_finished < readers.readers_started:
         aborted = f"{readers.readers_started - readers.readers_finished} reader(s) never finished"
-    v = verdict.decide(daemon, readers, findings, th, aborted)
+    v = verdict.decide(daemon, readers, kernel_trace, reads_after_reopen, findings, th, aborted)
 
     kills = len(daemon.kills)
-    recoveries = [k.recovery_s for k in daemon.kills if k.recovery_s is not None]
-    loop_s = meta.get("timing", {}).get("kill_loop_s")
+    recoveries = [d.recovery_s for d in daemon.deaths if d.recovery_s is not None]
+    loop_s = meta.get("timing", {}).get("fault_loop_s")
     results = {
         "schema_version": RESULTS_SCHEMA_VERSION,
         "verdict": v.status,
         "reasons": list(v.reasons),
+        "missing_evidence": list(v.missing),
+        "scenario": scenario.get("name"),
         "kills": kills,
         "kills_in_flight": daemon.kills_in_flight,
         "in_flight_share": round(daemon.kills_in_flight / kills, 3) if kills else 0.0,
-        "redelivered": daemon.redelivered,
-        "restores": daemon.restores_ok,
-        "restores_failed": daemon.restores_failed,
-        "incarnations": daemon.incarnations,
-        "requests_answered": daemon.answered,
-        "empty_reads": daemon.empty_reads,
-        "daemon_errors": len(daemon.errors),
         "mismatches": len(readers.mismatches),
         "read_errors": len(readers.read_errors),
         "max_stall_s": readers.max_stall_s,
         "stall_bound_s": th.stall_bound_s,
-        "files_verified": readers.files_verified,
-        "files_never_verified": len(readers.never_verified),
-        "bytes_read": readers.bytes_read,
-        "mounts": readers.mounts,
+        "evidence": {
+            "deaths": len(daemon.deaths),
+            "restores": daemon.restores_ok,
+            "restores_failed": daemon.restores_failed,
+            "redelivered": daemon.redelivered,
+            "fd_closes": daemon.fd_closes,
+            "reopens": len(kernel_trace.reopens),
+            "reads_after_reopen": reads_after_reopen,
+            "empty_reads": daemon.empty_reads,  # spurious wake-ups: what patch 4 narrowed
+            "trace_events": kernel_trace.counts,
+            "trace_lost_events": kernel_trace.lost,
+            "incarnations": daemon.incarnations,
+            "requests_answered": daemon.answered,
+            "daemon_errors": len(daemon.errors),
+        },
+        "readers": {
+            "bytes_read": readers.bytes_read,
+            "files_verified": readers.files_verified,
+            "files_never_verified": len(readers.never_verified),
+            "mounts": readers.mounts,
+            "max_latency_s": readers.max_latency_s,
+            "p99_latency_s": readers.p99_latency_s,
+            "longest_stall_s": readers.max_stall_s,
+            "latency_histogram": readers.latency_histogram,
+        },
         "recovery_s": {"mean": round(statistics.mean(recoveries), 3) if recoveries else None,
                        "max": max(recoveries) if recoveries else None},
-        "kills_per_minute": round(kills / loop_s * 60, 1) if loop_s else None,
+        "kills_per_minute": round(kills / loop_s * 60, 1) if loop_s and kills else None,
         "findings": [asdict(f) for f in findings],
-        "kill_log": [asdict(k) for k in daemon.kills],
+        "deaths": [asdict(d) for d in daemon.deaths],
         "first_mismatches": list(readers.mismatches[:5]),
         "first_read_errors": list(readers.read_errors[:5]),
         "stalls": list(readers.stalls[:5]),
@@ -68,6 +107,8 @@ def evaluate(run_dir: Path) -> dict:
         "reproduce": meta["reproduce"],
         "harness_version": __version__,
     }
+    if meta.get("crash_plan"):
+        results["crash_points"] = _crash_point_table(daemon)
     if aborted:
         results["console_tail"] = console.tail(run_dir / "console.log")
     (run_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
@@ -89,23 +130,31 @@ def _seconds(value: float | None) -> str:
 
 
 def summary(r: dict) -> str:
-    t = r["timing"]
+    t, ev, rd = r["timing"], r["evidence"], r["readers"]
     lines = [
-        f"{r['verdict']}: cachefiles on-demand failover, {r['request']['mode']} mode, "
-        f"kernel {r['kernel'].get('version', '?')} ({r['kernel'].get('source', '?')}), {r['accel']}",
-        f"  kills {r['kills']}, on a request in flight {r['kills_in_flight']} ({r['in_flight_share']:.0%}), "
-        f"re-delivered after restore {r['redelivered']}, restores {r['restores']}",
-        f"  reads: {r['files_verified']} files verified ({r['bytes_read'] / 1e6:.1f} MB), "
-        f"{r['mismatches']} mismatches, {r['read_errors']} errors, "
-        f"max stall {r['max_stall_s']:.2f}s (bound {r['stall_bound_s']:.0f}s)",
-        f"  daemon: {r['incarnations']} incarnations, answered {r['requests_answered']}, "
-        f"empty wake-ups {r['empty_reads']}, recovery after a kill: mean {_seconds(r['recovery_s']['mean'])}, "
+        f"{r['verdict']}: scenario {r['scenario']}, kernel {r['kernel'].get('version', '?')} "
+        f"({r['kernel'].get('source', '?')}), {r['accel']}",
+        f"  faults: {r['kills']} kills ({r['kills_in_flight']} on a request in flight, {r['in_flight_share']:.0%}), "
+        f"{ev['fd_closes']} anon fds closed, {ev['deaths']} daemon deaths",
+        f"  failover: {ev['restores']} restores, {ev['redelivered']} requests re-delivered, "
+        f"{ev['reopens']} reopens with {ev['reads_after_reopen']} READs after them, "
+        f"{ev['empty_reads']} empty wake-ups; recovery mean {_seconds(r['recovery_s']['mean'])}, "
         f"max {_seconds(r['recovery_s']['max'])}",
+        f"  reads: {rd['files_verified']} files verified ({rd['bytes_read'] / 1e6:.1f} MB), "
+        f"{r['mismatches']} mismatches, {r['read_errors']} errors, max {_seconds(rd['max_latency_s'])}, "
+        f"p99 <= {_seconds(rd['p99_latency_s'])}, longest stall {_seconds(r['max_stall_s'])} "
+        f"(bound {r['stall_bound_s']:.0f}s)",
         f"  time: build {t.get('build_s', 0):.0f}s{' (reused)' if t.get('build_reused') else ''}, "
-        f"boot {t.get('boot_s', 0):.1f}s, kill loop {t.get('kill_loop_s', 0):.0f}s "
-        f"({r['kills_per_minute']} kills/min), total {t.get('total_s', 0):.0f}s",
-        f"  findings on the console: {len(r['findings'])}",
+        f"boot {t.get('boot_s', 0):.1f}s, faults {t.get('fault_loop_s', 0):.0f}s"
+        + (f" ({r['kills_per_minute']} kills/min)" if r["kills_per_minute"] else "")
+        + f", total {t.get('total_s', 0):.0f}s",
+        f"  kernel console findings: {len(r['findings'])}",
     ]
+    for point, row in r.get("crash_points", {}).items():
+        answered = "answered before death" if row["kernel_had_answer"] else "unanswered, must come back"
+        lines.append(f"  crash point {point:20} hit {row['hits']}, held {row['held_requests']} ({answered}), "
+                     f"re-delivered {row['redelivered']}, restored {row['restored']}, served after {row['served_after']}")
     lines += [f"  - {reason}" for reason in r["reasons"]]
+    lines += [f"  - missing evidence: {m}" for m in r["missing_evidence"]]
     lines.append(f"  reproduce: {r['reproduce']}")
     return "\n".join(lines) + "\n"

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import os
 import shlex
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .errors import InputError
+from .scenarios import DEFAULT_SCENARIO, SCENARIOS, Scenario
 
-MODES = ("failover", "no_failover")
 ACCELS = ("auto", "kvm", "tcg")
 
 
@@ -21,13 +21,13 @@ def default_cache() -> Path:
 
 @dataclass(frozen=True)
 class RunRequest:
-    kills: int = 50
+    scenario: str = DEFAULT_SCENARIO
+    kills: int | None = None  # None: the scenario's own number
     seed: int = 1
     output: Path = Path("runs")
     tree: Path | None = None
     package: str = "linux-source-6.12"
-    mode: str = "failover"
-    readers: int = 3
+    readers: int | None = None  # None: the scenario's own number
     read_delay_ms: int = 50
     kill_interval_s: tuple[float, float] = (0.5, 2.0)
     accel: str = "auto"
@@ -35,17 +35,17 @@ class RunRequest:
     cache: Path = field(default_factory=default_cache)
 
     def validate(self) -> "RunRequest":
-        if self.kills < 1:
-            raise InputError(f"--kills must be at least 1 (got {self.kills})")
-        if not 1 <= self.readers <= 16:
+        if self.scenario not in SCENARIOS:
+            raise InputError(f"unknown scenario {self.scenario!r} (one of {', '.join(SCENARIOS)})")
+        if self.kills is not None and self.kills < 0:
+            raise InputError(f"--kills must be 0 or more (got {self.kills})")
+        if self.readers is not None and not 1 <= self.readers <= 16:
             raise InputError(f"--readers must be 1..16 (got {self.readers})")
         if self.read_delay_ms < 0:
             raise InputError(f"--read-delay-ms must be >= 0 (got {self.read_delay_ms})")
         lo, hi = self.kill_interval_s
         if not 0 < lo <= hi:
             raise InputError(f"kill interval {lo}..{hi}s is not a range of positive seconds")
-        if self.mode not in MODES:
-            raise InputError(f"unknown mode {self.mode!r} (one of {', '.join(MODES)})")
         if self.accel not in ACCELS:
             raise InputError(f"unknown accelerator {self.accel!r} (one of {', '.join(ACCELS)})")
         for what, path in (("output", self.output), ("cache", self.cache)):
@@ -57,16 +57,24 @@ class RunRequest:
                 raise InputError(f"{what} directory {path}: not writable")
         return self
 
+    @property
+    def plan(self) -> Scenario:
+        """The scenario with this request's overrides."""
+        s = SCENARIOS[self.scenario].with_kills(self.kills)
+        return s if self.readers is None else replace(s, readers=self.readers)
+
     def reproduce(self) -> str:
         """The command line that runs this request again."""
-        argv = ["failover-harness", "run", "--kills", str(self.kills), "--seed", str(self.seed),
-                "--readers", str(self.readers), "--read-delay-ms", str(self.read_delay_ms)]
+        argv = ["failover-harness", "run", "--scenario", self.scenario, "--seed", str(self.seed),
+                "--read-delay-ms", str(self.read_delay_ms)]
+        if self.kills is not None:
+            argv += ["--kills", str(self.kills)]
+        if self.readers is not None:
+            argv += ["--readers", str(self.readers)]
         if self.tree:
             argv += ["--tree", str(self.tree)]
         elif self.package != RunRequest.package:
             argv += ["--package", self.package]
-        if self.mode == "no_failover":
-            argv.append("--no-failover")
         if self.accel != "auto":
             argv += ["--accel", self.accel]
         return shlex.join(argv)

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
-from . import build, console, dataset, kconfig, proc, report, source, vm
+from . import build, console, dataset, kconfig, proc, report, scenarios, source, vm
 from .errors import HarnessError, InputError, UntestableError
 from .evidence import read_jsonl
 from .guest import GuestGone, GuestHung, GuestSession
@@ -26,6 +26,9 @@ FRAGMENTS = ("vm-base.config", "ondemand.config")
 GUEST_TMP = "/run/failover-harness"  # the guest's own tmpfs: the cache's ext4 image, mount points
 GUEST_PYTHON = "/usr/bin/python3 -S"  # Debian's: the standard library only, no site start-up cost
 BUILD_TIMEOUT_S = 3600
+TRACEFS = "/sys/kernel/tracing"
+TRACE_EVENTS = f"{TRACEFS}/events/cachefiles/cachefiles_ondemand_*"  # the on-demand protocol's seven
+TRACE_BUFFER_KB = 16384  # per CPU: a whole run's on-demand events without overrun
 
 
 def preflight() -> None:
@@ -38,11 +41,11 @@ def preflight() -> None:
 
 def new_run_dir(req: RunRequest) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = req.output.resolve() / f"{stamp}-seed{req.seed}-{req.mode}"
+    run_dir = req.output.resolve() / f"{stamp}-{req.scenario}-seed{req.seed}"
     n = 1
     while run_dir.exists():
         n += 1
-        run_dir = run_dir.with_name(f"{stamp}-seed{req.seed}-{req.mode}-{n}")
+        run_dir = run_dir.with_name(f"{stamp}-{req.scenario}-seed{req.seed}-{n}")
     (run_dir / "guest").mkdir(parents=True)
     return run_dir
 
@@ -50,10 +53,12 @@ def new_run_dir(req: RunRequest) -> Path:
 class Run:
     def __init__(self, req: RunRequest) -> None:
         self.req = req
+        self.scenario = req.plan
+        self.crash_plan = scenarios.crash_plan(self.scenario, req.seed)
         self.dir = new_run_dir(req)
         self.guest_dir = self.dir / "guest"
         self.meta: dict = {"request": req.to_json(), "reproduce": req.reproduce(), "timing": {},
-                           "aborted": None}
+                           "scenario": asdict(self.scenario), "crash_plan": self.crash_plan, "aborted": None}
         self.started = time.monotonic()
 
     def save_meta(self) -> None:
@@ -73,7 +78,11 @@ class Run:
     def guest_config(self, data: dataset.Dataset, timeouts: vm.Timeouts) -> Path:
         g = self.guest_dir
         config = {
-            "mode": self.req.mode,
+            "mode": "failover" if self.scenario.failover else "no_failover",
+            "seed": self.req.seed,
+            "threads": self.scenario.threads,
+            "crash_plan": self.crash_plan,
+            "domain_images": list(self.scenario.domain_images),
             "cache_dir": f"{GUEST_TMP}/cache",
             "tag": "failover-harness",
             "images": {name: str(path) for name, path in data.images.items()},
@@ -109,9 +118,13 @@ class Run:
             return None
         return (int(inc), int(pid)) if what == "serving" else None
 
-    def daemon_serving(self, incarnation: int) -> bool:
-        state = self.daemon_state()
-        return state is not None and state[0] >= incarnation
+    def wait_for_incarnation(self, incarnation: int, timeout_s: float) -> tuple[int, int]:
+        """(incarnation, pid) once incarnation `incarnation` (or a later one) is serving."""
+        def serving() -> bool:
+            state = self.daemon_state()
+            return state is not None and state[0] >= incarnation
+        self.wait_until(f"daemon incarnation {incarnation} serving", serving, timeout_s)
+        return self.daemon_state()  # type: ignore[return-value]  # the file is only ever replaced
 
     def answered_by(self, incarnation: int) -> bool:
         return any(e.get("event") == "done" and e.get("inc") == incarnation
@@ -127,57 +140,84 @@ class Run:
         session.check(f"mkdir -p {GUEST_TMP}/mnt {GUEST_TMP}/cache && truncate -s 1G {GUEST_TMP}/cache.img"
                       f" && mkfs.ext4 -q -F {GUEST_TMP}/cache.img && mount -o loop {GUEST_TMP}/cache.img {GUEST_TMP}/cache",
                       t.command)
+        # the kernel's own account of every request: on before the first one
+        session.check(f"echo {TRACE_BUFFER_KB} >{TRACEFS}/buffer_size_kb && for e in {TRACE_EVENTS}; do echo 1 >$e/enable; done",
+                      t.command)
         session.check(f"{py} {scripts}/keeper.py --config {shlex.quote(str(config))} >{g}/keeper.out 2>&1 &"
                       f" echo $! >{g}/keeper.pid", t.command)
         self.wait_until("the keeper binding /dev/cachefiles",
                         lambda: (self.guest_dir / "keeper.state").exists(), t.command)
-        self.wait_until("the first daemon incarnation", lambda: self.daemon_serving(1), t.recovery)
-        for i in range(self.req.readers):
+        self.wait_for_incarnation(1, t.recovery)
+        for i in range(self.scenario.readers):
             session.check(f"{py} {scripts}/reader.py --config {shlex.quote(str(config))} --id {i}"
                           f" >{g}/reader-{i}.out 2>&1 &", t.command)
         self.wait_until("the readers' first mount", lambda: self.reader_events("mounted") > 0, t.command)
 
-    def kill_loop(self, session: GuestSession, t: vm.Timeouts) -> None:
-        rng = random.Random(f"{self.req.seed}/kills")
-        kills_log = self.dir / "kills.jsonl"
+    def record_fault(self, **fields) -> None:
+        with open(self.dir / "faults.jsonl", "a") as f:
+            f.write(json.dumps({**fields, "t": time.time()}) + "\n")
+
+    def died(self, incarnation: int) -> bool:
+        return any(e.get("event") == "died" and e.get("incarnation") == incarnation
+                   for e in read_jsonl(self.guest_dir / "keeper.jsonl"))
+
+    def await_crash(self, session: GuestSession, incarnation: int, timeout_s: float, t: vm.Timeouts) -> None:
+        point = self.crash_plan[str(incarnation)]
+        try:
+            self.wait_until(f"incarnation {incarnation} dying at {point}", lambda: self.died(incarnation), timeout_s)
+        except GuestHung:  # its point never came: end it, and the report says so
+            inc, pid = self.wait_for_incarnation(incarnation, t.recovery)
+            session.run(f"kill -KILL {pid}", t.command)
+            self.record_fault(kind="kill", pid=pid, incarnation=inc, why=f"crash point {point} not reached")
+            self.wait_until(f"incarnation {incarnation} reaped", lambda: self.died(incarnation), t.recovery)
+
+    def fault_loop(self, session: GuestSession, t: vm.Timeouts) -> None:
+        """The scenario's faults, in their seeded order, each on the daemon then serving."""
+        actions = scenarios.schedule(self.scenario, self.req.seed, self.req.kill_interval_s, t.recovery)
         incarnation = 1
         started = time.monotonic()
         try:
-            for index in range(self.req.kills):
+            for index, action in enumerate(actions):
                 if self.reader_events("stall"):
-                    self.meta["aborted"] = "a reader stalled; the kill loop stopped early"
+                    self.meta["aborted"] = "a reader stalled; the faults stopped early"
                     return
-                self.wait_until(f"incarnation {incarnation} serving", lambda: self.daemon_serving(incarnation),
+                if action.kind == "await_crash":
+                    # incarnation `index + 1` kills itself at its point, maybe before it ever serves
+                    self.await_crash(session, index + 1, action.delay_s, t)
+                    incarnation = index + 2
+                    continue
+                inc, pid = self.wait_for_incarnation(incarnation, t.recovery)
+                time.sleep(action.delay_s)
+                # the pid we waited for: if it died by itself meanwhile, the fault misses, and says so
+                signal = "KILL" if action.kind == "kill" else "USR1"
+                r = session.run(f"kill -{signal} {pid}", t.command)
+                self.record_fault(index=index, kind=action.kind, pid=pid, incarnation=inc, status=r.status)
+                incarnation = inc + 1 if action.kind == "kill" else inc
+            if incarnation > 1:
+                # the last death must be recovered from too: an answer from the next incarnation
+                self.wait_until(f"incarnation {incarnation} answering", lambda: self.answered_by(incarnation),
                                 t.recovery)
-                time.sleep(rng.uniform(*self.req.kill_interval_s))
-                state = self.daemon_state()
-                assert state is not None  # it was serving a moment ago; only we kill it
-                inc, pid = state
-                r = session.run(f"kill -KILL {pid}", t.command)
-                with open(kills_log, "a") as f:
-                    f.write(json.dumps({"index": index, "pid": pid, "incarnation": inc, "status": r.status,
-                                        "t": time.time()}) + "\n")
-                incarnation += 1
-            # the last kill must be recovered from too: wait for an answer from the next incarnation
-            self.wait_until(f"incarnation {incarnation} answering", lambda: self.answered_by(incarnation),
-                            t.recovery)
         except GuestHung as e:
             self.meta["aborted"] = str(e)
         finally:
-            self.meta["timing"]["kill_loop_s"] = round(time.monotonic() - started, 1)
+            self.meta["timing"]["fault_loop_s"] = round(time.monotonic() - started, 1)
 
     def drain(self, session: GuestSession, t: vm.Timeouts) -> None:
         """Readers finish the file they are on (and their first full round); then all stops."""
         g = shlex.quote(str(self.guest_dir))
         session.check(f"touch {g}/stop", t.command)
         try:
+            # a reader reported stuck will not finish: no use waiting the whole drain for it
             self.wait_until("the readers finishing",
-                            lambda: self.reader_events("finished") >= self.req.readers, t.drain)
+                            lambda: self.reader_events("finished") >= self.scenario.readers or self.reader_events("stall"),
+                            t.drain)
         except GuestHung:
             pass  # stuck readers: the report says so; kill them so that the guest can stop
         session.run("pkill -KILL -f guest_scripts/reader.py; "
                     f"kill -TERM $(cat {g}/keeper.pid) 2>/dev/null; sleep 1", t.command)
         session.run(f"pkill -KILL -f guest_scripts/ ; umount -l {GUEST_TMP}/mnt/* 2>/dev/null; true", t.command)
+        session.run(f"echo 0 >{TRACEFS}/tracing_on; cat {TRACEFS}/trace >{g}/trace.txt;"
+                    f" cat {TRACEFS}/per_cpu/cpu*/stats >{g}/trace-stats.txt", t.command)
 
     def in_guest(self, bzimage: Path, accel: str, config: Path, t: vm.Timeouts) -> None:
         spec = vm.VmSpec(bzimage, accel, (self.dir,), console_log=self.dir / "console.log")
@@ -192,7 +232,7 @@ class Run:
                 raise UntestableError(f"boot failed: {e}\n{console.tail(self.dir / 'console.log', 15)}") from e
             try:
                 self.start_services(session, config, t)
-                self.kill_loop(session, t)
+                self.fault_loop(session, t)
                 self.drain(session, t)
             except (GuestHung, GuestGone) as e:
                 # the kernel stopped answering or died under test: a finding, not an infra error
@@ -206,7 +246,7 @@ class Run:
         try:
             preflight()
             built = self.kernel()
-            data = dataset.build(dataset.DatasetSpec(seed=self.req.seed), self.req.cache)
+            data = dataset.build(dataset.DatasetSpec(seed=self.req.seed, images=self.scenario.images), self.req.cache)
             accel = self.req.accel
             if accel == "auto":
                 accel = vm.probe_accel(built.bzimage, self.req.cache, self.dir / "kvm-probe.log")

@@ -1,13 +1,21 @@
-"""Facts in, verdict out: PASS only when every rule holds, else FAIL with every reason."""
+"""Facts in, verdict out.
+
+FAIL when the kernel did something wrong: wrong data, a read error, a stall, a kill not
+recovered from, a splat. INCONCLUSIVE when nothing went wrong but a failover path the scenario
+exists for never ran (the run proves nothing about it). PASS only when neither.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .console import Finding
 from .evidence import DaemonFacts, ReaderFacts
+from .scenarios import CRASH_POINTS, UNANSWERED_POINTS, Needs
+from .trace import TraceFacts
 
 PASS = "PASS"
 FAIL = "FAIL"
+INCONCLUSIVE = "INCONCLUSIVE"
 UNTESTABLE = "UNTESTABLE"
 
 
@@ -15,21 +23,23 @@ UNTESTABLE = "UNTESTABLE"
 class Thresholds:
     kills_requested: int
     stall_bound_s: float
-    min_in_flight_share: float = 0.8
+    needs: Needs = field(default_factory=Needs)
+    crash_points_planned: int = 0
 
 
 @dataclass(frozen=True)
 class Verdict:
     status: str
-    reasons: tuple[str, ...]
+    reasons: tuple[str, ...]  # why FAIL
+    missing: tuple[str, ...]  # which evidence never showed (INCONCLUSIVE, or beside a FAIL)
 
     @property
     def passed(self) -> bool:
         return self.status == PASS
 
 
-def decide(daemon: DaemonFacts, readers: ReaderFacts, findings: list[Finding], th: Thresholds,
-           aborted: str | None = None) -> Verdict:
+def failures(daemon: DaemonFacts, readers: ReaderFacts, findings: list[Finding], th: Thresholds,
+             aborted: str | None) -> list[str]:
     reasons: list[str] = []
     if aborted:
         reasons.append(f"run aborted: {aborted}")
@@ -49,26 +59,58 @@ def decide(daemon: DaemonFacts, readers: ReaderFacts, findings: list[Finding], t
     if readers.never_verified:
         reasons.append(f"{len(readers.never_verified)} file(s) never read back correctly, first {readers.never_verified[0]}")
 
-    # the failover
+    # the failover: every death, by our kill or at a crash point, is recovered from
     kills = daemon.kills
-    landed = [k for k in kills if k.incarnation is not None]
     if len(kills) < th.kills_requested:
         reasons.append(f"only {len(kills)} of {th.kills_requested} kills were made")
-    if len(landed) < len(kills):
-        reasons.append(f"{len(kills) - len(landed)} kill(s) did not kill a daemon incarnation")
-    if not_restored := [k.index for k in landed if not k.restored]:
-        reasons.append(f"{len(not_restored)} kill(s) not followed by a successful restore, first kill #{not_restored[0]}")
-    if not_served := [k.index for k in landed if k.restored and not k.served_after]:
-        reasons.append(f"{len(not_served)} kill(s) not followed by requests served again, first kill #{not_served[0]}")
-    if kills:
-        share = daemon.kills_in_flight / len(kills)
-        if share < th.min_in_flight_share:
-            reasons.append(f"only {daemon.kills_in_flight}/{len(kills)} kills ({share:.0%}) hit a request "
-                           f"in flight (need {th.min_in_flight_share:.0%}): the failover path was not exercised")
+    if missed := [k.index for k in kills if k.death is None]:
+        reasons.append(f"{len(missed)} kill(s) did not kill a daemon incarnation, first kill #{missed[0]}")
+    if not_restored := [d.incarnation for d in daemon.deaths if not d.restored]:
+        reasons.append(f"{len(not_restored)} death(s) not followed by a successful restore, "
+                       f"first of incarnation {not_restored[0]}")
+    if not_served := [d.incarnation for d in daemon.deaths if d.restored and not d.served_after]:
+        reasons.append(f"{len(not_served)} death(s) not followed by requests served again, "
+                       f"first of incarnation {not_served[0]}")
+
+    for d in daemon.deaths:
+        if d.point in UNANSWERED_POINTS and (lost := set(d.held) - set(d.redelivered)):
+            reasons.append(f"incarnation {d.incarnation} died at {d.point} holding msg_id(s) "
+                           f"{sorted(lost)} that no later incarnation received again")
 
     # the kernel
     if findings:
         kinds = sorted({f.kind for f in findings})
         reasons.append(f"kernel console: {len(findings)} finding(s) ({', '.join(kinds)}), first: {findings[0].text}")
+    return reasons
 
-    return Verdict(FAIL if reasons else PASS, tuple(reasons))
+
+def missing_evidence(daemon: DaemonFacts, trace: TraceFacts, reads_after_reopen: int, th: Thresholds) -> list[str]:
+    needs = th.needs
+    missing = []
+    if needs.in_flight_share and daemon.kills:
+        share = daemon.kills_in_flight / len(daemon.kills)
+        if share < needs.in_flight_share:
+            missing.append(f"only {daemon.kills_in_flight}/{len(daemon.kills)} kills ({share:.0%}) hit a request in "
+                           f"flight (need {needs.in_flight_share:.0%}): the failover path was not exercised")
+    checks = (
+        (daemon.redelivered, needs.redelivered, "held requests re-delivered after a restore"),
+        (daemon.fd_closes, needs.fd_closes, "anon fds closed by the daemon"),
+        (len(trace.reopens), needs.reopens, "reopens in the kernel trace (anon fd released, then the same object opened again)"),
+        (reads_after_reopen, needs.reads_after_reopen, "READs delivered on a reopened object"),
+    )
+    for got, need, what in checks:
+        if got < need:
+            missing.append(f"{what}: {got}, need {need}")
+    if needs.crash_point_hits and th.crash_points_planned:
+        hits = daemon.crash_points()
+        if never := [p for p in CRASH_POINTS if len(hits.get(p, [])) < needs.crash_point_hits]:
+            missing.append(f"crash points never reached: {', '.join(never)}")
+    return missing
+
+
+def decide(daemon: DaemonFacts, readers: ReaderFacts, trace: TraceFacts, reads_after_reopen: int,
+           findings: list[Finding], th: Thresholds, aborted: str | None = None) -> Verdict:
+    reasons = failures(daemon, readers, findings, th, aborted)
+    missing = missing_evidence(daemon, trace, reads_after_reopen, th)
+    status = FAIL if reasons else INCONCLUSIVE if missing else PASS
+    return Verdict(status, tuple(reasons), tuple(missing))

@@ -33,7 +33,8 @@ def test_a_missing_tree(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--kills", "0"], "--kills must be at least 1"),
+    (["--kills", "-1"], "--kills must be 0 or more"),
+    (["--scenario", "nonsense"], "unknown scenario 'nonsense'"),
     (["--readers", "0"], "--readers must be 1..16"),
     (["--accel", "xen"], "invalid choice"),
     (["--kills", "many"], "invalid int value"),

@@ -5,7 +5,7 @@ from conftest import FIXTURES
 
 
 def test_a_clean_boot_has_no_findings():
-    text = (FIXTURES / "run-5-kills-pass" / "console.log").read_text()
+    text = (FIXTURES / "run-crash-5-kills" / "console.log").read_text()
     assert "Linux version 6.12" in text  # the whole log, from the first line of boot
     assert "CacheFiles: File cache on failover-harness registered" in text
     assert console.scan(text) == []
@@ -30,11 +30,24 @@ def test_each_kind_of_report_is_found(line, kind):
     assert not finding.text.startswith("[")
 
 
+def test_a_program_writing_warning_to_kmsg_is_not_a_kernel_finding():
+    """Seen on a minimal Debian root: virtme-ng-init's own WARNING lands in the kernel log."""
+    text = (FIXTURES / "console-minimal-root.log").read_text()
+    assert 'virtme-ng-init: WARNING: failed to run: "systemd-tmpfiles"' in text
+    assert console.scan(text) == []
+
+
+def test_caller_ids_are_skipped():
+    (finding,) = console.scan("[   12.000000] [  T230] WARNING: CPU: 1 PID: 230 at fs/netfs/x.c:1 f+0x1/0x2\n")
+    assert finding.kind == "warning" and finding.text.startswith("WARNING: CPU: 1")
+
+
 def test_ordinary_lines_are_not_findings():
     text = "\n".join([
         "[ 1.0] erofs: (device erofs): [deprecated] fscache-based on-demand read feature in use.",
         "[ 1.0] overlayfs: failed to set xattr on upper",
         "[ 1.0] netfs: Withdrawing cache \"failover-harness\" (0 objs)",
         "[ 1.0] ACPI: bug workaround enabled",
+        "[ 1.0] reader: BUG: this is a program's line, not the kernel's",
     ])
     assert console.scan(text) == []

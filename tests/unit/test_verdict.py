@@ -16,7 +16,7 @@ from conftest import FIXTURES
 @pytest.fixture
 def passing_run(tmp_path) -> Path:
     dst = tmp_path / "run"
-    shutil.copytree(FIXTURES / "run-5-kills-pass", dst)
+    shutil.copytree(FIXTURES / "run-crash-5-kills", dst)
     return dst
 
 
@@ -29,12 +29,33 @@ def rewrite_jsonl(path: Path, change) -> None:
 
 def test_captured_run_passes(passing_run):
     r = report.evaluate(passing_run)
-    assert r["verdict"] == "PASS", r["reasons"]
-    assert r["kills"] == 5 and r["kills_in_flight"] == 5 and r["redelivered"] == 5
-    assert r["restores"] == 5 and r["mismatches"] == 0 and r["read_errors"] == 0
-    assert r["files_never_verified"] == 0 and r["findings"] == []
-    assert all(k["recovery_s"] is not None and k["recovery_s"] < 5 for k in r["kill_log"])
+    assert r["verdict"] == "PASS", r["reasons"] + r["missing_evidence"]
+    assert r["scenario"] == "crash"
+    assert r["kills"] == 5 and r["kills_in_flight"] == 5
+    ev = r["evidence"]
+    assert ev["redelivered"] == 5 and ev["restores"] == 5 and ev["deaths"] == 5
+    assert ev["reopens"] >= 5 and ev["reads_after_reopen"] > 0  # the dead one's objects came back
+    assert r["mismatches"] == 0 and r["read_errors"] == 0 and r["findings"] == []
+    assert r["readers"]["files_never_verified"] == 0 and r["readers"]["p99_latency_s"] is not None
+    assert all(d["recovery_s"] is not None and d["recovery_s"] < 5 for d in r["deaths"])
     assert (passing_run / "summary.txt").read_text().startswith("PASS")
+
+
+def test_captured_close_fds_run_passes_on_kernel_evidence(tmp_path):
+    r = report.evaluate(shutil.copytree(FIXTURES / "run-close-fds", tmp_path / "run"))
+    assert r["verdict"] == "PASS", r["reasons"] + r["missing_evidence"]
+    ev = r["evidence"]
+    assert ev["fd_closes"] >= 10 and ev["reopens"] >= 10 and ev["reads_after_reopen"] >= 10
+    assert ev["deaths"] == 0 and r["kills"] == 0
+
+
+def test_close_fds_without_reopens_in_the_trace_is_inconclusive(tmp_path):
+    """Checksums fine, but the kernel never showed the path: that proves nothing, so no PASS."""
+    run = shutil.copytree(FIXTURES / "run-close-fds", tmp_path / "run")
+    (run / "guest" / "trace.txt").write_text("# tracer: nop\n")
+    r = report.evaluate(run)
+    assert r["verdict"] == "INCONCLUSIVE" and r["reasons"] == []
+    assert any(m.startswith("reopens in the kernel trace") and m.endswith(": 0, need 10") for m in r["missing_evidence"])
 
 
 def test_captured_no_failover_run_fails_on_read_errors(tmp_path):
@@ -43,7 +64,7 @@ def test_captured_no_failover_run_fails_on_read_errors(tmp_path):
     assert r["read_errors"] > 0
     assert any(reason.startswith(f"{r['read_errors']} read error(s)") for reason in r["reasons"])
     # a fresh cache starts its msg_ids at 0 again: that is not a re-delivery
-    assert r["redelivered"] == 0
+    assert r["evidence"]["redelivered"] == 0
 
 
 def test_checksum_mismatch_fails(passing_run):
@@ -92,7 +113,7 @@ def test_missing_restore_fails(passing_run):
     rewrite_jsonl(passing_run / "guest" / "daemon.jsonl", lambda e: None if e["event"] == "restore" and e["inc"] == 3 else e)
     r = report.evaluate(passing_run)
     assert r["verdict"] == "FAIL"
-    assert any("not followed by a successful restore" in reason for reason in r["reasons"])
+    assert any("death(s) not followed by a successful restore" in reason for reason in r["reasons"])
 
 
 def test_nothing_served_after_a_kill_fails(passing_run):
@@ -104,9 +125,9 @@ def test_nothing_served_after_a_kill_fails(passing_run):
     assert any("not followed by requests served again" in reason for reason in r["reasons"])
 
 
-def test_kills_that_hit_an_idle_daemon_do_not_count(passing_run):
+def test_kills_that_hit_an_idle_daemon_are_inconclusive(passing_run):
     """The published test's flaw: kills that land while nothing is in flight prove nothing."""
-    held = {(k["incarnation"], m) for k in report.evaluate(passing_run)["kill_log"] for m in k["held"]}
+    held = {(d["incarnation"], m) for d in report.evaluate(passing_run)["deaths"] for m in d["held"]}
     # pretend each held request had been answered just before the kill
     extra = []
 
@@ -118,13 +139,30 @@ def test_kills_that_hit_an_idle_daemon_do_not_count(passing_run):
     with open(passing_run / "guest" / "daemon.jsonl", "a") as f:
         f.writelines(json.dumps(e) + "\n" for e in extra)
     r = report.evaluate(passing_run)
-    assert r["verdict"] == "FAIL" and r["kills_in_flight"] == 0
-    assert any("failover path was not exercised" in reason for reason in r["reasons"])
+    assert r["verdict"] == "INCONCLUSIVE" and r["kills_in_flight"] == 0
+    assert any("failover path was not exercised" in m for m in r["missing_evidence"])
+    assert any(m.startswith("held requests re-delivered after a restore: 0") for m in r["missing_evidence"])
+
+
+def test_a_crash_point_request_never_redelivered_fails(passing_run):
+    """Dying at read_received, the daemon held a READ the kernel has no answer for: if no later
+    incarnation receives it, restore lost it."""
+    deaths = report.evaluate(passing_run)["deaths"]
+    victim = deaths[0]
+    with open(passing_run / "guest" / "daemon.jsonl", "a") as f:
+        f.write(json.dumps({"t": 0, "event": "crash_point", "who": "daemon", "inc": victim["incarnation"],
+                            "pid": victim["pid"], "point": "read_received"}) + "\n")
+    later = {(victim["incarnation"] + 1, m) for m in victim["held"]}
+    rewrite_jsonl(passing_run / "guest" / "daemon.jsonl",
+                  lambda e: None if e["event"] == "recv" and (e["inc"], e["msg_id"]) in later else e)
+    r = report.evaluate(passing_run)
+    assert r["verdict"] == "FAIL"
+    assert any(f"died at read_received holding msg_id(s) {sorted(victim['held'])}" in reason for reason in r["reasons"])
 
 
 def test_fewer_kills_than_asked_fails(passing_run):
     meta = json.loads((passing_run / "run.json").read_text())
-    meta["request"]["kills"] = 6
+    meta["scenario"]["kills"] = 6
     (passing_run / "run.json").write_text(json.dumps(meta))
     r = report.evaluate(passing_run)
     assert r["verdict"] == "FAIL"
@@ -132,7 +170,7 @@ def test_fewer_kills_than_asked_fails(passing_run):
 
 
 def test_a_kill_that_missed_the_daemon_fails(passing_run):
-    rewrite_jsonl(passing_run / "kills.jsonl", lambda e: {**e, "pid": 99999} if e["index"] == 0 else e)
+    rewrite_jsonl(passing_run / "faults.jsonl", lambda e: {**e, "pid": 99999} if e["index"] == 0 else e)
     r = report.evaluate(passing_run)
     assert r["verdict"] == "FAIL"
     assert any("did not kill a daemon incarnation" in reason for reason in r["reasons"])

@@ -1,0 +1,97 @@
+"""Scenarios as data: which faults to inject, with what load, and what evidence proves the
+failover paths ran. A run that passes its checksums without that evidence is INCONCLUSIVE.
+
+The faults, each driven from the host at seeded moments:
+- kill: SIGKILL the serving daemon; the keeper keeps the device fd, the next one writes
+  `restore` (patch 5) and must receive what the dead one held;
+- close: SIGUSR1 the daemon, which closes a live object's anon fd; the kernel puts the object in
+  CLOSE and must send a fresh OPEN when the next READ comes (patches 1-3);
+- crash points: each incarnation is told where in the protocol to SIGKILL itself.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field, replace
+
+CRASH_POINTS = (  # the daemon's names (guest_scripts/daemon.py), in protocol order
+    "open_before_copen", "copen_before_use", "read_received", "read_before_complete",
+    "read_after_complete", "after_restore", "close_fd",
+)
+# Dying at these, the daemon holds a request the kernel has no answer for: `restore` must
+# deliver it again. At the others the kernel already has its answer (or there is none to give).
+UNANSWERED_POINTS = ("open_before_copen", "read_received", "read_before_complete")
+
+
+@dataclass(frozen=True)
+class Needs:
+    """Minimum evidence; each unmet line is a path that never ran."""
+
+    in_flight_share: float = 0.0  # of the host's kills, those that hit a request held by the daemon
+    redelivered: int = 0  # held requests received again after a restore
+    fd_closes: int = 0  # anon fds the daemon closed unasked
+    reopens: int = 0  # kernel trace: fd_release then open for the same object, new object id
+    reads_after_reopen: int = 0  # READs delivered on a reopened object
+    crash_point_hits: int = 0  # every crash point, at least this often
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    summary: str
+    kills: int = 0
+    fd_closes: int = 0
+    crash_point_repeats: int = 0
+    failover: bool = True  # False: the device fd dies with the daemon (negative control)
+    readers: int = 3
+    images: int = 3
+    domain_images: tuple[str, ...] = ()  # mounted with a shared domain_id per round
+    threads: int = 1
+    needs: Needs = field(default_factory=Needs)
+
+    def with_kills(self, kills: int | None) -> "Scenario":
+        return self if kills is None else replace(self, kills=kills)
+
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
+    Scenario("crash", "SIGKILL the daemon over and over; the keeper's fd survives, `restore` re-delivers",
+             kills=50, needs=Needs(in_flight_share=0.8, redelivered=1)),
+    Scenario("close-fds", "the daemon closes anon fds of live objects; the kernel reopens them on READ",
+             fd_closes=40, needs=Needs(fd_closes=10, reopens=10, reads_after_reopen=10)),
+    Scenario("combined", "kills, fd closes and restores at once; four images, two in one domain; "
+             "four readers; a daemon with two threads",
+             kills=25, fd_closes=30, readers=4, images=4, domain_images=("img0", "img1"), threads=2,
+             needs=Needs(in_flight_share=0.6, redelivered=1, fd_closes=5, reopens=5, reads_after_reopen=5)),
+    Scenario("crash-points", "each incarnation kills itself at a named protocol point, every point three times",
+             crash_point_repeats=3, needs=Needs(redelivered=1, crash_point_hits=1)),
+    Scenario("no-failover", "negative control: the device fd dies with the daemon; must FAIL",
+             kills=3, failover=False),
+)}
+DEFAULT_SCENARIO = "crash"
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str  # "kill", "close" or "await_crash"
+    delay_s: float  # after the daemon is serving (kill, close) or the wait's bound (await_crash)
+
+
+def crash_plan(scenario: Scenario, seed: int) -> dict[str, str]:
+    """Incarnation number (as the daemon's config keys it) -> the point where it dies.
+
+    `after_restore` is never given to the first incarnation, which writes no `restore`."""
+    points = [p for p in CRASH_POINTS for _ in range(scenario.crash_point_repeats)]
+    random.Random(f"{seed}/crash-plan").shuffle(points)
+    if points and points[0] == "after_restore":
+        swap = next(i for i, p in enumerate(points) if p != "after_restore")
+        points[0], points[swap] = points[swap], points[0]
+    return {str(i + 1): p for i, p in enumerate(points)}
+
+
+def schedule(scenario: Scenario, seed: int, interval_s: tuple[float, float], crash_wait_s: float) -> list[Action]:
+    """The host's faults in order, with seeded delays: kills and closes shuffled together."""
+    rng = random.Random(f"{seed}/schedule")
+    kinds = ["kill"] * scenario.kills + ["close"] * scenario.fd_closes
+    rng.shuffle(kinds)
+    actions = [Action(k, rng.uniform(*interval_s)) for k in kinds]
+    actions += [Action("await_crash", crash_wait_s) for _ in crash_plan(scenario, seed)]
+    return actions

@@ -1,0 +1,55 @@
+from collections import Counter
+
+import pytest
+
+from harness import scenarios
+from harness.errors import InputError
+from harness.request import RunRequest
+import daemon
+
+
+def test_the_host_and_the_daemon_agree_on_crash_points():
+    assert scenarios.CRASH_POINTS == daemon.CRASH_POINTS
+
+
+def test_every_scenario_of_the_issue_exists_and_asks_for_evidence():
+    assert set(scenarios.SCENARIOS) == {"crash", "close-fds", "combined", "crash-points", "no-failover"}
+    for name, s in scenarios.SCENARIOS.items():
+        if name != "no-failover":
+            assert s.needs != scenarios.Needs(), f"{name} would pass without proving anything"
+    assert not scenarios.SCENARIOS["no-failover"].failover
+    combined = scenarios.SCENARIOS["combined"]
+    assert combined.kills and combined.fd_closes and combined.threads > 1 and len(combined.domain_images) == 2
+
+
+def test_crash_plan_visits_every_point_and_never_restores_first():
+    s = scenarios.SCENARIOS["crash-points"]
+    for seed in range(30):
+        plan = scenarios.crash_plan(s, seed)
+        assert Counter(plan.values()) == {p: 3 for p in scenarios.CRASH_POINTS}
+        assert plan["1"] != "after_restore"
+        assert sorted(map(int, plan)) == list(range(1, len(plan) + 1))
+    assert scenarios.crash_plan(s, 1) == scenarios.crash_plan(s, 1)
+    assert scenarios.crash_plan(scenarios.SCENARIOS["crash"], 1) == {}
+
+
+def test_schedule_is_seeded_and_mixes_the_faults():
+    s = scenarios.SCENARIOS["combined"]
+    a = scenarios.schedule(s, 7, (0.5, 2.0), 60)
+    assert a == scenarios.schedule(s, 7, (0.5, 2.0), 60)
+    assert a != scenarios.schedule(s, 8, (0.5, 2.0), 60)
+    assert Counter(x.kind for x in a) == {"kill": s.kills, "close": s.fd_closes}
+    assert all(0.5 <= x.delay_s <= 2.0 for x in a)
+    kinds = "".join(x.kind[0] for x in a)
+    assert "kc" in kinds or "ck" in kinds  # interleaved, not all kills then all closes
+    waits = scenarios.schedule(scenarios.SCENARIOS["crash-points"], 1, (0.5, 2.0), 60)
+    assert [x.kind for x in waits] == ["await_crash"] * 21 and waits[0].delay_s == 60
+
+
+def test_request_overrides():
+    req = RunRequest(scenario="crash", kills=7, readers=2)
+    assert req.plan.kills == 7 and req.plan.readers == 2
+    assert "--scenario crash" in req.reproduce() and "--kills 7" in req.reproduce()
+    assert RunRequest().plan.kills == 50  # the README's main job
+    with pytest.raises(InputError, match="unknown scenario"):
+        RunRequest(scenario="nope").validate()
