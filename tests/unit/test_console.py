@@ -1,7 +1,7 @@
 import pytest
 
 from harness import console
-from conftest import FIXTURES
+from helpers import FIXTURES
 
 
 def test_a_clean_boot_has_no_findings():

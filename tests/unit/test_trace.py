@@ -1,6 +1,6 @@
 """The trace parser and the reopen correlation, on traces captured from real runs."""
 from harness import evidence, trace
-from conftest import FIXTURES
+from helpers import FIXTURES
 
 
 def load(run: str):

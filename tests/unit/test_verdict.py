@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness import report
-from conftest import FIXTURES
+from helpers import FIXTURES
 
 
 @pytest.fixture
