@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import __version__, proc, report
 from .errors import EXIT_FAIL, EXIT_PASS, EXIT_UNTESTABLE, EXIT_USAGE, HarnessError
+from .kconfig import FLAVORS
 from .request import RunRequest
 from .scenarios import SCENARIOS
 
@@ -44,6 +45,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--readers", type=int, help="reader processes (default: the scenario's)")
     run.add_argument("--read-delay-ms", type=int, default=d.read_delay_ms,
                      help="the daemon's delay per READ, keeps requests in flight (default %(default)s)")
+    run.add_argument("--flavor", choices=tuple(FLAVORS), default=d.flavor,
+                     help="debug adds KASAN, lockdep and the lockup detectors (default %(default)s)")
     run.add_argument("--accel", choices=("auto", "kvm", "tcg"), default=d.accel,
                      help="auto probes whether KVM really boots a guest (default %(default)s)")
     run.add_argument("--jobs", type=int, default=d.jobs, help="make -j (default %(default)s)")
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             from .runner import Run
             req = RunRequest(scenario="no-failover" if args.no_failover else args.scenario, kills=args.kills,
                              seed=args.seed, output=args.output, tree=args.tree, package=args.package,
-                             readers=args.readers, read_delay_ms=args.read_delay_ms, accel=args.accel,
+                             readers=args.readers, read_delay_ms=args.read_delay_ms, flavor=args.flavor, accel=args.accel,
                              jobs=args.jobs, cache=args.cache).validate()
             run = Run(req)
             print(f"failover-harness: run directory {run.dir}", flush=True)

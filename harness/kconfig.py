@@ -12,6 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
+KCONFIG_DIR = Path(__file__).resolve().parent.parent / "kconfigs"
+# flavour -> the fragments merged, in order, on top of tinyconfig
+FLAVORS: dict[str, tuple[str, ...]] = {
+    "plain": ("vm-base.config", "ondemand.config"),
+    "debug": ("vm-base.config", "ondemand.config", "debug.config"),
+}
+
+
+def flavor_fragments(flavor: str) -> tuple["Fragment", ...]:
+    return tuple(Fragment.load(KCONFIG_DIR / name) for name in FLAVORS[flavor])
+
+
 _SET = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
 _UNSET = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
 

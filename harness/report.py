@@ -150,6 +150,7 @@ def summary(r: dict) -> str:
         + f", total {t.get('total_s', 0):.0f}s",
         f"  kernel console findings: {len(r['findings'])}",
     ]
+    lines += [f"    {f['title']} [{f['fingerprint']}] at console.log:{f['line_no']}" for f in r["findings"][:10]]
     for point, row in r.get("crash_points", {}).items():
         answered = "answered before death" if row["kernel_had_answer"] else "unanswered, must come back"
         lines.append(f"  crash point {point:20} hit {row['hits']}, held {row['held_requests']} ({answered}), "

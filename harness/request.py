@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .errors import InputError
+from .kconfig import FLAVORS
 from .scenarios import DEFAULT_SCENARIO, SCENARIOS, Scenario
 
 ACCELS = ("auto", "kvm", "tcg")
@@ -29,6 +30,7 @@ class RunRequest:
     package: str = "linux-source-6.12"
     readers: int | None = None  # None: the scenario's own number
     read_delay_ms: int = 50
+    flavor: str = "plain"  # "debug": KASAN, lockdep and the lockup detectors (kconfigs/debug.config)
     kill_interval_s: tuple[float, float] = (0.5, 2.0)
     accel: str = "auto"
     jobs: int = field(default_factory=lambda: os.cpu_count() or 2)
@@ -46,6 +48,8 @@ class RunRequest:
         lo, hi = self.kill_interval_s
         if not 0 < lo <= hi:
             raise InputError(f"kill interval {lo}..{hi}s is not a range of positive seconds")
+        if self.flavor not in FLAVORS:
+            raise InputError(f"unknown flavor {self.flavor!r} (one of {', '.join(FLAVORS)})")
         if self.accel not in ACCELS:
             raise InputError(f"unknown accelerator {self.accel!r} (one of {', '.join(ACCELS)})")
         for what, path in (("output", self.output), ("cache", self.cache)):
@@ -75,6 +79,8 @@ class RunRequest:
             argv += ["--tree", str(self.tree)]
         elif self.package != RunRequest.package:
             argv += ["--package", self.package]
+        if self.flavor != "plain":
+            argv += ["--flavor", self.flavor]
         if self.accel != "auto":
             argv += ["--accel", self.accel]
         return shlex.join(argv)

@@ -21,11 +21,10 @@ from .request import RunRequest
 
 ROOT = Path(__file__).resolve().parent.parent
 GUEST_SCRIPTS = ROOT / "guest_scripts"
-KCONFIGS = ROOT / "kconfigs"
-FRAGMENTS = ("vm-base.config", "ondemand.config")
 GUEST_TMP = "/run/failover-harness"  # the guest's own tmpfs: the cache's ext4 image, mount points
 GUEST_PYTHON = "/usr/bin/python3 -S"  # Debian's: the standard library only, no site start-up cost
 BUILD_TIMEOUT_S = 3600
+DEBUG_SLOWDOWN = 3  # KASAN and lockdep under TCG: every guest-side timeout this many times longer
 TRACEFS = "/sys/kernel/tracing"
 TRACE_EVENTS = f"{TRACEFS}/events/cachefiles/cachefiles_ondemand_*"  # the on-demand protocol's seven
 TRACE_BUFFER_KB = 16384  # per CPU: a whole run's on-demand events without overrun
@@ -68,9 +67,9 @@ class Run:
     def kernel(self) -> build.BuildResult:
         req = self.req
         src = source.user_tree(req.tree) if req.tree else source.debian_package(req.cache, req.package)
-        fragments = tuple(kconfig.Fragment.load(KCONFIGS / name) for name in FRAGMENTS)
+        fragments = kconfig.flavor_fragments(req.flavor)
         result = build.build(build.BuildRequest(src, fragments, req.cache, req.jobs, BUILD_TIMEOUT_S), self.dir)
-        self.meta["kernel"] = {"source": src.identity, "version": src.version, "tree": str(src.tree),
+        self.meta["kernel"] = {"source": src.identity, "version": src.version, "tree": str(src.tree), "flavor": req.flavor,
                                "config_hash": result.config_hash, "bzimage": str(result.bzimage)}
         self.meta["timing"].update(build_s=round(result.seconds, 1), build_reused=result.reused)
         return result
@@ -251,7 +250,7 @@ class Run:
             if accel == "auto":
                 accel = vm.probe_accel(built.bzimage, self.req.cache, self.dir / "kvm-probe.log")
             self.meta["accel"] = accel
-            t = vm.Timeouts.for_accel(accel)
+            t = vm.Timeouts.for_accel(accel).scaled(DEBUG_SLOWDOWN if self.req.flavor == "debug" else 1)
             self.meta["timeouts"] = asdict(t)
             config = self.guest_config(data, t)
             self.save_meta()

@@ -79,8 +79,8 @@ def failures(daemon: DaemonFacts, readers: ReaderFacts, findings: list[Finding],
 
     # the kernel
     if findings:
-        kinds = sorted({f.kind for f in findings})
-        reasons.append(f"kernel console: {len(findings)} finding(s) ({', '.join(kinds)}), first: {findings[0].text}")
+        titles = list(dict.fromkeys(f"{f.title} [{f.fingerprint}]" for f in findings))
+        reasons.append(f"kernel console: {len(findings)} finding(s): {'; '.join(titles[:5])}")
     return reasons
 
 

@@ -31,13 +31,15 @@ class Timeouts:
     recovery: float  # from a kill to the next incarnation serving
     drain: float  # readers finishing after the kill loop
 
+    def scaled(self, factor: float) -> "Timeouts":
+        return Timeouts(*(v * factor for v in vars(self).values()))
+
     @classmethod
     def for_accel(cls, accel: str) -> "Timeouts":
         tcg = cls(boot=180, command=120, stall_bound=30, recovery=60, drain=240)
         if accel == "tcg":
             return tcg
-        scale = 3
-        return cls(*(v / scale for v in (tcg.boot, tcg.command, tcg.stall_bound, tcg.recovery, tcg.drain)))
+        return tcg.scaled(1 / 3)
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,10 @@ class VmSpec:
     console_log: Path | None = None
     cpus: int = 2
     memory: str = "2G"
-    # vng boots with `quiet loglevel=1`: the console would hide every WARNING and BUG
-    append: tuple[str, ...] = ("loglevel=7",)
+    # vng boots with `quiet loglevel=1`: the console would hide every WARNING and BUG. An oops
+    # or a soft lockup panics, and a panic reboots at once, which -no-reboot turns into QEMU
+    # exiting: a crashed kernel ends the session now instead of leaving it to time out.
+    append: tuple[str, ...] = ("loglevel=7", "oops=panic", "softlockup_panic=1", "panic=-1")
 
 
 def vng_env() -> dict[str, str]:
@@ -75,10 +79,12 @@ def vng_argv(spec: VmSpec, *, exec_cmd: str | None = None) -> list[str]:
     for d in spec.rwdirs:
         argv.append(f"--rwdir={d}")
     append = list(spec.append)
+    qemu_opts = "-no-reboot"
     if spec.console_log is not None:
         path = str(spec.console_log).replace(",", ",,")  # QEMU's escape for a comma in a value
-        argv.append(f"--qemu-opts=-chardev file,id=fhconsole,path={path} -serial chardev:fhconsole")
+        qemu_opts += f" -chardev file,id=fhconsole,path={path} -serial chardev:fhconsole"
         append.append("console=ttyS1")  # the second port; ttyS0 is the shell's
+    argv.append(f"--qemu-opts={qemu_opts}")
     for a in append:
         argv.append(f"--append={a}")
     if exec_cmd is not None:

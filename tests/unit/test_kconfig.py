@@ -49,8 +49,19 @@ def test_explain_drops_names_the_enclosing_if(tmp_path):
 
 def test_shipped_fragments_parse_and_ask_for_the_series_symbols():
     symbols = {}
-    for path in sorted((ROOT / "kconfigs").glob("*.config")):
-        symbols.update(kconfig.Fragment.load(path).symbols)
+    for frag in kconfig.flavor_fragments("plain"):
+        symbols.update(frag.symbols)
     for needed in ("CONFIG_CACHEFILES_ONDEMAND", "CONFIG_EROFS_FS_ONDEMAND", "CONFIG_MISC_FILESYSTEMS",
                    "CONFIG_EXT4_FS", "CONFIG_BLK_DEV_LOOP", "CONFIG_9P_FS", "CONFIG_SERIAL_8250_CONSOLE"):
         assert symbols.get(needed) == "y", needed
+
+
+def test_the_debug_flavour_adds_the_detectors_to_the_plain_one():
+    plain = [f.name for f in kconfig.flavor_fragments("plain")]
+    debug = kconfig.flavor_fragments("debug")
+    assert [f.name for f in debug][: len(plain)] == plain
+    extra = debug[-1].symbols
+    for needed in ("CONFIG_KASAN", "CONFIG_PROVE_LOCKING", "CONFIG_DEBUG_ATOMIC_SLEEP", "CONFIG_SOFTLOCKUP_DETECTOR",
+                   "CONFIG_DETECT_HUNG_TASK", "CONFIG_DEBUG_LIST", "CONFIG_LKDTM"):
+        assert extra.get(needed) == "y", needed
+    assert extra["CONFIG_SLUB_TINY"] == "n"  # KASAN's own dependency, tinyconfig's default

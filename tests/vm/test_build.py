@@ -4,7 +4,6 @@ import pytest
 from harness import build, kconfig, source
 from harness.errors import InputError
 from harness.request import default_cache
-from harness.runner import FRAGMENTS, KCONFIGS
 
 pytestmark = pytest.mark.vm
 
@@ -14,8 +13,7 @@ def test_erofs_silently_dropped_without_misc_filesystems_is_caught(tmp_path):
     olddefconfig; the build step must refuse, and say where to look."""
     src = source.debian_package(default_cache())
     fragments = []
-    for name in FRAGMENTS:
-        frag = kconfig.Fragment.load(KCONFIGS / name)
+    for frag in kconfig.flavor_fragments("plain"):
         text = "\n".join(l for l in frag.text.splitlines() if not l.startswith("CONFIG_MISC_FILESYSTEMS="))
         fragments.append(kconfig.Fragment(frag.name, text))
     req = build.BuildRequest(src, tuple(fragments), tmp_path, jobs=2, timeout_s=600)

@@ -1,0 +1,65 @@
+"""Exit codes a machine can act on: 0 PASS, 1 FAIL, 2 usage or input, 125 untestable/inconclusive."""
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import cli, proc
+from harness.errors import UntestableError
+from harness.guest import GuestGone, GuestHung, GuestSession
+from helpers import ROOT
+
+
+@pytest.mark.parametrize("verdict, code", [("PASS", 0), ("FAIL", 1), ("INCONCLUSIVE", 125), ("UNTESTABLE", 125)])
+def test_verdicts_map_to_exit_codes(verdict, code):
+    assert cli.exit_code(verdict) == code
+
+
+def test_an_untestable_run_exits_125(monkeypatch, tmp_path, capsys):
+    from harness import runner
+
+    def boot_fails(self):
+        raise UntestableError("boot failed: no shell within 180s of boot")
+    monkeypatch.setattr(runner.Run, "execute", boot_fails)
+    assert cli.main(["run", "--output", str(tmp_path), "--cache", str(tmp_path / "cache")]) == 125
+    assert "boot failed" in capsys.readouterr().err
+
+
+def test_a_missing_mkfs_erofs_is_named(tmp_path):
+    """Everything a run needs on PATH but erofs-utils: the one missing tool is named, exit 2."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("qemu-system-x86_64", "make", "gcc", "flex", "bison", "bc"):
+        if found := shutil.which(tool):
+            (bin_dir / tool).symlink_to(found)
+    env = {**os.environ, "PATH": str(bin_dir)}
+    p = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--output", str(tmp_path / "runs"),
+                        "--cache", str(tmp_path / "cache")], cwd=ROOT, env=env, text=True, capture_output=True,
+                       timeout=60)
+    assert p.returncode == 2, p.stderr
+    assert "mkfs.erofs not found (Debian package erofs-utils" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_a_guest_that_exits_before_its_shell_is_gone(tmp_path):
+    con = proc.Interactive(["sh", "-c", "echo booting; exit 3"], tmp_path / "session.log")
+    try:
+        with pytest.raises(GuestGone):
+            GuestSession(con).wait_for_shell(timeout_s=10)
+    finally:
+        con.close()
+
+
+def test_a_guest_that_never_answers_is_hung_within_its_timeout(tmp_path):
+    con = proc.Interactive(["sleep", "300"], tmp_path / "session.log")
+    started = time.monotonic()
+    try:
+        with pytest.raises(GuestHung, match="no shell within 2s"):
+            GuestSession(con).wait_for_shell(timeout_s=2)
+    finally:
+        con.close()
+    assert time.monotonic() - started < 10
+    assert not con.alive()
