@@ -86,10 +86,13 @@ class GuestSession:
         return result
 
     def shutdown(self, timeout_s: float) -> bool:
-        """Power the guest off; True if QEMU went away by itself within the timeout."""
+        """Power the guest off; True if QEMU went away by itself within the timeout.
+
+        Leaving the shell is virtme-ng's way: its init powers off when the shell exits, and a
+        minimal root may have no `poweroff` to call."""
         child = self.console.child
         try:
-            child.send("poweroff -f\r")
+            child.send("exit\r")
             child.expect(pexpect.EOF, timeout=timeout_s)
             return True
         except (pexpect.TIMEOUT, OSError):

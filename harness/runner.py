@@ -6,7 +6,6 @@ hand each other goes through the run directory, which is also the record of the 
 from __future__ import annotations
 
 import json
-import random
 import shlex
 import time
 from dataclasses import asdict
@@ -237,7 +236,7 @@ class Run:
                 # the kernel stopped answering or died under test: a finding, not an infra error
                 self.meta["aborted"] = f"guest {'hung' if isinstance(e, GuestHung) else 'gone'}: {e}"
             else:
-                session.shutdown(timeout_s=t.command)
+                session.shutdown(timeout_s=min(30.0, t.command))  # all is collected: no long wait
         finally:
             con.close()
 

@@ -1,0 +1,48 @@
+"""Each class of kernel report, recognised in a console log from a kernel that really produced
+it: the debug flavour with LKDTM, one crash type per boot (tests/fixtures/capture_splats.py)."""
+import pytest
+
+from harness import console
+from helpers import FIXTURES
+
+SPLATS = FIXTURES / "splats"
+
+# crash type -> (kind, title) of the finding it must produce first
+EXPECTED = {
+    "WARNING": ("warning", "WARNING in lkdtm_WARNING"),
+    "BUG": ("oops", "kernel BUG in lkdtm_BUG"),
+    "EXCEPTION": ("bug", "BUG: kernel NULL pointer dereference in lkdtm_EXCEPTION"),
+    "SLAB_USE_AFTER_FREE": ("kasan", "KASAN: slab-use-after-free in lkdtm_SLAB_USE_AFTER_FREE"),
+    "HUNG_TASK": ("hung-task", "INFO: task hung in lkdtm_HUNG_TASK"),
+    "SOFTLOCKUP": ("soft-lockup", "BUG: soft lockup in lkdtm_SOFTLOCKUP"),
+    "PANIC": ("panic", "Kernel panic: dumptest"),
+}
+
+
+@pytest.mark.parametrize("crashtype", sorted(EXPECTED))
+def test_each_real_splat_is_found_and_named(crashtype):
+    text = (SPLATS / f"{crashtype}.log").read_text()
+    assert "lkdtm: Performing direct entry " + crashtype in text  # it really was provoked
+    findings = console.scan(text)
+    assert findings, f"{crashtype}: nothing found"
+    kind, title = EXPECTED[crashtype]
+    assert (findings[0].kind, findings[0].title) == (kind, title)
+    if crashtype != "PANIC":
+        assert findings[0].frames and findings[0].frames[0].startswith("lkdtm_"), findings[0].frames
+
+
+def test_a_debug_boot_alone_has_no_findings():
+    """Everything before the provocation: lockdep's and KASAN's boot chatter is not a bug."""
+    text = (SPLATS / "WARNING.log").read_text()
+    before = text[: text.index("lkdtm: Performing direct entry")]
+    assert "KASAN" in before or "kasan" in before.lower()
+    assert console.scan(before) == []
+
+
+def test_same_bug_same_fingerprint_different_bug_different_one():
+    first = {t: console.scan((SPLATS / f"{t}.log").read_text())[0] for t in EXPECTED}
+    assert len({f.fingerprint for f in first.values()}) == len(EXPECTED)
+    # the same splat at another time, address and pid is the same bug
+    text = (SPLATS / "WARNING.log").read_text()
+    moved = text.replace("PID: ", "PID: 9").replace("0x", "0x0")
+    assert console.scan(moved)[0].fingerprint == first["WARNING"].fingerprint
