@@ -43,6 +43,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--no-failover", action="store_true",
                      help="the negative control, same as --scenario no-failover: must FAIL")
     run.add_argument("--readers", type=int, help="reader processes (default: the scenario's)")
+    run.add_argument("--daemon-threads", type=int, help="threads serving /dev/cachefiles (default: the scenario's)")
     run.add_argument("--read-delay-ms", type=int, default=d.read_delay_ms,
                      help="the daemon's delay per READ, keeps requests in flight (default %(default)s)")
     run.add_argument("--flavor", choices=tuple(FLAVORS), default=d.flavor,
@@ -80,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             from .runner import Run
             req = RunRequest(scenario="no-failover" if args.no_failover else args.scenario, kills=args.kills,
                              seed=args.seed, output=args.output, tree=args.tree, package=args.package,
-                             readers=args.readers, read_delay_ms=args.read_delay_ms, flavor=args.flavor, accel=args.accel,
+                             readers=args.readers, daemon_threads=args.daemon_threads,
+                             read_delay_ms=args.read_delay_ms, flavor=args.flavor, accel=args.accel,
                              jobs=args.jobs, cache=args.cache).validate()
             run = Run(req)
             print(f"failover-harness: run directory {run.dir}", flush=True)

@@ -112,13 +112,33 @@ def _title(kind: str, first: str, rip: str | None, frames: list[str]) -> str:
     if kind == "oops" and first.startswith("kernel BUG at "):
         return f"kernel BUG in {where}"
     if kind == "oops":
-        return f"{first.split(':')[0].split(',')[0]} in {where}"
+        # "Oops: general protection fault, maybe for address ...": the fault is the name
+        what = re.split(r"[,:]", first.removeprefix("Oops: "), maxsplit=1)[0].strip()
+        return f"{what} in {where}"
     return f"{first.split(',')[0]} in {where}"  # BUG: kernel NULL pointer dereference, ...
+
+
+# "kernel BUG at f.c:1!" or "BUG: kernel NULL pointer dereference" is followed, a few lines on,
+# by the "Oops: ..." line of the same report: that line continues the report, it is not another
+CONTINUATION_WINDOW = 6
+
+
+def _starts(messages: list[str]) -> list[tuple[int, str]]:
+    starts: list[tuple[int, str]] = []
+    for n, message in enumerate(messages):
+        kind = _kind(message)
+        if kind is None:
+            continue
+        if (message.startswith("Oops: ") and starts and starts[-1][1] in ("bug", "oops")
+                and n - starts[-1][0] <= CONTINUATION_WINDOW):
+            continue
+        starts.append((n, kind))
+    return starts
 
 
 def scan(text: str) -> list[Finding]:
     messages = [_message(raw) for raw in text.splitlines()]
-    starts = [(n, kind) for n, m in enumerate(messages) if (kind := _kind(m))]
+    starts = _starts(messages)
     findings = []
     for i, (n, kind) in enumerate(starts):
         limit = starts[i + 1][0] if i + 1 < len(starts) else len(messages)

@@ -29,6 +29,7 @@ class RunRequest:
     tree: Path | None = None
     package: str = "linux-source-6.12"
     readers: int | None = None  # None: the scenario's own number
+    daemon_threads: int | None = None  # None: the scenario's own number
     read_delay_ms: int = 50
     flavor: str = "plain"  # "debug": KASAN, lockdep and the lockup detectors (kconfigs/debug.config)
     kill_interval_s: tuple[float, float] = (0.5, 2.0)
@@ -43,6 +44,8 @@ class RunRequest:
             raise InputError(f"--kills must be 0 or more (got {self.kills})")
         if self.readers is not None and not 1 <= self.readers <= 16:
             raise InputError(f"--readers must be 1..16 (got {self.readers})")
+        if self.daemon_threads is not None and not 1 <= self.daemon_threads <= 16:
+            raise InputError(f"--daemon-threads must be 1..16 (got {self.daemon_threads})")
         if self.read_delay_ms < 0:
             raise InputError(f"--read-delay-ms must be >= 0 (got {self.read_delay_ms})")
         lo, hi = self.kill_interval_s
@@ -65,7 +68,9 @@ class RunRequest:
     def plan(self) -> Scenario:
         """The scenario with this request's overrides."""
         s = SCENARIOS[self.scenario].with_kills(self.kills)
-        return s if self.readers is None else replace(s, readers=self.readers)
+        if self.readers is not None:
+            s = replace(s, readers=self.readers)
+        return s if self.daemon_threads is None else replace(s, threads=self.daemon_threads)
 
     def reproduce(self) -> str:
         """The command line that runs this request again."""
@@ -75,6 +80,8 @@ class RunRequest:
             argv += ["--kills", str(self.kills)]
         if self.readers is not None:
             argv += ["--readers", str(self.readers)]
+        if self.daemon_threads is not None:
+            argv += ["--daemon-threads", str(self.daemon_threads)]
         if self.tree:
             argv += ["--tree", str(self.tree)]
         elif self.package != RunRequest.package:

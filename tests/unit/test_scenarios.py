@@ -47,8 +47,9 @@ def test_schedule_is_seeded_and_mixes_the_faults():
 
 
 def test_request_overrides():
-    req = RunRequest(scenario="crash", kills=7, readers=2)
-    assert req.plan.kills == 7 and req.plan.readers == 2
+    req = RunRequest(scenario="crash", kills=7, readers=2, daemon_threads=3)
+    assert req.plan.kills == 7 and req.plan.readers == 2 and req.plan.threads == 3
+    assert "--daemon-threads 3" in req.reproduce()
     assert "--scenario crash" in req.reproduce() and "--kills 7" in req.reproduce()
     assert RunRequest().plan.kills == 50  # the README's main job
     with pytest.raises(InputError, match="unknown scenario"):
