@@ -15,7 +15,7 @@ from pathlib import Path
 from . import build, console, dataset, kconfig, proc, report, scenarios, source, vm
 from .errors import HarnessError, InputError, UntestableError
 from .evidence import read_jsonl
-from .guest import GuestGone, GuestHung, GuestSession
+from .guest import GuestCommandFailed, GuestGone, GuestHung, GuestSession
 from .request import RunRequest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -232,6 +232,9 @@ class Run:
                 self.start_services(session, config, t)
                 self.fault_loop(session, t)
                 self.drain(session, t)
+            except GuestCommandFailed as e:
+                # our own set-up in the guest failed (mkfs, mount, a script): no verdict on the kernel
+                raise UntestableError(f"guest set-up failed: {e}") from e
             except (GuestHung, GuestGone) as e:
                 # the kernel stopped answering or died under test: a finding, not an infra error
                 self.meta["aborted"] = f"guest {'hung' if isinstance(e, GuestHung) else 'gone'}: {e}"
