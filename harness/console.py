@@ -20,7 +20,8 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (kind, re.compile(p)) for kind, p in (
         ("kasan", r"^BUG: KASAN: "),
         ("kfence", r"^BUG: KFENCE: "),
-        ("lockdep", r"^WARNING: (possible circular locking|possible recursive locking|inconsistent lock state|suspicious RCU usage)"),
+        ("lockdep", r"^WARNING: (possible circular locking|possible recursive locking|inconsistent lock state"
+                    r"|suspicious RCU usage|lock held when returning to user space|bad unlock balance)"),
         ("soft-lockup", r"^watchdog: BUG: soft lockup"),
         ("hung-task", r"^INFO: task .+ blocked for more than \d+ seconds"),
         ("rcu-stall", r"^rcu: INFO: rcu_\w+ (self-)?detected stalls?"),
@@ -34,6 +35,7 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
 _PREFIX = re.compile(r"^\[\s*\d+\.\d+\]\s*(?:\[\s*[TC]\d+\]\s*)?")
 _RIP = re.compile(r"^RIP: \w+:(?P<func>[\w.]+)\+0x")
 _FRAME = re.compile(r"^(?P<unsure>\? )?(?P<func>[\w.]+)\+0x[0-9a-f]+/0x[0-9a-f]+")
+_LOCK_SITE = re.compile(r"^#\d+: .*, at: (?P<func>[\w.]+)\+0x")  # lockdep's held locks, where taken
 _END = re.compile(r"^(</TASK>|---\[ end trace|---\[ end Kernel panic)")
 # frames every report of a kind has: they say how it was reported, not where the bug is
 _GENERIC = re.compile(
@@ -82,7 +84,8 @@ def _frames(block: list[str]) -> tuple[str | None, list[str]]:
         line = line.strip()
         if m := _RIP.match(line):
             rip = rip or m.group("func")
-        elif (m := _FRAME.match(line)) and not m.group("unsure") and not _GENERIC.match(m.group("func")):
+        elif ((m := _FRAME.match(line)) and not m.group("unsure") or (m := _LOCK_SITE.match(line))) \
+                and not _GENERIC.match(m.group("func")):
             if m.group("func") not in frames:
                 frames.append(m.group("func"))
     if rip and not _GENERIC.match(rip):
