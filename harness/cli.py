@@ -69,8 +69,11 @@ def exit_code(verdict: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    # SIGTERM (a CI timeout) unwinds like Ctrl-C, so that QEMU and make are reaped on the way out
+    # SIGTERM (a CI timeout) unwinds like Ctrl-C, so that QEMU and make are reaped on the way out.
+    # SIGINT too, explicitly: started from a background job, we inherit it ignored, and Python
+    # then installs no handler of its own.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         if args.command == "report":
             if not (args.run_dir / "run.json").is_file():
