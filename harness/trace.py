@@ -64,10 +64,6 @@ class TraceFacts:
     reopens: tuple[Reopen, ...]
     lost: bool  # the ring buffer overflowed: counts are lower bounds
 
-    @classmethod
-    def empty(cls) -> "TraceFacts":
-        return cls({}, (), False)
-
 
 def facts(events: list[TraceEvent], lost: bool = False) -> TraceFacts:
     released: dict[int, int] = {}  # o -> oid released since the object's last open

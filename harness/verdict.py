@@ -16,7 +16,6 @@ from .trace import TraceFacts
 PASS = "PASS"
 FAIL = "FAIL"
 INCONCLUSIVE = "INCONCLUSIVE"
-UNTESTABLE = "UNTESTABLE"
 
 
 @dataclass(frozen=True)
@@ -32,10 +31,6 @@ class Verdict:
     status: str
     reasons: tuple[str, ...]  # why FAIL
     missing: tuple[str, ...]  # which evidence never showed (INCONCLUSIVE, or beside a FAIL)
-
-    @property
-    def passed(self) -> bool:
-        return self.status == PASS
 
 
 def failures(daemon: DaemonFacts, readers: ReaderFacts, findings: list[Finding], th: Thresholds,
