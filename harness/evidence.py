@@ -20,11 +20,7 @@ SIGKILL = 9
 def read_jsonl(path: Path) -> list[dict]:
     """Events of one log; a line cut short by a kill or an unfinished write is skipped."""
     events = []
-    try:
-        text = path.read_text(errors="replace")
-    except FileNotFoundError:
-        return events
-    for line in text.splitlines():
+    for line in _read(path).splitlines():
         try:
             record = json.loads(line)
         except ValueError:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shlex
 import time
+from collections import Counter
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -128,8 +129,9 @@ class Run:
         return any(e.get("event") == "done" and e.get("inc") == incarnation
                    for e in read_jsonl(self.guest_dir / "daemon.jsonl"))
 
-    def reader_events(self, kind: str) -> int:
-        return sum(1 for p in self.guest_dir.glob("reader-*.jsonl") for e in read_jsonl(p) if e.get("event") == kind)
+    def reader_events(self) -> Counter[str]:
+        """How many events of each kind the readers have logged so far: one pass over the logs."""
+        return Counter(e.get("event") for p in self.guest_dir.glob("reader-*.jsonl") for e in read_jsonl(p))
 
     def start_services(self, session: GuestSession, config: Path, t: vm.Timeouts) -> None:
         py = GUEST_PYTHON
@@ -149,7 +151,7 @@ class Run:
         for i in range(self.scenario.readers):
             session.check(f"{py} {scripts}/reader.py --config {shlex.quote(str(config))} --id {i}"
                           f" >{g}/reader-{i}.out 2>&1 &", t.command)
-        self.wait_until("the readers' first mount", lambda: self.reader_events("mounted") > 0, t.command)
+        self.wait_until("the readers' first mount", lambda: self.reader_events()["mounted"] > 0, t.command)
 
     def record_fault(self, **fields) -> None:
         with open(self.dir / "faults.jsonl", "a") as f:
@@ -176,7 +178,7 @@ class Run:
         started = time.monotonic()
         try:
             for index, action in enumerate(actions):
-                if self.reader_events("stall"):
+                if self.reader_events()["stall"]:
                     self.meta["aborted"] = "a reader stalled; the faults stopped early"
                     return
                 if action.kind == "await_crash":
@@ -206,9 +208,10 @@ class Run:
         session.check(f"touch {g}/stop", t.command)
         try:
             # a reader reported stuck will not finish: no use waiting the whole drain for it
-            self.wait_until("the readers finishing",
-                            lambda: self.reader_events("finished") >= self.scenario.readers or self.reader_events("stall"),
-                            t.drain)
+            def done() -> bool:
+                events = self.reader_events()
+                return events["finished"] >= self.scenario.readers or events["stall"] > 0
+            self.wait_until("the readers finishing", done, t.drain)
         except GuestHung:
             pass  # stuck readers: the report says so; kill them so that the guest can stop
         session.run("pkill -KILL -f guest_scripts/reader.py; "
