@@ -1,27 +1,29 @@
 """Configure and build a small kernel out of tree, keyed by source and config, with ccache.
 
-The build directory is `<cache>/build/<key>` where the key hashes the source's identity and the
-fragments, so two sources or two configs never share objects, while a re-run (or a bisection
-step in the same tree) reuses every object make does not need to rebuild.
+The build directory is `<cache>/build/<key>` where the key hashes the source tree's path and the
+fragments, so two trees or two configs never share objects, while a re-run, a series, a mutant
+or a bisection step checked out in the same tree reuses every object make does not rebuild.
+The finished bzImage is copied into the run directory: the run keeps the kernel it tested, and
+the build directory is free for the next run as soon as the copy is made.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import kconfig, proc
+from . import kconfig, proc, source
 from .errors import InputError, UntestableError
-from .source import KernelSource
 
 STAMP = ".harness-built"
 
 
 @dataclass(frozen=True)
 class BuildRequest:
-    source: KernelSource
+    source: source.KernelSource
     fragments: tuple[kconfig.Fragment, ...]
     cache: Path
     jobs: int
@@ -32,14 +34,15 @@ class BuildRequest:
 class BuildResult:
     bzimage: Path
     build_dir: Path
-    config_hash: str
+    key: str
+    config_hash: str  # of the final .config
     seconds: float
-    reused: bool  # nothing was run: a finished build of an immutable source
+    reused: bool  # make did not run: this commit, clean, was the last one built here
     log: Path
 
 
 def build_key(req: BuildRequest) -> str:
-    return kconfig.fingerprint(req.fragments, req.source.identity)
+    return kconfig.fingerprint(req.fragments, f"tree:{req.source.tree}")
 
 
 def _make(req: BuildRequest, build_dir: Path, targets: list[str], log: Path, timeout_s: float) -> proc.Completed:
@@ -78,16 +81,27 @@ def configure(req: BuildRequest, build_dir: Path, log_dir: Path) -> None:
 
 
 def build(req: BuildRequest, log_dir: Path) -> BuildResult:
+    """Build (or reuse) and copy the bzImage to `log_dir`, holding the build directory meanwhile."""
     key = build_key(req)
     build_dir = req.cache / "build" / key
     build_dir.mkdir(parents=True, exist_ok=True)
+    with source.locked(build_dir.with_name(key + ".lock"), f"build directory {build_dir}"):
+        seconds, reused = _build_locked(req, build_dir, log_dir)
+        kept = log_dir / "bzImage"
+        shutil.copyfile(build_dir / "arch" / "x86" / "boot" / "bzImage", kept)
+    config_hash = hashlib.sha256((build_dir / ".config").read_bytes()).hexdigest()[:16]
+    return BuildResult(kept, build_dir, key, config_hash, seconds, reused, log_dir / "build.log")
+
+
+def _build_locked(req: BuildRequest, build_dir: Path, log_dir: Path) -> tuple[float, bool]:
     bzimage = build_dir / "arch" / "x86" / "boot" / "bzImage"
     log = log_dir / "build.log"
     stamp = build_dir / STAMP
     started = time.monotonic()
-    if req.source.immutable and stamp.exists() and bzimage.exists():
-        log.write_text(f"reused {bzimage} (built before from {req.source.identity})\n")
-        return BuildResult(bzimage, build_dir, key, 0.0, True, log)
+    commit = req.source.commit
+    if commit and bzimage.exists() and stamp.exists() and stamp.read_text().split() == [commit]:
+        log.write_text(f"reused {bzimage}: built before from commit {commit} of {req.source.tree}\n")
+        return 0.0, True
     stamp.unlink(missing_ok=True)
     configure(req, build_dir, log_dir)
     r = _make(req, build_dir, ["bzImage"], log, req.timeout_s)
@@ -95,5 +109,6 @@ def build(req: BuildRequest, log_dir: Path) -> BuildResult:
         raise UntestableError(f"kernel build timed out after {req.timeout_s:.0f}s (log: {log})")
     if not r.ok or not bzimage.exists():
         raise UntestableError(f"kernel build failed (log: {log}):\n{r.tail(15)}")
-    stamp.write_text(f"{req.source.identity}\n")
-    return BuildResult(bzimage, build_dir, key, time.monotonic() - started, False, log)
+    if commit:
+        stamp.write_text(f"{commit}\n")
+    return time.monotonic() - started, False

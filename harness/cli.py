@@ -2,6 +2,7 @@
 
 Exit codes: 0 PASS, 1 FAIL (the kernel is at fault), 2 bad usage or input, 125 untestable
 (build or boot failed, infrastructure error: `git bisect run` skips such a commit).
+`bisect` exits 0 when it names the first bad commit, 125 when it cannot, 2 when its ends are wrong.
 """
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import signal
 import sys
 from pathlib import Path
 
-from . import __version__, proc, report
-from .errors import EXIT_FAIL, EXIT_PASS, EXIT_UNTESTABLE, EXIT_USAGE, HarnessError
+from . import __version__, bisect, mutants, proc, report
+from .bisect import BisectRequest
+from .errors import EXIT_FAIL, EXIT_PASS, EXIT_UNTESTABLE, EXIT_USAGE, HarnessError, InputError
 from .kconfig import FLAVORS
 from .request import RunRequest
 from .scenarios import SCENARIOS
@@ -24,6 +26,33 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
+def _add_source_options(p: argparse.ArgumentParser, d: RunRequest) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--tree", type=Path, help="a kernel source tree (a git repository for --ref, --series, bisect)")
+    src.add_argument("--package", default=d.package, help="Debian source package (default %(default)s)")
+
+
+def _add_common_options(p: argparse.ArgumentParser, d: RunRequest) -> None:
+    p.add_argument("--seed", type=int, default=d.seed, help="dataset and kill timing (default %(default)s)")
+    p.add_argument("--output", type=Path, default=d.output, help="where run directories go (default %(default)s)")
+    p.add_argument("--read-delay-ms", type=int, default=d.read_delay_ms,
+                   help="the daemon's delay per READ, keeps requests in flight (default %(default)s)")
+    p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default=d.accel,
+                   help="auto probes whether KVM really boots a guest (default %(default)s)")
+    p.add_argument("--jobs", type=int, default=d.jobs, help="make -j (default %(default)s)")
+    p.add_argument("--cache", type=Path, default=d.cache, help="downloads, sources, builds (default %(default)s)")
+
+
+def _add_scenario_options(p: argparse.ArgumentParser, d: RunRequest) -> None:
+    p.add_argument("--scenario", default=d.scenario, help=f"one of: {', '.join(SCENARIOS)} (default %(default)s)")
+    p.add_argument("--kills", type=int, help="SIGKILLs to send (default: the scenario's, 50 for crash)")
+    p.add_argument("--readers", type=int, help="reader processes (default: the scenario's)")
+    p.add_argument("--daemon-threads", type=int, help="threads serving /dev/cachefiles (default: the scenario's)")
+    p.add_argument("--flavor", choices=tuple(FLAVORS), default=d.flavor,
+                   help="debug adds KASAN, lockdep and the lockup detectors (default %(default)s)")
+    _add_common_options(p, d)
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="failover-harness", description="Prove a kernel survives the failure of its "
                 "cachefiles on-demand daemon.")
@@ -32,30 +61,47 @@ def parser() -> argparse.ArgumentParser:
 
     d = RunRequest()
     run = sub.add_parser("run", help="build, boot, kill the daemon over and over, judge")
-    run.add_argument("--scenario", default=d.scenario,
-                     help=f"one of: {', '.join(SCENARIOS)} (default %(default)s)")
-    run.add_argument("--kills", type=int, help="SIGKILLs to send (default: the scenario's, 50 for crash)")
-    run.add_argument("--seed", type=int, default=d.seed, help="dataset and kill timing (default %(default)s)")
-    run.add_argument("--output", type=Path, default=d.output, help="where run directories go (default %(default)s)")
-    src = run.add_mutually_exclusive_group()
-    src.add_argument("--tree", type=Path, help="a kernel source tree to test instead of Debian's package")
-    src.add_argument("--package", default=d.package, help="Debian source package (default %(default)s)")
+    _add_scenario_options(run, d)
+    _add_source_options(run, d)
+    run.add_argument("--ref", help="the commit to build (of --tree's repository, or of the package's)")
+    run.add_argument("--series", type=Path, help="an mbox or a directory of patches, applied on top with git am")
     run.add_argument("--no-failover", action="store_true",
                      help="the negative control, same as --scenario no-failover: must FAIL")
-    run.add_argument("--readers", type=int, help="reader processes (default: the scenario's)")
-    run.add_argument("--daemon-threads", type=int, help="threads serving /dev/cachefiles (default: the scenario's)")
-    run.add_argument("--read-delay-ms", type=int, default=d.read_delay_ms,
-                     help="the daemon's delay per READ, keeps requests in flight (default %(default)s)")
-    run.add_argument("--flavor", choices=tuple(FLAVORS), default=d.flavor,
-                     help="debug adds KASAN, lockdep and the lockup detectors (default %(default)s)")
-    run.add_argument("--accel", choices=("auto", "kvm", "tcg"), default=d.accel,
-                     help="auto probes whether KVM really boots a guest (default %(default)s)")
-    run.add_argument("--jobs", type=int, default=d.jobs, help="make -j (default %(default)s)")
-    run.add_argument("--cache", type=Path, default=d.cache, help="downloads, sources, builds (default %(default)s)")
+
+    bis = sub.add_parser("bisect", help="git bisect run with the scenario as the test")
+    _add_scenario_options(bis, d)
+    _add_source_options(bis, d)
+    bis.add_argument("--good", required=True, help="a commit that passes")
+    bis.add_argument("--bad", required=True, help="a later commit that fails")
+    bis.add_argument("--repeat", type=int, default=1, help="runs per commit; any FAIL is bad (default %(default)s)")
+
+    step = sub.add_parser("_bisect-step")  # what `git bisect run` runs: not for people
+    _add_scenario_options(step, d)
+    step.add_argument("--tree", type=Path, required=True)
+    step.add_argument("--steps", type=Path, required=True)
+    step.add_argument("--repeat", type=int, default=1)
+
+    mut = sub.add_parser("mutate", help="each mutant kernel must be caught; the unmutated one must pass")
+    _add_common_options(mut, d)
+    _add_source_options(mut, d)
+    mut.add_argument("--mutant", action="append", default=[], metavar="NAME",
+                     help="only this mutant (repeatable; default: every one in --mutants)")
+    mut.add_argument("--mutants", type=Path, default=mutants.MUTANT_DIR,
+                     help="the directory of mutant patches (default %(default)s)")
 
     rep = sub.add_parser("report", help="judge a saved run directory again")
     rep.add_argument("run_dir", type=Path)
     return p
+
+
+def run_request(args: argparse.Namespace) -> RunRequest:
+    d = RunRequest()
+    scenario = "no-failover" if getattr(args, "no_failover", False) else getattr(args, "scenario", d.scenario)
+    return RunRequest(scenario=scenario, kills=getattr(args, "kills", None), seed=args.seed, output=args.output,
+                      tree=args.tree, package=getattr(args, "package", d.package), ref=getattr(args, "ref", None),
+                      series=getattr(args, "series", None), readers=getattr(args, "readers", None),
+                      daemon_threads=getattr(args, "daemon_threads", None), read_delay_ms=args.read_delay_ms,
+                      flavor=getattr(args, "flavor", d.flavor), accel=args.accel, jobs=args.jobs, cache=args.cache)
 
 
 def _interrupt(_signum: int, _frame: object) -> None:
@@ -80,14 +126,24 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"failover-harness: {args.run_dir}: not a run directory (no run.json)", file=sys.stderr)
                 return EXIT_USAGE
             results = report.evaluate(args.run_dir)
+        elif args.command == "bisect":
+            breq = BisectRequest(run_request(args), args.good, args.bad, args.repeat).validate()
+            found = bisect.bisect(breq)
+            print(bisect.summary(found), end="")
+            return EXIT_PASS if found["first_bad"] else EXIT_UNTESTABLE
+        elif args.command == "mutate":
+            chosen = mutants.load(args.mutants, tuple(args.mutant))
+            if not chosen:
+                raise InputError(f"{args.mutants}: no mutant patches")
+            outcome = mutants.mutate(run_request(args).validate(), chosen)
+            print(mutants.summary(outcome), end="")
+            return exit_code(outcome["verdict"])
+        elif args.command == "_bisect-step":
+            step = bisect.run_step(run_request(args).validate(), args.repeat, "bisect", args.steps)
+            return bisect.STEP_EXIT[step.result]
         else:
             from .runner import Run
-            req = RunRequest(scenario="no-failover" if args.no_failover else args.scenario, kills=args.kills,
-                             seed=args.seed, output=args.output, tree=args.tree, package=args.package,
-                             readers=args.readers, daemon_threads=args.daemon_threads,
-                             read_delay_ms=args.read_delay_ms, flavor=args.flavor, accel=args.accel,
-                             jobs=args.jobs, cache=args.cache).validate()
-            run = Run(req)
+            run = Run(run_request(args).validate(), command_line=["failover-harness", *(argv or sys.argv[1:])])
             print(f"failover-harness: run directory {run.dir}", flush=True)
             results = run.execute()
             print(f"failover-harness: {run.dir / 'results.json'}", flush=True)

@@ -28,6 +28,8 @@ class RunRequest:
     output: Path = Path("runs")
     tree: Path | None = None
     package: str = "linux-source-6.12"
+    ref: str | None = None  # a commit of the tree (or of the package's repository) to build
+    series: Path | None = None  # an mbox or a directory of patches applied on top with `git am`
     readers: int | None = None  # None: the scenario's own number
     daemon_threads: int | None = None  # None: the scenario's own number
     read_delay_ms: int = 50
@@ -55,6 +57,8 @@ class RunRequest:
             raise InputError(f"unknown flavor {self.flavor!r} (one of {', '.join(FLAVORS)})")
         if self.accel not in ACCELS:
             raise InputError(f"unknown accelerator {self.accel!r} (one of {', '.join(ACCELS)})")
+        if self.series is not None and not self.series.exists():
+            raise InputError(f"--series {self.series}: no such file or directory")
         for what, path in (("output", self.output), ("cache", self.cache)):
             try:
                 path.mkdir(parents=True, exist_ok=True)
@@ -86,6 +90,10 @@ class RunRequest:
             argv += ["--tree", str(self.tree)]
         elif self.package != RunRequest.package:
             argv += ["--package", self.package]
+        if self.ref:
+            argv += ["--ref", self.ref]
+        if self.series:
+            argv += ["--series", str(self.series)]
         if self.flavor != "plain":
             argv += ["--flavor", self.flavor]
         if self.accel != "auto":

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
-from . import build, console, dataset, kconfig, proc, report, scenarios, source, vm
+from . import __version__, build, console, dataset, kconfig, proc, report, scenarios, series, source, vm
 from .errors import HarnessError, InputError, UntestableError
 from .evidence import read_jsonl
 from .guest import GuestCommandFailed, GuestGone, GuestHung, GuestSession
@@ -33,7 +33,7 @@ TRACE_BUFFER_KB = 16384  # per CPU: a whole run's on-demand events without overr
 def preflight() -> None:
     """Every tool a run needs, checked before the first expensive step."""
     vm.vng_path()
-    for tool, package in (("mkfs.erofs", "erofs-utils"), ("make", "make"), ("gcc", "gcc"),
+    for tool, package in (("mkfs.erofs", "erofs-utils"), ("make", "make"), ("gcc", "gcc"), ("git", "git"),
                           ("flex", "flex"), ("bison", "bison"), ("bc", "bc")):
         proc.require_tool(tool, package)
 
@@ -50,8 +50,9 @@ def new_run_dir(req: RunRequest) -> Path:
 
 
 class Run:
-    def __init__(self, req: RunRequest) -> None:
+    def __init__(self, req: RunRequest, command_line: list[str] | None = None) -> None:
         self.req = req
+        self.command_line = command_line if command_line is not None else shlex.split(req.reproduce())
         self.scenario = req.plan
         self.crash_plan = scenarios.crash_plan(self.scenario, req.seed)
         self.dir = new_run_dir(req)
@@ -66,11 +67,20 @@ class Run:
     # -- stages before the guest ---------------------------------------------------------------
     def kernel(self) -> build.BuildResult:
         req = self.req
-        src = source.user_tree(req.tree) if req.tree else source.debian_package(req.cache, req.package)
         fragments = kconfig.flavor_fragments(req.flavor)
-        result = build.build(build.BuildRequest(src, fragments, req.cache, req.jobs, BUILD_TIMEOUT_S), self.dir)
+        try:
+            with source.prepare(req.cache, req.package, req.tree, req.ref, req.series, self.dir) as (src, prov):
+                self.meta["provenance"] = prov.to_json()
+                result = build.build(build.BuildRequest(src, fragments, req.cache, req.jobs, BUILD_TIMEOUT_S), self.dir)
+        except series.SeriesError as e:
+            self.meta["provenance"] = {"patches": [p.to_json() for p in e.results]}
+            raise
+        self.meta["provenance"].update(config_hash=result.config_hash, harness_version=__version__,
+                                       command_line=self.command_line)
         self.meta["kernel"] = {"source": src.identity, "version": src.version, "tree": str(src.tree), "flavor": req.flavor,
-                               "config_hash": result.config_hash, "bzimage": str(result.bzimage)}
+                               "commit": src.commit, "config_hash": result.config_hash,
+                               "build_key": result.key, "build_dir": str(result.build_dir),
+                               "bzimage": str(result.bzimage)}
         self.meta["timing"].update(build_s=round(result.seconds, 1), build_reused=result.reused)
         return result
 

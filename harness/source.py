@@ -1,29 +1,60 @@
-"""Kernel sources: Debian's linux-source package (the default) or a user's tree.
+"""Kernel sources: Debian's linux-source package (the default) or a user's tree; a ref and a
+patch series on top of either.
 
-The Debian package is downloaded once with `apt-get download` and unpacked once into the cache;
-a `.harness-unpacked` marker written last says the copy is whole, so an interrupted unpack is
-redone and an intact one is never downloaded again.
+The Debian package is downloaded once with `apt-get download`, unpacked once into the cache and
+made a git repository there (one commit, fixed identity and dates: the same package gives the
+same commit id everywhere), so that a series can be applied and a history bisected in it. That
+tree belongs to the harness: runs check out the commit they need in it, forced and detached, and
+git rewrites only the files that differ, so the one build directory of the tree rebuilds only
+what changed. A `.harness-unpacked` marker written last says the copy is whole.
+
+A user's tree is never written to. Built as it is (out of tree) when no ref or series is asked
+for; otherwise the ref is checked out, and the series applied, in a scratch worktree of its
+repository under the cache (`git worktree add --detach`: no branch, index or checkout of the
+user's is touched), the same scratch worktree every time so that its builds are incremental.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import re
 import shutil
-from dataclasses import dataclass
+import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
-from . import proc
+from . import git, proc, series
 from .errors import InputError, UntestableError
 
 DEFAULT_PACKAGE = "linux-source-6.12"
 MARKER = ".harness-unpacked"
+LOCK_WAIT_S = 4 * 3600  # another run (a bisection) may hold a tree this long; then we give up
 
 
 @dataclass(frozen=True)
 class KernelSource:
     tree: Path
-    identity: str  # what a build directory is keyed by
+    identity: str  # "debian:<package>_<version>" or "tree:<path>": where the source came from
     version: str
-    immutable: bool  # a package's tree never changes: a finished build need not run make again
+    commit: str | None = None  # HEAD when the tree is a clean git checkout: a build of it can be reused
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What was built: results.json's record of the base, the series and the result."""
+
+    source: str
+    base_commit: str | None
+    base_describe: str | None
+    head: str | None
+    patches: tuple[series.PatchResult, ...] = field(default=())
+
+    def to_json(self) -> dict:
+        return {"source": self.source, "base": {"commit": self.base_commit, "describe": self.base_describe},
+                "head": self.head, "patches": [p.to_json() for p in self.patches]}
 
 
 def kernel_version(tree: Path) -> str:
@@ -40,27 +71,78 @@ def kernel_version(tree: Path) -> str:
     return ".".join(v for v in (fields["VERSION"], fields["PATCHLEVEL"], fields.get("SUBLEVEL")) if v)
 
 
+def clean_commit(tree: Path) -> str | None:
+    """HEAD if `tree` is a git checkout without changes to tracked files, else None."""
+    if not (tree / ".git").exists():
+        return None
+    return git.head(tree) if git.is_clean(tree) else None
+
+
 def user_tree(tree: Path) -> KernelSource:
     tree = tree.resolve()
     version = kernel_version(tree)
     if (tree / ".config").exists() or (tree / "include" / "config").exists():
         raise InputError(f"{tree}: has an in-tree build; out-of-tree builds need `make mrproper` first")
-    return KernelSource(tree, f"tree:{tree}", version, immutable=False)
+    return KernelSource(tree, f"tree:{tree}", version, clean_commit(tree))
 
 
+@contextlib.contextmanager
+def locked(lock_file: Path, what: str, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+    """Exclusive use of a tree or build directory among harness processes on this host."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a") as f:
+        deadline = time.monotonic() + wait_s
+        said = False
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise UntestableError(f"{what} stayed in use by another run for {wait_s:.0f}s ({lock_file})") from None
+                if not said:
+                    print(f"failover-harness: waiting for {what}, in use by another run", file=sys.stderr, flush=True)
+                    said = True
+                time.sleep(1)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# -- Debian's package --------------------------------------------------------------------------
 def _deb_version(deb: Path) -> str:
     # apt-get download names files <package>_<version>_<arch>.deb with ':' escaped as %3a
     return deb.name.split("_")[1].replace("%3a", ":")
 
 
+def base_tag(name: str) -> str:
+    """The tag naming the package's commit: `debian/linux-source-6.12_6.12.117-1_deb12u1`."""
+    return "debian/" + re.sub(r"[^A-Za-z0-9._+-]", "_", name)
+
+
+def _make_repo(tree: Path, name: str) -> None:
+    """One commit of the package's content, exactly: `-f` because Debian's .gitignore ignores `/*`."""
+    if git.head(tree) is None:
+        git.check(tree, "init", "--quiet")
+        git.check(tree, "add", "--all", "--force")
+        git.check(tree, "commit", "--quiet", "--no-verify", "-m", f"{name} (Debian source package)",
+                  env=git.FIXED_DATES)
+    git.check(tree, "tag", "--force", base_tag(name))
+
+
 def debian_package(cache: Path, package: str = DEFAULT_PACKAGE) -> KernelSource:
-    downloads = cache / "downloads"
+    """The package's tree in the cache, a git repository; its HEAD is wherever the last run left it."""
     src_root = cache / "src"
     for marker in sorted(src_root.glob(f"{package}_*/{MARKER}")):
         tree = marker.parent / "linux"
-        return KernelSource(tree, f"debian:{marker.parent.name}", kernel_version(tree), immutable=True)
+        if not (tree / ".git").exists():  # unpacked by a harness from before trees were repositories
+            with locked(marker.parent / "lock", f"the {package} tree"):
+                _make_repo(tree, marker.parent.name)
+        return KernelSource(tree, f"debian:{marker.parent.name}", kernel_version(tree))
 
     apt = proc.require_tool("apt-get", "apt")
+    downloads = cache / "downloads"
     downloads.mkdir(parents=True, exist_ok=True)
     debs = sorted(downloads.glob(f"{package}_*.deb"))
     if not debs:
@@ -87,7 +169,78 @@ def debian_package(cache: Path, package: str = DEFAULT_PACKAGE) -> KernelSource:
     shutil.rmtree(partial / "deb")
     (unpacked,) = [p for p in partial.iterdir() if p.is_dir()]
     unpacked.rename(partial / "linux")
+    _make_repo(partial / "linux", name)
     (partial / MARKER).write_text(f"{deb.name}\n")
-    partial.rename(final)
+    partial.rename(final)  # git stores no absolute paths: the repository moves with its tree
     tree = final / "linux"
-    return KernelSource(tree, f"debian:{name}", kernel_version(tree), immutable=True)
+    return KernelSource(tree, f"debian:{name}", kernel_version(tree))
+
+
+# -- a user's repository -----------------------------------------------------------------------
+def _common_dir(tree: Path) -> Path:
+    return (tree / git.check(tree, "rev-parse", "--git-common-dir", timeout_s=30)).resolve()
+
+
+def scratch_worktree(cache: Path, repo: Path) -> Path:
+    """The harness's own detached worktree of `repo`, made once (without a checkout) and reused."""
+    scratch = cache / "work" / hashlib.sha256(str(repo).encode()).hexdigest()[:16]
+    if (scratch / ".git").is_file() and git.is_repo(scratch) and _common_dir(scratch) == _common_dir(repo):
+        return scratch
+    shutil.rmtree(scratch, ignore_errors=True)
+    git.run(repo, "worktree", "prune", timeout_s=120)  # forget a scratch worktree deleted by hand
+    git.check(repo, "worktree", "add", "--quiet", "--detach", "--no-checkout", str(scratch), "HEAD")
+    return scratch
+
+
+@dataclass(frozen=True)
+class WorkTree:
+    """Where the harness may check out and commit: the Debian tree, or a scratch worktree."""
+
+    path: Path
+    lock: Path
+    identity: str
+    repo: Path  # where refs are resolved: the user's checkout, whose HEAD is theirs, not the scratch's
+    default_base: str  # the commit a run starts from when no --ref is given
+
+    def resolve(self, ref: str | None) -> str:
+        return git.resolve(self.repo, ref or self.default_base)
+
+
+def work_tree(cache: Path, package: str, tree: Path | None) -> WorkTree:
+    if tree is None:
+        src = debian_package(cache, package)
+        return WorkTree(src.tree, src.tree.parent / "lock", src.identity, src.tree, base_tag(src.tree.parent.name))
+    top = tree.resolve()
+    kernel_version(top)
+    if not git.is_repo(top):
+        raise InputError(f"{tree}: --ref, --series and bisect need a git repository")
+    top = git.top_level(top)
+    scratch = scratch_worktree(cache, top)
+    # the user's HEAD, resolved in the user's checkout: the scratch worktree has a HEAD of its own
+    return WorkTree(scratch, scratch.with_name(scratch.name + ".lock"), f"tree:{top}", top,
+                    git.resolve(top, "HEAD"))
+
+
+@contextlib.contextmanager
+def prepare(cache: Path, package: str, tree: Path | None, ref: str | None, series_path: Path | None,
+            work_dir: Path) -> Iterator[tuple[KernelSource, Provenance]]:
+    """The source to build, held (locked) until the caller has built it.
+
+    Patches are read before anything is checked out, so that a series that is not one fails
+    first; a series that does not apply raises SeriesError with each patch's outcome.
+    """
+    patches = series.load(series_path) if series_path else ()
+    if tree is not None and ref is None and not patches:
+        src = user_tree(tree)  # as it is: nothing to check out
+        head = git.head(src.tree) if (src.tree / ".git").exists() else None
+        yield src, Provenance(src.identity, head, git.describe(src.tree, head) if head else None,
+                              head if src.commit else None)
+        return
+    wt = work_tree(cache, package, tree)
+    with locked(wt.lock, str(wt.path)):
+        base = wt.resolve(ref)
+        git.checkout(wt.path, base)
+        results = series.apply(wt.path, patches, work_dir) if patches else ()
+        head = git.head(wt.path)
+        yield (KernelSource(wt.path, wt.identity, kernel_version(wt.path), head),
+               Provenance(wt.identity, base, git.describe(wt.path, base), head, results))

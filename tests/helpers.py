@@ -18,3 +18,43 @@ def results_of(proc: subprocess.CompletedProcess) -> dict:
     line = [l for l in proc.stdout.splitlines() if l.endswith("results.json")]
     assert line, f"no results.json reported\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return json.loads(Path(line[-1].split(": ", 1)[1]).read_text())
+
+
+def git(repo: Path, *args: str, env: dict | None = None, input: str | None = None, strip: bool = True) -> str:
+    import os
+    full_env = {**os.environ, "GIT_AUTHOR_NAME": "Test Author", "GIT_AUTHOR_EMAIL": "author@example.org",
+                "GIT_COMMITTER_NAME": "Test Author", "GIT_COMMITTER_EMAIL": "author@example.org", **(env or {})}
+    out = subprocess.run(["git", "-C", str(repo), *args], check=True, text=True, capture_output=True,
+                          env=full_env, input=input).stdout
+    return out.strip() if strip else out
+
+
+def commit_on(repo: Path, parent: str, message: str, edits: dict) -> str:
+    """A commit on `parent` changing files by `edits` ({path: old text -> new text}), made with
+    plumbing and a private index: the repository's checkout and index are not touched."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"GIT_INDEX_FILE": f"{tmp}/index"}
+        git(repo, "read-tree", parent, env=env)
+        for path, edit in edits.items():
+            old = git(repo, "show", f"{parent}:{path}", strip=False)
+            new = edit(old)
+            assert new != old, f"edit of {path} changed nothing"
+            blob = git(repo, "hash-object", "-w", "--stdin", input=new)
+            git(repo, "update-index", "--cacheinfo", f"100644,{blob},{path}", env=env)
+        tree = git(repo, "write-tree", env=env)
+    return git(repo, "commit-tree", tree, "-p", parent, "-m", message)
+
+
+def harmless(path: str, note: str) -> dict:
+    """An edit that changes a file but not the kernel's behaviour: a comment (or a line of text)."""
+    prefix = "# " if path.endswith((".rst", ".txt", "Kconfig")) else "/* "
+    suffix = "" if prefix == "# " else " */"
+    return {path: lambda text: text + f"{prefix}{note}{suffix}\n"}
+
+
+# `restore` that no longer re-marks the held requests NEW: after a daemon crash, the requests it
+# held are never read again, and their readers wait for ever (what the series' patch 5 fixed)
+RESTORE_NOOP = {"fs/cachefiles/ondemand.c": lambda text: text.replace(
+    "\txas_for_each(&xas, req, ULONG_MAX)\n\t\txas_set_mark(&xas, CACHEFILES_REQ_NEW);\n",
+    "\txas_for_each(&xas, req, ULONG_MAX)\n\t\tcontinue;\n", 1)}

@@ -32,7 +32,7 @@ def test_a_missing_mkfs_erofs_is_named(tmp_path):
     """Everything a run needs on PATH but erofs-utils: the one missing tool is named, exit 2."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for tool in ("qemu-system-x86_64", "make", "gcc", "flex", "bison", "bc"):
+    for tool in ("qemu-system-x86_64", "make", "gcc", "git", "flex", "bison", "bc"):
         if found := shutil.which(tool):
             (bin_dir / tool).symlink_to(found)
     env = {**os.environ, "PATH": str(bin_dir)}
@@ -62,3 +62,22 @@ def test_a_guest_that_never_answers_is_hung_within_its_timeout(tmp_path):
         con.close()
     assert time.monotonic() - started < 10
     assert not con.alive()
+
+
+def fake_kernel_tree(path):
+    (path / "arch").mkdir(parents=True)
+    (path / "Kconfig").write_text("")
+    (path / "Makefile").write_text("VERSION = 6\nPATCHLEVEL = 12\nSUBLEVEL = 0\n")
+    return path
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--series", "/nonexistent.mbox"], "--series /nonexistent.mbox: no such file or directory"),
+    (["--ref", "v6.12"], "--ref, --series and bisect need a git repository"),
+])
+def test_series_and_ref_input_errors_exit_2(tmp_path, extra, message):
+    tree = fake_kernel_tree(tmp_path / "linux")
+    p = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--tree", str(tree), *extra,
+                        "--output", str(tmp_path / "runs"), "--cache", str(tmp_path / "cache")],
+                       cwd=ROOT, text=True, capture_output=True, timeout=60)
+    assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, p.stderr

@@ -16,6 +16,6 @@ def test_debug_flavour_passes_with_no_findings(default_run, tmp_path):
     assert r["kernel"]["flavor"] == "debug"
     plain = default_run[1]["kernel"]
     # built beside the plain kernel, not over it: both stay cached
-    assert r["kernel"]["config_hash"] != plain["config_hash"] and r["kernel"]["bzimage"] != plain["bzimage"]
+    assert r["kernel"]["config_hash"] != plain["config_hash"] and r["kernel"]["build_dir"] != plain["build_dir"]
     console = (tmp_path / next(p.name for p in tmp_path.iterdir()) / "console.log").read_text()
     assert "KernelAddressSanitizer initialized" in console  # the detectors really ran

@@ -1,0 +1,216 @@
+"""Bisection: `git bisect run` with the harness as the test, in a tree the harness owns.
+
+A step is the scenario run `repeat` times on the commit checked out: any FAIL makes it bad (1),
+all PASS makes it good (0), and anything else (a build or boot failure, an INCONCLUSIVE run, an
+infrastructure error, a config the commit cannot give) makes git skip it (125), never "bad":
+a flaky or broken build must not be blamed on the wrong commit. The ends are checked first,
+the bad one must fail and the good one pass, and the observed failure rate on bad commits says
+how sure a "good" is (syzkaller's reasoning: N passes of a commit that fails with probability p
+happen with probability (1-p)^N).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime
+from pathlib import Path
+
+from . import git, proc, source
+from .errors import EXIT_FAIL, EXIT_PASS, EXIT_UNTESTABLE, HarnessError, InputError, UntestableError
+from .request import RunRequest
+
+BISECT_TIMEOUT_S = 24 * 3600  # the whole `git bisect run`; each step's stages have their own timeouts
+
+
+@dataclass(frozen=True)
+class BisectRequest:
+    run: RunRequest  # the scenario and its options; run.tree / run.package say which repository
+    good: str
+    bad: str
+    repeat: int = 1
+
+    def validate(self) -> "BisectRequest":
+        if not 1 <= self.repeat <= 100:
+            raise InputError(f"--repeat must be 1..100 (got {self.repeat})")
+        if self.run.series is not None or self.run.ref is not None:
+            raise InputError("bisect takes --good and --bad, not --ref or --series")
+        self.run.validate()
+        return self
+
+
+@dataclass(frozen=True)
+class StepRun:
+    run_dir: str
+    verdict: str
+    reasons: tuple[str, ...]
+    findings: tuple[str, ...]
+    build_s: float | None
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Step:
+    phase: str  # "check-bad", "check-good" or "bisect"
+    commit: str
+    subject: str
+    result: str  # "good", "bad" or "skip"
+    runs: tuple[StepRun, ...]
+    seconds: float
+
+
+def step_result(verdicts: list[str]) -> str:
+    """Any FAIL is bad; good needs every run to PASS; the rest is a skip."""
+    if "FAIL" in verdicts:
+        return "bad"
+    return "good" if verdicts and all(v == "PASS" for v in verdicts) else "skip"
+
+
+STEP_EXIT = {"good": EXIT_PASS, "bad": EXIT_FAIL, "skip": EXIT_UNTESTABLE}
+
+
+def run_step(req: RunRequest, repeat: int, phase: str, steps_log: Path) -> Step:
+    """Test the commit checked out in `req.tree`; the step is appended to `steps_log`."""
+    from .runner import Run  # the runner imports this package's modules; keep the import cheap
+    tree = req.tree
+    assert tree is not None
+    commit = git.head(tree) or "?"
+    started = time.monotonic()
+    runs: list[StepRun] = []
+    for _ in range(repeat):
+        run_started = time.monotonic()
+        run = Run(replace(req, output=steps_log.parent / "steps"))
+        try:
+            results = run.execute()
+            verdict, reasons = results["verdict"], tuple(results["reasons"])
+            findings = tuple(f"{f['title']} [{f['fingerprint']}]" for f in results["findings"])
+        except HarnessError as e:  # this commit could not be tested: skip it, whatever the reason
+            verdict, reasons, findings = "UNTESTABLE", (str(e).splitlines()[0],), ()
+        build_s = json.loads((run.dir / "run.json").read_text()).get("timing", {}).get("build_s")
+        runs.append(StepRun(str(run.dir), verdict, reasons, findings, build_s, round(time.monotonic() - run_started, 1)))
+        if verdict == "FAIL":
+            break  # bad already: more runs would not change it
+    step = Step(phase, commit, git.subject(tree, commit), step_result([r.verdict for r in runs]), tuple(runs),
+                round(time.monotonic() - started, 1))
+    with open(steps_log, "a") as f:
+        f.write(json.dumps(asdict(step)) + "\n")
+    print(f"failover-harness: bisect {phase} {commit[:12]} {step.result} ({', '.join(r.verdict for r in runs)}; "
+          f"{step.seconds:.0f}s) {step.subject}", flush=True)
+    return step
+
+
+def load_steps(steps_log: Path) -> list[dict]:
+    if not steps_log.exists():
+        return []
+    return [json.loads(line) for line in steps_log.read_text().splitlines() if line.strip()]
+
+
+def confidence(steps: list[dict], repeat: int) -> dict:
+    """How likely each "good" is right, from the failure rate seen on the commits found bad."""
+    bad_runs = [r for s in steps if s["result"] == "bad" for r in s["runs"]]
+    failures = sum(r["verdict"] == "FAIL" for r in bad_runs)
+    rate = failures / len(bad_runs) if bad_runs else None
+    return {"failure_rate_on_bad": None if rate is None else round(rate, 3),
+            "runs_on_bad": len(bad_runs), "failures_on_bad": failures, "repeat": repeat,
+            "good_is_good": None if rate is None else round(1 - (1 - rate) ** repeat, 4)}
+
+
+def new_bisect_dir(output: Path) -> Path:
+    name = f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-bisect"
+    d, n = output.resolve() / name, 1
+    while d.exists():
+        n += 1
+        d = d.with_name(f"{name}-{n}")
+    d.mkdir(parents=True)
+    return d
+
+
+def step_argv(req: RunRequest, repeat: int, steps_log: Path) -> list[str]:
+    """The command `git bisect run` runs: this harness's hidden step command, same options."""
+    argv = [sys.executable, "-m", "harness.cli", "_bisect-step", "--steps", str(steps_log), "--repeat", str(repeat),
+            "--tree", str(req.tree), "--scenario", req.scenario, "--seed", str(req.seed),
+            "--read-delay-ms", str(req.read_delay_ms), "--flavor", req.flavor, "--accel", req.accel,
+            "--jobs", str(req.jobs), "--cache", str(req.cache), "--output", str(req.output)]
+    for flag, value in (("--kills", req.kills), ("--readers", req.readers), ("--daemon-threads", req.daemon_threads)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
+def _first_bad(output: str) -> str | None:
+    for line in output.splitlines():
+        if line.endswith(" is the first bad commit"):
+            return line.split()[0]
+    return None
+
+
+def bisect(breq: BisectRequest) -> dict:
+    """Check the ends, run `git bisect run`, and write bisect.json, summary and replay file."""
+    started = time.monotonic()
+    req = breq.run
+    wt = source.work_tree(req.cache, req.package, req.tree)
+    good, bad = wt.resolve(breq.good), wt.resolve(breq.bad)
+    if not git.is_ancestor(wt.path, good, bad):
+        raise InputError(f"--good {breq.good} is not an ancestor of --bad {breq.bad}")
+    out = new_bisect_dir(req.output)
+    steps_log = out / "steps.jsonl"
+    step_req = replace(req, tree=wt.path, package=RunRequest.package)
+    result: dict = {"source": wt.identity, "work_tree": str(wt.path), "good": good, "bad": bad,
+                    "repeat": breq.repeat, "request": req.to_json(), "first_bad": None, "dir": str(out)}
+    print(f"failover-harness: bisect directory {out}", flush=True)
+    with source.locked(wt.lock, str(wt.path)):
+        git.run(wt.path, "bisect", "reset", "--quiet", timeout_s=120)  # a bisection an interrupted run left
+        for phase, commit, expected in (("check-bad", bad, "bad"), ("check-good", good, "good")):
+            git.checkout(wt.path, commit)
+            step = run_step(step_req, breq.repeat, phase, steps_log)
+            if step.result == "skip":
+                raise UntestableError(f"cannot bisect: {phase.split('-')[1]} end {commit[:12]} is untestable "
+                                      f"({step.runs[-1].reasons[0] if step.runs[-1].reasons else '?'}); see {out}")
+            if step.result != expected:
+                what = "passes" if expected == "bad" else "fails"
+                raise InputError(f"cannot bisect: --{expected} {commit[:12]} {what} the scenario "
+                                 f"({step.runs[-1].run_dir}); nothing to bisect between these ends")
+        git.check(wt.path, "bisect", "start", bad, good, "--")
+        try:
+            r = proc.run(["git", "-C", str(wt.path), "bisect", "run", *step_argv(step_req, breq.repeat, steps_log)],
+                         timeout_s=BISECT_TIMEOUT_S, log=out / "bisect-run.log")
+            (out / "bisect-replay.txt").write_text(git.check(wt.path, "bisect", "log"))
+        finally:
+            git.run(wt.path, "bisect", "reset", "--quiet", timeout_s=120)
+    first_bad = _first_bad(r.output)
+    steps = load_steps(steps_log)
+    result.update(
+        first_bad=None if first_bad is None else {"commit": first_bad, "subject": git.subject(wt.path, first_bad)},
+        verdict="FOUND" if first_bad else "UNDECIDED",
+        steps=steps, confidence=confidence(steps, breq.repeat),
+        step_seconds=[s["seconds"] for s in steps], total_s=round(time.monotonic() - started, 1),
+        replay=str(out / "bisect-replay.txt"))
+    if not first_bad:
+        result["reason"] = r.tail(10)
+    (out / "bisect.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "summary.txt").write_text(summary(result))
+    return result
+
+
+def summary(r: dict) -> str:
+    lines = []
+    if r["first_bad"]:
+        lines.append(f"FOUND: first bad commit {r['first_bad']['commit']} {r['first_bad']['subject']}")
+    else:
+        lines.append("UNDECIDED: git bisect named no single commit (skipped commits in the way?)")
+        lines += [f"  {line}" for line in r.get("reason", "").splitlines()]
+    lines.append(f"  {r['source']}: good {r['good'][:12]}, bad {r['bad'][:12]}, repeat {r['repeat']}, "
+                 f"{len(r['steps'])} steps in {r['total_s']:.0f}s")
+    for s in r["steps"]:
+        build = "/".join(f"{x['build_s']:.0f}" for x in s["runs"] if x["build_s"] is not None) or "-"
+        lines.append(f"  {s['phase']:10} {s['commit'][:12]} {s['result']:4} {s['seconds']:5.0f}s "
+                     f"(build {build}s; {', '.join(x['verdict'] for x in s['runs'])}) {s['subject']}")
+        for x in s["runs"]:
+            lines += [f"      - {reason}" for reason in x["reasons"][:3]]
+    c = r["confidence"]
+    if c["good_is_good"] is not None:
+        lines.append(f"  a good is good with confidence {c['good_is_good']:.4f}: failure rate on bad commits "
+                     f"{c['failures_on_bad']}/{c['runs_on_bad']}, {c['repeat']} run(s) per commit")
+    lines.append(f"  replay: git bisect replay {r['replay']}")
+    return "\n".join(lines) + "\n"

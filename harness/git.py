@@ -1,0 +1,78 @@
+"""git, run through proc: the commands the series, checkout and bisection stages need.
+
+Commits the harness makes (the Debian source's base, a series applied with `git am`) carry a
+fixed identity and dates, so the same input gives the same commit ids on every machine.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import proc
+from .errors import InputError, UntestableError
+
+IDENTITY = {
+    "GIT_AUTHOR_NAME": "failover-harness", "GIT_AUTHOR_EMAIL": "harness@failover-harness.invalid",
+    "GIT_COMMITTER_NAME": "failover-harness", "GIT_COMMITTER_EMAIL": "harness@failover-harness.invalid",
+}
+FIXED_DATES = {"GIT_AUTHOR_DATE": "2000-01-01T00:00:00Z", "GIT_COMMITTER_DATE": "2000-01-01T00:00:00Z"}
+GIT_TIMEOUT_S = 600  # `git add` of a whole kernel tree is the slowest: about 30 s on 2 cores
+
+
+def run(tree: Path, *args: str, timeout_s: float = GIT_TIMEOUT_S, env: dict[str, str] | None = None,
+        log: Path | None = None) -> proc.Completed:
+    return proc.run(["git", "-C", str(tree), *args], timeout_s=timeout_s, env={**IDENTITY, **(env or {})},
+                    log=log)
+
+
+def check(tree: Path, *args: str, **kw) -> str:
+    """Output of a git command that must succeed; a failure is the harness's, not the kernel's."""
+    r = run(tree, *args, **kw)
+    if not r.ok:
+        raise UntestableError(f"git {' '.join(args)} in {tree} failed: {r.tail(3)}")
+    return r.output.strip()
+
+
+def is_repo(tree: Path) -> bool:
+    r = run(tree, "rev-parse", "--is-inside-work-tree", timeout_s=30)
+    return r.ok and r.output.strip() == "true"
+
+
+def top_level(tree: Path) -> Path:
+    return Path(check(tree, "rev-parse", "--show-toplevel", timeout_s=30))
+
+
+def resolve(tree: Path, ref: str) -> str:
+    """The commit id `ref` names in `tree`'s repository; InputError if it names none."""
+    r = run(tree, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", timeout_s=30)
+    if not r.ok:
+        raise InputError(f"{tree}: {ref!r} is not a commit in this repository")
+    return r.output.strip()
+
+
+def head(tree: Path) -> str | None:
+    r = run(tree, "rev-parse", "--verify", "--quiet", "HEAD", timeout_s=30)
+    return r.output.strip() if r.ok else None
+
+
+def describe(tree: Path, commit: str) -> str | None:
+    r = run(tree, "describe", "--always", "--tags", commit, timeout_s=60)
+    return r.output.strip() if r.ok else None
+
+
+def subject(tree: Path, commit: str) -> str:
+    return check(tree, "log", "-1", "--format=%s", commit, timeout_s=30)
+
+
+def is_clean(tree: Path) -> bool:
+    """No change to a tracked file (untracked files cannot reach the build without one)."""
+    r = run(tree, "status", "--porcelain", "--untracked-files=no", timeout_s=120)
+    return r.ok and not r.output.strip()
+
+
+def checkout(tree: Path, commit: str) -> None:
+    """Detached, forced: only the files that differ are rewritten, so make rebuilds only them."""
+    check(tree, "checkout", "--quiet", "--force", "--detach", commit)
+
+
+def is_ancestor(tree: Path, older: str, newer: str) -> bool:
+    return run(tree, "merge-base", "--is-ancestor", older, newer, timeout_s=120).ok

@@ -1,0 +1,220 @@
+"""Mutation testing: kernels broken on purpose, each of which a scenario must catch.
+
+A mutant is a patch (`tests/mutants/NAME.patch`, as `git format-patch` writes it) whose trailers
+say what it undoes and how to catch it:
+
+    Mutant-Undoes: cachefiles: add restore command to recover inflight ondemand read requests
+    Mutant-Scenario: crash
+    Mutant-Flavor: plain
+    Mutant-Kills: 8
+    Mutant-Expect: stall
+
+`mutate` applies each mutant alone on the base (the series machinery: `git am` in the harness's
+own tree, so only the touched objects rebuild), runs its scenario, and calls it killed when the
+verdict is not PASS, by the checks the results name. The unmutated base runs first with every
+scenario the mutants use, and must PASS: a mutant is only "caught" by a scenario that passes
+without it.
+"""
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime
+from pathlib import Path
+
+from .errors import HarnessError, InputError
+from .kconfig import FLAVORS
+from .request import RunRequest
+from .scenarios import SCENARIOS
+
+MUTANT_DIR = Path(__file__).resolve().parent.parent / "tests" / "mutants"
+CHECKS = ("checksum", "read-error", "stall", "splat", "hang", "recovery", "missing-evidence")
+TRAILERS = ("Undoes", "Scenario", "Flavor", "Kills", "Expect")
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: Path
+    subject: str
+    undoes: str
+    scenario: str
+    flavor: str
+    kills: int
+    expect: str
+
+    @property
+    def cost(self) -> tuple[int, int]:
+        """Cheapest first: plain before debug (no KASAN build, no x3 timeouts), then fewer faults."""
+        return (FLAVORS_COST.get(self.flavor, 9), self.kills)
+
+
+FLAVORS_COST = {"plain": 0, "debug": 1}
+
+
+def parse(path: Path) -> Mutant:
+    """One mutant patch; InputError names the file and what is missing or wrong."""
+    msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.compat32)
+    body = msg.get_payload(decode=False)
+    if not isinstance(body, str) or "\ndiff --git " not in body:
+        raise InputError(f"{path}: not a patch made by `git format-patch`")
+    trailers: dict[str, str] = {}
+    for line in body.split("\n---\n", 1)[0].splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.startswith("Mutant-"):
+            trailers[key.removeprefix("Mutant-")] = value.strip()
+    missing = [k for k in TRAILERS if not trailers.get(k)]
+    if missing:
+        raise InputError(f"{path}: missing trailer(s) {', '.join('Mutant-' + k for k in missing)}")
+    if trailers["Scenario"] not in SCENARIOS:
+        raise InputError(f"{path}: Mutant-Scenario {trailers['Scenario']!r} is not one of {', '.join(SCENARIOS)}")
+    if trailers["Flavor"] not in FLAVORS:
+        raise InputError(f"{path}: Mutant-Flavor {trailers['Flavor']!r} is not one of {', '.join(FLAVORS)}")
+    if trailers["Expect"] not in CHECKS:
+        raise InputError(f"{path}: Mutant-Expect {trailers['Expect']!r} is not one of {', '.join(CHECKS)}")
+    if not trailers["Kills"].isdigit():
+        raise InputError(f"{path}: Mutant-Kills {trailers['Kills']!r} is not a number")
+    subject = " ".join(str(msg.get("Subject", "")).split()).removeprefix("[PATCH] ")
+    return Mutant(path.stem, path, subject, trailers["Undoes"], trailers["Scenario"], trailers["Flavor"],
+                  int(trailers["Kills"]), trailers["Expect"])
+
+
+def load(directory: Path = MUTANT_DIR, names: tuple[str, ...] = ()) -> tuple[Mutant, ...]:
+    found = {p.stem: p for p in sorted(directory.glob("*.patch"))}
+    unknown = [n for n in names if n not in found]
+    if unknown:
+        raise InputError(f"unknown mutant(s) {', '.join(unknown)} (in {directory}: {', '.join(found) or 'none'})")
+    return tuple(parse(found[n]) for n in (names or tuple(found)))
+
+
+def killed_by(results: dict) -> tuple[str, ...]:
+    """The checks that failed a run, in CHECKS' terms; empty for a PASS."""
+    if results["verdict"] == "PASS":
+        return ()
+    checks = []
+    if results.get("mismatches") or any("never read back" in r for r in results.get("reasons", [])):
+        checks.append("checksum")
+    if results.get("read_errors"):
+        checks.append("read-error")
+    if results.get("stalls") or any("stall" in r for r in results.get("reasons", [])):
+        checks.append("stall")
+    if results.get("findings"):
+        checks.append("splat")
+    if any("hung" in r or "gone" in r for r in results.get("reasons", [])):
+        checks.append("hang")
+    if any(w in r for r in results.get("reasons", []) for w in ("restore", "served again", "received again")):
+        checks.append("recovery")
+    if results.get("missing_evidence"):
+        checks.append("missing-evidence")
+    return tuple(checks) or ("other",)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    name: str
+    kind: str  # "baseline" or "mutant"
+    scenario: str
+    flavor: str
+    kills: int
+    verdict: str
+    killed_by: tuple[str, ...]
+    expect: str | None
+    reasons: tuple[str, ...]
+    build_s: float | None
+    run_s: float
+    run_dir: str | None
+
+    @property
+    def status(self) -> str:
+        if self.kind == "baseline":
+            return "pass" if self.verdict == "PASS" else "fail"
+        if self.verdict in ("ERROR", "UNTESTABLE"):
+            return "error"  # the mutant did not build or boot: it proves nothing
+        return "killed" if self.killed_by else "survived"
+
+
+def _execute(req: RunRequest) -> tuple[dict, str | None, float]:
+    from .runner import Run  # the runner imports most of the package: only when really running
+    started = time.monotonic()
+    run = Run(req)
+    try:
+        results = run.execute()
+    except HarnessError as e:
+        results = {"verdict": "ERROR" if isinstance(e, InputError) else "UNTESTABLE", "reasons": [str(e)]}
+    results.setdefault("timing", json.loads((run.dir / "run.json").read_text()).get("timing", {}))
+    return results, str(run.dir), time.monotonic() - started
+
+
+def outcome(name: str, kind: str, req: RunRequest, expect: str | None, results: dict, run_dir: str | None,
+            seconds: float) -> Outcome:
+    return Outcome(name, kind, req.scenario, req.flavor, req.kills or 0, results["verdict"],
+                   killed_by(results) if kind == "mutant" else (), expect, tuple(results.get("reasons", [])[:5]),
+                   results.get("timing", {}).get("build_s"), round(seconds, 1), run_dir)
+
+
+def mutate(base: RunRequest, chosen: tuple[Mutant, ...]) -> dict:
+    """Baselines first (one per scenario, flavour and fault count the mutants use), then each mutant."""
+    started = time.monotonic()
+    out = base.output.resolve() / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-mutate"
+    out.mkdir(parents=True)
+    print(f"failover-harness: mutate directory {out}", flush=True)
+    runs = replace(base, output=out / "runs")
+    outcomes: list[Outcome] = []
+    # plain first, then debug: each flavour's build directory goes base, mutant, mutant, ...
+    for flavor in sorted({m.flavor for m in chosen}, key=lambda f: FLAVORS_COST.get(f, 9)):
+        mutants = sorted((m for m in chosen if m.flavor == flavor), key=lambda m: m.cost)
+        for scenario, kills in dict.fromkeys((m.scenario, m.kills) for m in mutants):
+            req = replace(runs, scenario=scenario, kills=kills, flavor=flavor, series=None)
+            outcomes.append(outcome(f"baseline {scenario} x{kills}", "baseline", req, None, *_execute(req)))
+            _progress(outcomes[-1])
+        for m in mutants:
+            req = replace(runs, scenario=m.scenario, kills=m.kills, flavor=flavor, series=m.path)
+            outcomes.append(outcome(m.name, "mutant", req, m.expect, *_execute(req)))
+            _progress(outcomes[-1])
+    result = verdict(outcomes, chosen)
+    result.update(dir=str(out), total_s=round(time.monotonic() - started, 1), request=base.to_json())
+    (out / "mutate.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "summary.txt").write_text(summary(result))
+    return result
+
+
+def _progress(o: Outcome) -> None:
+    print(f"failover-harness: {o.kind} {o.name}: {o.status} ({o.verdict}"
+          f"{'; ' + ', '.join(o.killed_by) if o.killed_by else ''}; build {o.build_s or 0:.0f}s, "
+          f"{o.run_s:.0f}s)", flush=True)
+
+
+def verdict(outcomes: list[Outcome], chosen: tuple[Mutant, ...]) -> dict:
+    """PASS only when every baseline passed and every mutant was killed."""
+    mutants = [o for o in outcomes if o.kind == "mutant"]
+    killed = [o for o in mutants if o.status == "killed"]
+    survivors = [o.name for o in mutants if o.status == "survived"]
+    errors = [o.name for o in mutants if o.status == "error"]
+    baseline_failed = [o.name for o in outcomes if o.kind == "baseline" and o.status != "pass"]
+    reasons = ([f"the unmutated kernel does not pass: {', '.join(baseline_failed)}"] if baseline_failed else []) + \
+              ([f"survived: {', '.join(survivors)}"] if survivors else []) + \
+              ([f"did not build or boot: {', '.join(errors)}"] if errors else [])
+    status = "PASS" if not reasons else ("FAIL" if survivors or baseline_failed else "UNTESTABLE")
+    by_name = {m.name: m for m in chosen}
+    return {"verdict": status, "reasons": reasons,
+            "score": round(len(killed) / len(mutants), 3) if mutants else None,
+            "killed": len(killed), "mutants": len(mutants), "survivors": survivors,
+            "outcomes": [{**asdict(o), "status": o.status,
+                          "undoes": by_name[o.name].undoes if o.name in by_name else None} for o in outcomes]}
+
+
+def summary(r: dict) -> str:
+    score = "-" if r["score"] is None else f"{r['score']:.0%}"
+    lines = [f"{r['verdict']}: mutation score {score} ({r['killed']}/{r['mutants']} killed), {r['total_s']:.0f}s"]
+    for o in r["outcomes"]:
+        how = ", ".join(o["killed_by"]) if o["killed_by"] else ""
+        expected = f" (expected {o['expect']})" if o["expect"] and o["expect"] not in o["killed_by"] else ""
+        lines.append(f"  {o['status']:8} {o['name']:28} {o['scenario']}/{o['flavor']} x{o['kills']}: {o['verdict']}"
+                     f"{' by ' + how if how else ''}{expected}; build {o['build_s'] or 0:.0f}s, run {o['run_s']:.0f}s")
+        if o["undoes"]:
+            lines.append(f"           undoes: {o['undoes']}")
+    lines += [f"  - {reason}" for reason in r["reasons"]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,66 @@
+"""Bisection's pure parts: what a step's runs make of a commit, how sure a "good" is, and the
+command's refusals (exit 2) before any build."""
+import pytest
+
+from harness import bisect
+from harness.errors import EXIT_USAGE
+from harness.request import RunRequest
+from helpers import harness
+
+
+@pytest.mark.parametrize("verdicts, result", [
+    (["PASS"], "good"), (["PASS", "PASS", "PASS"], "good"),
+    (["PASS", "FAIL"], "bad"), (["FAIL"], "bad"), (["UNTESTABLE", "FAIL"], "bad"),
+    (["PASS", "INCONCLUSIVE"], "skip"), (["UNTESTABLE"], "skip"), ([], "skip"),
+])
+def test_any_failure_is_bad_and_never_an_untestable_one(verdicts, result):
+    assert bisect.step_result(verdicts) == result
+    assert bisect.STEP_EXIT[result] == {"good": 0, "bad": 1, "skip": 125}[result]
+
+
+def runs(*verdicts):
+    return [{"verdict": v} for v in verdicts]
+
+
+def test_confidence_from_the_failure_rate_on_bad_commits():
+    steps = [{"result": "bad", "runs": runs("FAIL")}, {"result": "bad", "runs": runs("PASS", "PASS", "FAIL")},
+             {"result": "good", "runs": runs("PASS", "PASS", "PASS")}]
+    c = bisect.confidence(steps, repeat=3)
+    assert c["failure_rate_on_bad"] == 0.5 and c["runs_on_bad"] == 4
+    assert c["good_is_good"] == pytest.approx(1 - 0.5 ** 3, abs=1e-4)
+    assert bisect.confidence([{"result": "good", "runs": runs("PASS")}], 1)["good_is_good"] is None
+
+
+def test_first_bad_commit_from_git_bisect_run_output():
+    out = "running ...\nabc123def is the first bad commit\ncommit abc123def\n"
+    assert bisect._first_bad(out) == "abc123def"
+    assert bisect._first_bad("There are only 'skip'ped commits left to test.\n") is None
+
+
+def test_step_command_carries_the_scenario_options(tmp_path):
+    req = RunRequest(kills=8, tree=tmp_path, flavor="debug", daemon_threads=2)
+    argv = bisect.step_argv(req, 3, tmp_path / "steps.jsonl")
+    assert argv[1:4] == ["-m", "harness.cli", "_bisect-step"]
+    for pair in (["--kills", "8"], ["--flavor", "debug"], ["--daemon-threads", "2"], ["--repeat", "3"],
+                 ["--tree", str(tmp_path)]):
+        assert any(argv[i:i + 2] == pair for i in range(len(argv))), pair
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--good", "a", "--bad", "b", "--repeat", "0"], "--repeat must be 1..100"),
+    (["--good", "a", "--bad", "b", "--tree", "/nonexistent"], "no such directory"),
+    (["--good", "a"], "the following arguments are required: --bad"),
+])
+def test_bad_bisect_input_exits_2(tmp_path, args, message):
+    proc = harness("bisect", *args, "--output", str(tmp_path), "--cache", str(tmp_path / "cache"), timeout=60)
+    assert proc.returncode == EXIT_USAGE and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bisect_on_a_tree_that_is_not_a_repository_exits_2(tmp_path):
+    tree = tmp_path / "linux"
+    (tree / "arch").mkdir(parents=True)
+    (tree / "Kconfig").write_text("")
+    (tree / "Makefile").write_text("VERSION = 6\nPATCHLEVEL = 12\n")
+    proc = harness("bisect", "--tree", str(tree), "--good", "a", "--bad", "b", "--output", str(tmp_path),
+                   "--cache", str(tmp_path / "cache"), timeout=60)
+    assert proc.returncode == EXIT_USAGE and "need a git repository" in proc.stderr

@@ -1,0 +1,98 @@
+"""Mutation testing's pure parts: reading mutant patches, naming the check that killed one, the
+command's verdict (a survivor, or a baseline that does not pass, fails it)."""
+import shutil
+
+import pytest
+
+from harness import mutants, report
+from harness.errors import InputError
+from harness.mutants import Outcome
+from helpers import FIXTURES, git
+
+TRAILERS = ("Mutant-Undoes: cachefiles: add restore command\nMutant-Scenario: crash\nMutant-Flavor: plain\n"
+            "Mutant-Kills: 8\nMutant-Expect: stall\n")
+
+
+def write_mutant(tmp_path, name, trailers=TRAILERS):
+    repo = tmp_path / "repo"
+    if not repo.exists():
+        repo.mkdir()
+        git(repo, "init", "--quiet")
+        (repo / "ondemand.c").write_text("int restore(void) { return 0; }\n")
+        git(repo, "add", "-A")
+        git(repo, "commit", "--quiet", "-m", "base")
+    (repo / "ondemand.c").write_text((repo / "ondemand.c").read_text() + f"/* {name} */\n")
+    git(repo, "commit", "--quiet", "-am", f"mutant: {name}\n\nWhy it is wrong.\n\n{trailers}")
+    out = tmp_path / "mutants"
+    out.mkdir(exist_ok=True)
+    (out / f"{name}.patch").write_text(git(repo, "format-patch", "--stdout", "-1", strip=False))
+    return out
+
+
+def test_mutant_trailers_are_read(tmp_path):
+    (m,) = mutants.load(write_mutant(tmp_path, "restore-noop"))
+    assert (m.name, m.scenario, m.flavor, m.kills, m.expect) == ("restore-noop", "crash", "plain", 8, "stall")
+    assert m.undoes == "cachefiles: add restore command" and m.subject == "mutant: restore-noop"
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("Mutant-Scenario: crash\nMutant-Flavor: plain\nMutant-Kills: 8\nMutant-Expect: stall\n", "Mutant-Undoes"),
+    (TRAILERS.replace("crash", "explode"), "Mutant-Scenario 'explode'"),
+    (TRAILERS.replace("plain", "tiny"), "Mutant-Flavor 'tiny'"),
+    (TRAILERS.replace("Kills: 8", "Kills: many"), "Mutant-Kills 'many'"),
+    (TRAILERS.replace("stall", "luck"), "Mutant-Expect 'luck'"),
+])
+def test_a_mutant_with_wrong_trailers_is_refused(tmp_path, bad, message):
+    directory = write_mutant(tmp_path, "broken", bad)
+    with pytest.raises(InputError, match=message):
+        mutants.load(directory)
+
+
+def test_unknown_mutant_name_is_refused(tmp_path):
+    with pytest.raises(InputError, match="unknown mutant"):
+        mutants.load(write_mutant(tmp_path, "a"), ("b",))
+
+
+def test_cheapest_first():
+    plain = mutants.Mutant("p", None, "", "", "crash", "plain", 20, "stall")
+    debug = mutants.Mutant("d", None, "", "", "crash", "debug", 5, "splat")
+    cheap = mutants.Mutant("c", None, "", "", "close-fds", "plain", 6, "read-error")
+    assert [m.name for m in sorted((plain, debug, cheap), key=lambda m: m.cost)] == ["c", "p", "d"]
+
+
+def judged(tmp_path, fixture):
+    shutil.copytree(FIXTURES / fixture, tmp_path / fixture)
+    return report.evaluate(tmp_path / fixture)
+
+
+def test_killed_by_names_the_failing_checks(tmp_path):
+    assert mutants.killed_by(judged(tmp_path, "run-crash-5-kills")) == ()  # a PASS kills nothing
+    assert "read-error" in mutants.killed_by(judged(tmp_path, "run-no-failover"))
+    assert mutants.killed_by({"verdict": "FAIL", "reasons": ["a read stalled 31.0s (bound 30s)"],
+                              "stalls": [{}], "findings": []}) == ("stall",)
+    assert mutants.killed_by({"verdict": "INCONCLUSIVE", "reasons": [],
+                              "missing_evidence": ["reopens: 0, need 1"]}) == ("missing-evidence",)
+    assert mutants.killed_by({"verdict": "FAIL", "reasons": ["kernel console: 1 finding(s)"],
+                              "findings": [{"title": "KASAN"}]}) == ("splat",)
+
+
+def outcome(name, kind, verdict, killed_by=()):
+    return Outcome(name, kind, "crash", "plain", 8, verdict, killed_by, None, (), 10.0, 60.0, None)
+
+
+def test_verdict_passes_only_when_all_killed_and_baselines_pass():
+    chosen = ()
+    ok = mutants.verdict([outcome("base", "baseline", "PASS"), outcome("m1", "mutant", "FAIL", ("stall",)),
+                          outcome("m2", "mutant", "INCONCLUSIVE", ("missing-evidence",))], chosen)
+    assert ok["verdict"] == "PASS" and ok["score"] == 1.0 and ok["survivors"] == []
+
+    survivor = mutants.verdict([outcome("base", "baseline", "PASS"), outcome("m1", "mutant", "PASS")], chosen)
+    assert survivor["verdict"] == "FAIL" and survivor["survivors"] == ["m1"] and survivor["score"] == 0.0
+
+    bad_base = mutants.verdict([outcome("base", "baseline", "FAIL"), outcome("m1", "mutant", "FAIL", ("stall",))],
+                               chosen)
+    assert bad_base["verdict"] == "FAIL" and "does not pass" in bad_base["reasons"][0]
+
+    broken = mutants.verdict([outcome("base", "baseline", "PASS"), outcome("m1", "mutant", "UNTESTABLE")], chosen)
+    assert broken["verdict"] == "UNTESTABLE" and "did not build or boot: m1" in broken["reasons"][0]
+    assert "survived" in mutants.summary({**survivor, "total_s": 1.0})
