@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import traceback
 from pathlib import Path
 
-from . import __version__, bisect, mutants, proc, report
+from . import __version__, bisect, ci, mutants, proc, report, timeline
 from .bisect import BisectRequest
 from .errors import EXIT_FAIL, EXIT_PASS, EXIT_UNTESTABLE, EXIT_USAGE, HarnessError, InputError
 from .kconfig import FLAVORS
@@ -89,6 +90,9 @@ def parser() -> argparse.ArgumentParser:
     mut.add_argument("--mutants", type=Path, default=mutants.MUTANT_DIR,
                      help="the directory of mutant patches (default %(default)s)")
 
+    ci.add_matrix_arguments(sub.add_parser("matrix", help="a shard of kernels x flavours x scenarios, one report (CI)"))
+    ci.add_submit_arguments(sub.add_parser("submit", help="a patch series (an mbox) on a base, the default scenarios"))
+
     rep = sub.add_parser("report", help="judge a saved run directory again")
     rep.add_argument("run_dir", type=Path)
     return p
@@ -104,6 +108,17 @@ def run_request(args: argparse.Namespace) -> RunRequest:
                       flavor=getattr(args, "flavor", d.flavor), accel=args.accel, jobs=args.jobs, cache=args.cache)
 
 
+def draw_timeline(run_dir: Path, results: dict) -> None:
+    """timeline.png beside results.json. A picture is not the verdict: failing to draw one is
+    said on stderr and changes neither the verdict nor the exit code."""
+    if "evidence" not in results:  # ERROR, UNTESTABLE: no run to draw
+        return
+    try:
+        timeline.write(run_dir)
+    except Exception as e:  # matplotlib's failures are many and none of them is the kernel's
+        print(f"failover-harness: {run_dir / 'timeline.png'} not drawn: {e}", file=sys.stderr)
+
+
 def _interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -114,7 +129,10 @@ def exit_code(verdict: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error already said in one line
+        return int(e.code or 0)
     # SIGTERM (a CI timeout) unwinds like Ctrl-C, so that QEMU and make are reaped on the way out.
     # SIGINT too, explicitly: started from a background job, we inherit it ignored, and Python
     # then installs no handler of its own.
@@ -126,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"failover-harness: {args.run_dir}: not a run directory (no run.json)", file=sys.stderr)
                 return EXIT_USAGE
             results = report.evaluate(args.run_dir)
+            draw_timeline(args.run_dir, results)
+        elif args.command == "matrix":
+            return ci.run_matrix(args)
+        elif args.command == "submit":
+            return ci.run_submit(args)
         elif args.command == "bisect":
             breq = BisectRequest(run_request(args), args.good, args.bad, args.repeat).validate()
             found = bisect.bisect(breq)
@@ -139,13 +162,20 @@ def main(argv: list[str] | None = None) -> int:
             print(mutants.summary(outcome), end="")
             return exit_code(outcome["verdict"])
         elif args.command == "_bisect-step":
-            step = bisect.run_step(run_request(args).validate(), args.repeat, "bisect", args.steps)
+            try:
+                step = bisect.run_step(run_request(args).validate(), args.repeat, "bisect", args.steps)
+            except (HarnessError, KeyboardInterrupt):
+                raise
+            except Exception:  # a harness bug must not blame the commit: exit 1 would mean "bad"
+                traceback.print_exc()
+                return EXIT_UNTESTABLE
             return bisect.STEP_EXIT[step.result]
         else:
             from .runner import Run
             run = Run(run_request(args).validate(), command_line=["failover-harness", *(argv or sys.argv[1:])])
             print(f"failover-harness: run directory {run.dir}", flush=True)
             results = run.execute()
+            draw_timeline(run.dir, results)
             print(f"failover-harness: {run.dir / 'results.json'}", flush=True)
         print(report.summary(results), end="")
         return exit_code(results["verdict"])

@@ -5,14 +5,16 @@ exception kills the whole tree (make's compilers, QEMU under vng), and every chi
 """
 from __future__ import annotations
 
+import codecs
 import os
+import select
 import shutil
 import signal
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Mapping, Sequence
+from typing import IO, Callable, Mapping, Sequence
 
 import pexpect
 
@@ -78,8 +80,14 @@ def kill_all() -> None:
 
 
 def run(argv: Sequence[str], *, timeout_s: float, log: Path | None = None, cwd: Path | None = None,
-        env: Mapping[str, str] | None = None, stdin: IO | None = None) -> Completed:
-    """Run to completion or timeout; output goes to `log` (if given) and is returned."""
+        env: Mapping[str, str] | None = None, stdin: IO | None = None,
+        on_line: Callable[[str], None] | None = None) -> Completed:
+    """Run to completion or timeout; output goes to `log` (if given) and is returned.
+
+    `on_line`, if given, is called with every line of output as it comes (without its newline),
+    for a progress display; the output is then decoded with errors replaced."""
+    if on_line is not None:
+        return _run_streaming(argv, timeout_s, log, cwd, env, stdin, on_line)
     started = time.monotonic()
     full_env = {**os.environ, **(env or {})}
     out: IO = open(log, "w") if log else subprocess.PIPE  # type: ignore[assignment]
@@ -106,6 +114,77 @@ def run(argv: Sequence[str], *, timeout_s: float, log: Path | None = None, cwd: 
         if log:
             out.close()
     text = log.read_text(errors="replace") if log else (captured or "")
+    return Completed(tuple(argv), child.returncode, text, time.monotonic() - started, timed_out)
+
+
+def _run_streaming(argv: Sequence[str], timeout_s: float, log: Path | None, cwd: Path | None,
+                   env: Mapping[str, str] | None, stdin: IO | None, on_line: Callable[[str], None]) -> Completed:
+    """`run` reading the output as it comes: the same process group, timeout and reaping.
+
+    The main thread reads the pipe with select() against the deadline (no reader thread that a
+    grandchild holding the pipe open could leave blocked), then waits for the child."""
+    started = time.monotonic()
+    deadline = started + timeout_s
+    try:
+        child = subprocess.Popen(list(argv), cwd=cwd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, stdin=stdin or subprocess.DEVNULL,
+                                 start_new_session=True)
+    except FileNotFoundError as e:
+        raise InputError(f"{argv[0]}: not found") from e
+    _live.add(child.pid)
+    assert child.stdout is not None
+    fd = child.stdout.fileno()
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    out = open(log, "w") if log else None
+    chunks: list[str] = []
+    pending = ""
+
+    def feed(data: bytes, final: bool = False) -> None:
+        nonlocal pending
+        text = decoder.decode(data, final)
+        if out:
+            out.write(text)
+        chunks.append(text)
+        lines = (pending + text).split("\n")
+        pending = lines.pop()
+        if final and pending:
+            lines.append(pending)
+            pending = ""
+        for line in lines:
+            on_line(line)
+
+    def drain(until: float) -> bool:
+        """Read until end of output (True) or `until` (False)."""
+        while (remaining := until - time.monotonic()) > 0:
+            if select.select([fd], [], [], min(remaining, 1.0))[0]:
+                data = os.read(fd, 65536)
+                if not data:
+                    return True
+                feed(data)
+        return False
+
+    timed_out = False
+    try:
+        if drain(deadline):
+            try:
+                child.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                timed_out = True
+        else:
+            timed_out = True
+        if timed_out:
+            kill_group(child.pid)
+            drain(time.monotonic() + 5.0)  # what was written before the kill, without waiting on strays
+            child.wait()
+        feed(b"", final=True)
+    finally:
+        if _group_alive(child.pid):  # what the child left running in its group goes too
+            kill_group(child.pid, grace_s=0.5)
+        _live.discard(child.pid)
+        child.stdout.close()
+        if out:
+            out.close()
+    text = log.read_text(errors="replace") if log else "".join(chunks)
     return Completed(tuple(argv), child.returncode, text, time.monotonic() - started, timed_out)
 
 

@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
-from . import __version__, console, evidence, trace, verdict
+from . import __version__, console, evidence, junit, markdown, trace, verdict
 from .scenarios import CRASH_POINTS, UNANSWERED_POINTS, Needs
 
-RESULTS_SCHEMA_VERSION = 1
+# results.json's shape, described by results.schema.json beside this file: bump it (and the
+# schema's `const`) whenever a field is removed, renamed or changes type or meaning.
+# 2: the first documented shape; adds `provenance` (1 also named earlier, undocumented shapes).
+RESULTS_SCHEMA_VERSION = 2
+SCHEMA_FILE = Path(__file__).resolve().parent / "results.schema.json"
 
 
 def _crash_point_table(daemon: evidence.DaemonFacts) -> dict[str, dict]:
@@ -101,6 +106,7 @@ def evaluate(run_dir: Path) -> dict:
         "first_read_errors": list(readers.read_errors[:5]),
         "stalls": list(readers.stalls[:5]),
         "kernel": meta.get("kernel", {}),
+        "provenance": meta.get("provenance"),
         "accel": meta.get("accel"),
         "timing": meta.get("timing", {}),
         "request": meta["request"],
@@ -111,22 +117,39 @@ def evaluate(run_dir: Path) -> dict:
         results["crash_points"] = _crash_point_table(daemon)
     if aborted:
         results["console_tail"] = console.tail(run_dir / "console.log")
-    (run_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    (run_dir / "summary.txt").write_text(summary(results))
+    write_outputs(run_dir, results, summary(results))
     return results
+
+
+def write_outputs(run_dir: Path, results: dict, summary_text: str) -> None:
+    """Everything judged, in every form: results.json for machines, summary.txt for a person,
+    junit.xml for a CI dashboard, report.md for a job summary or a reply on a mailing list."""
+    (run_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (run_dir / "summary.txt").write_text(summary_text)
+    (run_dir / "junit.xml").write_text(junit.render(results))
+    (run_dir / "report.md").write_text(markdown.render([results]))
 
 
 def write_error(run_dir: Path, meta: dict, status: str, message: str) -> None:
     """No verdict on the kernel: the input was wrong (ERROR) or it could not be tested."""
     results = {"schema_version": RESULTS_SCHEMA_VERSION, "verdict": status, "reasons": [message],
-               "kernel": meta.get("kernel", {}), "timing": meta.get("timing", {}),
+               "kernel": meta.get("kernel", {}), "provenance": meta.get("provenance"),
+               "timing": meta.get("timing", {}),
                "request": meta["request"], "reproduce": meta["reproduce"], "harness_version": __version__}
-    (run_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    (run_dir / "summary.txt").write_text(f"{status}: {message}\n  reproduce: {meta['reproduce']}\n")
+    write_outputs(run_dir, results, f"{status}: {message}\n  reproduce: {meta['reproduce']}\n")
 
 
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}s"
+
+
+def _series_lines(prov: dict | None) -> list[str]:
+    if not prov or not prov.get("patches"):
+        return []
+    counts = Counter(p["status"] for p in prov["patches"])
+    base = (prov.get("base") or {}).get("describe") or "?"
+    return [f"  series: {counts['applied']} applied, {counts['already-present']} already present, on {base}"
+            f" -> {(prov.get('head') or '?')[:12]}"]
 
 
 def summary(r: dict) -> str:
@@ -134,6 +157,7 @@ def summary(r: dict) -> str:
     lines = [
         f"{r['verdict']}: scenario {r['scenario']}, kernel {r['kernel'].get('version', '?')} "
         f"({r['kernel'].get('source', '?')}), {r['accel']}",
+        *_series_lines(r.get("provenance")),
         f"  faults: {r['kills']} kills ({r['kills_in_flight']} on a request in flight, {r['in_flight_share']:.0%}), "
         f"{ev['fd_closes']} anon fds closed, {ev['deaths']} daemon deaths",
         f"  failover: {ev['restores']} restores, {ev['redelivered']} requests re-delivered, "

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
-from . import __version__, build, console, dataset, kconfig, proc, report, scenarios, series, source, vm
+from . import __version__, build, console, dataset, kconfig, proc, progress, report, scenarios, series, source, vm
 from .errors import HarnessError, InputError, UntestableError
 from .evidence import read_jsonl
 from .guest import GuestCommandFailed, GuestGone, GuestHung, GuestSession
@@ -60,6 +60,7 @@ class Run:
         self.meta: dict = {"request": req.to_json(), "reproduce": req.reproduce(), "timing": {},
                            "scenario": asdict(self.scenario), "crash_plan": self.crash_plan, "aborted": None}
         self.started = time.monotonic()
+        self.progress = progress.Progress()
 
     def save_meta(self) -> None:
         (self.dir / "run.json").write_text(json.dumps(self.meta, indent=1) + "\n")
@@ -68,10 +69,13 @@ class Run:
     def kernel(self) -> build.BuildResult:
         req = self.req
         fragments = kconfig.flavor_fragments(req.flavor)
+        self.progress.stage("source")
         try:
             with source.prepare(req.cache, req.package, req.tree, req.ref, req.series, self.dir) as (src, prov):
                 self.meta["provenance"] = prov.to_json()
-                result = build.build(build.BuildRequest(src, fragments, req.cache, req.jobs, BUILD_TIMEOUT_S), self.dir)
+                self.progress.stage("build", detail=str(src.tree))
+                result = build.build(build.BuildRequest(src, fragments, req.cache, req.jobs, BUILD_TIMEOUT_S,
+                                                        on_line=self.progress.build_output), self.dir)
         except series.SeriesError as e:
             self.meta["provenance"] = {"patches": [p.to_json() for p in e.results]}
             raise
@@ -184,6 +188,7 @@ class Run:
     def fault_loop(self, session: GuestSession, t: vm.Timeouts) -> None:
         """The scenario's faults, in their seeded order, each on the daemon then serving."""
         actions = scenarios.schedule(self.scenario, self.req.seed, self.req.kill_interval_s, t.recovery)
+        self.progress.stage("faults", totals={"kills": self.scenario.kills, "closes": self.scenario.fd_closes})
         incarnation = 1
         started = time.monotonic()
         try:
@@ -202,6 +207,8 @@ class Run:
                 signal = "KILL" if action.kind == "kill" else "USR1"
                 r = session.run(f"kill -{signal} {pid}", t.command)
                 self.record_fault(index=index, kind=action.kind, pid=pid, incarnation=inc, status=r.status)
+                self.progress.count("kills" if action.kind == "kill" else "closes")
+                self.progress.set("served", sum(e.get("event") == "done" for e in read_jsonl(self.guest_dir / "daemon.jsonl")))
                 incarnation = inc + 1 if action.kind == "kill" else inc
             if incarnation > 1:
                 # the last death must be recovered from too: an answer from the next incarnation
@@ -214,6 +221,7 @@ class Run:
 
     def drain(self, session: GuestSession, t: vm.Timeouts) -> None:
         """Readers finish the file they are on (and their first full round); then all stops."""
+        self.progress.stage("drain")
         g = shlex.quote(str(self.guest_dir))
         session.check(f"touch {g}/stop", t.command)
         try:
@@ -237,6 +245,7 @@ class Run:
                                env=vm.vng_env(), cwd=self.dir)
         try:
             session = GuestSession(con)
+            self.progress.stage("boot")
             try:
                 self.meta["timing"]["boot_s"] = round(session.wait_for_shell(t.boot), 1)
             except (GuestHung, GuestGone) as e:
@@ -275,6 +284,7 @@ class Run:
             report.write_error(self.dir, self.meta, status, str(e))
             raise
         finally:
+            self.progress.done()
             self.meta["timing"]["total_s"] = round(time.monotonic() - self.started, 1)
             self.save_meta()
         return report.evaluate(self.dir)

@@ -1,0 +1,189 @@
+"""What CI runs: a shard of the matrix, or a patch submission, with one report for all its runs.
+
+Each cell is a `failover-harness run` of its own, in a child process with its own output
+directory: one cell's crash, timeout or Ctrl-C cannot take the others' results with it, and a
+run is exactly what a person reproduces with the command in the report. The child's output is
+streamed to the CI log as it comes.
+
+    failover-harness matrix [--kernel K]... [--flavor F]... [--scenario S]... [--shard I/N]
+                            [--output DIR] [--list] [-- RUN OPTIONS]
+    failover-harness submit --mbox FILE --base REF [--tree DIR | --package NAME] [--output DIR]
+
+Both write DIR/junit.xml (every run's checks) and DIR/report.md (the Markdown report) and exit
+with the worst of the runs' codes: 1 if any FAILed, else 2 for bad usage, else 125 if any was
+untestable or inconclusive, else 0.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from . import junit, markdown, matrix, proc
+from .errors import EXIT_FAIL, EXIT_PASS, EXIT_UNTESTABLE, EXIT_USAGE, InputError
+from .kconfig import FLAVORS
+from .scenarios import SCENARIOS
+
+DEFAULT_KERNEL = "linux-source-6.12"
+CELL_TIMEOUT_S = 4 * 3600  # the run has its own timeouts for every phase: this is a last resort
+
+
+def worst(codes: Sequence[int]) -> int:
+    """The exit code of a set of runs: a kernel at fault first, then bad usage (the CI set-up
+    must be fixed), then anything unexpected (an interrupt), then untestable, then pass."""
+    codes = list(codes)
+    if not codes:
+        return EXIT_USAGE
+    for code in (EXIT_FAIL, EXIT_USAGE):
+        if code in codes:
+            return code
+    if other := [c for c in codes if c not in (EXIT_PASS, EXIT_UNTESTABLE)]:
+        return other[0]
+    return EXIT_UNTESTABLE if EXIT_UNTESTABLE in codes else EXIT_PASS
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.@+-]+", "_", text).strip("_") or "cell"
+
+
+def cell_dir(output: Path, index: int, cell: matrix.Cell) -> Path:
+    return output / f"{index:02d}-{_slug(cell.label)}"
+
+
+def results_of(cell_output: Path, cell: matrix.Cell, code: int, log_tail: str) -> dict:
+    """The run's results.json; for a run that ended before it had a run directory (bad usage),
+    a stand-in of the error shape, so that the reports still name the cell."""
+    found = sorted(cell_output.glob("*/results.json"))
+    if found:
+        return json.loads(found[-1].read_text())
+    message = log_tail.strip().splitlines()[-1] if log_tail.strip() else f"exit code {code}"
+    return {"verdict": "ERROR" if code == EXIT_USAGE else "UNTESTABLE", "reasons": [message],
+            "request": {"scenario": cell.scenario, "flavor": cell.flavor}, "kernel": {"flavor": cell.flavor},
+            "reproduce": shlex.join(["failover-harness", *cell.argv()])}
+
+
+Runner = Callable[[list[str], Path], tuple[int, str]]
+
+
+def run_child(argv: list[str], log: Path) -> tuple[int, str]:
+    """`failover-harness ARGV` in a child, its output streamed to our stdout and to `log`."""
+    def echo(line: str) -> None:
+        print(line, flush=True)
+    r = proc.run([sys.executable, "-m", "harness.cli", *argv], timeout_s=CELL_TIMEOUT_S, log=log, on_line=echo)
+    return (EXIT_UNTESTABLE if r.timed_out else r.returncode), r.tail(5)
+
+
+def run_cells(cells: list[matrix.Cell], output: Path, extra: tuple[str, ...], runner: Runner = run_child,
+              out: Callable[[str], None] = print) -> list[tuple[matrix.Cell, int, dict]]:
+    done = []
+    for i, cell in enumerate(cells, 1):
+        where = cell_dir(output, i, cell)
+        where.mkdir(parents=True, exist_ok=True)
+        argv = cell.argv(extra) + ["--output", str(where)]
+        out(f"::group::[{i}/{len(cells)}] {cell.label}" if _github() else f"== [{i}/{len(cells)}] {cell.label}")
+        out(f"failover-harness {shlex.join(argv)}")
+        code, tail = runner(argv, where / "harness.log")
+        results = results_of(where, cell, code, tail)
+        if _github():
+            out("::endgroup::")
+        out(f"== [{i}/{len(cells)}] {cell.label}: {results.get('verdict')} (exit {code})")
+        done.append((cell, code, results))
+    return done
+
+
+def _github() -> bool:
+    """On GitHub Actions, each cell's output is a collapsible group of the job's log."""
+    return os.environ.get("GITHUB_ACTIONS") == "true"
+
+
+def write_reports(output: Path, runs: list[dict], title: str, reproduce: str | None = None) -> None:
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "junit.xml").write_text(junit.render_many(runs))
+    (output / "report.md").write_text(markdown.render(runs, title=title, reproduce=reproduce))
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+def add_matrix_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kernel", action="append", dest="kernels", metavar="K",
+                   help="a Debian package, tree:PATH or tree:PATH@REF; repeat for more (default linux-source-6.12)")
+    p.add_argument("--flavor", action="append", dest="flavors", metavar="F",
+                   help=f"one of {', '.join(FLAVORS)}; repeat for more (default plain)")
+    p.add_argument("--scenario", action="append", dest="scenarios", metavar="S",
+                   help=f"one of {', '.join(SCENARIOS)}; repeat for more (default {' '.join(matrix.DEFAULT_SCENARIOS)})")
+    p.add_argument("--shard", default="1/1", help="run the I-th of N shares of the matrix (default %(default)s)")
+    p.add_argument("--output", type=Path, default=Path("runs"), help="where the runs and reports go (default %(default)s)")
+    p.add_argument("--list", action="store_true", help="print the shard's cells and their commands, run nothing")
+    p.add_argument("--title", default="failover-harness", help="the Markdown report's heading")
+    p.add_argument("run_options", nargs=argparse.REMAINDER,
+                   help="after --: options for every run (e.g. -- --seed 2 --accel kvm)")
+
+
+def add_submit_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mbox", type=Path, required=True, help="the series, as b4 am or a mailing-list bot saves it")
+    p.add_argument("--base", required=True, help="the commit the series applies to")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--tree", type=Path, help="a kernel git repository holding --base")
+    src.add_argument("--package", default=DEFAULT_KERNEL, help="or Debian's source package (default %(default)s)")
+    p.add_argument("--flavor", default="plain", choices=tuple(FLAVORS), help="(default %(default)s)")
+    p.add_argument("--output", type=Path, default=Path("runs"), help="where the runs and report go (default %(default)s)")
+    p.add_argument("--cache", type=Path, default=None, help="downloads, sources, builds (default: the harness's)")
+
+
+def _extra(options: list[str]) -> tuple[str, ...]:
+    return tuple(options[1:] if options[:1] == ["--"] else options)
+
+
+def run_matrix(args: argparse.Namespace, runner: Runner = run_child) -> int:
+    all_cells = matrix.cells(args.kernels or [DEFAULT_KERNEL],
+                             args.flavors or ["plain"], args.scenarios or list(matrix.DEFAULT_SCENARIOS))
+    i, n = matrix.parse_shard(args.shard)
+    mine = matrix.shard(all_cells, i, n)
+    extra = _extra(args.run_options)
+    print(f"shard {i}/{n}: {len(mine)} of {len(all_cells)} cells, about {matrix.estimated_s(mine) / 60:.0f} min", flush=True)
+    if args.list:
+        for cell in mine:
+            print(f"{cell.label}\tfailover-harness {shlex.join(cell.argv(extra))}")
+        return EXIT_PASS
+    if not mine:  # more shards than cells: nothing to do is not a failure
+        write_reports(args.output, [], args.title)
+        return EXIT_PASS
+    done = run_cells(mine, args.output, extra, runner)
+    write_reports(args.output, [r for _, _, r in done], f"{args.title} (shard {i}/{n})" if n > 1 else args.title)
+    return worst([code for _, code, _ in done])
+
+
+def submit_command(args: argparse.Namespace) -> str:
+    """The one command that reproduces a submission locally."""
+    argv = ["failover-harness", "submit", "--mbox", str(args.mbox), "--base", args.base]
+    if args.tree:
+        argv += ["--tree", str(args.tree)]
+    elif args.package != DEFAULT_KERNEL:
+        argv += ["--package", args.package]
+    if args.flavor != "plain":
+        argv += ["--flavor", args.flavor]
+    return shlex.join(argv)
+
+
+def submit_cells(args: argparse.Namespace) -> tuple[list[matrix.Cell], tuple[str, ...]]:
+    """The default scenarios on base + series: the cells, and the options every run gets."""
+    if not args.mbox.is_file():
+        raise InputError(f"--mbox {args.mbox}: no such file")
+    kernel = f"tree:{args.tree}" if args.tree else args.package
+    extra: tuple[str, ...] = ("--ref", args.base, "--series", str(args.mbox.resolve()))
+    if args.cache:
+        extra += ("--cache", str(args.cache))
+    return matrix.cells([kernel], [args.flavor], list(matrix.DEFAULT_SCENARIOS)), extra
+
+
+def run_submit(args: argparse.Namespace, runner: Runner = run_child) -> int:
+    cells, extra = submit_cells(args)
+    done = run_cells(cells, args.output, extra, runner)
+    title = f"failover-harness on {args.mbox.name}"
+    write_reports(args.output, [r for _, _, r in done], title, reproduce=submit_command(args))
+    return worst([code for _, code, _ in done])
