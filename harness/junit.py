@@ -28,6 +28,7 @@ CHECKS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("failover: every death restored and served again", ("not followed by a successful restore",
                                                          "not followed by requests served again")),
     ("failover: held requests re-delivered", ("that no later incarnation received again",)),
+    ("daemon: no busy loop on empty wake-ups", ("empty wake-ups",)),
     ("run: completed", ("run aborted",)),
 )
 KERNEL_REASON = "kernel console:"  # its findings are test cases of their own

@@ -31,7 +31,7 @@ from .request import RunRequest
 from .scenarios import SCENARIOS
 
 MUTANT_DIR = Path(__file__).resolve().parent.parent / "tests" / "mutants"
-CHECKS = ("checksum", "read-error", "stall", "splat", "hang", "recovery", "missing-evidence")
+CHECKS = ("checksum", "read-error", "stall", "splat", "hang", "recovery", "empty-wakeups", "missing-evidence")
 TRAILERS = ("Undoes", "Scenario", "Flavor", "Kills", "Expect")
 
 
@@ -107,6 +107,8 @@ def killed_by(results: dict) -> tuple[str, ...]:
         checks.append("hang")
     if any(w in r for r in results.get("reasons", []) for w in ("restore", "served again", "received again")):
         checks.append("recovery")
+    if any("empty wake-ups" in r for r in results.get("reasons", [])):
+        checks.append("empty-wakeups")
     if results.get("missing_evidence"):
         checks.append("missing-evidence")
     return tuple(checks) or ("other",)

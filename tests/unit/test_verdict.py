@@ -191,3 +191,15 @@ def test_an_aborted_run_fails_and_keeps_the_console_tail(passing_run):
     r = report.evaluate(passing_run)
     assert r["verdict"] == "FAIL" and "console_tail" in r
     assert r["reasons"][0].startswith("run aborted: guest hung")
+
+
+def test_a_daemon_woken_for_nothing_again_and_again_fails(passing_run):
+    """Patch 4's narrower EPOLLIN: a few empty wake-ups per restore are normal, a busy loop is not."""
+    r = report.evaluate(passing_run)
+    assert r["verdict"] == "PASS" and 0 < r["evidence"]["empty_reads"] <= 3 * r["evidence"]["restores"] + 20
+    with open(passing_run / "guest" / "daemon.jsonl", "a") as f:
+        for _ in range(200):
+            f.write(json.dumps({"t": 1, "event": "empty_read", "inc": 6, "pid": 1}) + "\n")
+    r = report.evaluate(passing_run)
+    assert r["verdict"] == "FAIL"
+    assert any("empty wake-ups" in reason and "busy-loops" in reason for reason in r["reasons"])
