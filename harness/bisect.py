@@ -132,7 +132,8 @@ def step_argv(req: RunRequest, repeat: int, steps_log: Path) -> list[str]:
             "--tree", str(req.tree), "--scenario", req.scenario, "--seed", str(req.seed),
             "--read-delay-ms", str(req.read_delay_ms), "--flavor", req.flavor, "--accel", req.accel,
             "--jobs", str(req.jobs), "--cache", str(req.cache), "--output", str(req.output)]
-    for flag, value in (("--kills", req.kills), ("--readers", req.readers), ("--daemon-threads", req.daemon_threads)):
+    for flag, value in (("--kills", req.kills), ("--fd-closes", req.fd_closes), ("--readers", req.readers),
+                        ("--daemon-threads", req.daemon_threads)):
         if value is not None:
             argv += [flag, str(value)]
     return argv

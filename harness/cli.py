@@ -47,6 +47,7 @@ def _add_common_options(p: argparse.ArgumentParser, d: RunRequest) -> None:
 def _add_scenario_options(p: argparse.ArgumentParser, d: RunRequest) -> None:
     p.add_argument("--scenario", default=d.scenario, help=f"one of: {', '.join(SCENARIOS)} (default %(default)s)")
     p.add_argument("--kills", type=int, help="SIGKILLs to send (default: the scenario's, 50 for crash)")
+    p.add_argument("--fd-closes", type=int, help="anon fds the daemon closes (default: the scenario's, 40 for close-fds)")
     p.add_argument("--readers", type=int, help="reader processes (default: the scenario's)")
     p.add_argument("--daemon-threads", type=int, help="threads serving /dev/cachefiles (default: the scenario's)")
     p.add_argument("--flavor", choices=tuple(FLAVORS), default=d.flavor,
@@ -101,7 +102,8 @@ def parser() -> argparse.ArgumentParser:
 def run_request(args: argparse.Namespace) -> RunRequest:
     d = RunRequest()
     scenario = "no-failover" if getattr(args, "no_failover", False) else getattr(args, "scenario", d.scenario)
-    return RunRequest(scenario=scenario, kills=getattr(args, "kills", None), seed=args.seed, output=args.output,
+    return RunRequest(scenario=scenario, kills=getattr(args, "kills", None),
+                      fd_closes=getattr(args, "fd_closes", None), seed=args.seed, output=args.output,
                       tree=args.tree, package=getattr(args, "package", d.package), ref=getattr(args, "ref", None),
                       series=getattr(args, "series", None), readers=getattr(args, "readers", None),
                       daemon_threads=getattr(args, "daemon_threads", None), read_delay_ms=args.read_delay_ms,

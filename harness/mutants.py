@@ -6,8 +6,11 @@ say what it undoes and how to catch it:
     Mutant-Undoes: cachefiles: add restore command to recover inflight ondemand read requests
     Mutant-Scenario: crash
     Mutant-Flavor: plain
-    Mutant-Kills: 8
+    Mutant-Faults: 8
     Mutant-Expect: stall
+
+Mutant-Faults is the number of the scenario's own faults: SIGKILLs for crash, anon fd closes for
+close-fds, both for combined (crash-points has its own plan and ignores it).
 
 `mutate` applies each mutant alone on the base (the series machinery: `git am` in the harness's
 own tree, so only the touched objects rebuild), runs its scenario, and calls it killed when the
@@ -32,7 +35,7 @@ from .scenarios import SCENARIOS
 
 MUTANT_DIR = Path(__file__).resolve().parent.parent / "tests" / "mutants"
 CHECKS = ("checksum", "read-error", "stall", "splat", "hang", "recovery", "empty-wakeups", "missing-evidence")
-TRAILERS = ("Undoes", "Scenario", "Flavor", "Kills", "Expect")
+TRAILERS = ("Undoes", "Scenario", "Flavor", "Faults", "Expect")
 
 
 @dataclass(frozen=True)
@@ -43,13 +46,13 @@ class Mutant:
     undoes: str
     scenario: str
     flavor: str
-    kills: int
+    faults: int
     expect: str
 
     @property
     def cost(self) -> tuple[int, int]:
         """Cheapest first: plain before debug (no KASAN build, no x3 timeouts), then fewer faults."""
-        return (FLAVORS_COST.get(self.flavor, 9), self.kills)
+        return (FLAVORS_COST.get(self.flavor, 9), self.faults)
 
 
 FLAVORS_COST = {"plain": 0, "debug": 1}
@@ -75,11 +78,11 @@ def parse(path: Path) -> Mutant:
         raise InputError(f"{path}: Mutant-Flavor {trailers['Flavor']!r} is not one of {', '.join(FLAVORS)}")
     if trailers["Expect"] not in CHECKS:
         raise InputError(f"{path}: Mutant-Expect {trailers['Expect']!r} is not one of {', '.join(CHECKS)}")
-    if not trailers["Kills"].isdigit():
-        raise InputError(f"{path}: Mutant-Kills {trailers['Kills']!r} is not a number")
+    if not trailers["Faults"].isdigit():
+        raise InputError(f"{path}: Mutant-Faults {trailers['Faults']!r} is not a number")
     subject = " ".join(str(msg.get("Subject", "")).split()).removeprefix("[PATCH] ")
     return Mutant(path.stem, path, subject, trailers["Undoes"], trailers["Scenario"], trailers["Flavor"],
-                  int(trailers["Kills"]), trailers["Expect"])
+                  int(trailers["Faults"]), trailers["Expect"])
 
 
 def load(directory: Path = MUTANT_DIR, names: tuple[str, ...] = ()) -> tuple[Mutant, ...]:
@@ -120,7 +123,7 @@ class Outcome:
     kind: str  # "baseline" or "mutant"
     scenario: str
     flavor: str
-    kills: int
+    faults: int
     verdict: str
     killed_by: tuple[str, ...]
     expect: str | None
@@ -150,9 +153,16 @@ def _execute(req: RunRequest) -> tuple[dict, str | None, float]:
     return results, str(run.dir), time.monotonic() - started
 
 
-def outcome(name: str, kind: str, req: RunRequest, expect: str | None, results: dict, run_dir: str | None,
-            seconds: float) -> Outcome:
-    return Outcome(name, kind, req.scenario, req.flavor, req.kills or 0, results["verdict"],
+def faulted(base: RunRequest, scenario: str, faults: int, flavor: str, series: Path | None) -> RunRequest:
+    """The run for a scenario with `faults` of its own kind of fault."""
+    kills = faults if scenario in ("crash", "combined") else None
+    fd_closes = faults if scenario in ("close-fds", "combined") else None
+    return replace(base, scenario=scenario, kills=kills, fd_closes=fd_closes, flavor=flavor, series=series)
+
+
+def outcome(name: str, kind: str, req: RunRequest, faults: int, expect: str | None, results: dict,
+            run_dir: str | None, seconds: float) -> Outcome:
+    return Outcome(name, kind, req.scenario, req.flavor, faults, results["verdict"],
                    killed_by(results) if kind == "mutant" else (), expect, tuple(results.get("reasons", [])[:5]),
                    results.get("timing", {}).get("build_s"), round(seconds, 1), run_dir)
 
@@ -168,13 +178,13 @@ def mutate(base: RunRequest, chosen: tuple[Mutant, ...]) -> dict:
     # plain first, then debug: each flavour's build directory goes base, mutant, mutant, ...
     for flavor in sorted({m.flavor for m in chosen}, key=lambda f: FLAVORS_COST.get(f, 9)):
         mutants = sorted((m for m in chosen if m.flavor == flavor), key=lambda m: m.cost)
-        for scenario, kills in dict.fromkeys((m.scenario, m.kills) for m in mutants):
-            req = replace(runs, scenario=scenario, kills=kills, flavor=flavor, series=None)
-            outcomes.append(outcome(f"baseline {scenario} x{kills}", "baseline", req, None, *_execute(req)))
+        for scenario, faults in dict.fromkeys((m.scenario, m.faults) for m in mutants):
+            req = faulted(runs, scenario, faults, flavor, None)
+            outcomes.append(outcome(f"baseline {scenario} x{faults}", "baseline", req, faults, None, *_execute(req)))
             _progress(outcomes[-1])
         for m in mutants:
-            req = replace(runs, scenario=m.scenario, kills=m.kills, flavor=flavor, series=m.path)
-            outcomes.append(outcome(m.name, "mutant", req, m.expect, *_execute(req)))
+            req = faulted(runs, m.scenario, m.faults, flavor, m.path)
+            outcomes.append(outcome(m.name, "mutant", req, m.faults, m.expect, *_execute(req)))
             _progress(outcomes[-1])
     result = verdict(outcomes, chosen)
     result.update(dir=str(out), total_s=round(time.monotonic() - started, 1), request=base.to_json())
@@ -214,7 +224,7 @@ def summary(r: dict) -> str:
     for o in r["outcomes"]:
         how = ", ".join(o["killed_by"]) if o["killed_by"] else ""
         expected = f" (expected {o['expect']})" if o["expect"] and o["expect"] not in o["killed_by"] else ""
-        lines.append(f"  {o['status']:8} {o['name']:28} {o['scenario']}/{o['flavor']} x{o['kills']}: {o['verdict']}"
+        lines.append(f"  {o['status']:8} {o['name']:28} {o['scenario']}/{o['flavor']} x{o['faults']}: {o['verdict']}"
                      f"{' by ' + how if how else ''}{expected}; build {o['build_s'] or 0:.0f}s, run {o['run_s']:.0f}s")
         if o["undoes"]:
             lines.append(f"           undoes: {o['undoes']}")

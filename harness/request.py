@@ -24,6 +24,7 @@ def default_cache() -> Path:
 class RunRequest:
     scenario: str = DEFAULT_SCENARIO
     kills: int | None = None  # None: the scenario's own number
+    fd_closes: int | None = None  # None: the scenario's own number
     seed: int = 1
     output: Path = Path("runs")
     tree: Path | None = None
@@ -44,6 +45,8 @@ class RunRequest:
             raise InputError(f"unknown scenario {self.scenario!r} (one of {', '.join(SCENARIOS)})")
         if self.kills is not None and self.kills < 0:
             raise InputError(f"--kills must be 0 or more (got {self.kills})")
+        if self.fd_closes is not None and self.fd_closes < 0:
+            raise InputError(f"--fd-closes must be 0 or more (got {self.fd_closes})")
         if self.readers is not None and not 1 <= self.readers <= 16:
             raise InputError(f"--readers must be 1..16 (got {self.readers})")
         if self.daemon_threads is not None and not 1 <= self.daemon_threads <= 16:
@@ -71,7 +74,7 @@ class RunRequest:
     @property
     def plan(self) -> Scenario:
         """The scenario with this request's overrides."""
-        s = SCENARIOS[self.scenario].with_kills(self.kills)
+        s = SCENARIOS[self.scenario].with_faults(self.kills, self.fd_closes)
         if self.readers is not None:
             s = replace(s, readers=self.readers)
         return s if self.daemon_threads is None else replace(s, threads=self.daemon_threads)
@@ -82,6 +85,8 @@ class RunRequest:
                 "--read-delay-ms", str(self.read_delay_ms)]
         if self.kills is not None:
             argv += ["--kills", str(self.kills)]
+        if self.fd_closes is not None:
+            argv += ["--fd-closes", str(self.fd_closes)]
         if self.readers is not None:
             argv += ["--readers", str(self.readers)]
         if self.daemon_threads is not None:

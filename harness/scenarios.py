@@ -48,8 +48,10 @@ class Scenario:
     threads: int = 1
     needs: Needs = field(default_factory=Needs)
 
-    def with_kills(self, kills: int | None) -> "Scenario":
-        return self if kills is None else replace(self, kills=kills)
+    def with_faults(self, kills: int | None, fd_closes: int | None = None) -> "Scenario":
+        """The scenario with another number of SIGKILLs or anon fd closes (None: its own)."""
+        return replace(self, kills=self.kills if kills is None else kills,
+                       fd_closes=self.fd_closes if fd_closes is None else fd_closes)
 
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (

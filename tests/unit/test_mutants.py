@@ -10,7 +10,7 @@ from harness.mutants import Outcome
 from helpers import FIXTURES, git
 
 TRAILERS = ("Mutant-Undoes: cachefiles: add restore command\nMutant-Scenario: crash\nMutant-Flavor: plain\n"
-            "Mutant-Kills: 8\nMutant-Expect: stall\n")
+            "Mutant-Faults: 8\nMutant-Expect: stall\n")
 
 
 def write_mutant(tmp_path, name, trailers=TRAILERS):
@@ -31,15 +31,15 @@ def write_mutant(tmp_path, name, trailers=TRAILERS):
 
 def test_mutant_trailers_are_read(tmp_path):
     (m,) = mutants.load(write_mutant(tmp_path, "restore-noop"))
-    assert (m.name, m.scenario, m.flavor, m.kills, m.expect) == ("restore-noop", "crash", "plain", 8, "stall")
+    assert (m.name, m.scenario, m.flavor, m.faults, m.expect) == ("restore-noop", "crash", "plain", 8, "stall")
     assert m.undoes == "cachefiles: add restore command" and m.subject == "mutant: restore-noop"
 
 
 @pytest.mark.parametrize("bad, message", [
-    ("Mutant-Scenario: crash\nMutant-Flavor: plain\nMutant-Kills: 8\nMutant-Expect: stall\n", "Mutant-Undoes"),
+    ("Mutant-Scenario: crash\nMutant-Flavor: plain\nMutant-Faults: 8\nMutant-Expect: stall\n", "Mutant-Undoes"),
     (TRAILERS.replace("crash", "explode"), "Mutant-Scenario 'explode'"),
     (TRAILERS.replace("plain", "tiny"), "Mutant-Flavor 'tiny'"),
-    (TRAILERS.replace("Kills: 8", "Kills: many"), "Mutant-Kills 'many'"),
+    (TRAILERS.replace("Faults: 8", "Faults: many"), "Mutant-Faults 'many'"),
     (TRAILERS.replace("stall", "luck"), "Mutant-Expect 'luck'"),
 ])
 def test_a_mutant_with_wrong_trailers_is_refused(tmp_path, bad, message):
@@ -96,3 +96,13 @@ def test_verdict_passes_only_when_all_killed_and_baselines_pass():
     broken = mutants.verdict([outcome("base", "baseline", "PASS"), outcome("m1", "mutant", "UNTESTABLE")], chosen)
     assert broken["verdict"] == "UNTESTABLE" and "did not build or boot: m1" in broken["reasons"][0]
     assert "survived" in mutants.summary({**survivor, "total_s": 1.0})
+
+
+@pytest.mark.parametrize("scenario, kills, fd_closes", [
+    ("crash", 8, None), ("close-fds", None, 8), ("combined", 8, 8), ("crash-points", None, None)])
+def test_faults_are_the_scenarios_own_kind(scenario, kills, fd_closes):
+    from harness.request import RunRequest
+    req = mutants.faulted(RunRequest(), scenario, 8, "plain", None)
+    assert (req.kills, req.fd_closes) == (kills, fd_closes)
+    plan = req.plan
+    assert plan.kills == (8 if kills else plan.kills) and plan.fd_closes == (8 if fd_closes else plan.fd_closes)
