@@ -57,7 +57,8 @@ def test_cheapest_first():
     plain = mutants.Mutant("p", None, "", "", "crash", "plain", 20, "stall")
     debug = mutants.Mutant("d", None, "", "", "crash", "debug", 5, "splat")
     cheap = mutants.Mutant("c", None, "", "", "close-fds", "plain", 6, "read-error")
-    assert [m.name for m in sorted((plain, debug, cheap), key=lambda m: m.cost)] == ["c", "p", "d"]
+    fewer = mutants.Mutant("f", None, "", "", "close-fds", "plain", 3, "read-error")
+    assert [m.name for m in sorted((plain, debug, cheap, fewer), key=lambda m: m.cost)] == ["p", "f", "c", "d"]
 
 
 def judged(tmp_path, fixture):
