@@ -24,6 +24,7 @@ import socket
 import sys
 import threading
 import time
+from typing import Callable
 from dataclasses import dataclass
 
 import protocol
@@ -71,6 +72,7 @@ class Daemon:
         self.blobs: dict[str, Blob] = {}
         self.objects: dict[int, CacheObject] = {}
         self.lock = threading.Lock()  # objects and blobs, when several threads serve
+        self.delivery = threading.Lock()  # a read() from the device and the pinning of what it delivered
         self.local = threading.local()  # each thread's aligned buffer
         self.rng = random.Random(f"{config.get('seed', 0)}/{incarnation}")
         self.closes_requested = 0
@@ -129,11 +131,8 @@ class Daemon:
             buf = self.local.buffer = mmap.mmap(-1, max(1 << 20, length + -length % (1 << 20)))
         return buf
 
-    def on_read(self, req: protocol.ReadRequest) -> None:
-        with self.lock:
-            obj = self.objects.get(req.object_id)
-            if obj is not None:
-                obj.busy += 1
+    def on_read(self, req: protocol.ReadRequest, obj: CacheObject | None) -> None:
+        """`obj` was pinned (busy) when the READ was accepted."""
         if obj is None:
             # Should not happen: the kernel reopens a closed object before sending its READs.
             self.log.emit("error", msg_id=req.msg_id, op="READ", object_id=req.object_id,
@@ -176,7 +175,7 @@ class Daemon:
     def close_random_fd(self) -> None:
         """What the close-fds scenario asks for: drop a live object's anon fd, unasked. The
         kernel puts the object in CLOSE and must reopen it when the next READ comes."""
-        with self.lock:
+        with self.delivery, self.lock:
             idle = sorted(oid for oid, o in self.objects.items() if o.busy == 0)
             if not idle:
                 return
@@ -186,11 +185,20 @@ class Daemon:
         self.log.emit("close_fd", object_id=oid, cookie=obj.name)
 
     def handle(self, buf: bytes) -> None:
+        job = self.accept(buf)
+        if job is not None:
+            job()
+
+    def accept(self, buf: bytes) -> Callable[[], None] | None:
+        """Decode and log a message, pin a READ's object; the work to do is returned, to be done
+        outside the delivery lock. The pin is what keeps close_random_fd (another thread) from
+        closing the fd of an object whose READ the kernel has already handed over: that READ
+        would have no fd to be answered through, and only a restore would bring it back."""
         try:
             req = protocol.decode(buf)
         except protocol.ProtocolError as e:
             self.log.emit("error", error=f"bad message: {e}", raw=buf[:64].hex())
-            return
+            return None
         fields: dict = {"msg_id": req.msg_id, "object_id": req.object_id}
         if isinstance(req, protocol.OpenRequest):
             fields.update(op="OPEN", volume=req.volume_key,
@@ -203,11 +211,14 @@ class Daemon:
             fields["thread"] = threading.current_thread().name
         self.log.emit("recv", **fields)
         if isinstance(req, protocol.OpenRequest):
-            self.on_open(req)
-        elif isinstance(req, protocol.ReadRequest):
-            self.on_read(req)
-        else:
-            self.on_close(req)
+            return lambda: self.on_open(req)
+        if isinstance(req, protocol.ReadRequest):
+            with self.lock:
+                obj = self.objects.get(req.object_id)
+                if obj is not None:
+                    obj.busy += 1
+            return lambda: self.on_read(req, obj)
+        return lambda: self.on_close(req)
 
     # -- the loop --------------------------------------------------------------------------
     def loop(self) -> int:
@@ -222,7 +233,9 @@ class Daemon:
             if not poller.poll(200):
                 continue
             try:
-                buf = os.read(self.device_fd, protocol.MAX_MSG_SIZE)
+                with self.delivery:
+                    buf = os.read(self.device_fd, protocol.MAX_MSG_SIZE)
+                    job = self.accept(buf) if buf else None
             except OSError as e:
                 self.log.emit("error", op="read", errno=e.errno, error=e.strerror)
                 if e.errno == errno.EIO:  # the cache is dead: nothing more will come
@@ -233,7 +246,8 @@ class Daemon:
                 # poll said readable, read found nothing: what patch 4 narrowed
                 self.log.emit("empty_read")
                 continue
-            self.handle(buf)
+            if job is not None:
+                job()
         return 0
 
     def serve(self) -> int:

@@ -183,7 +183,7 @@ def mutate(base: RunRequest, chosen: tuple[Mutant, ...]) -> dict:
         mutants = sorted((m for m in chosen if m.flavor == flavor), key=lambda m: m.cost)
         for scenario, faults in dict.fromkeys((m.scenario, m.faults) for m in mutants):
             req = faulted(runs, scenario, faults, flavor, None)
-            outcomes.append(outcome(f"baseline {scenario} x{faults}", "baseline", req, faults, None, *_execute(req)))
+            outcomes.append(outcome(f"{scenario} x{faults}", "baseline", req, faults, None, *_execute(req)))
             _progress(outcomes[-1])
         for m in mutants:
             req = faulted(runs, m.scenario, m.faults, flavor, m.path)

@@ -28,7 +28,7 @@ def test_bisect_names_the_commit_that_breaks_failover(tmp_path):
         commits.append(parent)
     git(repo, "update-ref", "refs/failover-harness/bisect-demo", commits[-1])  # reachable, kept from gc
 
-    proc = harness("bisect", "--good", base, "--bad", commits[-1], "--kills", "8", "--output", str(tmp_path))
+    proc = harness("bisect", "--good", base, "--bad", commits[-1], "--kills", "10", "--output", str(tmp_path))
     print(proc.stdout, proc.stderr)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (bisect_json,) = tmp_path.glob("*-bisect/bisect.json")

@@ -131,7 +131,7 @@ def test_run_with_a_series_passes_and_records_provenance(debian, tmp_path):
     repo, base = debian
     _, c2 = two_harmless(repo, base)
     mbox = format_patch(repo, "--cover-letter", f"{base}..{c2}", out=tmp_path / "series.mbox")
-    proc = harness("run", "--series", str(mbox), "--kills", "5", "--output", str(tmp_path / "runs"))
+    proc = harness("run", "--series", str(mbox), "--kills", "10", "--output", str(tmp_path / "runs"))
     results = results_of(proc)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     prov = results["provenance"]
