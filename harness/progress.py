@@ -76,6 +76,7 @@ class Progress:
         self.status: Status | None = None
         self._last_write = float("-inf")
         self._width = 0  # of the line on the terminal, to blank what a shorter one leaves
+        self._unwritten = False  # counts changed since the last line written
         self._lock = threading.Lock()  # a counter may be fed from a reader of a child's output
 
     def stage(self, name: str, detail: str = "", totals: dict[str, int] | None = None) -> None:
@@ -84,6 +85,8 @@ class Progress:
                 self._draw(force=True)
                 self.stream.write("\n")  # the finished stage keeps its last line
                 self._width = 0
+            elif self.status is not None and self._unwritten:
+                self._draw(force=True)  # the finished stage's last counts, in the log too
             self.status = Status(name, self.clock(), {}, dict(totals or {}), detail)
             self._draw(force=True)
 
@@ -117,6 +120,7 @@ class Progress:
             if self.status is None:
                 return
             self.status = change(self.status)
+            self._unwritten = True
             self._draw(force=False)
 
     def _draw(self, force: bool) -> None:
@@ -126,6 +130,7 @@ class Progress:
         if not force and now - self._last_write < interval:
             return
         self._last_write = now
+        self._unwritten = False
         if self.tty:
             line = format_status(self.status, now)
             self.stream.write("\r" + line + " " * max(0, self._width - len(line)))

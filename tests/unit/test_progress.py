@@ -84,3 +84,16 @@ def test_make_output_streams_into_the_counter(tmp_path):
     r = proc.run(["sh", "-c", script], timeout_s=30, log=tmp_path / "build.log", on_line=p.build_output)
     assert r.ok and p.status.counters == {"objects": 3}
     assert (tmp_path / "build.log").read_text().endswith("  CC [M]  c.o")
+
+
+def test_in_a_log_a_finished_stage_leaves_its_last_counts():
+    out, clock = io.StringIO(), Clock()
+    p = progress.Progress(out, tty=False, plain_interval_s=30, clock=clock, wall=lambda: 0.0)
+    p.stage("faults", totals={"kills": 10})
+    clock.now += 12
+    for _ in range(10):
+        p.count("kills")
+    p.set("served", 600)
+    p.stage("drain")
+    assert [l[9:] for l in out.getvalue().splitlines()] == [
+        "faults 0s", "faults 12s: 10/10 kills, 600 requests served", "drain 0s"]
