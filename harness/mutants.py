@@ -111,7 +111,7 @@ def killed_by(results: dict) -> tuple[str, ...]:
         checks.append("splat")
     if any("hung" in r or "gone" in r for r in results.get("reasons", [])):
         checks.append("hang")
-    if any(w in r for r in results.get("reasons", []) for w in ("restore", "served again", "received again")):
+    if any(w in r for r in results.get("reasons", []) for w in ("restore", "served again", "received again", "delivered again")):
         checks.append("recovery")
     if any("empty wake-ups" in r for r in results.get("reasons", [])):
         checks.append("empty-wakeups")

@@ -203,3 +203,17 @@ def test_a_daemon_woken_for_nothing_again_and_again_fails(passing_run):
     r = report.evaluate(passing_run)
     assert r["verdict"] == "FAIL"
     assert any("empty wake-ups" in reason and "busy-loops" in reason for reason in r["reasons"])
+
+
+def test_held_requests_a_kernel_drops_at_the_daemons_death_fail(passing_run):
+    """The failover's promise: what a killed daemon held comes back. A kernel that fails those
+    requests at the death (the behaviour before the series) loses every one of them."""
+    r = report.evaluate(passing_run)
+    assert all(d["held"] and d["held"] == d["redelivered"] for d in r["deaths"])
+    held_by = {d["incarnation"]: set(d["held"]) for d in r["deaths"]}
+    # no later incarnation receives what a dead one held
+    rewrite_jsonl(passing_run / "guest" / "daemon.jsonl", lambda e: None if e.get("event") == "recv" and any(
+        e["inc"] > inc and e["msg_id"] in ids for inc, ids in held_by.items()) else e)
+    r = report.evaluate(passing_run)
+    assert r["verdict"] == "FAIL"
+    assert any("requests held by killed daemons were never delivered again" in x for x in r["reasons"]), r["reasons"]
