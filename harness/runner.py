@@ -61,6 +61,7 @@ class Run:
                            "scenario": asdict(self.scenario), "crash_plan": self.crash_plan, "aborted": None}
         self.started = time.monotonic()
         self.progress = progress.Progress()
+        self.console: proc.Interactive | None = None  # QEMU's console while the guest runs
 
     def save_meta(self) -> None:
         (self.dir / "run.json").write_text(json.dumps(self.meta, indent=1) + "\n")
@@ -117,8 +118,11 @@ class Run:
 
     # -- the guest -------------------------------------------------------------------------------
     def wait_until(self, what: str, predicate, timeout_s: float) -> None:
+        """Poll the guest's logs; a guest that died meanwhile (a panic) ends the wait at once."""
         deadline = time.monotonic() + timeout_s
         while not predicate():
+            if self.console is not None and not self.console.alive():
+                raise GuestGone(f"the guest exited while waiting for {what}")
             if time.monotonic() > deadline:
                 raise GuestHung(f"{what}: not within {timeout_s:.0f}s")
             time.sleep(0.1)
@@ -241,8 +245,8 @@ class Run:
     def in_guest(self, bzimage: Path, accel: str, config: Path, t: vm.Timeouts) -> None:
         spec = vm.VmSpec(bzimage, accel, (self.dir,), console_log=self.dir / "console.log")
         (self.dir / "vng-command.txt").write_text(shlex.join(vm.vng_argv(spec)) + "\n")
-        con = proc.Interactive(vm.console_argv(spec, self.dir / "vng.log"), self.dir / "session.log",
-                               env=vm.vng_env(), cwd=self.dir)
+        con = self.console = proc.Interactive(vm.console_argv(spec, self.dir / "vng.log"), self.dir / "session.log",
+                                              env=vm.vng_env(), cwd=self.dir)
         try:
             session = GuestSession(con)
             self.progress.stage("boot")
@@ -264,6 +268,7 @@ class Run:
                 session.shutdown(timeout_s=min(30.0, t.command))  # all is collected: no long wait
         finally:
             con.close()
+            self.console = None
 
     def execute(self) -> dict:
         try:

@@ -81,3 +81,19 @@ def test_series_and_ref_input_errors_exit_2(tmp_path, extra, message):
                         "--output", str(tmp_path / "runs"), "--cache", str(tmp_path / "cache")],
                        cwd=ROOT, text=True, capture_output=True, timeout=60)
     assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_a_guest_that_dies_while_the_host_waits_ends_the_wait_at_once(tmp_path):
+    """A panic mid-drain must not cost the drain's whole timeout (12 minutes under debug)."""
+    from harness.request import RunRequest
+    from harness.runner import Run
+
+    run = Run(RunRequest(output=tmp_path, cache=tmp_path / "cache"))
+    run.console = proc.Interactive(["sh", "-c", "exit 0"], tmp_path / "session.log")
+    try:
+        started = time.monotonic()
+        with pytest.raises(GuestGone, match="while waiting for the readers finishing"):
+            run.wait_until("the readers finishing", lambda: False, timeout_s=600)
+        assert time.monotonic() - started < 5
+    finally:
+        run.console.close()
