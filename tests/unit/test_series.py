@@ -1,5 +1,5 @@
 """Reading a series: mbox and directories as `git format-patch` and `b4 am` write them, on a
-small repository made here with real git (applying on the kernel tree: tests/vm/test_series.py)."""
+small repository made here with real git (applying on the kernel tree: tests/vm/test_series_on_kernel.py)."""
 import pytest
 
 from harness import series
