@@ -183,7 +183,7 @@ def _common_dir(tree: Path) -> Path:
 
 def scratch_worktree(cache: Path, repo: Path) -> Path:
     """The harness's own detached worktree of `repo`, made once (without a checkout) and reused."""
-    scratch = cache / "work" / hashlib.sha256(str(repo).encode()).hexdigest()[:16]
+    scratch = cache / "work" / hashlib.sha256(str(repo).encode()).hexdigest()[:16]  # beside its .lock
     if (scratch / ".git").is_file() and git.is_repo(scratch) and _common_dir(scratch) == _common_dir(repo):
         return scratch
     shutil.rmtree(scratch, ignore_errors=True)
@@ -215,10 +215,11 @@ def work_tree(cache: Path, package: str, tree: Path | None) -> WorkTree:
     if not git.is_repo(top):
         raise InputError(f"{tree}: --ref, --series and bisect need a git repository")
     top = git.top_level(top)
-    scratch = scratch_worktree(cache, top)
+    lock = cache / "work" / f"{hashlib.sha256(str(top).encode()).hexdigest()[:16]}.lock"
+    with locked(lock, f"the scratch worktree of {top}"):  # two first runs must not both make it
+        scratch = scratch_worktree(cache, top)
     # the user's HEAD, resolved in the user's checkout: the scratch worktree has a HEAD of its own
-    return WorkTree(scratch, scratch.with_name(scratch.name + ".lock"), f"tree:{top}", top,
-                    git.resolve(top, "HEAD"))
+    return WorkTree(scratch, lock, f"tree:{top}", top, git.resolve(top, "HEAD"))
 
 
 @contextlib.contextmanager
