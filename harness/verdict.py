@@ -15,8 +15,9 @@ from .trace import TraceFacts
 
 HELD_LOST_SHARE = 0.2
 HELD_LOST_SLACK = 1
-SPURIOUS_WAKEUPS_PER_EVENT = 3
-SPURIOUS_WAKEUPS_SLACK = 20
+SPURIOUS_WAKEUPS_PER_RESTORE = 2
+SPURIOUS_WAKEUPS_PER_CLOSE = 1
+SPURIOUS_WAKEUPS_SLACK = 10
 
 PASS = "PASS"
 FAIL = "FAIL"
@@ -87,11 +88,13 @@ def failures(daemon: DaemonFacts, readers: ReaderFacts, findings: list[Finding],
             reasons.append(f"incarnation {d.incarnation} died at {d.point} holding msg_id(s) "
                            f"{sorted(lost)} that no later incarnation received again")
 
-    # patch 4: poll says readable only when a request can be read. A restore or a closed fd may
-    # wake the daemon once or twice for nothing; a kernel that raises EPOLLIN for requests the
-    # daemon cannot read makes it spin, hundreds of empty reads per event (measured on correct
-    # kernels: 26 for 25 restores and 30 closes with 2 threads, 36 for 50 restores)
-    allowed = SPURIOUS_WAKEUPS_PER_EVENT * (daemon.restores_ok + daemon.fd_closes) + SPURIOUS_WAKEUPS_SLACK
+    # patch 4: poll says readable only when a request can be read. A restore wakes the daemon
+    # about once for nothing, a closed fd rarely; a kernel that raises EPOLLIN for requests the
+    # daemon cannot read (READs of objects being reopened) wakes it again and again. Measured
+    # against this bound, 36 correct-kernel runs of every scenario used at most 0.40 of it; the
+    # two EPOLLIN mutants 1.5 to 11 times it
+    allowed = (SPURIOUS_WAKEUPS_PER_RESTORE * daemon.restores_ok + SPURIOUS_WAKEUPS_PER_CLOSE * daemon.fd_closes
+               + SPURIOUS_WAKEUPS_SLACK)
     if daemon.empty_reads > allowed:
         reasons.append(f"{daemon.empty_reads} empty wake-ups (poll said readable, read found nothing), "
                        f"allowed {allowed}: the daemon busy-loops")
