@@ -14,12 +14,11 @@ import json
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime
 from pathlib import Path
 
-from . import git, proc, source
-from .errors import EXIT_FAIL, EXIT_PASS, EXIT_UNTESTABLE, HarnessError, InputError, UntestableError
-from .request import RunRequest
+from . import git, source
+from .errors import EXIT_FAIL, EXIT_PASS, EXIT_UNTESTABLE, InputError, UntestableError
+from .request import RunRequest, new_output_dir
 
 BISECT_TIMEOUT_S = 24 * 3600  # the whole `git bisect run`; each step's stages have their own timeouts
 
@@ -81,14 +80,14 @@ def run_step(req: RunRequest, repeat: int, phase: str, steps_log: Path) -> Step:
     for _ in range(repeat):
         run_started = time.monotonic()
         run = Run(replace(req, output=steps_log.parent / "steps"))
-        try:
-            results = run.execute()
-            verdict, reasons = results["verdict"], tuple(results["reasons"])
-            findings = tuple(f"{f['title']} [{f['fingerprint']}]" for f in results["findings"])
-        except HarnessError as e:  # this commit could not be tested: skip it, whatever the reason
-            verdict, reasons, findings = "UNTESTABLE", (str(e).splitlines()[0],), ()
-        build_s = json.loads((run.dir / "run.json").read_text()).get("timing", {}).get("build_s")
-        runs.append(StepRun(str(run.dir), verdict, reasons, findings, build_s, round(time.monotonic() - run_started, 1)))
+        results = run.execute_judged()  # ERROR or UNTESTABLE: this commit could not be tested, a skip
+        verdict = results["verdict"]
+        reasons = tuple(results["reasons"])
+        if verdict in ("ERROR", "UNTESTABLE"):
+            reasons = (reasons[0].splitlines()[0],)  # the one line that says why; run.dir has the rest
+        findings = tuple(f"{f['title']} [{f['fingerprint']}]" for f in results.get("findings", []))
+        runs.append(StepRun(str(run.dir), verdict, reasons, findings,
+                            results["timing"].get("build_s"), round(time.monotonic() - run_started, 1)))
         if verdict == "FAIL":
             break  # bad already: more runs would not change it
     step = Step(phase, commit, git.subject(tree, commit), step_result([r.verdict for r in runs]), tuple(runs),
@@ -114,16 +113,6 @@ def confidence(steps: list[dict], repeat: int) -> dict:
     return {"failure_rate_on_bad": None if rate is None else round(rate, 3),
             "runs_on_bad": len(bad_runs), "failures_on_bad": failures, "repeat": repeat,
             "good_is_good": None if rate is None else round(1 - (1 - rate) ** repeat, 4)}
-
-
-def new_bisect_dir(output: Path) -> Path:
-    name = f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-bisect"
-    d, n = output.resolve() / name, 1
-    while d.exists():
-        n += 1
-        d = d.with_name(f"{name}-{n}")
-    d.mkdir(parents=True)
-    return d
 
 
 def step_argv(req: RunRequest, repeat: int, steps_log: Path) -> list[str]:
@@ -154,7 +143,7 @@ def bisect(breq: BisectRequest) -> dict:
     good, bad = wt.resolve(breq.good), wt.resolve(breq.bad)
     if not git.is_ancestor(wt.path, good, bad):
         raise InputError(f"--good {breq.good} is not an ancestor of --bad {breq.bad}")
-    out = new_bisect_dir(req.output)
+    out = new_output_dir(req.output, "bisect")
     steps_log = out / "steps.jsonl"
     step_req = replace(req, tree=wt.path, package=RunRequest.package)
     result: dict = {"source": wt.identity, "work_tree": str(wt.path), "good": good, "bad": bad,
@@ -174,8 +163,8 @@ def bisect(breq: BisectRequest) -> dict:
                                  f"({step.runs[-1].run_dir}); nothing to bisect between these ends")
         git.check(wt.path, "bisect", "start", bad, good, "--")
         try:
-            r = proc.run(["git", "-C", str(wt.path), "bisect", "run", *step_argv(step_req, breq.repeat, steps_log)],
-                         timeout_s=BISECT_TIMEOUT_S, log=out / "bisect-run.log")
+            r = git.run(wt.path, "bisect", "run", *step_argv(step_req, breq.repeat, steps_log),
+                        timeout_s=BISECT_TIMEOUT_S, log=out / "bisect-run.log")
             (out / "bisect-replay.txt").write_text(git.check(wt.path, "bisect", "log"))
         finally:
             git.run(wt.path, "bisect", "reset", "--quiet", timeout_s=120)

@@ -47,14 +47,13 @@ def build_key(req: BuildRequest) -> str:
     return kconfig.fingerprint(req.fragments, f"tree:{req.source.tree}")
 
 
-def _make(req: BuildRequest, build_dir: Path, targets: list[str], log: Path, timeout_s: float,
-          on_line: Callable[[str], None] | None = None) -> proc.Completed:
+def _make(req: BuildRequest, build_dir: Path, targets: list[str], log: Path, timeout_s: float) -> proc.Completed:
     argv = ["make", "-C", str(req.source.tree), f"O={build_dir}", f"-j{req.jobs}", *targets]
     env = {}
     if shutil.which("ccache"):
         argv.append("CC=ccache gcc")
         env["CCACHE_DIR"] = os.environ.get("CCACHE_DIR", str(req.cache / "ccache"))
-    return proc.run(argv, timeout_s=timeout_s, log=log, env=env, on_line=on_line)
+    return proc.run(argv, timeout_s=timeout_s, log=log, env=env, on_line=req.on_line)
 
 
 def configure(req: BuildRequest, build_dir: Path, log_dir: Path) -> None:
@@ -107,7 +106,7 @@ def _build_locked(req: BuildRequest, build_dir: Path, log_dir: Path) -> tuple[fl
         return 0.0, True
     stamp.unlink(missing_ok=True)
     configure(req, build_dir, log_dir)
-    r = _make(req, build_dir, ["bzImage"], log, req.timeout_s, on_line=req.on_line)
+    r = _make(req, build_dir, ["bzImage"], log, req.timeout_s)
     if r.timed_out:
         raise UntestableError(f"kernel build timed out after {req.timeout_s:.0f}s (log: {log})")
     if not r.ok or not bzimage.exists():

@@ -25,12 +25,11 @@ import email.policy
 import json
 import time
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime
 from pathlib import Path
 
-from .errors import HarnessError, InputError
+from .errors import InputError
 from .kconfig import FLAVORS
-from .request import RunRequest
+from .request import RunRequest, new_output_dir
 from .scenarios import SCENARIOS
 
 MUTANT_DIR = Path(__file__).resolve().parent.parent / "tests" / "mutants"
@@ -148,12 +147,7 @@ def _execute(req: RunRequest) -> tuple[dict, str | None, float]:
     from .runner import Run  # the runner imports most of the package: only when really running
     started = time.monotonic()
     run = Run(req)
-    try:
-        results = run.execute()
-    except HarnessError as e:
-        results = {"verdict": "ERROR" if isinstance(e, InputError) else "UNTESTABLE", "reasons": [str(e)]}
-    results.setdefault("timing", json.loads((run.dir / "run.json").read_text()).get("timing", {}))
-    return results, str(run.dir), time.monotonic() - started
+    return run.execute_judged(), str(run.dir), time.monotonic() - started
 
 
 def faulted(base: RunRequest, scenario: str, faults: int, flavor: str, series: Path | None) -> RunRequest:
@@ -173,8 +167,7 @@ def outcome(name: str, kind: str, req: RunRequest, faults: int, expect: str | No
 def mutate(base: RunRequest, chosen: tuple[Mutant, ...]) -> dict:
     """Baselines first (one per scenario, flavour and fault count the mutants use), then each mutant."""
     started = time.monotonic()
-    out = base.output.resolve() / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-mutate"
-    out.mkdir(parents=True)
+    out = new_output_dir(base.output, "mutate")
     print(f"failover-harness: mutate directory {out}", flush=True)
     runs = replace(base, output=out / "runs")
     outcomes: list[Outcome] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shlex
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 
 from .errors import InputError
@@ -11,6 +12,20 @@ from .kconfig import FLAVORS
 from .scenarios import DEFAULT_SCENARIO, SCENARIOS, Scenario
 
 ACCELS = ("auto", "kvm", "tcg")
+
+
+def new_output_dir(output: Path, name: str) -> Path:
+    """`<output>/<YYYYmmdd-HHMMSS>-<name>`, made now; `-2`, `-3`, ... after it when two runs,
+    bisections or mutation runs start in the same second."""
+    stamped = output.resolve() / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{name}"
+    candidate, n = stamped, 1
+    while True:
+        try:
+            candidate.mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = stamped.with_name(f"{stamped.name}-{n}")
 
 
 def default_cache() -> Path:

@@ -10,14 +10,13 @@ import shlex
 import time
 from collections import Counter
 from dataclasses import asdict
-from datetime import datetime
 from pathlib import Path
 
 from . import __version__, build, console, dataset, kconfig, proc, progress, report, scenarios, series, source, vm
 from .errors import HarnessError, InputError, UntestableError
 from .evidence import read_jsonl
 from .guest import GuestCommandFailed, GuestGone, GuestHung, GuestSession
-from .request import RunRequest
+from .request import RunRequest, new_output_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 GUEST_SCRIPTS = ROOT / "guest_scripts"
@@ -38,25 +37,15 @@ def preflight() -> None:
         proc.require_tool(tool, package)
 
 
-def new_run_dir(req: RunRequest) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = req.output.resolve() / f"{stamp}-{req.scenario}-seed{req.seed}"
-    n = 1
-    while run_dir.exists():
-        n += 1
-        run_dir = run_dir.with_name(f"{stamp}-{req.scenario}-seed{req.seed}-{n}")
-    (run_dir / "guest").mkdir(parents=True)
-    return run_dir
-
-
 class Run:
     def __init__(self, req: RunRequest, command_line: list[str] | None = None) -> None:
         self.req = req
         self.command_line = command_line if command_line is not None else shlex.split(req.reproduce())
         self.scenario = req.plan
         self.crash_plan = scenarios.crash_plan(self.scenario, req.seed)
-        self.dir = new_run_dir(req)
+        self.dir = new_output_dir(req.output, f"{req.scenario}-seed{req.seed}")
         self.guest_dir = self.dir / "guest"
+        self.guest_dir.mkdir()
         self.meta: dict = {"request": req.to_json(), "reproduce": req.reproduce(), "timing": {},
                            "scenario": asdict(self.scenario), "crash_plan": self.crash_plan, "aborted": None}
         self.started = time.monotonic()
@@ -269,6 +258,15 @@ class Run:
         finally:
             con.close()
             self.console = None
+
+    def execute_judged(self) -> dict:
+        """`execute`, except that a run that ended without a verdict on the kernel returns the
+        results `report.write_error` wrote (verdict ERROR or UNTESTABLE) instead of raising: what
+        bisection and mutation testing, which run many, record and go on from."""
+        try:
+            return self.execute()
+        except HarnessError:
+            return json.loads((self.dir / "results.json").read_text())
 
     def execute(self) -> dict:
         try:

@@ -181,9 +181,14 @@ def _common_dir(tree: Path) -> Path:
     return (tree / git.check(tree, "rev-parse", "--git-common-dir", timeout_s=30)).resolve()
 
 
+def scratch_path(cache: Path, repo: Path) -> Path:
+    """Where the scratch worktree of `repo` lives; its lock file is beside it, `<path>.lock`."""
+    return cache / "work" / hashlib.sha256(str(repo).encode()).hexdigest()[:16]
+
+
 def scratch_worktree(cache: Path, repo: Path) -> Path:
     """The harness's own detached worktree of `repo`, made once (without a checkout) and reused."""
-    scratch = cache / "work" / hashlib.sha256(str(repo).encode()).hexdigest()[:16]  # beside its .lock
+    scratch = scratch_path(cache, repo)
     if (scratch / ".git").is_file() and git.is_repo(scratch) and _common_dir(scratch) == _common_dir(repo):
         return scratch
     shutil.rmtree(scratch, ignore_errors=True)
@@ -215,7 +220,8 @@ def work_tree(cache: Path, package: str, tree: Path | None) -> WorkTree:
     if not git.is_repo(top):
         raise InputError(f"{tree}: --ref, --series and bisect need a git repository")
     top = git.top_level(top)
-    lock = cache / "work" / f"{hashlib.sha256(str(top).encode()).hexdigest()[:16]}.lock"
+    scratch = scratch_path(cache, top)
+    lock = scratch.with_name(scratch.name + ".lock")
     with locked(lock, f"the scratch worktree of {top}"):  # two first runs must not both make it
         scratch = scratch_worktree(cache, top)
     # the user's HEAD, resolved in the user's checkout: the scratch worktree has a HEAD of its own

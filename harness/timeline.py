@@ -262,11 +262,11 @@ def extract(run_dir: Path) -> Timeline:
     stamps = [float(e["t"]) - t0 for log in (logs.keeper, logs.daemon, *logs.readers) for e in log if "t" in e]
     end = max(stamps, default=0.0)
     width = bin_width(end - min(stamps, default=0.0))
-    findings = console.scan_file(run_dir / "console.log")
     try:
         console_text = (run_dir / "console.log").read_text(errors="replace")
     except FileNotFoundError:
         console_text = ""
+    findings = console.scan(console_text)
     timed, untimed = finding_times(findings, console_text, koff, t0)
     notes = []
     if koff is None and logs.trace.strip():

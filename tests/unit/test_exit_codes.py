@@ -97,3 +97,17 @@ def test_a_guest_that_dies_while_the_host_waits_ends_the_wait_at_once(tmp_path):
         assert time.monotonic() - started < 5
     finally:
         run.console.close()
+
+
+def test_a_run_without_a_verdict_still_gives_results_to_bisect_and_mutate(tmp_path):
+    """What `bisect` steps and `mutate` record for a run that could not be judged: the results
+    `report.write_error` wrote, verdict ERROR here (the tree is not a kernel), not an exception."""
+    from harness.request import RunRequest
+    from harness.runner import Run
+
+    not_a_kernel = tmp_path / "src"
+    not_a_kernel.mkdir()
+    run = Run(RunRequest(tree=not_a_kernel, output=tmp_path / "runs", cache=tmp_path / "cache"))
+    results = run.execute_judged()
+    assert results["verdict"] == "ERROR" and "not a kernel source tree" in results["reasons"][0]
+    assert "timing" in results and (run.dir / "results.json").is_file()
