@@ -12,10 +12,12 @@ import sys
 import traceback
 from pathlib import Path
 
-from . import __version__, bisect, ci, mutants, proc, report, timeline
-from .bisect import BisectRequest
+from . import __version__, proc
+from .campaign import bisect, ci, mutants
+from .judge import report, timeline
+from .campaign.bisect import BisectRequest
 from .errors import EXIT_FAIL, EXIT_PASS, EXIT_UNTESTABLE, EXIT_USAGE, HarnessError, InputError
-from .kconfig import FLAVORS
+from .kernel.kconfig import FLAVORS
 from .request import RunRequest
 from .scenarios import SCENARIOS
 

@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .errors import InputError
-from .kconfig import FLAVORS
+from .kernel.kconfig import FLAVORS
 from .scenarios import DEFAULT_SCENARIO, SCENARIOS, Scenario
 
 ACCELS = ("auto", "kvm", "tcg")

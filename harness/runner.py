@@ -12,10 +12,13 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
-from . import __version__, build, console, dataset, kconfig, proc, progress, report, scenarios, series, source, vm
+from . import __version__, proc, progress, scenarios
+from .kernel import build, kconfig, series, source
+from .judge import console, report
+from .guest import dataset, vm
 from .errors import HarnessError, InputError, UntestableError
-from .evidence import read_jsonl
-from .guest import GuestCommandFailed, GuestGone, GuestHung, GuestSession
+from .judge.evidence import read_jsonl
+from .guest.session import GuestCommandFailed, GuestGone, GuestHung, GuestSession
 from .request import RunRequest, new_output_dir
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -2,7 +2,7 @@
 command's refusals (exit 2) before any build."""
 import pytest
 
-from harness import bisect
+from harness.campaign import bisect
 from harness.errors import EXIT_USAGE
 from harness.request import RunRequest
 from helpers import harness

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import ci, cli, matrix, report
+from harness.campaign import ci, matrix
+from harness import cli
+from harness.judge import report
 from helpers import FIXTURES
 
 

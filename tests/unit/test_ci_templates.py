@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from harness import matrix
+from harness.campaign import matrix
 from helpers import ROOT
 
 GITHUB = ROOT / "ci" / "github-actions.yml"

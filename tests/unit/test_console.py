@@ -1,6 +1,6 @@
 import pytest
 
-from harness import console
+from harness.judge import console
 from helpers import FIXTURES
 
 

@@ -1,5 +1,5 @@
 import hashlib
-from harness import dataset
+from harness.guest import dataset
 
 
 def test_plan_is_deterministic_and_covers_the_edges():

@@ -9,7 +9,7 @@ import pytest
 
 from harness import cli, proc
 from harness.errors import UntestableError
-from harness.guest import GuestGone, GuestHung, GuestSession
+from harness.guest.session import GuestGone, GuestHung, GuestSession
 from helpers import ROOT
 
 

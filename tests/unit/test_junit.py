@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import console, junit, report, verdict
-from harness.evidence import DaemonFacts, Death, Kill, ReaderFacts
+from harness.judge import console, junit, report, verdict
+from harness.judge.evidence import DaemonFacts, Death, Kill, ReaderFacts
 from harness.scenarios import Needs
 from helpers import FIXTURES
 

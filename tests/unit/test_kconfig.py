@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from harness import kconfig
+from harness.kernel import kconfig
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import markdown, report
+from harness.judge import markdown, report
 from helpers import FIXTURES
 
 WARNING_SPLAT = FIXTURES / "splats" / "WARNING.log"

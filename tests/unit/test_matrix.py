@@ -4,7 +4,8 @@ import itertools
 
 import pytest
 
-from harness import cli, matrix
+from harness import cli
+from harness.campaign import matrix
 from harness.errors import InputError
 
 ALL_SCENARIOS = ["crash", "close-fds", "combined", "crash-points", "no-failover"]

@@ -4,9 +4,10 @@ import shutil
 
 import pytest
 
-from harness import mutants, report
+from harness.campaign import mutants
+from harness.judge import report
 from harness.errors import InputError
-from harness.mutants import Outcome
+from harness.campaign.mutants import Outcome
 from helpers import FIXTURES, git
 
 TRAILERS = ("Mutant-Undoes: cachefiles: add restore command\nMutant-Scenario: crash\nMutant-Flavor: plain\n"

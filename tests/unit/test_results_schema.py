@@ -1,4 +1,4 @@
-"""results.json against its documented schema (harness/results.schema.json), on every captured
+"""results.json against its documented schema (harness/judge/results.schema.json), on every captured
 run, the error shape, and with provenance; and the schema rejects what is not results.json."""
 import copy
 import json
@@ -8,7 +8,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from harness import report
+from harness.judge import report
 from helpers import FIXTURES
 
 RUNS = sorted(p.name for p in FIXTURES.glob("run-*"))

@@ -2,8 +2,8 @@
 small repository made here with real git (applying on the kernel tree: tests/vm/test_series_on_kernel.py)."""
 import pytest
 
-from harness import series
-from harness.series import SeriesError
+from harness.kernel import series
+from harness.kernel.series import SeriesError
 from helpers import git
 
 

@@ -2,7 +2,7 @@
 it: the debug flavour with LKDTM, one crash type per boot (tests/fixtures/capture_splats.py)."""
 import pytest
 
-from harness import console
+from harness.judge import console
 from helpers import FIXTURES
 
 SPLATS = FIXTURES / "splats"

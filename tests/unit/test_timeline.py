@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import evidence, timeline, trace
+from harness.judge import evidence, timeline, trace
 from helpers import FIXTURES
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -1,5 +1,5 @@
 """The trace parser and the reopen correlation, on traces captured from real runs."""
-from harness import evidence, trace
+from harness.judge import evidence, trace
 from helpers import FIXTURES
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import report
+from harness.judge import report
 from helpers import FIXTURES
 
 

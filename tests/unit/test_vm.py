@@ -1,7 +1,7 @@
 """The virtme-ng command line: what makes a boot deterministic, observable and quick to end."""
 from pathlib import Path
 
-from harness import vm
+from harness.guest import vm
 
 
 def argv(**kw):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import source
+from harness.kernel import source
 from harness.request import default_cache
 from helpers import RESTORE_NOOP, commit_on, git, harmless, harness
 

@@ -1,7 +1,7 @@
 """The build stage on the real Debian kernel source (no boot): config checks as a user meets them."""
 import pytest
 
-from harness import build, kconfig, source
+from harness.kernel import build, kconfig, source
 from harness.errors import InputError
 from harness.request import default_cache
 

@@ -30,7 +30,7 @@ def test_default_run_writes_the_reports_people_read(default_run):
 
     import jsonschema
 
-    from harness import report
+    from harness.judge import report
 
     proc, results = default_run
     run_dir = Path(results["kernel"]["bzimage"]).parent

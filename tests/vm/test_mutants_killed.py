@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from harness import mutants
+from harness.campaign import mutants
 from helpers import harness
 
 pytestmark = pytest.mark.vm

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import build, kconfig, proc, source, vm
-from harness.guest import GuestHung, GuestSession
+from harness.kernel import build, kconfig, source
+from harness import proc
+from harness.guest import vm
+from harness.guest.session import GuestHung, GuestSession
 from harness.request import default_cache
 from helpers import ROOT
 

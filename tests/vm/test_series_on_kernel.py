@@ -5,10 +5,10 @@ import subprocess
 
 import pytest
 
-from harness import source
+from harness.kernel import source
 from harness.errors import EXIT_USAGE
 from harness.request import default_cache
-from harness.series import SeriesError
+from harness.kernel.series import SeriesError
 from helpers import commit_on, git, harmless, harness, results_of
 
 pytestmark = pytest.mark.vm

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import proc
-from .errors import InputError, UntestableError
+from .. import proc
+from ..errors import InputError, UntestableError
 
 IDENTITY = {
     "GIT_AUTHOR_NAME": "failover-harness", "GIT_AUTHOR_EMAIL": "harness@failover-harness.invalid",

@@ -17,7 +17,7 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass
 
-from .scenarios import SCENARIOS
+from ..scenarios import SCENARIOS
 
 # (test case, phrases of the verdict's reasons that belong to it: see verdict.failures)
 CHECKS: tuple[tuple[str, tuple[str, ...]], ...] = (

@@ -16,9 +16,9 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from . import git, source
-from .errors import EXIT_FAIL, EXIT_PASS, EXIT_UNTESTABLE, InputError, UntestableError
-from .request import RunRequest, new_output_dir
+from ..kernel import git, source
+from ..errors import EXIT_FAIL, EXIT_PASS, EXIT_UNTESTABLE, InputError, UntestableError
+from ..request import RunRequest, new_output_dir
 
 BISECT_TIMEOUT_S = 24 * 3600  # the whole `git bisect run`; each step's stages have their own timeouts
 
@@ -71,7 +71,7 @@ STEP_EXIT = {"good": EXIT_PASS, "bad": EXIT_FAIL, "skip": EXIT_UNTESTABLE}
 
 def run_step(req: RunRequest, repeat: int, phase: str, steps_log: Path) -> Step:
     """Test the commit checked out in `req.tree`; the step is appended to `steps_log`."""
-    from .runner import Run  # the runner imports this package's modules; keep the import cheap
+    from ..runner import Run  # the runner imports this package's modules; keep the import cheap
     tree = req.tree
     assert tree is not None
     commit = git.head(tree) or "?"

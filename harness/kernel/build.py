@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import kconfig, proc, source
-from .errors import InputError, UntestableError
+from . import kconfig, source
+from .. import proc
+from ..errors import InputError, UntestableError
 
 STAMP = ".harness-built"
 

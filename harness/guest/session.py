@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pexpect
 
-from . import proc
+from .. import proc
 
 
 class GuestGone(Exception):

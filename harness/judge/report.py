@@ -11,8 +11,9 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
-from . import __version__, console, evidence, junit, markdown, trace, verdict
-from .scenarios import CRASH_POINTS, UNANSWERED_POINTS, Needs
+from .. import __version__
+from . import console, evidence, junit, markdown, trace, verdict
+from ..scenarios import CRASH_POINTS, UNANSWERED_POINTS, Needs
 
 # results.json's shape, described by results.schema.json beside this file: bump it (and the
 # schema's `const`) whenever a field is removed, renamed or changes type or meaning.

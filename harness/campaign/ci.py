@@ -24,10 +24,12 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import junit, markdown, matrix, proc
-from .errors import EXIT_FAIL, EXIT_PASS, EXIT_UNTESTABLE, EXIT_USAGE, InputError
-from .kconfig import FLAVORS
-from .scenarios import SCENARIOS
+from ..judge import junit, markdown
+from . import matrix
+from .. import proc
+from ..errors import EXIT_FAIL, EXIT_PASS, EXIT_UNTESTABLE, EXIT_USAGE, InputError
+from ..kernel.kconfig import FLAVORS
+from ..scenarios import SCENARIOS
 
 DEFAULT_KERNEL = "linux-source-6.12"
 CELL_TIMEOUT_S = 4 * 3600  # the run has its own timeouts for every phase: this is a last resort

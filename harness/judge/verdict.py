@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from .console import Finding
 from .evidence import DaemonFacts, ReaderFacts
-from .scenarios import CRASH_POINTS, UNANSWERED_POINTS, Needs
+from ..scenarios import CRASH_POINTS, UNANSWERED_POINTS, Needs
 from .trace import TraceFacts
 
 HELD_LOST_SHARE = 0.2

@@ -15,8 +15,8 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import proc
-from .errors import UntestableError
+from .. import proc
+from ..errors import UntestableError
 
 GENERATOR = "dataset-v1"  # bump when the generation changes: cached images are keyed by it
 

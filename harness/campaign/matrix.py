@@ -11,9 +11,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError
-from .kconfig import FLAVORS
-from .scenarios import SCENARIOS, Scenario
+from ..errors import InputError
+from ..kernel.kconfig import FLAVORS
+from ..scenarios import SCENARIOS, Scenario
 
 # What a patch submission is tested with: every failover path, and not the negative control
 # (which proves the harness, not the kernel).

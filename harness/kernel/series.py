@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import git
-from .errors import InputError
+from ..errors import InputError
 
 PATCH_FILE_SUFFIXES = (".patch", ".diff", ".mbox", ".eml")
 _SUBJECT_TAG = re.compile(r"^\s*((re|fwd?):\s*)*(\[[^\]]*\]\s*)*", re.I)

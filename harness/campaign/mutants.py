@@ -27,12 +27,12 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from .errors import InputError
-from .kconfig import FLAVORS
-from .request import RunRequest, new_output_dir
-from .scenarios import SCENARIOS
+from ..errors import InputError
+from ..kernel.kconfig import FLAVORS
+from ..request import RunRequest, new_output_dir
+from ..scenarios import SCENARIOS
 
-MUTANT_DIR = Path(__file__).resolve().parent.parent / "tests" / "mutants"
+MUTANT_DIR = Path(__file__).resolve().parents[2] / "tests" / "mutants"
 CHECKS = ("checksum", "read-error", "stall", "splat", "hang", "recovery", "empty-wakeups", "missing-evidence")
 TRAILERS = ("Undoes", "Scenario", "Flavor", "Faults", "Expect")
 
@@ -144,7 +144,7 @@ class Outcome:
 
 
 def _execute(req: RunRequest) -> tuple[dict, str | None, float]:
-    from .runner import Run  # the runner imports most of the package: only when really running
+    from ..runner import Run  # the runner imports most of the package: only when really running
     started = time.monotonic()
     run = Run(req)
     return run.execute_judged(), str(run.dir), time.monotonic() - started

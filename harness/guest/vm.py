@@ -17,8 +17,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import proc
-from .errors import InputError
+from .. import proc
+from ..errors import InputError
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from . import git, proc, series
-from .errors import InputError, UntestableError
+from . import git, series
+from .. import proc
+from ..errors import InputError, UntestableError
 
 DEFAULT_PACKAGE = "linux-source-6.12"
 MARKER = ".harness-unpacked"

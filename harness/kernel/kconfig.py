@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-KCONFIG_DIR = Path(__file__).resolve().parent.parent / "kconfigs"
+KCONFIG_DIR = Path(__file__).resolve().parents[2] / "kconfigs"
 # flavour -> the fragments merged, in order, on top of tinyconfig
 FLAVORS: dict[str, tuple[str, ...]] = {
     "plain": ("vm-base.config", "ondemand.config"),
