@@ -10,16 +10,16 @@ import argparse
 import signal
 import sys
 import traceback
+from dataclasses import replace
 from pathlib import Path
+from typing import Any, Callable
 
 from . import __version__, proc
 from .campaign import bisect, ci, mutants
 from .judge import report, timeline
 from .campaign.bisect import BisectRequest
 from .errors import EXIT_FAIL, EXIT_PASS, EXIT_UNTESTABLE, EXIT_USAGE, HarnessError, InputError
-from .kernel.kconfig import FLAVORS
 from .request import RunRequest
-from .scenarios import SCENARIOS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,65 +29,29 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
-def _add_source_options(p: argparse.ArgumentParser, d: RunRequest) -> None:
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--tree", type=Path, help="a kernel source tree (a git repository for --ref, --series, bisect)")
-    src.add_argument("--package", default=d.package, help="Debian source package (default %(default)s)")
-
-
-def _add_common_options(p: argparse.ArgumentParser, d: RunRequest) -> None:
-    p.add_argument("--seed", type=int, default=d.seed, help="dataset and kill timing (default %(default)s)")
-    p.add_argument("--output", type=Path, default=d.output, help="where run directories go (default %(default)s)")
-    p.add_argument("--read-delay-ms", type=int, default=d.read_delay_ms,
-                   help="the daemon's delay per READ, keeps requests in flight (default %(default)s)")
-    p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default=d.accel,
-                   help="auto probes whether KVM really boots a guest (default %(default)s)")
-    p.add_argument("--jobs", type=int, default=d.jobs, help="make -j (default %(default)s)")
-    p.add_argument("--cache", type=Path, default=d.cache, help="downloads, sources, builds (default %(default)s)")
-
-
-def _add_scenario_options(p: argparse.ArgumentParser, d: RunRequest) -> None:
-    p.add_argument("--scenario", default=d.scenario, help=f"one of: {', '.join(SCENARIOS)} (default %(default)s)")
-    p.add_argument("--kills", type=int, help="SIGKILLs to send (default: the scenario's, 50 for crash)")
-    p.add_argument("--fd-closes", type=int, help="anon fds the daemon closes (default: the scenario's, 40 for close-fds)")
-    p.add_argument("--readers", type=int, help="reader processes (default: the scenario's)")
-    p.add_argument("--daemon-threads", type=int, help="threads serving /dev/cachefiles (default: the scenario's)")
-    p.add_argument("--flavor", choices=tuple(FLAVORS), default=d.flavor,
-                   help="debug adds KASAN, lockdep and the lockup detectors (default %(default)s)")
-    _add_common_options(p, d)
-
-
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="failover-harness", description="Prove a kernel survives the failure of its "
                 "cachefiles on-demand daemon.")
     p.add_argument("--version", action="version", version=f"failover-harness {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    d = RunRequest()
     run = sub.add_parser("run", help="build, boot, kill the daemon over and over, judge")
-    _add_scenario_options(run, d)
-    _add_source_options(run, d)
-    run.add_argument("--ref", help="the commit to build (of --tree's repository, or of the package's)")
-    run.add_argument("--series", type=Path, help="an mbox or a directory of patches, applied on top with git am")
+    RunRequest.add_arguments(run, "run")
     run.add_argument("--no-failover", action="store_true",
                      help="the negative control, same as --scenario no-failover: must FAIL")
 
     bis = sub.add_parser("bisect", help="git bisect run with the scenario as the test")
-    _add_scenario_options(bis, d)
-    _add_source_options(bis, d)
+    RunRequest.add_arguments(bis, "bisect")
     bis.add_argument("--good", required=True, help="a commit that passes")
     bis.add_argument("--bad", required=True, help="a later commit that fails")
     bis.add_argument("--repeat", type=int, default=1, help="runs per commit; any FAIL is bad (default %(default)s)")
 
-    step = sub.add_parser("_bisect-step")  # what `git bisect run` runs: not for people
-    _add_scenario_options(step, d)
-    step.add_argument("--tree", type=Path, required=True)
-    step.add_argument("--steps", type=Path, required=True)
-    step.add_argument("--repeat", type=int, default=1)
+    step = sub.add_parser(bisect.STEP_COMMAND)  # what `git bisect run` runs: not for people
+    RunRequest.add_arguments(step, bisect.STEP_COMMAND)
+    bisect.add_step_arguments(step)
 
     mut = sub.add_parser("mutate", help="each mutant kernel must be caught; the unmutated one must pass")
-    _add_common_options(mut, d)
-    _add_source_options(mut, d)
+    RunRequest.add_arguments(mut, "mutate")
     mut.add_argument("--mutant", action="append", default=[], metavar="NAME",
                      help="only this mutant (repeatable; default: every one in --mutants)")
     mut.add_argument("--mutants", type=Path, default=mutants.MUTANT_DIR,
@@ -101,18 +65,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_request(args: argparse.Namespace) -> RunRequest:
-    d = RunRequest()
-    scenario = "no-failover" if getattr(args, "no_failover", False) else getattr(args, "scenario", d.scenario)
-    return RunRequest(scenario=scenario, kills=getattr(args, "kills", None),
-                      fd_closes=getattr(args, "fd_closes", None), seed=args.seed, output=args.output,
-                      tree=args.tree, package=getattr(args, "package", d.package), ref=getattr(args, "ref", None),
-                      series=getattr(args, "series", None), readers=getattr(args, "readers", None),
-                      daemon_threads=getattr(args, "daemon_threads", None), read_delay_ms=args.read_delay_ms,
-                      flavor=getattr(args, "flavor", d.flavor), accel=args.accel, jobs=args.jobs, cache=args.cache)
-
-
-def draw_timeline(run_dir: Path, results: dict) -> None:
+def draw_timeline(run_dir: Path, results: dict[str, Any]) -> None:
     """timeline.png beside results.json. A picture is not the verdict: failing to draw one is
     said on stderr and changes neither the verdict nor the exit code."""
     if "evidence" not in results:  # ERROR, UNTESTABLE: no run to draw
@@ -132,57 +85,82 @@ def exit_code(verdict: str) -> int:
     return {"PASS": EXIT_PASS, "FAIL": EXIT_FAIL}.get(verdict, EXIT_UNTESTABLE)
 
 
+def _summarise(results: dict[str, Any]) -> int:
+    """The run's summary on stdout; its verdict's exit code."""
+    print(report.summary(results), end="")
+    return exit_code(results["verdict"])
+
+
+def _report(args: argparse.Namespace) -> int:
+    if not (args.run_dir / "run.json").is_file():
+        print(f"failover-harness: {args.run_dir}: not a run directory (no run.json)", file=sys.stderr)
+        return EXIT_USAGE
+    results = report.evaluate(args.run_dir)
+    draw_timeline(args.run_dir, results)
+    return _summarise(results)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .runner import Run
+    req = RunRequest.from_args(args, "run")
+    if args.no_failover:  # wins over --scenario, wherever it is on the line
+        req = replace(req, scenario="no-failover")
+    run = Run(req.validate(), command_line=args.command_line)
+    print(f"failover-harness: run directory {run.dir}", flush=True)
+    results = run.execute()
+    draw_timeline(run.dir, results)
+    print(f"failover-harness: {run.dir / 'results.json'}", flush=True)
+    return _summarise(results)
+
+
+def _bisect(args: argparse.Namespace) -> int:
+    breq = BisectRequest(RunRequest.from_args(args, "bisect"), args.good, args.bad, args.repeat).validate()
+    found = bisect.bisect(breq)
+    print(bisect.summary(found), end="")
+    return EXIT_PASS if found["first_bad"] else EXIT_UNTESTABLE
+
+
+def _bisect_step(args: argparse.Namespace) -> int:
+    try:
+        step = bisect.run_step(RunRequest.from_args(args, bisect.STEP_COMMAND).validate(), args.repeat, "bisect",
+                               args.steps)
+    except (HarnessError, KeyboardInterrupt):
+        raise
+    except Exception:  # a harness bug must not blame the commit: exit 1 would mean "bad"
+        traceback.print_exc()
+        return EXIT_UNTESTABLE
+    return bisect.STEP_EXIT[step.result]
+
+
+def _mutate(args: argparse.Namespace) -> int:
+    chosen = mutants.load(args.mutants, tuple(args.mutant))
+    if not chosen:
+        raise InputError(f"{args.mutants}: no mutant patches")
+    outcome = mutants.mutate(RunRequest.from_args(args, "mutate").validate(), chosen)
+    print(mutants.summary(outcome), end="")
+    return exit_code(outcome["verdict"])
+
+
+# Each command's handler returns the exit code; HarnessError and interrupts are main's.
+HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": _run, "bisect": _bisect, bisect.STEP_COMMAND: _bisect_step, "mutate": _mutate,
+    "matrix": ci.run_matrix, "submit": ci.run_submit, "report": _report,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)
     except SystemExit as e:  # --help, --version, or a usage error already said in one line
         return int(e.code or 0)
+    args.command_line = ["failover-harness", *(argv or sys.argv[1:])]  # what run.json records as typed
     # SIGTERM (a CI timeout) unwinds like Ctrl-C, so that QEMU and make are reaped on the way out.
     # SIGINT too, explicitly: started from a background job, we inherit it ignored, and Python
     # then installs no handler of its own.
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     try:
-        if args.command == "report":
-            if not (args.run_dir / "run.json").is_file():
-                print(f"failover-harness: {args.run_dir}: not a run directory (no run.json)", file=sys.stderr)
-                return EXIT_USAGE
-            results = report.evaluate(args.run_dir)
-            draw_timeline(args.run_dir, results)
-        elif args.command == "matrix":
-            return ci.run_matrix(args)
-        elif args.command == "submit":
-            return ci.run_submit(args)
-        elif args.command == "bisect":
-            breq = BisectRequest(run_request(args), args.good, args.bad, args.repeat).validate()
-            found = bisect.bisect(breq)
-            print(bisect.summary(found), end="")
-            return EXIT_PASS if found["first_bad"] else EXIT_UNTESTABLE
-        elif args.command == "mutate":
-            chosen = mutants.load(args.mutants, tuple(args.mutant))
-            if not chosen:
-                raise InputError(f"{args.mutants}: no mutant patches")
-            outcome = mutants.mutate(run_request(args).validate(), chosen)
-            print(mutants.summary(outcome), end="")
-            return exit_code(outcome["verdict"])
-        elif args.command == "_bisect-step":
-            try:
-                step = bisect.run_step(run_request(args).validate(), args.repeat, "bisect", args.steps)
-            except (HarnessError, KeyboardInterrupt):
-                raise
-            except Exception:  # a harness bug must not blame the commit: exit 1 would mean "bad"
-                traceback.print_exc()
-                return EXIT_UNTESTABLE
-            return bisect.STEP_EXIT[step.result]
-        else:
-            from .runner import Run
-            run = Run(run_request(args).validate(), command_line=["failover-harness", *(argv or sys.argv[1:])])
-            print(f"failover-harness: run directory {run.dir}", flush=True)
-            results = run.execute()
-            draw_timeline(run.dir, results)
-            print(f"failover-harness: {run.dir / 'results.json'}", flush=True)
-        print(report.summary(results), end="")
-        return exit_code(results["verdict"])
+        return HANDLERS[args.command](args)
     except HarnessError as e:
         print(f"failover-harness: {e}", file=sys.stderr)
         return e.exit_code

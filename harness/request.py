@@ -1,17 +1,21 @@
 """What the user asked for, as one frozen value, validated before any expensive work."""
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 from dataclasses import asdict, dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 from datetime import datetime
 from pathlib import Path
+from typing import Any, Collection
 
+from . import run_options
 from .errors import InputError
 from .kernel.kconfig import FLAVORS
+from .kernel.source import DEFAULT_PACKAGE
+from .run_options import ACCELS
 from .scenarios import DEFAULT_SCENARIO, SCENARIOS, Scenario
-
-ACCELS = ("auto", "kvm", "tcg")
 
 
 def new_output_dir(output: Path, name: str) -> Path:
@@ -43,7 +47,7 @@ class RunRequest:
     seed: int = 1
     output: Path = Path("runs")
     tree: Path | None = None
-    package: str = "linux-source-6.12"
+    package: str = DEFAULT_PACKAGE
     ref: str | None = None  # a commit of the tree (or of the package's repository) to build
     series: Path | None = None  # an mbox or a directory of patches applied on top with `git am`
     readers: int | None = None  # None: the scenario's own number
@@ -94,31 +98,29 @@ class RunRequest:
             s = replace(s, readers=self.readers)
         return s if self.daemon_threads is None else replace(s, threads=self.daemon_threads)
 
+    # -- the command line: the table of options is run_options.OPTIONS ----------------------------
+
+    @classmethod
+    def add_arguments(cls, p: argparse.ArgumentParser, command: str) -> None:
+        """The options of `command` (run, bisect, _bisect-step, mutate, submit) that make a request."""
+        run_options.add_arguments(p, command, cls()._values())
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, command: str) -> "RunRequest":
+        """The request `command`'s parsed options ask for (not validated)."""
+        return cls(**run_options.values_of(args, command))
+
+    def to_argv(self, command: str = "run", fields: Collection[str] | None = None) -> list[str]:
+        """The options that make `command` ask for this request: of `fields`, each one with a value;
+        without `fields`, what reproduce() says (the run's own values, not this machine's)."""
+        return run_options.to_argv(self._values(), type(self)()._values(), command, fields)
+
     def reproduce(self) -> str:
         """The command line that runs this request again."""
-        argv = ["failover-harness", "run", "--scenario", self.scenario, "--seed", str(self.seed),
-                "--read-delay-ms", str(self.read_delay_ms)]
-        if self.kills is not None:
-            argv += ["--kills", str(self.kills)]
-        if self.fd_closes is not None:
-            argv += ["--fd-closes", str(self.fd_closes)]
-        if self.readers is not None:
-            argv += ["--readers", str(self.readers)]
-        if self.daemon_threads is not None:
-            argv += ["--daemon-threads", str(self.daemon_threads)]
-        if self.tree:
-            argv += ["--tree", str(self.tree)]
-        elif self.package != RunRequest.package:
-            argv += ["--package", self.package]
-        if self.ref:
-            argv += ["--ref", self.ref]
-        if self.series:
-            argv += ["--series", str(self.series)]
-        if self.flavor != "plain":
-            argv += ["--flavor", self.flavor]
-        if self.accel != "auto":
-            argv += ["--accel", self.accel]
-        return shlex.join(argv)
+        return shlex.join(["failover-harness", "run", *self.to_argv()])
 
-    def to_json(self) -> dict:
+    def _values(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclass_fields(self)}
+
+    def to_json(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}

@@ -10,12 +10,14 @@ happen with probability (1-p)^N).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from .. import run_options
 from ..kernel import git, source
 from ..errors import EXIT_FAIL, EXIT_PASS, EXIT_UNTESTABLE, InputError, UntestableError
 from ..request import RunRequest, new_output_dir
@@ -115,17 +117,21 @@ def confidence(steps: list[dict], repeat: int) -> dict:
             "good_is_good": None if rate is None else round(1 - (1 - rate) ** repeat, 4)}
 
 
+STEP_COMMAND = "_bisect-step"  # the hidden command `git bisect run` runs
+
+
+def add_step_arguments(p: argparse.ArgumentParser) -> None:
+    """The step's own options, beside the run options RunRequest adds (step_argv spells both)."""
+    p.add_argument("--steps", type=Path, required=True)
+    p.add_argument("--repeat", type=int, default=1)
+
+
 def step_argv(req: RunRequest, repeat: int, steps_log: Path) -> list[str]:
-    """The command `git bisect run` runs: this harness's hidden step command, same options."""
-    argv = [sys.executable, "-m", "harness.cli", "_bisect-step", "--steps", str(steps_log), "--repeat", str(repeat),
-            "--tree", str(req.tree), "--scenario", req.scenario, "--seed", str(req.seed),
-            "--read-delay-ms", str(req.read_delay_ms), "--flavor", req.flavor, "--accel", req.accel,
-            "--jobs", str(req.jobs), "--cache", str(req.cache), "--output", str(req.output)]
-    for flag, value in (("--kills", req.kills), ("--fd-closes", req.fd_closes), ("--readers", req.readers),
-                        ("--daemon-threads", req.daemon_threads)):
-        if value is not None:
-            argv += [flag, str(value)]
-    return argv
+    """The command `git bisect run` runs: this harness's hidden step command, with every option
+    of the request spelled out: the step must not fall back on defaults of its own."""
+    every = [o.field for o in run_options.options_of(STEP_COMMAND)]
+    return [sys.executable, "-m", "harness.cli", STEP_COMMAND, "--steps", str(steps_log), "--repeat", str(repeat),
+            *req.to_argv(STEP_COMMAND, every)]
 
 
 def _first_bad(output: str) -> str | None:

@@ -21,6 +21,7 @@ import os
 import re
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -29,9 +30,10 @@ from . import matrix
 from .. import proc
 from ..errors import EXIT_FAIL, EXIT_PASS, EXIT_UNTESTABLE, EXIT_USAGE, InputError
 from ..kernel.kconfig import FLAVORS
+from ..kernel.source import DEFAULT_PACKAGE
+from ..request import RunRequest
 from ..scenarios import SCENARIOS
 
-DEFAULT_KERNEL = "linux-source-6.12"
 CELL_TIMEOUT_S = 4 * 3600  # the run has its own timeouts for every phase: this is a last resort
 
 
@@ -113,7 +115,7 @@ def write_reports(output: Path, runs: list[dict], title: str, reproduce: str | N
 
 def add_matrix_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernel", action="append", dest="kernels", metavar="K",
-                   help="a Debian package, tree:PATH or tree:PATH@REF; repeat for more (default linux-source-6.12)")
+                   help=f"a Debian package, tree:PATH or tree:PATH@REF; repeat for more (default {DEFAULT_PACKAGE})")
     p.add_argument("--flavor", action="append", dest="flavors", metavar="F",
                    help=f"one of {', '.join(FLAVORS)}; repeat for more (default plain)")
     p.add_argument("--scenario", action="append", dest="scenarios", metavar="S",
@@ -129,12 +131,8 @@ def add_matrix_arguments(p: argparse.ArgumentParser) -> None:
 def add_submit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mbox", type=Path, required=True, help="the series, as b4 am or a mailing-list bot saves it")
     p.add_argument("--base", required=True, help="the commit the series applies to")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--tree", type=Path, help="a kernel git repository holding --base")
-    src.add_argument("--package", default=DEFAULT_KERNEL, help="or Debian's source package (default %(default)s)")
-    p.add_argument("--flavor", default="plain", choices=tuple(FLAVORS), help="(default %(default)s)")
+    RunRequest.add_arguments(p, "submit")  # the kernel (--tree holds --base), flavour and cache of every run
     p.add_argument("--output", type=Path, default=Path("runs"), help="where the runs and report go (default %(default)s)")
-    p.add_argument("--cache", type=Path, default=None, help="downloads, sources, builds (default: the harness's)")
 
 
 def _extra(options: list[str]) -> tuple[str, ...]:
@@ -142,7 +140,7 @@ def _extra(options: list[str]) -> tuple[str, ...]:
 
 
 def run_matrix(args: argparse.Namespace, runner: Runner = run_child) -> int:
-    all_cells = matrix.cells(args.kernels or [DEFAULT_KERNEL],
+    all_cells = matrix.cells(args.kernels or [DEFAULT_PACKAGE],
                              args.flavors or ["plain"], args.scenarios or list(matrix.DEFAULT_SCENARIOS))
     i, n = matrix.parse_shard(args.shard)
     mine = matrix.shard(all_cells, i, n)
@@ -162,25 +160,18 @@ def run_matrix(args: argparse.Namespace, runner: Runner = run_child) -> int:
 
 def submit_command(args: argparse.Namespace) -> str:
     """The one command that reproduces a submission locally."""
-    argv = ["failover-harness", "submit", "--mbox", str(args.mbox), "--base", args.base]
-    if args.tree:
-        argv += ["--tree", str(args.tree)]
-    elif args.package != DEFAULT_KERNEL:
-        argv += ["--package", args.package]
-    if args.flavor != "plain":
-        argv += ["--flavor", args.flavor]
-    return shlex.join(argv)
+    return shlex.join(["failover-harness", "submit", "--mbox", str(args.mbox), "--base", args.base,
+                       *RunRequest.from_args(args, "submit").to_argv("submit")])
 
 
 def submit_cells(args: argparse.Namespace) -> tuple[list[matrix.Cell], tuple[str, ...]]:
     """The default scenarios on base + series: the cells, and the options every run gets."""
     if not args.mbox.is_file():
         raise InputError(f"--mbox {args.mbox}: no such file")
-    kernel = f"tree:{args.tree}" if args.tree else args.package
-    extra: tuple[str, ...] = ("--ref", args.base, "--series", str(args.mbox.resolve()))
-    if args.cache:
-        extra += ("--cache", str(args.cache))
-    return matrix.cells([kernel], [args.flavor], list(matrix.DEFAULT_SCENARIOS)), extra
+    req = replace(RunRequest.from_args(args, "submit"), ref=args.base, series=args.mbox.resolve())
+    kernel = f"tree:{req.tree}" if req.tree else req.package
+    extra = tuple(req.to_argv("run", ("ref", "series", "cache")))
+    return matrix.cells([kernel], [req.flavor], list(matrix.DEFAULT_SCENARIOS)), extra
 
 
 def run_submit(args: argparse.Namespace, runner: Runner = run_child) -> int:

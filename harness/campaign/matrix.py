@@ -10,9 +10,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputError
 from ..kernel.kconfig import FLAVORS
+from ..request import RunRequest
 from ..scenarios import SCENARIOS, Scenario
 
 # What a patch submission is tested with: every failover path, and not the negative control
@@ -27,6 +29,8 @@ RUN_OVERHEAD_S = 120.0
 FAULT_COST_S = 6.0
 FLAVOR_FACTOR = {"plain": 1.0, "debug": 3.0}
 
+KERNEL_FIELDS = ("tree", "package", "ref")  # a cell's command line always names its kernel, default or not
+
 
 @dataclass(frozen=True)
 class Kernel:
@@ -37,11 +41,16 @@ class Kernel:
 
     spec: str
 
-    def argv(self) -> list[str]:
+    @property
+    def source(self) -> dict[str, Any]:
+        """The RunRequest fields that name this kernel."""
         if self.spec.startswith("tree:"):
             path, _, ref = self.spec[len("tree:"):].partition("@")
-            return ["--tree", path] + (["--ref", ref] if ref else [])
-        return ["--package", self.spec.removeprefix("package:")]
+            return {"tree": Path(path), "ref": ref or None}
+        return {"package": self.spec.removeprefix("package:")}
+
+    def argv(self) -> list[str]:
+        return RunRequest(**self.source).to_argv("run", KERNEL_FIELDS)
 
     @property
     def label(self) -> str:
@@ -79,14 +88,15 @@ class Cell:
 
     def argv(self, extra: tuple[str, ...] = ()) -> list[str]:
         """`failover-harness` arguments that run this cell; `extra` goes last (seed, kills, series)."""
-        return ["run", "--scenario", self.scenario, "--flavor", self.flavor, *self.kernel.argv(), *extra]
+        req = RunRequest(scenario=self.scenario, flavor=self.flavor, **self.kernel.source)
+        return ["run", *req.to_argv("run", ("scenario", "flavor", *KERNEL_FIELDS)), *extra]
 
     def run_cost_s(self) -> float:
         s: Scenario = SCENARIOS[self.scenario]
         faults = s.kills + s.fd_closes + s.crash_point_repeats * 7
         return (RUN_OVERHEAD_S + FAULT_COST_S * faults) * FLAVOR_FACTOR.get(self.flavor, 1.0)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"kernel": self.kernel.spec, "flavor": self.flavor, "scenario": self.scenario, "label": self.label}
 
 
