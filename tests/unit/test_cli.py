@@ -60,3 +60,9 @@ def test_a_missing_tool_is_named(tmp_path):
 def test_report_on_a_directory_that_is_not_a_run(tmp_path):
     p = cli("report", str(tmp_path))
     assert p.returncode == 2 and "not a run directory" in p.stderr
+
+
+def test_every_command_has_a_handler():
+    from harness import cli
+    sub = next(a for a in cli.parser()._actions if a.dest == "command")
+    assert set(cli.HANDLERS) == set(sub.choices)
