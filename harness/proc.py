@@ -22,6 +22,9 @@ from .errors import InputError
 
 _live: set[int] = set()  # process-group ids started here and not yet reaped
 
+# A child's stdin is handed over as a file descriptor, so text and binary files serve alike.
+Stdin = IO[str] | IO[bytes]
+
 
 @dataclass(frozen=True)
 class Completed:
@@ -80,7 +83,7 @@ def kill_all() -> None:
 
 
 def run(argv: Sequence[str], *, timeout_s: float, log: Path | None = None, cwd: Path | None = None,
-        env: Mapping[str, str] | None = None, stdin: IO | None = None,
+        env: Mapping[str, str] | None = None, stdin: Stdin | None = None,
         on_line: Callable[[str], None] | None = None) -> Completed:
     """Run to completion or timeout; output goes to `log` (if given) and is returned.
 
@@ -90,13 +93,13 @@ def run(argv: Sequence[str], *, timeout_s: float, log: Path | None = None, cwd: 
         return _run_streaming(argv, timeout_s, log, cwd, env, stdin, on_line)
     started = time.monotonic()
     full_env = {**os.environ, **(env or {})}
-    out: IO = open(log, "w") if log else subprocess.PIPE  # type: ignore[assignment]
+    out = open(log, "w") if log else None
     try:
-        child = subprocess.Popen(list(argv), cwd=cwd, env=full_env, stdout=out,
+        child = subprocess.Popen(list(argv), cwd=cwd, env=full_env, stdout=out or subprocess.PIPE,
                                  stderr=subprocess.STDOUT, stdin=stdin or subprocess.DEVNULL,
                                  start_new_session=True, text=True)
     except FileNotFoundError as e:
-        if log:
+        if out:
             out.close()
         raise InputError(f"{argv[0]}: not found") from e
     _live.add(child.pid)
@@ -111,14 +114,14 @@ def run(argv: Sequence[str], *, timeout_s: float, log: Path | None = None, cwd: 
         if _group_alive(child.pid):  # what the child left running in its group goes too
             kill_group(child.pid, grace_s=0.5)
         _live.discard(child.pid)
-        if log:
+        if out:
             out.close()
     text = log.read_text(errors="replace") if log else (captured or "")
     return Completed(tuple(argv), child.returncode, text, time.monotonic() - started, timed_out)
 
 
 def _run_streaming(argv: Sequence[str], timeout_s: float, log: Path | None, cwd: Path | None,
-                   env: Mapping[str, str] | None, stdin: IO | None, on_line: Callable[[str], None]) -> Completed:
+                   env: Mapping[str, str] | None, stdin: Stdin | None, on_line: Callable[[str], None]) -> Completed:
     """`run` reading the output as it comes: the same process group, timeout and reaping.
 
     The main thread reads the pipe with select() against the deadline (no reader thread that a
@@ -198,16 +201,18 @@ class Interactive:
     def __init__(self, argv: Sequence[str], transcript: Path, env: Mapping[str, str] | None = None,
                  cwd: Path | None = None) -> None:
         self._log = open(transcript, "w", errors="replace")
-        self.child = pexpect.spawn(argv[0], list(argv[1:]), env={**os.environ, **(env or {})},
-                                   cwd=str(cwd) if cwd else None, encoding="utf-8",
-                                   codec_errors="replace", timeout=None, dimensions=(24, 500),
-                                   echo=False)
+        self.child: pexpect.spawn[str] = pexpect.spawn(
+            argv[0], list(argv[1:]), env={**os.environ, **(env or {})}, cwd=str(cwd) if cwd else None,
+            encoding="utf-8", codec_errors="replace", timeout=None, dimensions=(24, 500), echo=False)
         self.child.logfile_read = self._log
-        _live.add(self.child.pid)
+        # spawn forks before it returns when given a command, as here; pid is None only without one
+        assert self.child.pid is not None
+        self._pid = self.child.pid
+        _live.add(self._pid)
 
     @property
     def pid(self) -> int:
-        return self.child.pid
+        return self._pid
 
     def alive(self) -> bool:
         return self.child.isalive()
@@ -215,8 +220,8 @@ class Interactive:
     def close(self) -> None:
         try:
             if self.child.isalive():
-                kill_group(self.child.pid)
+                kill_group(self._pid)
             self.child.close(force=True)
         finally:
-            _live.discard(self.child.pid)
+            _live.discard(self._pid)
             self._log.close()

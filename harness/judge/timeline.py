@@ -29,11 +29,16 @@ import re
 from bisect import bisect_left
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import console, evidence, trace
 
 SLOW_READ_S = 1.0  # the readers log every read slower than this (guest config `slow_read_s`)
 PAIR_WINDOW_S = 0.05  # cread/done pairs within this of each other agree on the kernel offset
+
+# A request the daemon holds: (incarnation, msg_id); a death is keyed (incarnation,). Either
+# may be None, as .get() reads them from a log line that lacks the field.
+RequestKey = tuple[int | None, ...]
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,7 @@ class Timeline:
     notes: tuple[str, ...] = field(default=())
 
 
-def kernel_offset(events: list[trace.TraceEvent], daemon: list[dict]) -> float | None:
+def kernel_offset(events: list[trace.TraceEvent], daemon: list[dict[str, Any]]) -> float | None:
     """Guest wall clock minus the kernel's local clock, or None when the trace has no READ_COMPLETE
     that the daemon logged.
 
@@ -96,7 +101,7 @@ def kernel_offset(events: list[trace.TraceEvent], daemon: list[dict]) -> float |
     return diffs[best_start]
 
 
-def host_offset(host_kills: list[dict], keeper: list[dict]) -> float:
+def host_offset(host_kills: list[dict[str, Any]], keeper: list[dict[str, Any]]) -> float:
     """The host's record of a kill minus the death the keeper logged for that pid: the smallest
     over the kills that killed (0 when none did: the clocks are then taken as equal)."""
     died = {e.get("pid"): float(e["t"]) for e in keeper if e.get("event") == "died"}
@@ -104,7 +109,7 @@ def host_offset(host_kills: list[dict], keeper: list[dict]) -> float:
     return min(diffs) if diffs else 0.0
 
 
-def origin(readers: list[list[dict]], keeper: list[dict], daemon: list[dict]) -> float:
+def origin(readers: list[list[dict[str, Any]]], keeper: list[dict[str, Any]], daemon: list[dict[str, Any]]) -> float:
     """The start of the fault loop: the readers' first mount, which the host waits for; without
     one, the first guest event."""
     mounts = [float(e["t"]) for events in readers for e in events if e.get("event") == "mounted"]
@@ -114,11 +119,11 @@ def origin(readers: list[list[dict]], keeper: list[dict], daemon: list[dict]) ->
     return min(stamps) if stamps else 0.0
 
 
-def in_flight(daemon: list[dict], keeper: list[dict], t0: float) -> tuple[tuple[float, int], ...]:
+def in_flight(daemon: list[dict[str, Any]], keeper: list[dict[str, Any]], t0: float) -> tuple[tuple[float, int], ...]:
     """Requests the daemon had received and not yet answered, over time. A dead incarnation's
     held requests leave with it (the kernel holds them until a `restore` sends them again, when
     the next incarnation's `recv` counts them anew)."""
-    changes: list[tuple[float, int, str, tuple]] = []  # (t, order, kind, key)
+    changes: list[tuple[float, int, str, RequestKey]] = []  # (t, order, kind, key)
     for e in daemon:
         kind = e.get("event")
         if kind in ("recv", "done", "error") and "msg_id" in e:
@@ -127,7 +132,7 @@ def in_flight(daemon: list[dict], keeper: list[dict], t0: float) -> tuple[tuple[
         if e.get("event") == "died":
             changes.append((float(e["t"]), 2, "died", (e.get("incarnation"),)))
     changes.sort(key=lambda c: (c[0], c[1]))
-    held: set[tuple] = set()
+    held: set[RequestKey] = set()
     steps: list[tuple[float, int]] = [(min((c[0] for c in changes), default=t0) - t0, 0)]
     for t, _, kind, key in changes:
         if kind == "recv":
@@ -161,7 +166,7 @@ def occupancy(steps: tuple[tuple[float, int], ...], end: float, bin_s: float) ->
     return tuple(((k + first) * bin_s, area[k] / bin_s, peak[k]) for k in range(nbins))
 
 
-def throughput(readers: list[list[dict]], t0: float, bin_s: float) -> tuple[tuple[float, float], ...]:
+def throughput(readers: list[list[dict[str, Any]]], t0: float, bin_s: float) -> tuple[tuple[float, float], ...]:
     """Bytes/s of all readers, in bins of `bin_s`. A file's bytes are spread evenly over the time
     since that reader's previous event (a mount or the previous file), when it was being read,
     rather than heaped on the moment its checksum was logged."""
@@ -221,7 +226,7 @@ def finding_times(findings: list[console.Finding], console_text: str, offset: fl
     return tuple(timed), tuple(untimed)
 
 
-def _title(run_dir: Path, meta: dict) -> str:
+def _title(run_dir: Path, meta: dict[str, Any]) -> str:
     try:
         verdict = json.loads((run_dir / "results.json").read_text()).get("verdict", "")
     except (OSError, ValueError):

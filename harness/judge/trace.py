@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 _LINE = re.compile(r"^\s*(?P<task>.+?)-(?P<pid>\d+)\s+(?:\(\s*[-\d]+\)\s+)?\[(?P<cpu>\d+)\]\s+(?:\S+\s+)?"
                    r"(?P<ts>\d+\.\d+):\s+cachefiles_ondemand_(?P<event>\w+):\s+(?P<args>.*)$")
@@ -80,14 +81,16 @@ def facts(events: list[TraceEvent], lost: bool = False) -> TraceFacts:
     return TraceFacts(dict(Counter(e.event for e in events)), tuple(reopens), lost)
 
 
-def reads_after_reopens(daemon: list[dict]) -> int:
+def reads_after_reopens(daemon: list[dict[str, Any]]) -> int:
     """READs the daemon received on a reopened object: the proof that a READ which found its
     object closed was delivered after all. From the daemon's side, a reopen is an OPEN for a
     cookie that was opened before (each reader round mounts fresh fsids, so nothing else asks
     for the same cookie twice); its new object id then carries the READs."""
-    pending: dict[tuple, str] = {}  # (incarnation, msg_id) of an OPEN received -> its cookie
+    # (incarnation, msg_id) of an OPEN received -> its cookie
+    pending: dict[tuple[int | None, int | None], str] = {}
     opened: set[str] = set()  # cookies whose OPEN was answered with a size
-    reopened: set[int] = set()  # object ids a reopen gave out (until another OPEN reuses one)
+    # object ids a reopen gave out (until another OPEN reuses one); None from an OPEN logged without one
+    reopened: set[int | None] = set()
     reads = 0
     for e in daemon:
         kind, op, key = e.get("event"), e.get("op"), (e.get("inc"), e.get("msg_id"))

@@ -6,9 +6,13 @@ fixed identity and dates, so the same input gives the same commit ids on every m
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 from .. import proc
 from ..errors import InputError, UntestableError
+
+if TYPE_CHECKING:  # typing.Unpack is new in 3.11; the harness still runs on 3.10
+    from typing import Unpack
 
 IDENTITY = {
     "GIT_AUTHOR_NAME": "failover-harness", "GIT_AUTHOR_EMAIL": "harness@failover-harness.invalid",
@@ -18,13 +22,20 @@ FIXED_DATES = {"GIT_AUTHOR_DATE": "2000-01-01T00:00:00Z", "GIT_COMMITTER_DATE": 
 GIT_TIMEOUT_S = 600  # `git add` of a whole kernel tree is the slowest: about 30 s on 2 cores
 
 
+class RunOptions(TypedDict, total=False):
+    """`run`'s keyword arguments, which `check` passes on."""
+    timeout_s: float
+    env: dict[str, str] | None
+    log: Path | None
+
+
 def run(tree: Path, *args: str, timeout_s: float = GIT_TIMEOUT_S, env: dict[str, str] | None = None,
         log: Path | None = None) -> proc.Completed:
     return proc.run(["git", "-C", str(tree), *args], timeout_s=timeout_s, env={**IDENTITY, **(env or {})},
                     log=log)
 
 
-def check(tree: Path, *args: str, **kw) -> str:
+def check(tree: Path, *args: str, **kw: Unpack[RunOptions]) -> str:
     """Output of a git command that must succeed; a failure is the harness's, not the kernel's."""
     r = run(tree, *args, **kw)
     if not r.ok:

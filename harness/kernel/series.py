@@ -14,6 +14,7 @@ import mailbox
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from . import git
 from ..errors import InputError
@@ -42,7 +43,7 @@ class PatchResult:
     files: tuple[str, ...]
     message: str = ""  # git's, when it failed
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 

@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from . import git, series
 from .. import proc
@@ -53,7 +53,7 @@ class Provenance:
     head: str | None
     patches: tuple[series.PatchResult, ...] = field(default=())
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"source": self.source, "base": {"commit": self.base_commit, "describe": self.base_describe},
                 "head": self.head, "patches": [p.to_json() for p in self.patches]}
 
