@@ -18,6 +18,8 @@ from pathlib import Path
 
 from ..kernel import git, source
 from ..errors import EXIT_FAIL, EXIT_PASS, EXIT_UNTESTABLE, InputError, UntestableError
+from ..judge.checks import Status
+from ..judge.results import AnyResults
 from ..request import RunRequest, new_output_dir
 
 BISECT_TIMEOUT_S = 24 * 3600  # the whole `git bisect run`; each step's stages have their own timeouts
@@ -61,9 +63,9 @@ class Step:
 
 def step_result(verdicts: list[str]) -> str:
     """Any FAIL is bad; good needs every run to PASS; the rest is a skip."""
-    if "FAIL" in verdicts:
+    if Status.FAIL in verdicts:
         return "bad"
-    return "good" if verdicts and all(v == "PASS" for v in verdicts) else "skip"
+    return "good" if verdicts and all(v == Status.PASS for v in verdicts) else "skip"
 
 
 STEP_EXIT = {"good": EXIT_PASS, "bad": EXIT_FAIL, "skip": EXIT_UNTESTABLE}
@@ -80,15 +82,15 @@ def run_step(req: RunRequest, repeat: int, phase: str, steps_log: Path) -> Step:
     for _ in range(repeat):
         run_started = time.monotonic()
         run = Run(replace(req, output=steps_log.parent / "steps"))
-        results = run.execute_judged()  # ERROR or UNTESTABLE: this commit could not be tested, a skip
+        results: AnyResults = run.execute_judged()  # ERROR or UNTESTABLE: this commit could not be tested, a skip
         verdict = results["verdict"]
         reasons = tuple(results["reasons"])
-        if verdict in ("ERROR", "UNTESTABLE"):
+        if not Status(verdict).judged:
             reasons = (reasons[0].splitlines()[0],)  # the one line that says why; run.dir has the rest
         findings = tuple(f"{f['title']} [{f['fingerprint']}]" for f in results.get("findings", []))
         runs.append(StepRun(str(run.dir), verdict, reasons, findings,
                             results["timing"].get("build_s"), round(time.monotonic() - run_started, 1)))
-        if verdict == "FAIL":
+        if verdict == Status.FAIL:
             break  # bad already: more runs would not change it
     step = Step(phase, commit, git.subject(tree, commit), step_result([r.verdict for r in runs]), tuple(runs),
                 round(time.monotonic() - started, 1))
@@ -108,7 +110,7 @@ def load_steps(steps_log: Path) -> list[dict]:
 def confidence(steps: list[dict], repeat: int) -> dict:
     """How likely each "good" is right, from the failure rate seen on the commits found bad."""
     bad_runs = [r for s in steps if s["result"] == "bad" for r in s["runs"]]
-    failures = sum(r["verdict"] == "FAIL" for r in bad_runs)
+    failures = sum(r["verdict"] == Status.FAIL for r in bad_runs)
     rate = failures / len(bad_runs) if bad_runs else None
     return {"failure_rate_on_bad": None if rate is None else round(rate, 3),
             "runs_on_bad": len(bad_runs), "failures_on_bad": failures, "repeat": repeat,

@@ -70,12 +70,13 @@ def judged(tmp_path, fixture):
 def test_killed_by_names_the_failing_checks(tmp_path):
     assert mutants.killed_by(judged(tmp_path, "run-crash-5-kills")) == ()  # a PASS kills nothing
     assert "read-error" in mutants.killed_by(judged(tmp_path, "run-no-failover"))
-    assert mutants.killed_by({"verdict": "FAIL", "reasons": ["a read stalled 31.0s (bound 30s)"],
-                              "stalls": [{}], "findings": []}) == ("stall",)
-    assert mutants.killed_by({"verdict": "INCONCLUSIVE", "reasons": [],
+    # the checks results.json names, not the words of the reasons
+    assert mutants.killed_by({"verdict": "FAIL", "reasons": ["anything at all"], "failed_checks": ["stall"]}) == ("stall",)
+    assert mutants.killed_by({"verdict": "INCONCLUSIVE", "reasons": [], "failed_checks": [],
                               "missing_evidence": ["reopens: 0, need 1"]}) == ("missing-evidence",)
-    assert mutants.killed_by({"verdict": "FAIL", "reasons": ["kernel console: 1 finding(s)"],
-                              "findings": [{"title": "KASAN"}]}) == ("splat",)
+    assert mutants.killed_by({"verdict": "FAIL", "reasons": ["x", "y"], "failed_checks": ["splat", "run-completed"],
+                              "missing_evidence": ["reopens: 0, need 1"]}) == ("splat", "run-completed")
+    assert mutants.killed_by({"verdict": "UNTESTABLE", "reasons": ["boot failed"], "failed_checks": []}) == ()
 
 
 def outcome(name, kind, verdict, killed_by=()):
