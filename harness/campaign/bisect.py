@@ -15,11 +15,12 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any, cast
 
 from ..kernel import git, source
 from ..errors import EXIT_FAIL, EXIT_PASS, EXIT_UNTESTABLE, InputError, UntestableError
 from ..judge.checks import Status
-from ..judge.results import AnyResults
+from ..judge.results import AnyResults, is_judged
 from ..request import RunRequest, new_output_dir
 
 BISECT_TIMEOUT_S = 24 * 3600  # the whole `git bisect run`; each step's stages have their own timeouts
@@ -82,12 +83,13 @@ def run_step(req: RunRequest, repeat: int, phase: str, steps_log: Path) -> Step:
     for _ in range(repeat):
         run_started = time.monotonic()
         run = Run(replace(req, output=steps_log.parent / "steps"))
-        results: AnyResults = run.execute_judged()  # ERROR or UNTESTABLE: this commit could not be tested, a skip
+        # ERROR or UNTESTABLE: this commit could not be tested, a skip (results.json's dict: the runner is not typed yet)
+        results = cast(AnyResults, run.execute_judged())
         verdict = results["verdict"]
         reasons = tuple(results["reasons"])
         if not Status(verdict).judged:
             reasons = (reasons[0].splitlines()[0],)  # the one line that says why; run.dir has the rest
-        findings = tuple(f"{f['title']} [{f['fingerprint']}]" for f in results.get("findings", []))
+        findings = tuple(f"{f['title']} [{f['fingerprint']}]" for f in (results["findings"] if is_judged(results) else []))
         runs.append(StepRun(str(run.dir), verdict, reasons, findings,
                             results["timing"].get("build_s"), round(time.monotonic() - run_started, 1)))
         if verdict == Status.FAIL:
@@ -101,13 +103,13 @@ def run_step(req: RunRequest, repeat: int, phase: str, steps_log: Path) -> Step:
     return step
 
 
-def load_steps(steps_log: Path) -> list[dict]:
+def load_steps(steps_log: Path) -> list[dict[str, Any]]:
     if not steps_log.exists():
         return []
     return [json.loads(line) for line in steps_log.read_text().splitlines() if line.strip()]
 
 
-def confidence(steps: list[dict], repeat: int) -> dict:
+def confidence(steps: list[dict[str, Any]], repeat: int) -> dict[str, Any]:
     """How likely each "good" is right, from the failure rate seen on the commits found bad."""
     bad_runs = [r for s in steps if s["result"] == "bad" for r in s["runs"]]
     failures = sum(r["verdict"] == Status.FAIL for r in bad_runs)
@@ -137,7 +139,7 @@ def _first_bad(output: str) -> str | None:
     return None
 
 
-def bisect(breq: BisectRequest) -> dict:
+def bisect(breq: BisectRequest) -> dict[str, Any]:
     """Check the ends, run `git bisect run`, and write bisect.json, summary and replay file."""
     started = time.monotonic()
     req = breq.run
@@ -148,7 +150,7 @@ def bisect(breq: BisectRequest) -> dict:
     out = new_output_dir(req.output, "bisect")
     steps_log = out / "steps.jsonl"
     step_req = replace(req, tree=wt.path, package=RunRequest.package)
-    result: dict = {"source": wt.identity, "work_tree": str(wt.path), "good": good, "bad": bad,
+    result: dict[str, Any] = {"source": wt.identity, "work_tree": str(wt.path), "good": good, "bad": bad,
                     "repeat": breq.repeat, "request": req.to_json(), "first_bad": None, "dir": str(out)}
     print(f"failover-harness: bisect directory {out}", flush=True)
     with source.locked(wt.lock, str(wt.path)):
@@ -185,7 +187,7 @@ def bisect(breq: BisectRequest) -> dict:
     return result
 
 
-def summary(r: dict) -> str:
+def summary(r: dict[str, Any]) -> str:
     lines = []
     if r["first_bad"]:
         lines.append(f"FOUND: first bad commit {r['first_bad']['commit']} {r['first_bad']['subject']}")

@@ -26,6 +26,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any, cast
 
 from ..errors import InputError
 from ..judge.checks import VERDICT_CHECKS, Status
@@ -136,7 +137,8 @@ def _execute(req: RunRequest) -> tuple[AnyResults, str | None, float]:
     from ..runner import Run  # the runner imports most of the package: only when really running
     started = time.monotonic()
     run = Run(req)
-    return run.execute_judged(), str(run.dir), time.monotonic() - started
+    results = cast(AnyResults, run.execute_judged())  # results.json's dict; the runner is not typed yet
+    return results, str(run.dir), time.monotonic() - started
 
 
 def faulted(base: RunRequest, scenario: str, faults: int, flavor: str, series: Path | None) -> RunRequest:
@@ -153,7 +155,7 @@ def outcome(name: str, kind: str, req: RunRequest, faults: int, expect: str | No
                    results.get("timing", {}).get("build_s"), round(seconds, 1), run_dir)
 
 
-def mutate(base: RunRequest, chosen: tuple[Mutant, ...]) -> dict:
+def mutate(base: RunRequest, chosen: tuple[Mutant, ...]) -> dict[str, Any]:
     """Baselines first (one per scenario, flavour and fault count the mutants use), then each mutant."""
     started = time.monotonic()
     out = new_output_dir(base.output, "mutate")
@@ -184,7 +186,7 @@ def _progress(o: Outcome) -> None:
           f"{o.run_s:.0f}s)", flush=True)
 
 
-def verdict(outcomes: list[Outcome], chosen: tuple[Mutant, ...]) -> dict:
+def verdict(outcomes: list[Outcome], chosen: tuple[Mutant, ...]) -> dict[str, Any]:
     """PASS only when every baseline passed and every mutant was killed."""
     mutants = [o for o in outcomes if o.kind == "mutant"]
     killed = [o for o in mutants if o.status == "killed"]
@@ -203,7 +205,7 @@ def verdict(outcomes: list[Outcome], chosen: tuple[Mutant, ...]) -> dict:
                           "undoes": by_name[o.name].undoes if o.name in by_name else None} for o in outcomes]}
 
 
-def summary(r: dict) -> str:
+def summary(r: dict[str, Any]) -> str:
     score = "-" if r["score"] is None else f"{r['score']:.0%}"
     lines = [f"{r['verdict']}: mutation score {score} ({r['killed']}/{r['mutants']} killed), {r['total_s']:.0f}s"]
     for o in r["outcomes"]:

@@ -42,6 +42,7 @@ def test_mutant_trailers_are_read(tmp_path):
     (TRAILERS.replace("plain", "tiny"), "Mutant-Flavor 'tiny'"),
     (TRAILERS.replace("Faults: 8", "Faults: many"), "Mutant-Faults 'many'"),
     (TRAILERS.replace("stall", "luck"), "Mutant-Expect 'luck'"),
+    (TRAILERS.replace("stall", "hang"), "Mutant-Expect 'hang'"),  # the slug before checks were types
 ])
 def test_a_mutant_with_wrong_trailers_is_refused(tmp_path, bad, message):
     directory = write_mutant(tmp_path, "broken", bad)
@@ -109,3 +110,12 @@ def test_faults_are_the_scenarios_own_kind(scenario, kills, fd_closes):
     assert (req.kills, req.fd_closes) == (kills, fd_closes)
     plan = req.plan
     assert plan.kills == (8 if kills else plan.kills) and plan.fd_closes == (8 if fd_closes else plan.fd_closes)
+
+
+def test_every_shipped_mutant_expects_a_check_the_verdict_has():
+    """Mutant-Expect names a verdict check's slug (or missing-evidence), as killed_by reports it;
+    a mutant whose held requests are lost is caught by the held-requests check."""
+    from harness.judge.checks import VERDICT_CHECKS
+    shipped = {m.name: m.expect for m in mutants.load()}
+    assert set(shipped.values()) <= {c.slug for c in VERDICT_CHECKS} | {mutants.MISSING_EVIDENCE}
+    assert shipped["fd-release-fails-reads"] == "held-requests"
