@@ -19,6 +19,7 @@ from .campaign import bisect, ci, mutants
 from .judge import report, timeline
 from .campaign.bisect import BisectRequest
 from .errors import EXIT_FAIL, EXIT_PASS, EXIT_UNTESTABLE, EXIT_USAGE, HarnessError, InputError
+from .judge.checks import Status
 from .request import RunRequest
 
 
@@ -82,7 +83,7 @@ def _interrupt(_signum: int, _frame: object) -> None:
 
 def exit_code(verdict: str) -> int:
     """INCONCLUSIVE is neither good nor bad: what `git bisect run` skips, like UNTESTABLE."""
-    return {"PASS": EXIT_PASS, "FAIL": EXIT_FAIL}.get(verdict, EXIT_UNTESTABLE)
+    return {Status.PASS: EXIT_PASS, Status.FAIL: EXIT_FAIL}.get(Status(verdict), EXIT_UNTESTABLE)
 
 
 def _summarise(results: dict[str, Any]) -> int:

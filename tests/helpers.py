@@ -58,3 +58,33 @@ def harmless(path: str, note: str) -> dict:
 RESTORE_NOOP = {"fs/cachefiles/ondemand.c": lambda text: text.replace(
     "\txas_for_each(&xas, req, ULONG_MAX)\n\t\txas_set_mark(&xas, CACHEFILES_REQ_NEW);\n",
     "\txas_for_each(&xas, req, ULONG_MAX)\n\t\tcontinue;\n", 1)}
+
+
+def failed_and_skipped_checks(results: dict) -> tuple[set, set]:
+    """What junit.xml says of a run, read back as checks: the checks of its failed test cases (a
+    kernel finding's own case is the splat check) and of its skipped ones (missing evidence)."""
+    import xml.etree.ElementTree as ET
+    from harness.judge import junit
+    from harness.judge.checks import Check
+    by_case = {c.case: c for c in Check}
+    failed, skipped = set(), set()
+    for case in ET.fromstring(junit.render(results)).iter("testcase"):
+        name = case.get("name")
+        check = by_case.get(name) or (Check.SPLAT if name.startswith("kernel: ") else None)
+        if case.find("failure") is not None:
+            failed.add(check)
+        if case.find("skipped") is not None:
+            skipped.add(check)
+    return failed, skipped
+
+
+def assert_reports_agree(results: dict) -> None:
+    """JUnit and mutate classify a run alike: both from results.json's checks."""
+    from harness.campaign import mutants
+    from harness.judge.checks import by_slug
+    failed, skipped = failed_and_skipped_checks(results)
+    killed = mutants.killed_by(results)
+    assert failed == {by_slug(s) for s in killed if s != mutants.MISSING_EVIDENCE}
+    assert failed == {by_slug(s) for s in results["failed_checks"]}
+    assert skipped == {by_slug(s) for s in results["missing_checks"]}
+    assert (mutants.MISSING_EVIDENCE in killed) == (results["verdict"] == "INCONCLUSIVE")

@@ -16,10 +16,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any, cast
 
 from .. import run_options
 from ..kernel import git, source
 from ..errors import EXIT_FAIL, EXIT_PASS, EXIT_UNTESTABLE, InputError, UntestableError
+from ..judge.checks import Status
+from ..judge.results import AnyResults, is_judged
 from ..request import RunRequest, new_output_dir
 
 BISECT_TIMEOUT_S = 24 * 3600  # the whole `git bisect run`; each step's stages have their own timeouts
@@ -63,9 +66,9 @@ class Step:
 
 def step_result(verdicts: list[str]) -> str:
     """Any FAIL is bad; good needs every run to PASS; the rest is a skip."""
-    if "FAIL" in verdicts:
+    if Status.FAIL in verdicts:
         return "bad"
-    return "good" if verdicts and all(v == "PASS" for v in verdicts) else "skip"
+    return "good" if verdicts and all(v == Status.PASS for v in verdicts) else "skip"
 
 
 STEP_EXIT = {"good": EXIT_PASS, "bad": EXIT_FAIL, "skip": EXIT_UNTESTABLE}
@@ -82,15 +85,16 @@ def run_step(req: RunRequest, repeat: int, phase: str, steps_log: Path) -> Step:
     for _ in range(repeat):
         run_started = time.monotonic()
         run = Run(replace(req, output=steps_log.parent / "steps"))
-        results = run.execute_judged()  # ERROR or UNTESTABLE: this commit could not be tested, a skip
+        # ERROR or UNTESTABLE: this commit could not be tested, a skip (results.json's dict: the runner is not typed yet)
+        results = cast(AnyResults, run.execute_judged())
         verdict = results["verdict"]
         reasons = tuple(results["reasons"])
-        if verdict in ("ERROR", "UNTESTABLE"):
+        if not Status(verdict).judged:
             reasons = (reasons[0].splitlines()[0],)  # the one line that says why; run.dir has the rest
-        findings = tuple(f"{f['title']} [{f['fingerprint']}]" for f in results.get("findings", []))
+        findings = tuple(f"{f['title']} [{f['fingerprint']}]" for f in (results["findings"] if is_judged(results) else []))
         runs.append(StepRun(str(run.dir), verdict, reasons, findings,
                             results["timing"].get("build_s"), round(time.monotonic() - run_started, 1)))
-        if verdict == "FAIL":
+        if verdict == Status.FAIL:
             break  # bad already: more runs would not change it
     step = Step(phase, commit, git.subject(tree, commit), step_result([r.verdict for r in runs]), tuple(runs),
                 round(time.monotonic() - started, 1))
@@ -101,16 +105,16 @@ def run_step(req: RunRequest, repeat: int, phase: str, steps_log: Path) -> Step:
     return step
 
 
-def load_steps(steps_log: Path) -> list[dict]:
+def load_steps(steps_log: Path) -> list[dict[str, Any]]:
     if not steps_log.exists():
         return []
     return [json.loads(line) for line in steps_log.read_text().splitlines() if line.strip()]
 
 
-def confidence(steps: list[dict], repeat: int) -> dict:
+def confidence(steps: list[dict[str, Any]], repeat: int) -> dict[str, Any]:
     """How likely each "good" is right, from the failure rate seen on the commits found bad."""
     bad_runs = [r for s in steps if s["result"] == "bad" for r in s["runs"]]
-    failures = sum(r["verdict"] == "FAIL" for r in bad_runs)
+    failures = sum(r["verdict"] == Status.FAIL for r in bad_runs)
     rate = failures / len(bad_runs) if bad_runs else None
     return {"failure_rate_on_bad": None if rate is None else round(rate, 3),
             "runs_on_bad": len(bad_runs), "failures_on_bad": failures, "repeat": repeat,
@@ -141,7 +145,7 @@ def _first_bad(output: str) -> str | None:
     return None
 
 
-def bisect(breq: BisectRequest) -> dict:
+def bisect(breq: BisectRequest) -> dict[str, Any]:
     """Check the ends, run `git bisect run`, and write bisect.json, summary and replay file."""
     started = time.monotonic()
     req = breq.run
@@ -152,7 +156,7 @@ def bisect(breq: BisectRequest) -> dict:
     out = new_output_dir(req.output, "bisect")
     steps_log = out / "steps.jsonl"
     step_req = replace(req, tree=wt.path, package=RunRequest.package)
-    result: dict = {"source": wt.identity, "work_tree": str(wt.path), "good": good, "bad": bad,
+    result: dict[str, Any] = {"source": wt.identity, "work_tree": str(wt.path), "good": good, "bad": bad,
                     "repeat": breq.repeat, "request": req.to_json(), "first_bad": None, "dir": str(out)}
     print(f"failover-harness: bisect directory {out}", flush=True)
     with source.locked(wt.lock, str(wt.path)):
@@ -189,7 +193,7 @@ def bisect(breq: BisectRequest) -> dict:
     return result
 
 
-def summary(r: dict) -> str:
+def summary(r: dict[str, Any]) -> str:
     lines = []
     if r["first_bad"]:
         lines.append(f"FOUND: first bad commit {r['first_bad']['commit']} {r['first_bad']['subject']}")

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..judge import junit, markdown
+from ..judge.checks import Status
+from ..judge.results import AnyResults, error_results
 from . import matrix
 from .. import proc
 from ..errors import EXIT_FAIL, EXIT_PASS, EXIT_UNTESTABLE, EXIT_USAGE, InputError
@@ -59,16 +61,17 @@ def cell_dir(output: Path, index: int, cell: matrix.Cell) -> Path:
     return output / f"{index:02d}-{_slug(cell.label)}"
 
 
-def results_of(cell_output: Path, cell: matrix.Cell, code: int, log_tail: str) -> dict:
+def results_of(cell_output: Path, cell: matrix.Cell, code: int, log_tail: str) -> AnyResults:
     """The run's results.json; for a run that ended before it had a run directory (bad usage),
     a stand-in of the error shape, so that the reports still name the cell."""
     found = sorted(cell_output.glob("*/results.json"))
     if found:
-        return json.loads(found[-1].read_text())
+        results: AnyResults = json.loads(found[-1].read_text())
+        return results
     message = log_tail.strip().splitlines()[-1] if log_tail.strip() else f"exit code {code}"
-    return {"verdict": "ERROR" if code == EXIT_USAGE else "UNTESTABLE", "reasons": [message],
-            "request": {"scenario": cell.scenario, "flavor": cell.flavor}, "kernel": {"flavor": cell.flavor},
-            "reproduce": shlex.join(["failover-harness", *cell.argv()])}
+    return error_results(Status.ERROR if code == EXIT_USAGE else Status.UNTESTABLE, message,
+                         request={"scenario": cell.scenario, "flavor": cell.flavor}, kernel={"flavor": cell.flavor},
+                         reproduce=shlex.join(["failover-harness", *cell.argv()]))
 
 
 Runner = Callable[[list[str], Path], tuple[int, str]]
@@ -83,7 +86,7 @@ def run_child(argv: list[str], log: Path) -> tuple[int, str]:
 
 
 def run_cells(cells: list[matrix.Cell], output: Path, extra: tuple[str, ...], runner: Runner = run_child,
-              out: Callable[[str], None] = print) -> list[tuple[matrix.Cell, int, dict]]:
+              out: Callable[[str], None] = print) -> list[tuple[matrix.Cell, int, AnyResults]]:
     done = []
     for i, cell in enumerate(cells, 1):
         where = cell_dir(output, i, cell)
@@ -105,7 +108,7 @@ def _github() -> bool:
     return os.environ.get("GITHUB_ACTIONS") == "true"
 
 
-def write_reports(output: Path, runs: list[dict], title: str, reproduce: str | None = None) -> None:
+def write_reports(output: Path, runs: list[AnyResults], title: str, reproduce: str | None = None) -> None:
     output.mkdir(parents=True, exist_ok=True)
     (output / "junit.xml").write_text(junit.render_many(runs))
     (output / "report.md").write_text(markdown.render(runs, title=title, reproduce=reproduce))

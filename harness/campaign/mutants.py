@@ -26,14 +26,19 @@ import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any, cast
 
 from ..errors import InputError
+from ..judge.checks import VERDICT_CHECKS, Status
+from ..judge.results import AnyResults, is_judged
 from ..kernel.kconfig import FLAVORS
 from ..request import RunRequest, new_output_dir
 from ..scenarios import SCENARIOS
 
 MUTANT_DIR = Path(__file__).resolve().parents[2] / "tests" / "mutants"
-CHECKS = ("checksum", "read-error", "stall", "splat", "hang", "recovery", "empty-wakeups", "missing-evidence")
+# an INCONCLUSIVE run kills a mutant too (its scenario should have exercised the path), by no check
+MISSING_EVIDENCE = "missing-evidence"
+EXPECTABLE = tuple(c.slug for c in VERDICT_CHECKS) + (MISSING_EVIDENCE,)
 TRAILERS = ("Undoes", "Scenario", "Flavor", "Faults", "Expect")
 
 
@@ -78,8 +83,8 @@ def parse(path: Path) -> Mutant:
         raise InputError(f"{path}: Mutant-Scenario {trailers['Scenario']!r} is not one of {', '.join(SCENARIOS)}")
     if trailers["Flavor"] not in FLAVORS:
         raise InputError(f"{path}: Mutant-Flavor {trailers['Flavor']!r} is not one of {', '.join(FLAVORS)}")
-    if trailers["Expect"] not in CHECKS:
-        raise InputError(f"{path}: Mutant-Expect {trailers['Expect']!r} is not one of {', '.join(CHECKS)}")
+    if trailers["Expect"] not in EXPECTABLE:
+        raise InputError(f"{path}: Mutant-Expect {trailers['Expect']!r} is not one of {', '.join(EXPECTABLE)}")
     if not trailers["Faults"].isdigit():
         raise InputError(f"{path}: Mutant-Faults {trailers['Faults']!r} is not a number")
     subject = " ".join(str(msg.get("Subject", "")).split()).removeprefix("[PATCH] ")
@@ -95,28 +100,13 @@ def load(directory: Path = MUTANT_DIR, names: tuple[str, ...] = ()) -> tuple[Mut
     return tuple(parse(found[n]) for n in (names or tuple(found)))
 
 
-def killed_by(results: dict) -> tuple[str, ...]:
-    """The checks that failed a run, in CHECKS' terms; empty for a PASS."""
-    if results["verdict"] == "PASS":
+def killed_by(results: AnyResults) -> tuple[str, ...]:
+    """The slugs of the checks that failed a run (results.json's `failed_checks`), and
+    MISSING_EVIDENCE when it was INCONCLUSIVE; empty for a PASS (and for ERROR, UNTESTABLE)."""
+    if not is_judged(results):
         return ()
-    checks = []
-    if results.get("mismatches") or any("never read back" in r for r in results.get("reasons", [])):
-        checks.append("checksum")
-    if results.get("read_errors"):
-        checks.append("read-error")
-    if results.get("stalls") or any("stall" in r for r in results.get("reasons", [])):
-        checks.append("stall")
-    if results.get("findings"):
-        checks.append("splat")
-    if any("hung" in r or "gone" in r for r in results.get("reasons", [])):
-        checks.append("hang")
-    if any(w in r for r in results.get("reasons", []) for w in ("restore", "served again", "received again", "delivered again")):
-        checks.append("recovery")
-    if any("empty wake-ups" in r for r in results.get("reasons", [])):
-        checks.append("empty-wakeups")
-    if results.get("missing_evidence"):
-        checks.append("missing-evidence")
-    return tuple(checks) or ("other",)
+    marker = (MISSING_EVIDENCE,) if results["verdict"] == Status.INCONCLUSIVE else ()
+    return tuple(results["failed_checks"]) + marker
 
 
 @dataclass(frozen=True)
@@ -137,17 +127,18 @@ class Outcome:
     @property
     def status(self) -> str:
         if self.kind == "baseline":
-            return "pass" if self.verdict == "PASS" else "fail"
-        if self.verdict in ("ERROR", "UNTESTABLE"):
+            return "pass" if self.verdict == Status.PASS else "fail"
+        if not Status(self.verdict).judged:
             return "error"  # the mutant did not build or boot: it proves nothing
         return "killed" if self.killed_by else "survived"
 
 
-def _execute(req: RunRequest) -> tuple[dict, str | None, float]:
+def _execute(req: RunRequest) -> tuple[AnyResults, str | None, float]:
     from ..runner import Run  # the runner imports most of the package: only when really running
     started = time.monotonic()
     run = Run(req)
-    return run.execute_judged(), str(run.dir), time.monotonic() - started
+    results = cast(AnyResults, run.execute_judged())  # results.json's dict; the runner is not typed yet
+    return results, str(run.dir), time.monotonic() - started
 
 
 def faulted(base: RunRequest, scenario: str, faults: int, flavor: str, series: Path | None) -> RunRequest:
@@ -157,14 +148,14 @@ def faulted(base: RunRequest, scenario: str, faults: int, flavor: str, series: P
     return replace(base, scenario=scenario, kills=kills, fd_closes=fd_closes, flavor=flavor, series=series)
 
 
-def outcome(name: str, kind: str, req: RunRequest, faults: int, expect: str | None, results: dict,
+def outcome(name: str, kind: str, req: RunRequest, faults: int, expect: str | None, results: AnyResults,
             run_dir: str | None, seconds: float) -> Outcome:
     return Outcome(name, kind, req.scenario, req.flavor, faults, results["verdict"],
                    killed_by(results) if kind == "mutant" else (), expect, tuple(results.get("reasons", [])[:5]),
                    results.get("timing", {}).get("build_s"), round(seconds, 1), run_dir)
 
 
-def mutate(base: RunRequest, chosen: tuple[Mutant, ...]) -> dict:
+def mutate(base: RunRequest, chosen: tuple[Mutant, ...]) -> dict[str, Any]:
     """Baselines first (one per scenario, flavour and fault count the mutants use), then each mutant."""
     started = time.monotonic()
     out = new_output_dir(base.output, "mutate")
@@ -195,7 +186,7 @@ def _progress(o: Outcome) -> None:
           f"{o.run_s:.0f}s)", flush=True)
 
 
-def verdict(outcomes: list[Outcome], chosen: tuple[Mutant, ...]) -> dict:
+def verdict(outcomes: list[Outcome], chosen: tuple[Mutant, ...]) -> dict[str, Any]:
     """PASS only when every baseline passed and every mutant was killed."""
     mutants = [o for o in outcomes if o.kind == "mutant"]
     killed = [o for o in mutants if o.status == "killed"]
@@ -205,16 +196,16 @@ def verdict(outcomes: list[Outcome], chosen: tuple[Mutant, ...]) -> dict:
     reasons = ([f"the unmutated kernel does not pass: {', '.join(baseline_failed)}"] if baseline_failed else []) + \
               ([f"survived: {', '.join(survivors)}"] if survivors else []) + \
               ([f"did not build or boot: {', '.join(errors)}"] if errors else [])
-    status = "PASS" if not reasons else ("FAIL" if survivors or baseline_failed else "UNTESTABLE")
+    status = Status.PASS if not reasons else (Status.FAIL if survivors or baseline_failed else Status.UNTESTABLE)
     by_name = {m.name: m for m in chosen}
-    return {"verdict": status, "reasons": reasons,
+    return {"verdict": status.value, "reasons": reasons,
             "score": round(len(killed) / len(mutants), 3) if mutants else None,
             "killed": len(killed), "mutants": len(mutants), "survivors": survivors,
             "outcomes": [{**asdict(o), "status": o.status,
                           "undoes": by_name[o.name].undoes if o.name in by_name else None} for o in outcomes]}
 
 
-def summary(r: dict) -> str:
+def summary(r: dict[str, Any]) -> str:
     score = "-" if r["score"] is None else f"{r['score']:.0%}"
     lines = [f"{r['verdict']}: mutation score {score} ({r['killed']}/{r['mutants']} killed), {r['total_s']:.0f}s"]
     for o in r["outcomes"]:

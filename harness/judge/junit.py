@@ -8,43 +8,20 @@ scenario needs (skipped when it never showed: an INCONCLUSIVE run proves nothing
 path, which is neither a pass nor a failure). A run without a verdict on the kernel (ERROR,
 UNTESTABLE) is one test case in <error>.
 
-The verdict's reasons are the source of the failures: each is filed under the check it belongs
-to, and a reason that no check claims is kept as "verdict: other", never dropped.
+The checks are checks.Check, read from results.json's `reason_checks` and `missing_checks`
+(schema 3): each reason is filed under the check the verdict gave it, never by its words. A
+results.json of an older schema has no checks: judge its run again (`failover-harness report DIR`).
 """
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from ..scenarios import SCENARIOS
-
-# (test case, phrases of the verdict's reasons that belong to it: see verdict.failures)
-CHECKS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("data: checksums", ("checksum mismatch", "never read back correctly", "no file was read back")),
-    ("data: read errors", ("read error(s)",)),
-    ("data: stalls", ("a read stalled",)),
-    ("failover: every kill killed the daemon", ("kills were made", "did not kill a daemon")),
-    ("failover: every death restored and served again", ("not followed by a successful restore",
-                                                         "not followed by requests served again")),
-    ("failover: held requests re-delivered", ("that no later incarnation received again",
-                                              "were never delivered again")),
-    ("daemon: no busy loop on empty wake-ups", ("empty wake-ups",)),
-    ("run: completed", ("run aborted",)),
-)
-KERNEL_REASON = "kernel console:"  # its findings are test cases of their own
-OTHER = "verdict: other"
-
-# (test case, phrase of the missing-evidence line, the scenario's need that asks for it)
-EVIDENCE: tuple[tuple[str, str, str], ...] = (
-    ("evidence: kills on a request in flight", "hit a request in flight", "in_flight_share"),
-    ("evidence: held requests re-delivered", "re-delivered after a restore", "redelivered"),
-    ("evidence: anon fds closed", "anon fds closed", "fd_closes"),
-    ("evidence: reopens in the kernel trace", "reopens in the kernel trace", "reopens"),
-    ("evidence: READs on reopened objects", "READs delivered on a reopened object", "reads_after_reopen"),
-    ("evidence: every crash point reached", "crash points never reached", "crash_point_hits"),
-)
-EVIDENCE_OTHER = "evidence: other"
+from .checks import EVIDENCE_CHECKS, VERDICT_CHECKS, Check, by_slug
+from .results import AnyResults, Results, is_judged, scenario_of
 
 
 @dataclass(frozen=True)
@@ -55,71 +32,68 @@ class Case:
     detail: str = ""  # the element's text: every reason, the finding's first line
 
 
-def classify(reason: str) -> str:
-    """The check a verdict reason belongs to."""
-    for name, phrases in CHECKS:
-        if any(p in reason for p in phrases):
-            return name
-    return "kernel" if reason.startswith(KERNEL_REASON) else OTHER
+def filed(texts: list[str], checks: list[str]) -> dict[Check, list[str]]:
+    """Texts (reasons or missing-evidence lines) under the checks results.json gives them."""
+    out: dict[Check, list[str]] = {}
+    for text, slug in zip(texts, checks, strict=True):
+        out.setdefault(by_slug(slug), []).append(text)
+    return out
 
 
-def _needed(scenario: str | None) -> set[str]:
+def failed_cases(results: Results) -> dict[Check, Case]:
+    """The failure test case of each failed check (the kernel's findings are cases of their own)."""
+    return {check: Case(check.case, "failure", texts[0][:500], "\n".join(texts))
+            for check, texts in filed(results["reasons"], results["reason_checks"]).items()}
+
+
+def _needed(scenario: str | None) -> set[Check]:
     """The evidence the scenario asks for (by today's definition, as `report` judges with it)."""
     s = SCENARIOS.get(scenario or "")
-    return {need for _, _, need in EVIDENCE if s is not None and getattr(s.needs, need)}
+    return {c for c in EVIDENCE_CHECKS if s is not None and getattr(s.needs, c.need or "")}
 
 
-def cases(results: dict) -> list[Case]:
-    """The test cases of one run."""
-    verdict = results.get("verdict", "")
-    if verdict not in ("PASS", "FAIL", "INCONCLUSIVE"):
-        reasons = results.get("reasons") or [verdict]
-        return [Case("run", "error", f"{verdict}: {reasons[0]}"[:500], "\n".join(reasons))]
-    filed: dict[str, list[str]] = {}
-    for reason in results.get("reasons", []):
-        filed.setdefault(classify(reason), []).append(reason)
-    out = []
-    for name, _ in CHECKS:
-        if reasons := filed.get(name):
-            out.append(Case(name, "failure", reasons[0][:500], "\n".join(reasons)))
-        else:
-            out.append(Case(name, "passed"))
-    if other := filed.get(OTHER):
-        out.append(Case(OTHER, "failure", other[0][:500], "\n".join(other)))
-
-    findings = results.get("findings", [])
-    if not findings:
-        out.append(Case("kernel: console", "passed"))
-    # the same bug reported twice is one test case: its history on a dashboard is that bug's
+def _finding_cases(findings: list[dict[str, Any]]) -> list[Case]:
+    """One case per kernel finding; the same bug reported twice is one test case: its history on
+    a dashboard is that bug's."""
     seen = Counter(f["fingerprint"] for f in findings)
-    first: dict[str, dict] = {}
+    first: dict[str, dict[str, Any]] = {}
     for f in findings:
         first.setdefault(f["fingerprint"], f)
+    out = []
     for fp, f in first.items():
         times = f" (seen {seen[fp]} times)" if seen[fp] > 1 else ""
         out.append(Case(f"kernel: {f['title']} [{fp}]", "failure", f"{f['title']} [{fp}]{times}",
                         f"console.log:{f.get('line_no')}: {f.get('text', '')}\nframes: {' '.join(f.get('frames', []))}"))
-
-    missing = list(results.get("missing_evidence", []))
-    needed = _needed(results.get("scenario"))
-    for name, phrase, need in EVIDENCE:
-        lines = [m for m in missing if phrase in m]
-        for m in lines:
-            missing.remove(m)
-        if lines:
-            out.append(Case(name, "skipped", lines[0][:500], "\n".join(lines)))
-        elif need in needed:
-            out.append(Case(name, "passed"))
-    if missing:
-        out.append(Case(EVIDENCE_OTHER, "skipped", missing[0][:500], "\n".join(missing)))
     return out
 
 
-def suite_name(results: dict) -> str:
-    return results.get("scenario") or results.get("request", {}).get("scenario") or "run"
+def cases(results: AnyResults) -> list[Case]:
+    """The test cases of one run."""
+    if not is_judged(results):
+        reasons = results.get("reasons") or [results["verdict"]]
+        return [Case("run", "error", f"{results['verdict']}: {reasons[0]}"[:500], "\n".join(reasons))]
+    failed = failed_cases(results)
+    out = [failed.get(check, Case(check.case, "passed")) for check in VERDICT_CHECKS if check is not Check.SPLAT]
+    findings = results["findings"]
+    if not findings:
+        out.append(Case(Check.SPLAT.case, "passed"))
+    out += _finding_cases(findings)
+
+    missing = filed(results["missing_evidence"], results["missing_checks"])
+    needed = _needed(results["scenario"])
+    for check in EVIDENCE_CHECKS:
+        if lines := missing.get(check):
+            out.append(Case(check.case, "skipped", lines[0][:500], "\n".join(lines)))
+        elif check in needed:
+            out.append(Case(check.case, "passed"))
+    return out
 
 
-def testsuite(results: dict, name: str | None = None) -> ET.Element:
+def suite_name(results: AnyResults) -> str:
+    return scenario_of(results) or "run"
+
+
+def testsuite(results: AnyResults, name: str | None = None) -> ET.Element:
     """One run as a <testsuite>; `name` defaults to the scenario."""
     name = name or suite_name(results)
     cs = cases(results)
@@ -151,7 +125,7 @@ def testsuite(results: dict, name: str | None = None) -> ET.Element:
     return suite
 
 
-def _names(runs: list[dict]) -> list[str]:
+def _names(runs: list[AnyResults]) -> list[str]:
     """Scenario names, with the kernel and flavour added where two runs would share one."""
     base = [suite_name(r) for r in runs]
     names = []
@@ -173,12 +147,12 @@ def _text(element: ET.Element) -> str:
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(element, encoding="unicode") + "\n"
 
 
-def render(results: dict) -> str:
+def render(results: AnyResults) -> str:
     """One run: a <testsuites> holding its <testsuite> (what CI tools expect at the top)."""
     return render_many([results])
 
 
-def render_many(runs: list[dict], name: str = "failover-harness") -> str:
+def render_many(runs: list[AnyResults], name: str = "failover-harness") -> str:
     """Several runs (a matrix, a shard, a submission) in one file."""
     top = ET.Element("testsuites", {"name": name})
     for results, suite_label in zip(runs, _names(runs)):

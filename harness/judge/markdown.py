@@ -9,11 +9,15 @@ results.json and summary.txt.
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
-VERDICT_MARK = {"PASS": "✅ PASS", "FAIL": "❌ FAIL", "INCONCLUSIVE": "⚠️ INCONCLUSIVE",
-                "UNTESTABLE": "⚠️ UNTESTABLE", "ERROR": "⛔ ERROR"}
+from .checks import Status
+from .results import AnyResults, is_judged, scenario_of
+
+VERDICT_MARK = {Status.PASS: "✅ PASS", Status.FAIL: "❌ FAIL", Status.INCONCLUSIVE: "⚠️ INCONCLUSIVE",
+                Status.UNTESTABLE: "⚠️ UNTESTABLE", Status.ERROR: "⛔ ERROR"}
 # the worst verdict of a set decides the headline, in this order
-SEVERITY = ("FAIL", "ERROR", "UNTESTABLE", "INCONCLUSIVE", "PASS")
+SEVERITY = (Status.FAIL, Status.ERROR, Status.UNTESTABLE, Status.INCONCLUSIVE, Status.PASS)
 
 
 def _cell(text: object) -> str:
@@ -28,28 +32,27 @@ def _code(text: str) -> str:
     return f"{fence}{pad}{text}{pad}{fence}"
 
 
-def overall(runs: list[dict]) -> str:
-    verdicts = {r.get("verdict", "ERROR") for r in runs}
-    return next((v for v in SEVERITY if v in verdicts), "ERROR") if runs else "ERROR"
+def overall(runs: list[AnyResults]) -> Status:
+    verdicts = {Status(r["verdict"]) for r in runs}
+    return next((v for v in SEVERITY if v in verdicts), Status.ERROR)
 
 
-def _scenario(r: dict) -> str:
-    return r.get("scenario") or r.get("request", {}).get("scenario") or "?"
+def _scenario(r: AnyResults) -> str:
+    return scenario_of(r) or "?"
 
 
-def _kernel(r: dict) -> str:
+def _kernel(r: AnyResults) -> str:
     k = r.get("kernel", {})
     flavor = k.get("flavor") or r.get("request", {}).get("flavor")
     return " ".join(x for x in (k.get("version") or "?", f"({flavor})" if flavor else "") if x)
 
 
-def _row(r: dict, with_kernel: bool) -> str:
-    verdict = VERDICT_MARK.get(r.get("verdict", ""), r.get("verdict", "?"))
-    ev = r.get("evidence")
-    head = [_scenario(r)] + ([_kernel(r)] if with_kernel else []) + [verdict]
-    if ev is None:  # ERROR or UNTESTABLE: no run to count
+def _row(r: AnyResults, with_kernel: bool) -> str:
+    head = [_scenario(r)] + ([_kernel(r)] if with_kernel else []) + [VERDICT_MARK[Status(r["verdict"])]]
+    if not is_judged(r):  # ERROR or UNTESTABLE: no run to count
         reason = (r.get("reasons") or [""])[0].splitlines()[0] if r.get("reasons") else ""
         return "| " + " | ".join(_cell(x) for x in head + [reason[:80]] + ["–"] * 4) + " |"
+    ev = r["evidence"]
     faults = []
     if r.get("kills"):
         faults.append(f"{r['kills']} kills ({r.get('in_flight_share', 0):.0%} in flight)")
@@ -67,13 +70,13 @@ def _row(r: dict, with_kernel: bool) -> str:
                                                        stall_text, str(findings)]) + " |"
 
 
-def _findings(runs: list[dict]) -> list[str]:
+def _findings(runs: list[AnyResults]) -> list[str]:
     """Each kernel finding once, by fingerprint, with the scenarios it showed in."""
     where: dict[str, list[str]] = {}
     title: dict[str, str] = {}
     count: Counter[str] = Counter()
     for r in runs:
-        for f in r.get("findings", []):
+        for f in r["findings"] if is_judged(r) else []:
             fp = f["fingerprint"]
             title.setdefault(fp, f["title"])
             count[fp] += 1
@@ -82,7 +85,7 @@ def _findings(runs: list[dict]) -> list[str]:
     return [f"- **{title[fp]}** ({_code(fp)}), {count[fp]}x in {', '.join(where[fp])}" for fp in title]
 
 
-def _provenance(runs: list[dict]) -> list[str]:
+def _provenance(runs: list[AnyResults]) -> list[str]:
     """What was tested: the base and the series, from the first run that records it."""
     prov = next((r["provenance"] for r in runs if r.get("provenance")), None)
     if not prov:
@@ -101,13 +104,13 @@ def _provenance(runs: list[dict]) -> list[str]:
     return lines
 
 
-def render(runs: list[dict], *, title: str = "failover-harness", reproduce: str | None = None) -> str:
+def render(runs: list[AnyResults], *, title: str = "failover-harness", reproduce: str | None = None) -> str:
     """The report of `runs`. `reproduce` is the one command that reruns them all (a submission's
     command line); without it, each run's own command is listed."""
     # a kernel column only when the runs differ in it (a run that never built one has no say)
     kernels = {(r["kernel"]["version"], r["kernel"].get("flavor")) for r in runs if r.get("kernel", {}).get("version")}
     with_kernel = len(kernels) > 1
-    out = [f"### {title}: {VERDICT_MARK.get(overall(runs), overall(runs))}", ""]
+    out = [f"### {title}: {VERDICT_MARK[overall(runs)]}", ""]
     if (built := [r for r in runs if r.get("kernel", {}).get("version")]) and not with_kernel:
         out += [f"Kernel {_kernel(built[0])}, {built[0].get('accel') or '?'}"
                 f"{', harness ' + built[0]['harness_version'] if built[0].get('harness_version') else ''}.", ""]
@@ -124,7 +127,7 @@ def render(runs: list[dict], *, title: str = "failover-harness", reproduce: str 
         label = _scenario(r) + (f" ({_kernel(r)})" if with_kernel else "")
         for reason in r.get("reasons", []):
             problems.append(f"- {label}: {_cell(reason.splitlines()[0] if reason else reason)}")
-        for missing in r.get("missing_evidence", []):
+        for missing in r["missing_evidence"] if is_judged(r) else []:
             problems.append(f"- {label}: missing evidence: {_cell(missing)}")
     if problems:
         out += ["**Why**", ""] + problems + [""]

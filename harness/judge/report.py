@@ -10,21 +10,21 @@ import statistics
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from .. import __version__
 from . import console, evidence, junit, markdown, trace, verdict
+from .checks import Status, slugs
+from .results import RESULTS_SCHEMA_VERSION, AnyResults, CrashPointRow, Results, error_results
 from ..scenarios import CRASH_POINTS, UNANSWERED_POINTS, Needs
 
-# results.json's shape, described by results.schema.json beside this file: bump it (and the
-# schema's `const`) whenever a field is removed, renamed or changes type or meaning.
-# 2: the first documented shape; adds `provenance` (1 also named earlier, undocumented shapes).
-RESULTS_SCHEMA_VERSION = 2
+__all__ = ["RESULTS_SCHEMA_VERSION", "SCHEMA_FILE", "evaluate", "summary", "write_error", "write_outputs"]
 SCHEMA_FILE = Path(__file__).resolve().parent / "results.schema.json"
 
 
-def _crash_point_table(daemon: evidence.DaemonFacts) -> dict[str, dict]:
+def _crash_point_table(daemon: evidence.DaemonFacts) -> dict[str, CrashPointRow]:
     hits = daemon.crash_points()
-    table = {}
+    table: dict[str, CrashPointRow] = {}
     for point in CRASH_POINTS:
         deaths = hits.get(point, [])
         table[point] = {
@@ -39,7 +39,7 @@ def _crash_point_table(daemon: evidence.DaemonFacts) -> dict[str, dict]:
     return table
 
 
-def evaluate(run_dir: Path) -> dict:
+def evaluate(run_dir: Path) -> Results:
     meta = json.loads((run_dir / "run.json").read_text())
     scenario = meta.get("scenario", {})
     logs = evidence.RunLogs.load(run_dir)
@@ -60,11 +60,14 @@ def evaluate(run_dir: Path) -> dict:
     kills = len(daemon.kills)
     recoveries = [d.recovery_s for d in daemon.deaths if d.recovery_s is not None]
     loop_s = meta.get("timing", {}).get("fault_loop_s")
-    results = {
+    results: Results = {
         "schema_version": RESULTS_SCHEMA_VERSION,
-        "verdict": v.status,
-        "reasons": list(v.reasons),
-        "missing_evidence": list(v.missing),
+        "verdict": v.status.value,
+        "reasons": [r.text for r in v.reasons],
+        "failed_checks": slugs(r.check for r in v.reasons),
+        "reason_checks": [r.check.slug for r in v.reasons],
+        "missing_evidence": [m.text for m in v.missing],
+        "missing_checks": [m.check.slug for m in v.missing],
         "scenario": scenario.get("name"),
         "kills": kills,
         "kills_in_flight": daemon.kills_in_flight,
@@ -122,7 +125,7 @@ def evaluate(run_dir: Path) -> dict:
     return results
 
 
-def write_outputs(run_dir: Path, results: dict, summary_text: str) -> None:
+def write_outputs(run_dir: Path, results: AnyResults, summary_text: str) -> None:
     """Everything judged, in every form: results.json for machines, summary.txt for a person,
     junit.xml for a CI dashboard, report.md for a job summary or a reply on a mailing list."""
     (run_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
@@ -131,12 +134,11 @@ def write_outputs(run_dir: Path, results: dict, summary_text: str) -> None:
     (run_dir / "report.md").write_text(markdown.render([results]))
 
 
-def write_error(run_dir: Path, meta: dict, status: str, message: str) -> None:
+def write_error(run_dir: Path, meta: dict[str, Any], status: Status, message: str) -> None:
     """No verdict on the kernel: the input was wrong (ERROR) or it could not be tested."""
-    results = {"schema_version": RESULTS_SCHEMA_VERSION, "verdict": status, "reasons": [message],
-               "kernel": meta.get("kernel", {}), "provenance": meta.get("provenance"),
-               "timing": meta.get("timing", {}),
-               "request": meta["request"], "reproduce": meta["reproduce"], "harness_version": __version__}
+    results = error_results(status, message, request=meta["request"], reproduce=meta["reproduce"],
+                            kernel=meta.get("kernel", {}), provenance=meta.get("provenance"),
+                            timing=meta.get("timing", {}))
     write_outputs(run_dir, results, f"{status}: {message}\n  reproduce: {meta['reproduce']}\n")
 
 
@@ -144,7 +146,7 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}s"
 
 
-def _series_lines(prov: dict | None) -> list[str]:
+def _series_lines(prov: dict[str, Any] | None) -> list[str]:
     if not prov or not prov.get("patches"):
         return []
     counts = Counter(p["status"] for p in prov["patches"])
@@ -153,7 +155,7 @@ def _series_lines(prov: dict | None) -> list[str]:
             f" -> {(prov.get('head') or '?')[:12]}"]
 
 
-def summary(r: dict) -> str:
+def summary(r: Results) -> str:
     t, ev, rd = r["timing"], r["evidence"], r["readers"]
     lines = [
         f"{r['verdict']}: scenario {r['scenario']}, kernel {r['kernel'].get('version', '?')} "

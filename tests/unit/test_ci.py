@@ -33,7 +33,7 @@ class FakeHarness:
         if fixture is None:
             return 2, "failover-harness: --tree /nowhere: no such directory"
         results = report.evaluate(shutil.copytree(FIXTURES / fixture, output / "20260101-000000-run"))
-        return {"PASS": 0, "FAIL": 1}.get(results["verdict"], 125), ""
+        return cli.exit_code(results["verdict"]), ""
 
 
 def matrix_args(tmp_path: Path, *extra: str) -> object:
@@ -61,6 +61,15 @@ def test_a_cell_that_never_got_a_run_directory_is_named_in_the_reports(tmp_path)
     assert ci.run_matrix(matrix_args(tmp_path), runner=fake) == 2
     md = (tmp_path / "runs" / "report.md").read_text()
     assert "| no-failover | ⛔ ERROR | failover-harness: --tree /nowhere: no such directory |" in md
+
+
+def test_the_stand_in_of_a_cell_without_a_run_is_the_error_shape_of_results_json(tmp_path):
+    import json
+    import jsonschema
+    cell = matrix.Cell(matrix.parse_kernel("linux-source-6.12"), "plain", "crash")
+    r = ci.results_of(tmp_path, cell, 2, "failover-harness: --tree /nowhere: no such directory\n")
+    assert r["verdict"] == "ERROR" and r["failed_checks"] == []
+    jsonschema.validate(r, json.loads(report.SCHEMA_FILE.read_text()))
 
 
 def test_the_shard_runs_only_its_share(tmp_path):

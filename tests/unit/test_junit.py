@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness.judge import console, junit, report, verdict
+from harness.judge.checks import VERDICT_CHECKS, Check
 from harness.judge.evidence import DaemonFacts, Death, Kill, ReaderFacts
 from harness.scenarios import Needs
 from helpers import FIXTURES
@@ -78,7 +79,8 @@ def test_each_kernel_finding_is_a_test_case_with_its_fingerprint(tmp_path):
     o = outcomes(junit.render(r))
     name = f"kernel: {finding.title} [{finding.fingerprint}]"
     assert o[name] == "failure" and "kernel: console" not in o
-    assert not any(n == junit.OTHER for n in o)  # the "kernel console:" reason is the finding's case
+    # the "kernel console:" reason is the finding's case: no other case is made for it
+    assert all(n in {c.case for c in Check} or n == name for n in o)
 
 
 def test_no_verdict_on_the_kernel_is_an_error(tmp_path):
@@ -92,8 +94,8 @@ def test_no_verdict_on_the_kernel_is_an_error(tmp_path):
     assert (tmp_path / "junit.xml").is_file()
 
 
-def every_rule_broken() -> list[str]:
-    """Facts that break every rule of verdict.failures at once: its reasons, as it words them."""
+def every_rule_broken() -> list[verdict.Reason]:
+    """Facts that break every rule of verdict.failures at once: its reasons."""
     unrestored = Death(1, 10, "kill", None, (1, 2), (), False, False, None)
     unserved = Death(2, 11, "kill", None, (), (), True, False, None)
     lost = Death(3, 12, "crash_point", "read_received", (7,), (), True, True, 1.0)
@@ -109,16 +111,16 @@ def every_rule_broken() -> list[str]:
 def test_every_reason_the_verdict_gives_has_its_check():
     reasons = every_rule_broken()
     assert len(reasons) >= 13
-    assert [r for r in reasons if junit.classify(r) == junit.OTHER] == []
-    claimed = {junit.classify(r) for r in reasons}
-    assert claimed == {name for name, _ in junit.CHECKS} | {"kernel"}
+    assert {r.check for r in reasons} == set(VERDICT_CHECKS)
 
 
-def test_a_reason_no_check_knows_is_kept_as_a_failure():
-    r = {"verdict": "FAIL", "reasons": ["the moon is in the wrong phase"], "missing_evidence": [],
-         "scenario": "crash", "findings": []}
-    o = outcomes(junit.render(r))
-    assert o[junit.OTHER] == "failure"
+def test_a_reason_is_filed_by_its_check_not_by_its_words():
+    r = {"verdict": "FAIL", "reasons": ["the moon is in the wrong phase"], "failed_checks": ["stall"],
+         "reason_checks": ["stall"], "missing_evidence": [], "missing_checks": [], "scenario": "crash",
+         "findings": []}
+    root = ET.fromstring(junit.render(r))
+    assert {n for n, o in outcomes(junit.render(r)).items() if o == "failure"} == {"data: stalls"}
+    assert root.find(".//testcase[@name='data: stalls']/failure").get("message") == "the moon is in the wrong phase"
 
 
 def test_several_runs_in_one_file_with_distinct_names(tmp_path):
@@ -145,7 +147,8 @@ def test_the_same_bug_twice_is_one_test_case():
     f = {"kind": "warning", "line_no": 3, "text": "WARNING: CPU: 0 PID: 1 at x", "title": "WARNING in f",
          "frames": ["f"], "fingerprint": "0123456789ab"}
     r = {"verdict": "FAIL", "reasons": ["kernel console: 2 finding(s): WARNING in f [0123456789ab]"],
-         "missing_evidence": [], "scenario": "crash", "findings": [f, {**f, "line_no": 40}]}
+         "failed_checks": ["splat"], "reason_checks": ["splat"], "missing_evidence": [], "missing_checks": [],
+         "scenario": "crash", "findings": [f, {**f, "line_no": 40}]}
     root = ET.fromstring(junit.render(r))
     (case,) = [c for c in root.iter("testcase") if c.get("name").startswith("kernel: ")]
     assert case.get("name") == "kernel: WARNING in f [0123456789ab]"

@@ -42,6 +42,7 @@ def test_mutant_trailers_are_read(tmp_path):
     (TRAILERS.replace("plain", "tiny"), "Mutant-Flavor 'tiny'"),
     (TRAILERS.replace("Faults: 8", "Faults: many"), "Mutant-Faults 'many'"),
     (TRAILERS.replace("stall", "luck"), "Mutant-Expect 'luck'"),
+    (TRAILERS.replace("stall", "hang"), "Mutant-Expect 'hang'"),  # the slug before checks were types
 ])
 def test_a_mutant_with_wrong_trailers_is_refused(tmp_path, bad, message):
     directory = write_mutant(tmp_path, "broken", bad)
@@ -70,12 +71,13 @@ def judged(tmp_path, fixture):
 def test_killed_by_names_the_failing_checks(tmp_path):
     assert mutants.killed_by(judged(tmp_path, "run-crash-5-kills")) == ()  # a PASS kills nothing
     assert "read-error" in mutants.killed_by(judged(tmp_path, "run-no-failover"))
-    assert mutants.killed_by({"verdict": "FAIL", "reasons": ["a read stalled 31.0s (bound 30s)"],
-                              "stalls": [{}], "findings": []}) == ("stall",)
-    assert mutants.killed_by({"verdict": "INCONCLUSIVE", "reasons": [],
+    # the checks results.json names, not the words of the reasons
+    assert mutants.killed_by({"verdict": "FAIL", "reasons": ["anything at all"], "failed_checks": ["stall"]}) == ("stall",)
+    assert mutants.killed_by({"verdict": "INCONCLUSIVE", "reasons": [], "failed_checks": [],
                               "missing_evidence": ["reopens: 0, need 1"]}) == ("missing-evidence",)
-    assert mutants.killed_by({"verdict": "FAIL", "reasons": ["kernel console: 1 finding(s)"],
-                              "findings": [{"title": "KASAN"}]}) == ("splat",)
+    assert mutants.killed_by({"verdict": "FAIL", "reasons": ["x", "y"], "failed_checks": ["splat", "run-completed"],
+                              "missing_evidence": ["reopens: 0, need 1"]}) == ("splat", "run-completed")
+    assert mutants.killed_by({"verdict": "UNTESTABLE", "reasons": ["boot failed"], "failed_checks": []}) == ()
 
 
 def outcome(name, kind, verdict, killed_by=()):
@@ -108,3 +110,12 @@ def test_faults_are_the_scenarios_own_kind(scenario, kills, fd_closes):
     assert (req.kills, req.fd_closes) == (kills, fd_closes)
     plan = req.plan
     assert plan.kills == (8 if kills else plan.kills) and plan.fd_closes == (8 if fd_closes else plan.fd_closes)
+
+
+def test_every_shipped_mutant_expects_a_check_the_verdict_has():
+    """Mutant-Expect names a verdict check's slug (or missing-evidence), as killed_by reports it;
+    a mutant whose held requests are lost is caught by the held-requests check."""
+    from harness.judge.checks import VERDICT_CHECKS
+    shipped = {m.name: m.expect for m in mutants.load()}
+    assert set(shipped.values()) <= {c.slug for c in VERDICT_CHECKS} | {mutants.MISSING_EVIDENCE}
+    assert shipped["fd-release-fails-reads"] == "held-requests"

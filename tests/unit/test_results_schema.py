@@ -9,6 +9,7 @@ import jsonschema
 import pytest
 
 from harness.judge import report
+from harness.judge.checks import EVIDENCE_CHECKS, VERDICT_CHECKS
 from helpers import FIXTURES
 
 RUNS = sorted(p.name for p in FIXTURES.glob("run-*"))
@@ -89,7 +90,12 @@ def test_provenance_is_valid_whole_or_as_far_as_the_run_got(passing, validator):
     (lambda r: r.pop("verdict"), "'verdict' is a required property"),
     (lambda r: r.update(verdict="MAYBE"), "'MAYBE' is not one of"),
     (lambda r: r.update(kills="5"), "'5' is not of type 'integer'"),
-    (lambda r: r.update(schema_version=1), "2 was expected"),
+    (lambda r: r.update(schema_version=2), "3 was expected"),
+    (lambda r: r.pop("failed_checks"), "'failed_checks' is a required property"),
+    (lambda r: r.update(failed_checks=["hang"]), "'hang' is not one of"),
+    (lambda r: r.update(failed_checks=["stall", "stall"]), "has non-unique elements"),
+    (lambda r: r.update(missing_checks=["stall"]), "'stall' is not one of"),
+    (lambda r: r.pop("reason_checks"), "'reason_checks' is a required property"),
     (lambda r: r.update(surprise=True), "Unevaluated properties are not allowed ('surprise'"),
     (lambda r: r.pop("evidence"), "'evidence' is a required property"),
     (lambda r: r["evidence"].pop("restores"), "'restores' is a required property"),
@@ -107,8 +113,22 @@ def test_what_is_not_results_json_is_rejected(change, complaint, passing, valida
 
 
 def test_the_error_shape_needs_its_message(validator):
-    r = {"schema_version": 2, "verdict": "UNTESTABLE", "reasons": [], "request": {}, "reproduce": "x",
-         "harness_version": "0"}
+    r = {"schema_version": 3, "verdict": "UNTESTABLE", "reasons": [], "failed_checks": [], "request": {},
+         "reproduce": "x", "harness_version": "0"}
     assert any("should be non-empty" in e for e in errors(validator, r))
     # and a judged verdict needs the judged fields
     assert any("'evidence' is a required property" in e for e in errors(validator, {**r, "verdict": "PASS"}))
+
+
+def test_the_schema_names_every_check_and_only_those():
+    """The slugs are defined once, in checks.Check; the schema's enums must say the same."""
+    defs = json.loads(report.SCHEMA_FILE.read_text())["$defs"]
+    assert defs["verdict_check"]["enum"] == [c.slug for c in VERDICT_CHECKS]
+    assert defs["evidence_check"]["enum"] == [c.slug for c in EVIDENCE_CHECKS]
+
+
+def test_a_failing_run_names_its_checks_in_check_order(tmp_path, validator):
+    r = judged(shutil.copytree(FIXTURES / "run-no-failover", tmp_path / "run"))
+    assert r["failed_checks"] == ["checksum", "read-error", "held-requests"]
+    assert r["reason_checks"] == ["read-error", "checksum", "held-requests"]  # as the reasons come
+    assert r["missing_checks"] == [] and errors(validator, r) == []

@@ -1,7 +1,8 @@
 """The verdict rules, on run directories captured from real runs (tests/fixtures/run-*).
 
 Each rule gets a negative control: the passing run, changed in one place the way a broken
-kernel or daemon would change it, must FAIL with that rule's reason.
+kernel or daemon would change it, must FAIL by that rule's check. Every run judged here is
+also read back through JUnit and mutate, which must classify it alike (both from its checks).
 """
 import json
 import shutil
@@ -10,7 +11,16 @@ from pathlib import Path
 import pytest
 
 from harness.judge import report
-from helpers import FIXTURES
+from helpers import FIXTURES, assert_reports_agree
+
+GOLDEN = json.loads((FIXTURES / "verdicts.json").read_text())
+
+
+def judged(run: Path) -> dict:
+    """report.evaluate, and JUnit and mutate agreeing on what it found."""
+    r = report.evaluate(run)
+    assert_reports_agree(r)
+    return r
 
 
 @pytest.fixture
@@ -28,7 +38,7 @@ def rewrite_jsonl(path: Path, change) -> None:
 
 
 def test_captured_run_passes(passing_run):
-    r = report.evaluate(passing_run)
+    r = judged(passing_run)
     assert r["verdict"] == "PASS", r["reasons"] + r["missing_evidence"]
     assert r["scenario"] == "crash"
     assert r["kills"] == 5 and r["kills_in_flight"] == 5
@@ -42,7 +52,7 @@ def test_captured_run_passes(passing_run):
 
 
 def test_captured_close_fds_run_passes_on_kernel_evidence(tmp_path):
-    r = report.evaluate(shutil.copytree(FIXTURES / "run-close-fds", tmp_path / "run"))
+    r = judged(shutil.copytree(FIXTURES / "run-close-fds", tmp_path / "run"))
     assert r["verdict"] == "PASS", r["reasons"] + r["missing_evidence"]
     ev = r["evidence"]
     assert ev["fd_closes"] >= 10 and ev["reopens"] >= 10 and ev["reads_after_reopen"] >= 10
@@ -53,16 +63,16 @@ def test_close_fds_without_reopens_in_the_trace_is_inconclusive(tmp_path):
     """Checksums fine, but the kernel never showed the path: that proves nothing, so no PASS."""
     run = shutil.copytree(FIXTURES / "run-close-fds", tmp_path / "run")
     (run / "guest" / "trace.txt").write_text("# tracer: nop\n")
-    r = report.evaluate(run)
-    assert r["verdict"] == "INCONCLUSIVE" and r["reasons"] == []
-    assert any(m.startswith("reopens in the kernel trace") and m.endswith(": 0, need 10") for m in r["missing_evidence"])
+    r = judged(run)
+    assert r["verdict"] == "INCONCLUSIVE" and r["reasons"] == [] and r["failed_checks"] == []
+    assert "reopens" in r["missing_checks"]
 
 
 def test_captured_no_failover_run_fails_on_read_errors(tmp_path):
-    r = report.evaluate(shutil.copytree(FIXTURES / "run-no-failover", tmp_path / "run"))
+    r = judged(shutil.copytree(FIXTURES / "run-no-failover", tmp_path / "run"))
     assert r["verdict"] == "FAIL"
     assert r["read_errors"] > 0
-    assert any(reason.startswith(f"{r['read_errors']} read error(s)") for reason in r["reasons"])
+    assert "read-error" in r["failed_checks"]
     # a fresh cache starts its msg_ids at 0 again: that is not a re-delivery
     assert r["evidence"]["redelivered"] == 0
 
@@ -77,9 +87,9 @@ def test_checksum_mismatch_fails(passing_run):
             return {**e, "sha256": "0" * 64}
         return e
     rewrite_jsonl(victim, corrupt)
-    r = report.evaluate(passing_run)
+    r = judged(passing_run)
     assert r["verdict"] == "FAIL" and r["mismatches"] == 1
-    assert any("checksum mismatch" in reason for reason in r["reasons"])
+    assert r["failed_checks"] == ["checksum"]
 
 
 def test_a_read_error_fails(passing_run):
@@ -87,47 +97,47 @@ def test_a_read_error_fails(passing_run):
         f.write(json.dumps({"t": 1, "event": "read_error", "who": "reader", "reader": 1, "image": "img0",
                             "fsid": "img0.1x9", "path": "dir-c/large-0", "stage": "read", "errno": 5,
                             "error": "Input/output error"}) + "\n")
-    r = report.evaluate(passing_run)
-    assert r["verdict"] == "FAIL" and r["read_errors"] == 1
+    r = judged(passing_run)
+    assert r["verdict"] == "FAIL" and r["read_errors"] == 1 and r["failed_checks"] == ["read-error"]
 
 
 def test_a_stall_fails(passing_run):
     with open(passing_run / "guest" / "reader-2.jsonl", "a") as f:
         f.write(json.dumps({"t": 1, "event": "stall", "who": "reader", "reader": 2, "what": "img0.2x1:x@0",
                             "waited_s": 31.0}) + "\n")
-    r = report.evaluate(passing_run)
+    r = judged(passing_run)
     assert r["verdict"] == "FAIL" and r["max_stall_s"] == 31.0
-    assert any("stalled" in reason for reason in r["reasons"])
+    assert r["failed_checks"] == ["stall"]
 
 
 def test_a_reader_that_never_finished_fails(passing_run):
     rewrite_jsonl(passing_run / "guest" / "reader-0.jsonl", lambda e: None if e["event"] == "finished" else e)
-    r = report.evaluate(passing_run)
+    r = judged(passing_run)
     assert r["verdict"] == "FAIL"
-    assert any("never finished" in reason for reason in r["reasons"])
+    assert r["failed_checks"] == ["run-completed"]
 
 
 def test_missing_restore_fails(passing_run):
     """`restore` a no-op in the kernel shows as held requests never coming back; a daemon that
     never writes it shows as no restore event. Either way: FAIL."""
     rewrite_jsonl(passing_run / "guest" / "daemon.jsonl", lambda e: None if e["event"] == "restore" and e["inc"] == 3 else e)
-    r = report.evaluate(passing_run)
+    r = judged(passing_run)
     assert r["verdict"] == "FAIL"
-    assert any("death(s) not followed by a successful restore" in reason for reason in r["reasons"])
+    assert "recovery" in r["failed_checks"]
 
 
 def test_nothing_served_after_a_kill_fails(passing_run):
     last = max(json.loads(l)["inc"] for l in (passing_run / "guest" / "daemon.jsonl").read_text().splitlines())
     rewrite_jsonl(passing_run / "guest" / "daemon.jsonl",
                   lambda e: None if e["inc"] == last and e["event"] == "done" else e)
-    r = report.evaluate(passing_run)
+    r = judged(passing_run)
     assert r["verdict"] == "FAIL"
-    assert any("not followed by requests served again" in reason for reason in r["reasons"])
+    assert r["failed_checks"] == ["recovery"]
 
 
 def test_kills_that_hit_an_idle_daemon_are_inconclusive(passing_run):
     """The published test's flaw: kills that land while nothing is in flight prove nothing."""
-    held = {(d["incarnation"], m) for d in report.evaluate(passing_run)["deaths"] for m in d["held"]}
+    held = {(d["incarnation"], m) for d in judged(passing_run)["deaths"] for m in d["held"]}
     # pretend each held request had been answered just before the kill
     extra = []
 
@@ -138,16 +148,15 @@ def test_kills_that_hit_an_idle_daemon_are_inconclusive(passing_run):
     rewrite_jsonl(passing_run / "guest" / "daemon.jsonl", answer)
     with open(passing_run / "guest" / "daemon.jsonl", "a") as f:
         f.writelines(json.dumps(e) + "\n" for e in extra)
-    r = report.evaluate(passing_run)
+    r = judged(passing_run)
     assert r["verdict"] == "INCONCLUSIVE" and r["kills_in_flight"] == 0
-    assert any("failover path was not exercised" in m for m in r["missing_evidence"])
-    assert any(m.startswith("held requests re-delivered after a restore: 0") for m in r["missing_evidence"])
+    assert r["missing_checks"] == ["in-flight", "redelivered"]
 
 
 def test_a_crash_point_request_never_redelivered_fails(passing_run):
     """Dying at read_received, the daemon held a READ the kernel has no answer for: if no later
     incarnation receives it, restore lost it."""
-    deaths = report.evaluate(passing_run)["deaths"]
+    deaths = judged(passing_run)["deaths"]
     victim = deaths[0]
     with open(passing_run / "guest" / "daemon.jsonl", "a") as f:
         f.write(json.dumps({"t": 0, "event": "crash_point", "who": "daemon", "inc": victim["incarnation"],
@@ -155,8 +164,8 @@ def test_a_crash_point_request_never_redelivered_fails(passing_run):
     later = {(victim["incarnation"] + 1, m) for m in victim["held"]}
     rewrite_jsonl(passing_run / "guest" / "daemon.jsonl",
                   lambda e: None if e["event"] == "recv" and (e["inc"], e["msg_id"]) in later else e)
-    r = report.evaluate(passing_run)
-    assert r["verdict"] == "FAIL"
+    r = judged(passing_run)
+    assert r["verdict"] == "FAIL" and "held-requests" in r["failed_checks"]
     assert any(f"died at read_received holding msg_id(s) {sorted(victim['held'])}" in reason for reason in r["reasons"])
 
 
@@ -164,60 +173,72 @@ def test_fewer_kills_than_asked_fails(passing_run):
     meta = json.loads((passing_run / "run.json").read_text())
     meta["scenario"]["kills"] = 6
     (passing_run / "run.json").write_text(json.dumps(meta))
-    r = report.evaluate(passing_run)
+    r = judged(passing_run)
     assert r["verdict"] == "FAIL"
-    assert any("only 5 of 6 kills" in reason for reason in r["reasons"])
+    assert r["failed_checks"] == ["kills"]
 
 
 def test_a_kill_that_missed_the_daemon_fails(passing_run):
     rewrite_jsonl(passing_run / "faults.jsonl", lambda e: {**e, "pid": 99999} if e["index"] == 0 else e)
-    r = report.evaluate(passing_run)
+    r = judged(passing_run)
     assert r["verdict"] == "FAIL"
-    assert any("did not kill a daemon incarnation" in reason for reason in r["reasons"])
+    assert "kills" in r["failed_checks"]
 
 
 def test_a_kernel_warning_on_the_console_fails(passing_run):
     with open(passing_run / "console.log", "a") as f:
         f.write("[   20.000000] WARNING: CPU: 1 PID: 230 at fs/cachefiles/ondemand.c:540 cachefiles_ondemand_send_req+0x1/0x2\n")
-    r = report.evaluate(passing_run)
+    r = judged(passing_run)
     assert r["verdict"] == "FAIL"
-    assert r["findings"][0]["kind"] == "warning"
+    assert r["findings"][0]["kind"] == "warning" and r["failed_checks"] == ["splat"]
 
 
 def test_an_aborted_run_fails_and_keeps_the_console_tail(passing_run):
     meta = json.loads((passing_run / "run.json").read_text())
     meta["aborted"] = "guest hung: no answer within 120s to: kill -KILL 230"
     (passing_run / "run.json").write_text(json.dumps(meta))
-    r = report.evaluate(passing_run)
+    r = judged(passing_run)
     assert r["verdict"] == "FAIL" and "console_tail" in r
-    assert r["reasons"][0].startswith("run aborted: guest hung")
+    assert r["reason_checks"][0] == "run-completed" and "run-completed" in r["failed_checks"]
 
 
 def test_a_daemon_woken_for_nothing_again_and_again_fails(passing_run):
     """Patch 4's narrower EPOLLIN: a few empty wake-ups per restore are normal, a busy loop is not."""
-    r = report.evaluate(passing_run)
+    r = judged(passing_run)
     assert r["verdict"] == "PASS" and 0 < r["evidence"]["empty_reads"] <= 2 * r["evidence"]["restores"] + 10
     with open(passing_run / "guest" / "daemon.jsonl", "a") as f:
         for _ in range(2 * r["evidence"]["restores"] + 10 - r["evidence"]["empty_reads"]):
             f.write(json.dumps({"t": 1, "event": "empty_read", "inc": 6, "pid": 1}) + "\n")
-    assert report.evaluate(passing_run)["verdict"] == "PASS"  # at the bound: still a PASS
+    assert judged(passing_run)["verdict"] == "PASS"  # at the bound: still a PASS
     with open(passing_run / "guest" / "daemon.jsonl", "a") as f:
         for _ in range(1):
             f.write(json.dumps({"t": 1, "event": "empty_read", "inc": 6, "pid": 1}) + "\n")
-    r = report.evaluate(passing_run)
+    r = judged(passing_run)
     assert r["verdict"] == "FAIL"
-    assert any("empty wake-ups" in reason and "busy-loops" in reason for reason in r["reasons"])
+    assert r["failed_checks"] == ["empty-wakeups"]
 
 
 def test_held_requests_a_kernel_drops_at_the_daemons_death_fail(passing_run):
     """The failover's promise: what a killed daemon held comes back. A kernel that fails those
     requests at the death (the behaviour before the series) loses every one of them."""
-    r = report.evaluate(passing_run)
+    r = judged(passing_run)
     assert all(d["held"] and d["held"] == d["redelivered"] for d in r["deaths"])
     held_by = {d["incarnation"]: set(d["held"]) for d in r["deaths"]}
     # no later incarnation receives what a dead one held
     rewrite_jsonl(passing_run / "guest" / "daemon.jsonl", lambda e: None if e.get("event") == "recv" and any(
         e["inc"] > inc and e["msg_id"] in ids for inc, ids in held_by.items()) else e)
-    r = report.evaluate(passing_run)
+    r = judged(passing_run)
     assert r["verdict"] == "FAIL"
-    assert any("requests held by killed daemons were never delivered again" in x for x in r["reasons"]), r["reasons"]
+    assert "held-requests" in r["failed_checks"], r["reasons"]
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_every_captured_run_judges_as_it_did_before_checks_were_types(name, tmp_path):
+    """tests/fixtures/verdicts.json was recorded before the reasons carried their checks: the
+    verdict and every word of the reasons and missing evidence are unchanged."""
+    r = judged(shutil.copytree(FIXTURES / name, tmp_path / name))
+    assert {k: r[k] for k in ("verdict", "reasons", "missing_evidence")} == GOLDEN[name]
+
+
+def test_the_golden_file_covers_every_captured_run():
+    assert sorted(GOLDEN) == sorted(p.name for p in FIXTURES.glob("run-*"))

@@ -1,0 +1,103 @@
+"""What a run can be judged, named once: its status, and every check a verdict can fail on or
+evidence a scenario can miss.
+
+Everything that reports a verdict (results.json, JUnit, Markdown, mutate, bisect) reads these,
+never the English of the reasons: a reason's words may change, its check does not. A check's
+slug is its stable name in results.json (`failed_checks`, `missing_checks`) and in the mutants'
+`Mutant-Expect:` trailers; its JUnit case name is kept as dashboards have known it, so that a
+check's history stays continuous.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Iterable
+
+
+class Status(str, Enum):
+    """A run's verdict. PASS, FAIL and INCONCLUSIVE judge the kernel; ERROR (bad input) and
+    UNTESTABLE (could not build or boot) say it could not be judged."""
+    PASS = "PASS"
+    FAIL = "FAIL"
+    INCONCLUSIVE = "INCONCLUSIVE"
+    ERROR = "ERROR"
+    UNTESTABLE = "UNTESTABLE"
+
+    def __str__(self) -> str:  # the value in f-strings and format(), on every Python version
+        return self.value
+
+    @property
+    def judged(self) -> bool:
+        """Whether the kernel was judged (the run completed enough to have evidence)."""
+        return self in JUDGED
+
+
+JUDGED = frozenset({Status.PASS, Status.FAIL, Status.INCONCLUSIVE})
+
+
+class Check(Enum):
+    """A check a verdict fails on (`need` is None) or evidence a scenario needs (`need` names the
+    field of scenarios.Needs that asks for it). Declaration order is report order."""
+    _value_: str
+    case: str
+    need: str | None
+
+    def __new__(cls, slug: str, case: str, need: str | None = None) -> Check:
+        member = object.__new__(cls)
+        member._value_ = slug
+        member.case = case
+        member.need = need
+        return member
+
+    # the data
+    CHECKSUM = ("checksum", "data: checksums")
+    READ_ERROR = ("read-error", "data: read errors")
+    STALL = ("stall", "data: stalls")
+    # the failover
+    KILLS = ("kills", "failover: every kill killed the daemon")
+    RECOVERY = ("recovery", "failover: every death restored and served again")
+    HELD_REQUESTS = ("held-requests", "failover: held requests re-delivered")
+    EMPTY_WAKEUPS = ("empty-wakeups", "daemon: no busy loop on empty wake-ups")
+    RUN_COMPLETED = ("run-completed", "run: completed")
+    # the kernel: JUnit also gives each finding a case of its own
+    SPLAT = ("splat", "kernel: console")
+    # the evidence a scenario needs
+    IN_FLIGHT = ("in-flight", "evidence: kills on a request in flight", "in_flight_share")
+    REDELIVERED = ("redelivered", "evidence: held requests re-delivered", "redelivered")
+    FD_CLOSES = ("fd-closes", "evidence: anon fds closed", "fd_closes")
+    REOPENS = ("reopens", "evidence: reopens in the kernel trace", "reopens")
+    READS_AFTER_REOPEN = ("reads-after-reopen", "evidence: READs on reopened objects", "reads_after_reopen")
+    CRASH_POINTS = ("crash-points", "evidence: every crash point reached", "crash_point_hits")
+
+    @property
+    def slug(self) -> str:
+        return self._value_
+
+    @property
+    def is_evidence(self) -> bool:
+        return self.need is not None
+
+
+BY_SLUG = {c.slug: c for c in Check}
+VERDICT_CHECKS = tuple(c for c in Check if not c.is_evidence)
+EVIDENCE_CHECKS = tuple(c for c in Check if c.is_evidence)
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why a run failed (or which evidence it lacks): the check, and the words for a person."""
+    check: Check
+    text: str
+
+
+def by_slug(slug: str) -> Check:
+    """The check a slug names; ValueError for a slug no check has."""
+    if (check := BY_SLUG.get(slug)) is None:
+        raise ValueError(f"{slug!r} is not a check (one of {', '.join(BY_SLUG)})")
+    return check
+
+
+def slugs(checks: Iterable[Check]) -> list[str]:
+    """The checks' slugs, once each, in Check order."""
+    present = set(checks)
+    return [c.slug for c in Check if c in present]

@@ -1,0 +1,131 @@
+"""results.json as types: the two shapes results.schema.json documents.
+
+`verdict` is a checks.Status value; it is typed `str` because that is what a results.json read
+back from disk holds (Status is a str enum, so `results["verdict"] == Status.PASS` compares the
+same either way). `failed_checks`, `reason_checks` and `missing_checks` hold checks.Check slugs.
+"""
+from __future__ import annotations
+
+from typing import Any, TypedDict, TypeGuard, Union
+
+from .. import __version__
+from .checks import JUDGED, Status
+
+# results.json's shape, described by results.schema.json beside this file: bump it (and the
+# schema's `const`) whenever a field is removed, renamed or changes type or meaning.
+# 2: the first documented shape; adds `provenance` (1 also named earlier, undocumented shapes).
+# 3: adds `failed_checks`, `reason_checks` and `missing_checks`: the checks, by slug, that the
+#    reasons and missing evidence belong to (readers no longer sort the reasons' words).
+RESULTS_SCHEMA_VERSION = 3
+
+
+class _Common(TypedDict):
+    schema_version: int
+    verdict: str
+    reasons: list[str]
+    failed_checks: list[str]  # slugs of checks.Check, once each, in Check order
+    kernel: dict[str, Any]
+    provenance: dict[str, Any] | None
+    timing: dict[str, Any]
+    request: dict[str, Any]
+    reproduce: str
+    harness_version: str
+
+
+class ErrorResults(_Common):
+    """ERROR or UNTESTABLE: no verdict on the kernel; `reasons` is the one message."""
+
+
+class Evidence(TypedDict):
+    deaths: int
+    restores: int
+    restores_failed: int
+    redelivered: int
+    fd_closes: int
+    reopens: int
+    reads_after_reopen: int
+    empty_reads: int
+    trace_events: dict[str, int]
+    trace_lost_events: int
+    incarnations: int
+    requests_answered: dict[str, int]  # opcode -> requests answered
+    daemon_errors: int
+
+
+class ReaderStats(TypedDict):
+    bytes_read: int
+    files_verified: int
+    files_never_verified: int
+    mounts: int
+    max_latency_s: float | None
+    p99_latency_s: float | None
+    longest_stall_s: float
+    latency_histogram: dict[str, int]
+
+
+class Recovery(TypedDict):
+    mean: float | None
+    max: float | None
+
+
+class CrashPointRow(TypedDict):
+    hits: int
+    kernel_had_answer: bool
+    held_requests: int
+    redelivered: int
+    restored: int
+    served_after: int
+    recovery_max_s: float | None
+
+
+class _JudgedOptional(TypedDict, total=False):
+    crash_points: dict[str, CrashPointRow]  # when the run had a crash plan
+    console_tail: str  # when the run was aborted
+
+
+class Results(_Common, _JudgedOptional):
+    """PASS, FAIL or INCONCLUSIVE: judged from the run's evidence."""
+    reason_checks: list[str]  # the check of each reason, in the order of `reasons`
+    missing_evidence: list[str]
+    missing_checks: list[str]  # the evidence check of each missing-evidence line, in its order
+    scenario: str | None
+    kills: int
+    kills_in_flight: int
+    in_flight_share: float
+    mismatches: int
+    read_errors: int
+    max_stall_s: float
+    stall_bound_s: float
+    evidence: Evidence
+    readers: ReaderStats
+    recovery_s: Recovery
+    kills_per_minute: float | None
+    findings: list[dict[str, Any]]
+    deaths: list[dict[str, Any]]
+    first_mismatches: list[dict[str, Any]]
+    first_read_errors: list[dict[str, Any]]
+    stalls: list[dict[str, Any]]
+    accel: str | None
+
+
+AnyResults = Union[Results, ErrorResults]
+
+
+def is_judged(results: AnyResults) -> TypeGuard[Results]:
+    """Whether these are a judged run's results (and not the error shape)."""
+    return results["verdict"] in JUDGED
+
+
+def scenario_of(results: AnyResults) -> str | None:
+    """The scenario judged, or for the error shape the one requested."""
+    scenario = results["scenario"] if is_judged(results) else None
+    return scenario or results["request"].get("scenario")
+
+
+def error_results(status: Status, message: str, *, request: dict[str, Any], reproduce: str,
+                  kernel: dict[str, Any], provenance: dict[str, Any] | None = None,
+                  timing: dict[str, Any] | None = None) -> ErrorResults:
+    """The error shape: a run that ended before a verdict on the kernel."""
+    return {"schema_version": RESULTS_SCHEMA_VERSION, "verdict": Status(status).value, "reasons": [message],
+            "failed_checks": [], "kernel": kernel, "provenance": provenance, "timing": timing or {},
+            "request": request, "reproduce": reproduce, "harness_version": __version__}
