@@ -12,7 +12,7 @@ import sys
 import traceback
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from . import __version__, proc
 from .campaign import bisect, ci, mutants
@@ -20,6 +20,7 @@ from .judge import report, timeline
 from .campaign.bisect import BisectRequest
 from .errors import EXIT_FAIL, EXIT_PASS, EXIT_UNTESTABLE, EXIT_USAGE, HarnessError, InputError
 from .judge.checks import Status
+from .judge.results import Results
 from .request import RunRequest
 
 
@@ -66,11 +67,9 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def draw_timeline(run_dir: Path, results: dict[str, Any]) -> None:
+def draw_timeline(run_dir: Path) -> None:
     """timeline.png beside results.json. A picture is not the verdict: failing to draw one is
     said on stderr and changes neither the verdict nor the exit code."""
-    if "evidence" not in results:  # ERROR, UNTESTABLE: no run to draw
-        return
     try:
         timeline.write(run_dir)
     except Exception as e:  # matplotlib's failures are many and none of them is the kernel's
@@ -86,7 +85,7 @@ def exit_code(verdict: str) -> int:
     return {Status.PASS: EXIT_PASS, Status.FAIL: EXIT_FAIL}.get(Status(verdict), EXIT_UNTESTABLE)
 
 
-def _summarise(results: dict[str, Any]) -> int:
+def _summarise(results: Results) -> int:
     """The run's summary on stdout; its verdict's exit code."""
     print(report.summary(results), end="")
     return exit_code(results["verdict"])
@@ -97,7 +96,7 @@ def _report(args: argparse.Namespace) -> int:
         print(f"failover-harness: {args.run_dir}: not a run directory (no run.json)", file=sys.stderr)
         return EXIT_USAGE
     results = report.evaluate(args.run_dir)
-    draw_timeline(args.run_dir, results)
+    draw_timeline(args.run_dir)
     return _summarise(results)
 
 
@@ -109,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
     run = Run(req.validate(), command_line=args.command_line)
     print(f"failover-harness: run directory {run.dir}", flush=True)
     results = run.execute()
-    draw_timeline(run.dir, results)
+    draw_timeline(run.dir)
     print(f"failover-harness: {run.dir / 'results.json'}", flush=True)
     return _summarise(results)
 
