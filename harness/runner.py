@@ -20,6 +20,7 @@ from .errors import HarnessError, InputError, UntestableError
 from .judge.evidence import read_jsonl
 from .guest.session import GuestCommandFailed, GuestGone, GuestHung, GuestSession
 from .request import RunRequest, new_output_dir
+from guest_scripts.contract import INCARNATION, Event, GuestConfig, Mode
 
 ROOT = Path(__file__).resolve().parent.parent
 GUEST_SCRIPTS = ROOT / "guest_scripts"
@@ -83,28 +84,26 @@ class Run:
 
     def guest_config(self, data: dataset.Dataset, timeouts: vm.Timeouts) -> Path:
         g = self.guest_dir
-        config = {
-            "mode": "failover" if self.scenario.failover else "no_failover",
-            "seed": self.req.seed,
-            "threads": self.scenario.threads,
-            "crash_plan": self.crash_plan,
-            "domain_images": list(self.scenario.domain_images),
-            "cache_dir": f"{GUEST_TMP}/cache",
-            "tag": "failover-harness",
-            "images": {name: str(path) for name, path in data.images.items()},
-            "read_delay_s": self.req.read_delay_ms / 1000,
-            "stall_bound_s": timeouts.stall_bound,
-            "slow_read_s": 1.0,
-            "mount_dir": f"{GUEST_TMP}/mnt",
-            "log_dir": str(g),
-            "keeper_log": str(g / "keeper.jsonl"),
-            "daemon_log": str(g / "daemon.jsonl"),
-            "keeper_state_file": str(g / "keeper.state"),
-            "daemon_state_file": str(g / "daemon.state"),
-            "stop_file": str(g / "stop"),
-        }
+        config = GuestConfig(
+            mode=Mode.FAILOVER if self.scenario.failover else Mode.NO_FAILOVER,
+            seed=self.req.seed,
+            threads=self.scenario.threads,
+            crash_plan=self.crash_plan,
+            domain_images=self.scenario.domain_images,
+            cache_dir=f"{GUEST_TMP}/cache",
+            images={name: str(path) for name, path in data.images.items()},
+            read_delay_s=self.req.read_delay_ms / 1000,
+            stall_bound_s=timeouts.stall_bound,
+            mount_dir=f"{GUEST_TMP}/mnt",
+            log_dir=str(g),
+            keeper_log=str(g / "keeper.jsonl"),
+            daemon_log=str(g / "daemon.jsonl"),
+            keeper_state_file=str(g / "keeper.state"),
+            daemon_state_file=str(g / "daemon.state"),
+            stop_file=str(g / "stop"),
+        )
         path = g / "config.json"
-        path.write_text(json.dumps(config, indent=1))
+        config.write(str(path))
         (self.dir / "manifest.json").write_text(json.dumps(data.manifest, indent=1, sort_keys=True))
         return path
 
@@ -136,7 +135,7 @@ class Run:
         return self.daemon_state()  # type: ignore[return-value]  # the file is only ever replaced
 
     def answered_by(self, incarnation: int) -> bool:
-        return any(e.get("event") == "done" and e.get("inc") == incarnation
+        return any(e.get("event") == Event.DONE and e.get(INCARNATION) == incarnation
                    for e in read_jsonl(self.guest_dir / "daemon.jsonl"))
 
     def reader_events(self) -> Counter[str]:

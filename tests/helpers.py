@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from guest_scripts.contract import GuestConfig, Mode
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -58,3 +60,13 @@ def harmless(path: str, note: str) -> dict:
 RESTORE_NOOP = {"fs/cachefiles/ondemand.c": lambda text: text.replace(
     "\txas_for_each(&xas, req, ULONG_MAX)\n\t\txas_set_mark(&xas, CACHEFILES_REQ_NEW);\n",
     "\txas_for_each(&xas, req, ULONG_MAX)\n\t\tcontinue;\n", 1)}
+
+
+def guest_config(guest_dir: Path, **fields: object) -> GuestConfig:
+    """A guest config whose logs and state files are all in `guest_dir`; `fields` override."""
+    return GuestConfig(**{
+        "mode": Mode.FAILOVER, "images": {}, "cache_dir": str(guest_dir / "cache"), "mount_dir": str(guest_dir / "mnt"),
+        "log_dir": str(guest_dir), "keeper_log": str(guest_dir / "keeper.jsonl"),
+        "daemon_log": str(guest_dir / "daemon.jsonl"), "keeper_state_file": str(guest_dir / "keeper.state"),
+        "daemon_state_file": str(guest_dir / "daemon.state"), "stop_file": str(guest_dir / "stop"),
+        "stall_bound_s": 30.0, **fields})  # type: ignore[arg-type]

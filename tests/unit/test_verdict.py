@@ -110,16 +110,16 @@ def test_a_reader_that_never_finished_fails(passing_run):
 def test_missing_restore_fails(passing_run):
     """`restore` a no-op in the kernel shows as held requests never coming back; a daemon that
     never writes it shows as no restore event. Either way: FAIL."""
-    rewrite_jsonl(passing_run / "guest" / "daemon.jsonl", lambda e: None if e["event"] == "restore" and e["inc"] == 3 else e)
+    rewrite_jsonl(passing_run / "guest" / "daemon.jsonl", lambda e: None if e["event"] == "restore" and e["incarnation"] == 3 else e)
     r = report.evaluate(passing_run)
     assert r["verdict"] == "FAIL"
     assert any("death(s) not followed by a successful restore" in reason for reason in r["reasons"])
 
 
 def test_nothing_served_after_a_kill_fails(passing_run):
-    last = max(json.loads(l)["inc"] for l in (passing_run / "guest" / "daemon.jsonl").read_text().splitlines())
+    last = max(json.loads(l)["incarnation"] for l in (passing_run / "guest" / "daemon.jsonl").read_text().splitlines())
     rewrite_jsonl(passing_run / "guest" / "daemon.jsonl",
-                  lambda e: None if e["inc"] == last and e["event"] == "done" else e)
+                  lambda e: None if e["incarnation"] == last and e["event"] == "done" else e)
     r = report.evaluate(passing_run)
     assert r["verdict"] == "FAIL"
     assert any("not followed by requests served again" in reason for reason in r["reasons"])
@@ -132,7 +132,7 @@ def test_kills_that_hit_an_idle_daemon_are_inconclusive(passing_run):
     extra = []
 
     def answer(e):
-        if e["event"] == "recv" and (e["inc"], e["msg_id"]) in held:
+        if e["event"] == "recv" and (e["incarnation"], e["msg_id"]) in held:
             extra.append({**e, "event": "done"})
         return e
     rewrite_jsonl(passing_run / "guest" / "daemon.jsonl", answer)
@@ -150,11 +150,11 @@ def test_a_crash_point_request_never_redelivered_fails(passing_run):
     deaths = report.evaluate(passing_run)["deaths"]
     victim = deaths[0]
     with open(passing_run / "guest" / "daemon.jsonl", "a") as f:
-        f.write(json.dumps({"t": 0, "event": "crash_point", "who": "daemon", "inc": victim["incarnation"],
+        f.write(json.dumps({"t": 0, "event": "crash_point", "who": "daemon", "incarnation": victim["incarnation"],
                             "pid": victim["pid"], "point": "read_received"}) + "\n")
     later = {(victim["incarnation"] + 1, m) for m in victim["held"]}
     rewrite_jsonl(passing_run / "guest" / "daemon.jsonl",
-                  lambda e: None if e["event"] == "recv" and (e["inc"], e["msg_id"]) in later else e)
+                  lambda e: None if e["event"] == "recv" and (e["incarnation"], e["msg_id"]) in later else e)
     r = report.evaluate(passing_run)
     assert r["verdict"] == "FAIL"
     assert any(f"died at read_received holding msg_id(s) {sorted(victim['held'])}" in reason for reason in r["reasons"])
@@ -199,11 +199,11 @@ def test_a_daemon_woken_for_nothing_again_and_again_fails(passing_run):
     assert r["verdict"] == "PASS" and 0 < r["evidence"]["empty_reads"] <= 2 * r["evidence"]["restores"] + 10
     with open(passing_run / "guest" / "daemon.jsonl", "a") as f:
         for _ in range(2 * r["evidence"]["restores"] + 10 - r["evidence"]["empty_reads"]):
-            f.write(json.dumps({"t": 1, "event": "empty_read", "inc": 6, "pid": 1}) + "\n")
+            f.write(json.dumps({"t": 1, "event": "empty_read", "incarnation": 6, "pid": 1}) + "\n")
     assert report.evaluate(passing_run)["verdict"] == "PASS"  # at the bound: still a PASS
     with open(passing_run / "guest" / "daemon.jsonl", "a") as f:
         for _ in range(1):
-            f.write(json.dumps({"t": 1, "event": "empty_read", "inc": 6, "pid": 1}) + "\n")
+            f.write(json.dumps({"t": 1, "event": "empty_read", "incarnation": 6, "pid": 1}) + "\n")
     r = report.evaluate(passing_run)
     assert r["verdict"] == "FAIL"
     assert any("empty wake-ups" in reason and "busy-loops" in reason for reason in r["reasons"])
@@ -217,7 +217,7 @@ def test_held_requests_a_kernel_drops_at_the_daemons_death_fail(passing_run):
     held_by = {d["incarnation"]: set(d["held"]) for d in r["deaths"]}
     # no later incarnation receives what a dead one held
     rewrite_jsonl(passing_run / "guest" / "daemon.jsonl", lambda e: None if e.get("event") == "recv" and any(
-        e["inc"] > inc and e["msg_id"] in ids for inc, ids in held_by.items()) else e)
+        e["incarnation"] > inc and e["msg_id"] in ids for inc, ids in held_by.items()) else e)
     r = report.evaluate(passing_run)
     assert r["verdict"] == "FAIL"
     assert any("requests held by killed daemons were never delivered again" in x for x in r["reasons"]), r["reasons"]
