@@ -2,13 +2,14 @@
 field; and runs saved before that contract still judged alike."""
 import json
 import shutil
+from pathlib import Path
 
 from guest_scripts.contract import INCARNATION, GuestConfig, daemon_serving, parse_daemon_state
 from harness.judge import evidence, report
 from helpers import FIXTURES, guest_config
 
 
-def test_the_guest_config_survives_json(tmp_path):
+def test_the_guest_config_survives_json(tmp_path: Path) -> None:
     config = guest_config(tmp_path, images={"img0": "/x/img0.erofs"}, crash_plan={"1": "read_received"},
                           domain_images=("img0",), threads=2)
     config.write(str(tmp_path / "config.json"))
@@ -17,13 +18,13 @@ def test_the_guest_config_survives_json(tmp_path):
     assert again.crash_point(1) == "read_received" and again.crash_point(2) is None
 
 
-def test_the_daemon_state_file_reads_back():
+def test_the_daemon_state_file_reads_back() -> None:
     assert parse_daemon_state(daemon_serving(3, 412)) == (3, 412)
     assert parse_daemon_state("") is None
     assert parse_daemon_state("3 starting 412\n") is None
 
 
-def test_a_run_saved_with_the_legacy_inc_field_is_judged_alike(tmp_path):
+def test_a_run_saved_with_the_legacy_inc_field_is_judged_alike(tmp_path: Path) -> None:
     current = shutil.copytree(FIXTURES / "run-crash-5-kills", tmp_path / "current")
     legacy = shutil.copytree(FIXTURES / "run-crash-5-kills", tmp_path / "legacy")
     log = legacy / "guest" / "daemon.jsonl"
