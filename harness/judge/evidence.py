@@ -12,7 +12,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from guest_scripts.contract import INCARNATION, LEGACY_INCARNATION, Event, Fault
 
@@ -32,7 +32,7 @@ def read_jsonl(path: Path) -> list[dict]:
     return events
 
 
-def with_incarnation(event: dict) -> dict:
+def with_incarnation(event: dict[str, Any]) -> dict[str, Any]:
     """A daemon event of a run saved before every log named the incarnation `incarnation`."""
     if LEGACY_INCARNATION in event and INCARNATION not in event:
         event = {(INCARNATION if k == LEGACY_INCARNATION else k): v for k, v in event.items()}

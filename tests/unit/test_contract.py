@@ -34,3 +34,20 @@ def test_a_run_saved_with_the_legacy_inc_field_is_judged_alike(tmp_path: Path) -
     assert all(INCARNATION in e and "inc" not in e for e in loaded.daemon)
     assert loaded.daemon == evidence.RunLogs.load(current).daemon
     assert report.evaluate(legacy)["evidence"] == report.evaluate(current)["evidence"]
+
+
+def test_the_guest_scripts_import_the_standard_library_and_each_other_only() -> None:
+    """The guest runs them with `python3 -S`: no site-packages, so no third-party module."""
+    import ast
+    import sys
+
+    import guest_scripts
+    here = Path(guest_scripts.__file__).parent
+    siblings = {p.stem for p in here.glob("*.py")}
+    for script in here.glob("*.py"):
+        for node in ast.walk(ast.parse(script.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                top = name.split(".")[0]
+                assert top in sys.stdlib_module_names or top in siblings or top == "__future__", f"{script.name}: {name}"
