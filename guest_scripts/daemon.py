@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import errno
 import fcntl
-import json
 import mmap
 import os
 import random
@@ -28,22 +27,11 @@ from typing import Callable
 from dataclasses import dataclass
 
 import protocol
+from contract import CrashPoint, Event, GuestConfig, daemon_serving
 from eventlog import EventLog, write_atomically
 from keeper import recv_fd
 
 ALIGN = 4096
-
-# Where an incarnation can be told to die (crash_plan), in protocol order.
-CRASH_POINTS = (
-    "open_before_copen",  # read an OPEN, not answered
-    "copen_before_use",  # answered the OPEN, never used the anon fd
-    "read_received",  # read a READ, nothing written
-    "read_before_complete",  # data written through the anon fd, READ_COMPLETE not sent
-    "read_after_complete",  # READ_COMPLETE sent, not yet logged as done
-    "after_restore",  # `restore` written, nothing served yet
-    "close_fd",  # closing an anon fd on a CLOSE request
-)
-
 
 @dataclass
 class Blob:
@@ -60,28 +48,28 @@ class CacheObject:
 
 
 class Daemon:
-    def __init__(self, config: dict, device_fd: int, incarnation: int) -> None:
+    def __init__(self, config: GuestConfig, device_fd: int, incarnation: int) -> None:
         self.config = config
         self.device_fd = device_fd
         self.incarnation = incarnation
-        self.log = EventLog(config["daemon_log"], who="daemon", inc=incarnation, pid=os.getpid())
-        self.read_delay_s = float(config.get("read_delay_s", 0.0))
-        self.images: dict[str, str] = config["images"]
-        self.crash_point = config.get("crash_plan", {}).get(str(incarnation))
-        self.threads = int(config.get("threads", 1))
+        self.log = EventLog(config.daemon_log, who="daemon", incarnation=incarnation, pid=os.getpid())
+        self.read_delay_s = config.read_delay_s
+        self.images = config.images
+        self.crash_point = config.crash_point(incarnation)
+        self.threads = config.threads
         self.blobs: dict[str, Blob] = {}
         self.objects: dict[int, CacheObject] = {}
         self.lock = threading.Lock()  # objects and blobs, when several threads serve
         self.delivery = threading.Lock()  # a read() from the device and the pinning of what it delivered
         self.local = threading.local()  # each thread's aligned buffer
-        self.rng = random.Random(f"{config.get('seed', 0)}/{incarnation}")
+        self.rng = random.Random(f"{config.seed}/{incarnation}")
         self.closes_requested = 0
         self.stopping = False
 
     def point(self, name: str) -> None:
         """Die here, by SIGKILL, if this incarnation was told to."""
         if self.crash_point == name:
-            self.log.emit("crash_point", point=name)
+            self.log.emit(Event.CRASH_POINT, point=name)
             os.kill(os.getpid(), signal.SIGKILL)
 
     # -- start-up --------------------------------------------------------------------------
@@ -89,10 +77,10 @@ class Daemon:
         """Re-mark every request the kernel still holds as new; only after the old one is gone."""
         try:
             os.write(self.device_fd, b"restore")
-            self.log.emit("restore", ok=True)
+            self.log.emit(Event.RESTORE, ok=True)
         except OSError as e:
-            self.log.emit("restore", ok=False, errno=e.errno, error=e.strerror)
-        self.point("after_restore")
+            self.log.emit(Event.RESTORE, ok=False, errno=e.errno, error=e.strerror)
+        self.point(CrashPoint.AFTER_RESTORE)
 
     # -- requests --------------------------------------------------------------------------
     def blob(self, fsid: str) -> Blob | None:
@@ -110,20 +98,20 @@ class Daemon:
         name = protocol.blob_name(req.volume_key, req.cookie_key)
         blob = self.blob(name) if req.volume_key.startswith("erofs,") else None
         size = blob.size if blob else protocol.copen_error(errno.ENOENT)
-        self.point("open_before_copen")
+        self.point(CrashPoint.OPEN_BEFORE_COPEN)
         try:
             os.write(self.device_fd, protocol.copen_command(req.msg_id, size))
         except OSError as e:
             os.close(req.fd)
-            self.log.emit("error", msg_id=req.msg_id, op="OPEN", errno=e.errno, error=e.strerror)
+            self.log.emit(Event.ERROR, msg_id=req.msg_id, op="OPEN", errno=e.errno, error=e.strerror)
             return
-        self.point("copen_before_use")
+        self.point(CrashPoint.COPEN_BEFORE_USE)
         if blob is None:
             os.close(req.fd)
         else:
             with self.lock:
                 self.objects[req.object_id] = CacheObject(req.fd, blob, name)
-        self.log.emit("done", msg_id=req.msg_id, op="OPEN", object_id=req.object_id, size=size)
+        self.log.emit(Event.DONE, msg_id=req.msg_id, op="OPEN", object_id=req.object_id, size=size)
 
     def buffer(self, length: int) -> mmap.mmap:
         buf = getattr(self.local, "buffer", None)
@@ -135,11 +123,11 @@ class Daemon:
         """`obj` was pinned (busy) when the READ was accepted."""
         if obj is None:
             # Should not happen: the kernel reopens a closed object before sending its READs.
-            self.log.emit("error", msg_id=req.msg_id, op="READ", object_id=req.object_id,
+            self.log.emit(Event.ERROR, msg_id=req.msg_id, op="READ", object_id=req.object_id,
                           error="unknown object")
             return
         try:
-            self.point("read_received")
+            self.point(CrashPoint.READ_RECEIVED)
             if self.read_delay_s:
                 time.sleep(self.read_delay_s)  # keeps requests in flight when a kill lands
             start, length = protocol.aligned_span(req.offset, req.length, ALIGN)
@@ -150,27 +138,27 @@ class Daemon:
                 got = os.preadv(obj.blob.fd, [view], start)
                 view[got:] = bytes(length - got)
                 os.pwrite(obj.anon_fd, view, start)
-                self.point("read_before_complete")
+                self.point(CrashPoint.READ_BEFORE_COMPLETE)
                 fcntl.ioctl(obj.anon_fd, protocol.CACHEFILES_IOC_READ_COMPLETE, req.msg_id)
             finally:
                 view.release()
-            self.point("read_after_complete")
+            self.point(CrashPoint.READ_AFTER_COMPLETE)
         except OSError as e:
-            self.log.emit("error", msg_id=req.msg_id, op="READ", object_id=req.object_id,
+            self.log.emit(Event.ERROR, msg_id=req.msg_id, op="READ", object_id=req.object_id,
                           errno=e.errno, error=e.strerror)
             return
         finally:
             with self.lock:
                 obj.busy -= 1
-        self.log.emit("done", msg_id=req.msg_id, op="READ", object_id=req.object_id)
+        self.log.emit(Event.DONE, msg_id=req.msg_id, op="READ", object_id=req.object_id)
 
     def on_close(self, req: protocol.CloseRequest) -> None:
         with self.lock:
             obj = self.objects.pop(req.object_id, None)
         if obj is not None:
             os.close(obj.anon_fd)
-            self.point("close_fd")
-        self.log.emit("done", msg_id=req.msg_id, op="CLOSE", object_id=req.object_id)
+            self.point(CrashPoint.CLOSE_FD)
+        self.log.emit(Event.DONE, msg_id=req.msg_id, op="CLOSE", object_id=req.object_id)
 
     def close_random_fd(self) -> None:
         """What the close-fds scenario asks for: drop a live object's anon fd, unasked. The
@@ -182,7 +170,7 @@ class Daemon:
             oid = self.rng.choice(idle)
             obj = self.objects.pop(oid)
         os.close(obj.anon_fd)
-        self.log.emit("close_fd", object_id=oid, cookie=obj.name)
+        self.log.emit(Event.CLOSE_FD, object_id=oid, cookie=obj.name)
 
     def handle(self, buf: bytes) -> None:
         job = self.accept(buf)
@@ -197,9 +185,9 @@ class Daemon:
         try:
             req = protocol.decode(buf)
         except protocol.ProtocolError as e:
-            self.log.emit("error", error=f"bad message: {e}", raw=buf[:64].hex())
+            self.log.emit(Event.ERROR, error=f"bad message: {e}", raw=buf[:64].hex())
             return None
-        fields: dict = {"msg_id": req.msg_id, "object_id": req.object_id}
+        fields: dict[str, object] = {"msg_id": req.msg_id, "object_id": req.object_id}
         if isinstance(req, protocol.OpenRequest):
             fields.update(op="OPEN", volume=req.volume_key,
                           cookie=req.cookie_key.decode("utf-8", "replace"), fd=req.fd)
@@ -209,7 +197,7 @@ class Daemon:
             fields.update(op="CLOSE")
         if self.threads > 1:
             fields["thread"] = threading.current_thread().name
-        self.log.emit("recv", **fields)
+        self.log.emit(Event.RECV, **fields)
         if isinstance(req, protocol.OpenRequest):
             return lambda: self.on_open(req)
         if isinstance(req, protocol.ReadRequest):
@@ -237,14 +225,14 @@ class Daemon:
                     buf = os.read(self.device_fd, protocol.MAX_MSG_SIZE)
                     job = self.accept(buf) if buf else None
             except OSError as e:
-                self.log.emit("error", op="read", errno=e.errno, error=e.strerror)
+                self.log.emit(Event.ERROR, op="read", errno=e.errno, error=e.strerror)
                 if e.errno == errno.EIO:  # the cache is dead: nothing more will come
                     return 1
                 time.sleep(0.1)
                 continue
             if not buf:
                 # poll said readable, read found nothing: what patch 4 narrowed
-                self.log.emit("empty_read")
+                self.log.emit(Event.EMPTY_READ)
                 continue
             if job is not None:
                 job()
@@ -268,18 +256,17 @@ def main() -> int:
     parser.add_argument("--sock-fd", type=int, required=True)
     parser.add_argument("--incarnation", type=int, required=True)
     args = parser.parse_args()
-    with open(args.config) as f:
-        config = json.load(f)
+    config = GuestConfig.read(args.config)
     with socket.socket(fileno=args.sock_fd) as sock:
         device_fd = recv_fd(sock)
     daemon = Daemon(config, device_fd, args.incarnation)
     signal.signal(signal.SIGTERM, daemon.stop)
     signal.signal(signal.SIGUSR1, daemon.on_usr1)
-    daemon.log.emit("fd_received", device_fd=device_fd, crash_point=daemon.crash_point)
+    daemon.log.emit(Event.FD_RECEIVED, device_fd=device_fd, crash_point=daemon.crash_point)
     if args.incarnation > 1:
         daemon.restore()
-    write_atomically(config["daemon_state_file"], f"{args.incarnation} serving {os.getpid()}\n")
-    daemon.log.emit("serving")
+    write_atomically(config.daemon_state_file, daemon_serving(args.incarnation, os.getpid()))
+    daemon.log.emit(Event.SERVING)
     return daemon.serve()
 
 

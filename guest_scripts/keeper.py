@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import array
-import json
 import os
 import signal
 import socket
@@ -21,6 +20,7 @@ import subprocess
 import sys
 import time
 
+from contract import KEEPER_BOUND, Event, GuestConfig, Mode
 from eventlog import EventLog, write_atomically
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -52,17 +52,18 @@ def open_cache(cache_dir: str, tag: str) -> int:
 
 
 class Keeper:
-    def __init__(self, config: dict) -> None:
+    def __init__(self, config: GuestConfig, config_path: str) -> None:
         self.config = config
-        self.log = EventLog(config["keeper_log"], who="keeper")
+        self.config_path = config_path  # handed on to each daemon incarnation
+        self.log = EventLog(config.keeper_log, who="keeper")
         self.stopping = False
-        self.child: subprocess.Popen | None = None
+        self.child: subprocess.Popen[bytes] | None = None
         self.device_fd = -1
         self.incarnation = 0
 
     def bind(self) -> None:
-        self.device_fd = open_cache(self.config["cache_dir"], self.config["tag"])
-        self.log.emit("bound", cache_dir=self.config["cache_dir"], mode=self.config["mode"])
+        self.device_fd = open_cache(self.config.cache_dir, self.config.tag)
+        self.log.emit(Event.BOUND, cache_dir=self.config.cache_dir, mode=self.config.mode)
 
     def rebind(self) -> bool:
         """no_failover: a naive restart opens the device anew; the old mounts stay dead."""
@@ -70,7 +71,7 @@ class Keeper:
             self.bind()
             return True
         except OSError as e:
-            self.log.emit("bind_failed", errno=e.errno, error=e.strerror)
+            self.log.emit(Event.BIND_FAILED, errno=e.errno, error=e.strerror)
             time.sleep(1.0)
             return False
 
@@ -79,7 +80,7 @@ class Keeper:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             cmd = [sys.executable, "-S", os.path.join(HERE, "daemon.py"),
-                   "--config", self.config["config_path"], "--sock-fd", str(theirs.fileno()),
+                   "--config", self.config_path, "--sock-fd", str(theirs.fileno()),
                    "--incarnation", str(self.incarnation)]
             self.child = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], close_fds=True)
             # Queued in the socket buffer: the daemon picks it up whenever it gets there.
@@ -87,15 +88,15 @@ class Keeper:
         finally:
             ours.close()
             theirs.close()
-        if self.config["mode"] == "no_failover":
+        if self.config.mode == Mode.NO_FAILOVER:
             os.close(self.device_fd)
             self.device_fd = -1
-        self.log.emit("started", incarnation=self.incarnation, pid=self.child.pid)
+        self.log.emit(Event.STARTED, incarnation=self.incarnation, pid=self.child.pid)
 
     def reap(self) -> None:
         assert self.child is not None
         status = self.child.wait()
-        self.log.emit("died", incarnation=self.incarnation, pid=self.child.pid,
+        self.log.emit(Event.DIED, incarnation=self.incarnation, pid=self.child.pid,
                       signal=-status if status < 0 else None, exit_code=status if status >= 0 else None)
         self.child = None
 
@@ -103,17 +104,17 @@ class Keeper:
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
         self.bind()
-        write_atomically(self.config["keeper_state_file"], "bound\n")
+        write_atomically(self.config.keeper_state_file, KEEPER_BOUND)
         while not self.stopping:
             if self.device_fd < 0 and not self.rebind():
                 continue
             self.start_daemon()
             self.reap()
             if not self.stopping:
-                time.sleep(self.config.get("restart_delay_s", 0.0))
+                time.sleep(self.config.restart_delay_s)
         if self.device_fd >= 0:
             os.close(self.device_fd)
-        self.log.emit("stopped")
+        self.log.emit(Event.STOPPED)
         return 0
 
     def _on_term(self, signum: int, _frame: object) -> None:
@@ -126,10 +127,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", required=True)
     args = parser.parse_args()
-    with open(args.config) as f:
-        config = json.load(f)
-    config["config_path"] = args.config
-    return Keeper(config).run()
+    return Keeper(GuestConfig.read(args.config), args.config).run()
 
 
 if __name__ == "__main__":

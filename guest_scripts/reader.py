@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import ctypes
 import hashlib
-import json
 import os
 import sys
 import threading
 import time
 
+from contract import Event, GuestConfig
 from eventlog import EventLog
 
 CHUNK = 128 * 1024
@@ -62,25 +62,24 @@ class Watchdog(threading.Thread):
                 waited = time.monotonic() - current[1]
                 if waited > self.bound_s:
                     self.reported = current
-                    self.log.emit("stall", what=current[0], waited_s=round(waited, 3))
+                    self.log.emit(Event.STALL, what=current[0], waited_s=round(waited, 3))
 
 
 class Reader:
-    def __init__(self, config: dict, reader_id: int) -> None:
+    def __init__(self, config: GuestConfig, reader_id: int) -> None:
         self.config = config
         self.reader_id = reader_id
-        self.log = EventLog(os.path.join(config["log_dir"], f"reader-{reader_id}.jsonl"),
-                            who="reader", reader=reader_id)
-        self.slow_s = float(config.get("slow_read_s", 1.0))
-        self.watchdog = Watchdog(self.log, float(config["stall_bound_s"]))
+        self.log = EventLog(config.reader_log(reader_id), who="reader", reader=reader_id)
+        self.slow_s = config.slow_read_s
+        self.watchdog = Watchdog(self.log, config.stall_bound_s)
         self.rounds_done = 0
         self.latencies: dict[str, int] = {}
         # images named here share one EROFS domain per round (volume `erofs,<domain>`)
-        self.domain_images = set(config.get("domain_images", []))
+        self.domain_images = set(config.domain_images)
 
     def stop_requested(self) -> bool:
         """Asked to stop, and every file has been read at least once by this reader."""
-        return self.rounds_done >= 1 and os.path.exists(self.config["stop_file"])
+        return self.rounds_done >= 1 and os.path.exists(self.config.stop_file)
 
     def read_file(self, image: str, fsid: str, root: str, rel: str) -> None:
         digest = hashlib.sha256()
@@ -91,7 +90,7 @@ class Reader:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
-            self.log.emit("read_error", image=image, fsid=fsid, path=rel, stage="open",
+            self.log.emit(Event.READ_ERROR, image=image, fsid=fsid, path=rel, stage="open",
                           errno=e.errno, error=e.strerror)
             return
         try:
@@ -110,7 +109,7 @@ class Reader:
                 reads += 1
                 worst = max(worst, latency)
                 if latency > self.slow_s:
-                    self.log.emit("slow_read", image=image, fsid=fsid, path=rel, off=total,
+                    self.log.emit(Event.SLOW_READ, image=image, fsid=fsid, path=rel, off=total,
                                   latency_s=round(latency, 4))
                 if not chunk:
                     break
@@ -119,28 +118,28 @@ class Reader:
         finally:
             os.close(fd)
         if error is not None:
-            self.log.emit("read_error", image=image, fsid=fsid, path=rel, stage="read", off=total,
+            self.log.emit(Event.READ_ERROR, image=image, fsid=fsid, path=rel, stage="read", off=total,
                           errno=error.errno, error=error.strerror)
             return
-        self.log.emit("file", image=image, fsid=fsid, path=rel, sha256=digest.hexdigest(),
+        self.log.emit(Event.FILE, image=image, fsid=fsid, path=rel, sha256=digest.hexdigest(),
                       bytes=total, reads=reads, max_latency_s=round(worst, 4))
 
     def read_image(self, image: str, round_no: int) -> None:
         fsid = f"{image}.{self.reader_id}x{round_no}"
         domain = f"dom{self.reader_id}x{round_no}" if image in self.domain_images else None
-        target = os.path.join(self.config["mount_dir"], fsid)
+        target = os.path.join(self.config.mount_dir, fsid)
         os.makedirs(target, exist_ok=True)
         started = time.monotonic()
         self.watchdog.current = (f"mount {fsid}", started)
         try:
             mount_erofs(fsid, target, domain)
         except OSError as e:
-            self.log.emit("read_error", image=image, fsid=fsid, path="", stage="mount",
+            self.log.emit(Event.READ_ERROR, image=image, fsid=fsid, path="", stage="mount",
                           errno=e.errno, error=e.strerror)
             return
         finally:
             self.watchdog.current = None
-        self.log.emit("mounted", image=image, fsid=fsid, domain=domain,
+        self.log.emit(Event.MOUNTED, image=image, fsid=fsid, domain=domain,
                       latency_s=round(time.monotonic() - started, 4))
         try:
             files = []
@@ -157,17 +156,17 @@ class Reader:
 
     def run(self) -> int:
         self.watchdog.start()
-        images = sorted(self.config["images"])
+        images = sorted(self.config.images)
         # Readers start on different images so that they do not queue behind each other.
         images = images[self.reader_id % len(images):] + images[: self.reader_id % len(images)]
-        self.log.emit("started", pid=os.getpid())
+        self.log.emit(Event.STARTED, pid=os.getpid())
         while not self.stop_requested():
             for image in images:
                 if self.stop_requested():
                     break
                 self.read_image(image, self.rounds_done)
             self.rounds_done += 1
-        self.log.emit("finished", rounds=self.rounds_done, latency_histogram=self.latencies)
+        self.log.emit(Event.FINISHED, rounds=self.rounds_done, latency_histogram=self.latencies)
         return 0
 
 
@@ -176,9 +175,7 @@ def main() -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--id", type=int, required=True)
     args = parser.parse_args()
-    with open(args.config) as f:
-        config = json.load(f)
-    return Reader(config, args.id).run()
+    return Reader(GuestConfig.read(args.config), args.id).run()
 
 
 if __name__ == "__main__":

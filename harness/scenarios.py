@@ -13,13 +13,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field, replace
 
-CRASH_POINTS = (  # the daemon's names (guest_scripts/daemon.py), in protocol order
-    "open_before_copen", "copen_before_use", "read_received", "read_before_complete",
-    "read_after_complete", "after_restore", "close_fd",
-)
-# Dying at these, the daemon holds a request the kernel has no answer for: `restore` must
-# deliver it again. At the others the kernel already has its answer (or there is none to give).
-UNANSWERED_POINTS = ("open_before_copen", "read_received", "read_before_complete")
+# re-exported: the judge takes the crash points from the scenarios
+from guest_scripts.contract import CRASH_POINTS as CRASH_POINTS, UNANSWERED_POINTS as UNANSWERED_POINTS
+from guest_scripts.contract import CrashPoint, Fault
 
 
 @dataclass(frozen=True)
@@ -73,7 +69,7 @@ DEFAULT_SCENARIO = "crash"
 
 @dataclass(frozen=True)
 class Action:
-    kind: str  # "kill", "close" or "await_crash"
+    kind: str  # a Fault
     delay_s: float  # after the daemon is serving (kill, close) or the wait's bound (await_crash)
 
 
@@ -83,8 +79,8 @@ def crash_plan(scenario: Scenario, seed: int) -> dict[str, str]:
     `after_restore` is never given to the first incarnation, which writes no `restore`."""
     points = [p for p in CRASH_POINTS for _ in range(scenario.crash_point_repeats)]
     random.Random(f"{seed}/crash-plan").shuffle(points)
-    if points and points[0] == "after_restore":
-        swap = next(i for i, p in enumerate(points) if p != "after_restore")
+    if points and points[0] == CrashPoint.AFTER_RESTORE:
+        swap = next(i for i, p in enumerate(points) if p != CrashPoint.AFTER_RESTORE)
         points[0], points[swap] = points[swap], points[0]
     return {str(i + 1): p for i, p in enumerate(points)}
 
@@ -92,8 +88,8 @@ def crash_plan(scenario: Scenario, seed: int) -> dict[str, str]:
 def schedule(scenario: Scenario, seed: int, interval_s: tuple[float, float], crash_wait_s: float) -> list[Action]:
     """The host's faults in order, with seeded delays: kills and closes shuffled together."""
     rng = random.Random(f"{seed}/schedule")
-    kinds = ["kill"] * scenario.kills + ["close"] * scenario.fd_closes
+    kinds = [Fault.KILL] * scenario.kills + [Fault.CLOSE] * scenario.fd_closes
     rng.shuffle(kinds)
     actions = [Action(k, rng.uniform(*interval_s)) for k in kinds]
-    actions += [Action("await_crash", crash_wait_s) for _ in crash_plan(scenario, seed)]
+    actions += [Action(Fault.AWAIT_CRASH, crash_wait_s) for _ in crash_plan(scenario, seed)]
     return actions

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from guest_scripts.contract import GuestConfig, Mode
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -88,3 +90,13 @@ def assert_reports_agree(results: dict) -> None:
     assert failed == {by_slug(s) for s in results["failed_checks"]}
     assert skipped == {by_slug(s) for s in results["missing_checks"]}
     assert (mutants.MISSING_EVIDENCE in killed) == (results["verdict"] == "INCONCLUSIVE")
+
+
+def guest_config(guest_dir: Path, **fields: object) -> GuestConfig:
+    """A guest config whose logs and state files are all in `guest_dir`; `fields` override."""
+    return GuestConfig(**{
+        "mode": Mode.FAILOVER, "images": {}, "cache_dir": str(guest_dir / "cache"), "mount_dir": str(guest_dir / "mnt"),
+        "log_dir": str(guest_dir), "keeper_log": str(guest_dir / "keeper.jsonl"),
+        "daemon_log": str(guest_dir / "daemon.jsonl"), "keeper_state_file": str(guest_dir / "keeper.state"),
+        "daemon_state_file": str(guest_dir / "daemon.state"), "stop_file": str(guest_dir / "stop"),
+        "stall_bound_s": 30.0, **fields})  # type: ignore[arg-type]

@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
-import pexpect
+import pexpect  # type: ignore[import-untyped]
 
 from .. import proc
 
@@ -32,7 +33,22 @@ class CommandResult:
     seconds: float
 
 
+class Session(Protocol):
+    """What driving a booted guest takes; the serial console is one transport, ssh could be another."""
+
+    def run(self, command: str, timeout_s: float) -> CommandResult:
+        """The command's status and output; GuestHung or GuestGone if no answer comes."""
+
+    def check(self, command: str, timeout_s: float) -> CommandResult:
+        """`run`, raising GuestCommandFailed on a non-zero status."""
+
+    def alive(self) -> bool:
+        """False once the guest is gone (a panic, a poweroff): waits on it end at once."""
+
+
 class GuestSession:
+    """A Session over the serial console."""
+
     def __init__(self, console: proc.Interactive) -> None:
         self.console = console
         self._n = 0
@@ -78,6 +94,9 @@ class GuestSession:
         output = (child.before or "").replace("\r", "")
         return CommandResult(command, int(child.match.group(1)), output.strip("\n"),
                              time.monotonic() - started)
+
+    def alive(self) -> bool:
+        return self.console.alive()
 
     def check(self, command: str, timeout_s: float) -> CommandResult:
         result = self.run(command, timeout_s)

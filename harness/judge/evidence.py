@@ -12,7 +12,9 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
+
+from guest_scripts.contract import INCARNATION, LEGACY_INCARNATION, Event, Fault
 
 SIGKILL = 9
 
@@ -28,6 +30,13 @@ def read_jsonl(path: Path) -> list[dict]:
         if isinstance(record, dict):
             events.append(record)
     return events
+
+
+def with_incarnation(event: dict[str, Any]) -> dict[str, Any]:
+    """A daemon event of a run saved before every log named the incarnation `incarnation`."""
+    if LEGACY_INCARNATION in event and INCARNATION not in event:
+        event = {(INCARNATION if k == LEGACY_INCARNATION else k): v for k, v in event.items()}
+    return event
 
 
 @dataclass(frozen=True)
@@ -95,14 +104,14 @@ def _death(inc: int, pid: int, died_t: float, cause: str, by_inc: dict[int, list
     next incarnation must restore; in a chain of crashes the re-delivery and the first answer
     may come from a later one."""
     events = by_inc.get(inc, [])
-    finished = {e["msg_id"] for e in events if e.get("event") in ("done", "error") and "msg_id" in e}
-    held = {e["msg_id"]: _identity(e) for e in events if e.get("event") == "recv" and e["msg_id"] not in finished}
-    point = next((e.get("point") for e in events if e.get("event") == "crash_point"), None)
+    finished = {e["msg_id"] for e in events if e.get("event") in (Event.DONE, Event.ERROR) and "msg_id" in e}
+    held = {e["msg_id"]: _identity(e) for e in events if e.get("event") == Event.RECV and e["msg_id"] not in finished}
+    point = next((e.get("point") for e in events if e.get("event") == Event.CRASH_POINT), None)
     later = [e for i in sorted(by_inc) if i > inc for e in by_inc[i]]
-    seen_later = {(e["msg_id"], _identity(e)) for e in later if e.get("event") == "recv"}
-    restore = next((e for e in by_inc.get(inc + 1, []) if e.get("event") == "restore"), None)
+    seen_later = {(e["msg_id"], _identity(e)) for e in later if e.get("event") == Event.RECV}
+    restore = next((e for e in by_inc.get(inc + 1, []) if e.get("event") == Event.RESTORE), None)
     restored = bool(restore and restore.get("ok"))
-    answer = next((e for e in later if e.get("event") == "done" and e["t"] >= died_t), None)
+    answer = next((e for e in later if e.get("event") == Event.DONE and e["t"] >= died_t), None)
     return Death(inc, pid, "crash_point" if point else cause, point, tuple(held),
                  tuple(m for m, ident in held.items() if (m, ident) in seen_later),
                  restored, restored and answer is not None,
@@ -112,27 +121,27 @@ def _death(inc: int, pid: int, died_t: float, cause: str, by_inc: dict[int, list
 def daemon_facts(keeper: list[dict], daemon: list[dict], host_kills: list[dict]) -> DaemonFacts:
     by_inc: dict[int, list[dict]] = {}
     for e in daemon:
-        if "inc" in e:
-            by_inc.setdefault(e["inc"], []).append(e)
+        if INCARNATION in e:
+            by_inc.setdefault(e[INCARNATION], []).append(e)
     killed_pids = {k.get("pid") for k in host_kills}
     deaths = {}
     for e in keeper:
-        if e.get("event") == "died" and e.get("signal") == SIGKILL:
+        if e.get("event") == Event.DIED and e.get("signal") == SIGKILL:
             cause = "kill" if e.get("pid") in killed_pids else "signal"
-            deaths[e["pid"]] = _death(e["incarnation"], e["pid"], e["t"], cause, by_inc)
+            deaths[e["pid"]] = _death(e[INCARNATION], e["pid"], e["t"], cause, by_inc)
     kills = tuple(Kill(i, hk.get("pid", -1), deaths.get(hk.get("pid"))) for i, hk in enumerate(host_kills))
-    answered = Counter(e.get("op", "?") for e in daemon if e.get("event") == "done")
-    restores = [e for e in daemon if e.get("event") == "restore"]
+    answered = Counter(e.get("op", "?") for e in daemon if e.get("event") == Event.DONE)
+    restores = [e for e in daemon if e.get("event") == Event.RESTORE]
     return DaemonFacts(
-        incarnations=sum(1 for e in keeper if e.get("event") == "started"),
+        incarnations=sum(1 for e in keeper if e.get("event") == Event.STARTED),
         deaths=tuple(sorted(deaths.values(), key=lambda d: d.incarnation)),
         kills=kills,
         answered=dict(answered),
-        empty_reads=sum(1 for e in daemon if e.get("event") == "empty_read"),
+        empty_reads=sum(1 for e in daemon if e.get("event") == Event.EMPTY_READ),
         restores_ok=sum(1 for e in restores if e.get("ok")),
         restores_failed=sum(1 for e in restores if not e.get("ok")),
-        fd_closes=sum(1 for e in daemon if e.get("event") == "close_fd"),
-        errors=tuple(e for e in daemon if e.get("event") == "error"),
+        fd_closes=sum(1 for e in daemon if e.get("event") == Event.CLOSE_FD),
+        errors=tuple(e for e in daemon if e.get("event") == Event.ERROR),
     )
 
 
@@ -179,18 +188,18 @@ def reader_facts(readers: Iterable[list[dict]], manifest: dict[str, dict[str, st
     for events in readers:
         for e in events:
             kind = e.get("event")
-            if kind == "started":
+            if kind == Event.STARTED:
                 started += 1
-            elif kind == "finished":
+            elif kind == Event.FINISHED:
                 finished += 1
                 histogram.update(e.get("latency_histogram", {}))
-            elif kind == "mounted":
+            elif kind == Event.MOUNTED:
                 mounts += 1
-            elif kind == "read_error":
+            elif kind == Event.READ_ERROR:
                 errors.append(e)
-            elif kind == "stall":
+            elif kind == Event.STALL:
                 stalls.append(e)
-            elif kind == "file":
+            elif kind == Event.FILE:
                 files += 1
                 nbytes += int(e.get("bytes", 0))
                 worst = max(worst, float(e.get("max_latency_s", 0.0)))
@@ -224,9 +233,9 @@ class RunLogs:
         manifest_file = run_dir / "manifest.json"
         return cls(
             keeper=read_jsonl(guest / "keeper.jsonl"),
-            daemon=read_jsonl(guest / "daemon.jsonl"),
+            daemon=[with_incarnation(e) for e in read_jsonl(guest / "daemon.jsonl")],
             readers=[read_jsonl(p) for p in sorted(guest.glob("reader-*.jsonl"))],
-            host_kills=[e for e in read_jsonl(run_dir / "faults.jsonl") if e.get("kind") == "kill"],
+            host_kills=[e for e in read_jsonl(run_dir / "faults.jsonl") if e.get("kind") == Fault.KILL],
             manifest=json.loads(manifest_file.read_text()) if manifest_file.exists() else {},
             trace=_read(guest / "trace.txt"),
             trace_lost=any(int(n) > 0 for n in re.findall(r"^overrun: (\d+)", _read(guest / "trace-stats.txt"), re.M)),

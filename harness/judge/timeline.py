@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from guest_scripts.contract import INCARNATION, Event
+
 from . import console, evidence, trace
 
 SLOW_READ_S = 1.0  # the readers log every read slower than this (guest config `slow_read_s`)
@@ -87,7 +89,7 @@ def kernel_offset(events: list[trace.TraceEvent], daemon: list[dict[str, Any]]) 
     kernel's `cread`."""
     done: dict[int, list[float]] = {}
     for e in daemon:
-        if e.get("event") == "done" and e.get("op") == "READ" and "msg_id" in e:
+        if e.get("event") == Event.DONE and e.get("op") == "READ" and "msg_id" in e:
             done.setdefault(e["msg_id"], []).append(float(e["t"]))
     diffs = sorted(t - ev.ts for ev in events if ev.event == "cread" and "mid" in ev.fields
                    for t in done.get(ev.fields["mid"], ()))
@@ -104,7 +106,7 @@ def kernel_offset(events: list[trace.TraceEvent], daemon: list[dict[str, Any]]) 
 def host_offset(host_kills: list[dict[str, Any]], keeper: list[dict[str, Any]]) -> float:
     """The host's record of a kill minus the death the keeper logged for that pid: the smallest
     over the kills that killed (0 when none did: the clocks are then taken as equal)."""
-    died = {e.get("pid"): float(e["t"]) for e in keeper if e.get("event") == "died"}
+    died = {e.get("pid"): float(e["t"]) for e in keeper if e.get("event") == Event.DIED}
     diffs = [float(k["t"]) - died[k.get("pid")] for k in host_kills if k.get("pid") in died and "t" in k]
     return min(diffs) if diffs else 0.0
 
@@ -112,7 +114,7 @@ def host_offset(host_kills: list[dict[str, Any]], keeper: list[dict[str, Any]]) 
 def origin(readers: list[list[dict[str, Any]]], keeper: list[dict[str, Any]], daemon: list[dict[str, Any]]) -> float:
     """The start of the fault loop: the readers' first mount, which the host waits for; without
     one, the first guest event."""
-    mounts = [float(e["t"]) for events in readers for e in events if e.get("event") == "mounted"]
+    mounts = [float(e["t"]) for events in readers for e in events if e.get("event") == Event.MOUNTED]
     if mounts:
         return min(mounts)
     stamps = [float(e["t"]) for log in (keeper, daemon, *readers) for e in log if "t" in e]
@@ -126,18 +128,18 @@ def in_flight(daemon: list[dict[str, Any]], keeper: list[dict[str, Any]], t0: fl
     changes: list[tuple[float, int, str, RequestKey]] = []  # (t, order, kind, key)
     for e in daemon:
         kind = e.get("event")
-        if kind in ("recv", "done", "error") and "msg_id" in e:
-            changes.append((float(e["t"]), 1 if kind == "recv" else 0, kind, (e.get("inc"), e["msg_id"])))
+        if kind in (Event.RECV, Event.DONE, Event.ERROR) and "msg_id" in e:
+            changes.append((float(e["t"]), 1 if kind == Event.RECV else 0, kind, (e.get(INCARNATION), e["msg_id"])))
     for e in keeper:
-        if e.get("event") == "died":
-            changes.append((float(e["t"]), 2, "died", (e.get("incarnation"),)))
+        if e.get("event") == Event.DIED:
+            changes.append((float(e["t"]), 2, Event.DIED, (e.get(INCARNATION),)))
     changes.sort(key=lambda c: (c[0], c[1]))
     held: set[RequestKey] = set()
     steps: list[tuple[float, int]] = [(min((c[0] for c in changes), default=t0) - t0, 0)]
     for t, _, kind, key in changes:
-        if kind == "recv":
+        if kind == Event.RECV:
             held.add(key)
-        elif kind == "died":
+        elif kind == Event.DIED:
             held = {k for k in held if k[0] != key[0]}
         else:
             held.discard(key)
@@ -177,7 +179,7 @@ def throughput(readers: list[list[dict[str, Any]]], t0: float, bin_s: float) -> 
             if "t" not in e:
                 continue
             t = float(e["t"]) - t0
-            if e.get("event") == "file" and previous is not None:
+            if e.get("event") == Event.FILE and previous is not None:
                 spans.append((previous, t, int(e.get("bytes", 0))))
             previous = t
     if not spans:
@@ -249,9 +251,9 @@ def extract(run_dir: Path) -> Timeline:
     hoff = host_offset(logs.host_kills, logs.keeper)
 
     died = {e.get("pid"): float(e["t"]) for e in logs.keeper
-            if e.get("event") == "died" and e.get("signal") == evidence.SIGKILL}
+            if e.get("event") == Event.DIED and e.get("signal") == evidence.SIGKILL}
     killed = {k.get("pid") for k in logs.host_kills}
-    points = {e.get("pid"): e for e in logs.daemon if e.get("event") == "crash_point"}
+    points = {e.get("pid"): e for e in logs.daemon if e.get("event") == Event.CRASH_POINT}
     kills = tuple(Marker(died[k["pid"]] - t0) for k in logs.host_kills if k.get("pid") in died)
     missed = tuple(Marker(float(k["t"]) - hoff - t0) for k in logs.host_kills if k.get("pid") not in died)
     crash = tuple(Marker(float(e["t"]) - t0, str(e.get("point", ""))) for e in points.values())
@@ -280,15 +282,15 @@ def extract(run_dir: Path) -> Timeline:
         notes.append(f"missed kills placed by the host's clock ({hoff:+.2f} s), approximate")
     return Timeline(
         origin=t0, end=end, kills=kills, kills_missed=missed, crash_points=crash, other_deaths=other,
-        fd_closes=at("close_fd"), restores=at("restore", ok=True), restores_failed=at("restore", ok=False),
+        fd_closes=at(Event.CLOSE_FD), restores=at(Event.RESTORE, ok=True), restores_failed=at(Event.RESTORE, ok=False),
         reopens=reopens, in_flight=occupancy(in_flight(logs.daemon, logs.keeper, t0), end, width),
         throughput=throughput(logs.readers, t0, width), bin_s=width,
         file_latency=tuple((float(e["t"]) - t0, float(e.get("max_latency_s", 0.0)))
-                           for e in reader_events if e.get("event") == "file"),
+                           for e in reader_events if e.get("event") == Event.FILE),
         slow_reads=tuple((float(e["t"]) - t0, float(e["latency_s"]))
-                         for e in reader_events if e.get("event") == "slow_read" and "latency_s" in e),
+                         for e in reader_events if e.get("event") == Event.SLOW_READ and "latency_s" in e),
         stalls=tuple((float(e["t"]) - t0, float(e.get("waited_s", 0.0)))
-                     for e in reader_events if e.get("event") == "stall"),
+                     for e in reader_events if e.get("event") == Event.STALL),
         read_errors=tuple(Marker(float(e["t"]) - t0, f"{e.get('error')}") for e in readers.read_errors),
         mismatches=tuple(Marker(float(e["t"]) - t0, f"{e.get('image')}/{e.get('path')}") for e in readers.mismatches),
         findings=timed, findings_untimed=untimed,

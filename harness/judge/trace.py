@@ -23,6 +23,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from guest_scripts.contract import INCARNATION, Event
+
 _LINE = re.compile(r"^\s*(?P<task>.+?)-(?P<pid>\d+)\s+(?:\(\s*[-\d]+\)\s+)?\[(?P<cpu>\d+)\]\s+(?:\S+\s+)?"
                    r"(?P<ts>\d+\.\d+):\s+cachefiles_ondemand_(?P<event>\w+):\s+(?P<args>.*)$")
 _DECIMAL = {"fd"}
@@ -93,13 +95,13 @@ def reads_after_reopens(daemon: list[dict[str, Any]]) -> int:
     reopened: set[int | None] = set()
     reads = 0
     for e in daemon:
-        kind, op, key = e.get("event"), e.get("op"), (e.get("inc"), e.get("msg_id"))
-        if kind == "recv" and op == "OPEN":
+        kind, op, key = e.get("event"), e.get("op"), (e.get(INCARNATION), e.get("msg_id"))
+        if kind == Event.RECV and op == "OPEN":
             pending[key] = e.get("cookie", "")
             (reopened.add if e.get("cookie") in opened else reopened.discard)(e.get("object_id"))
-        elif kind == "done" and op == "OPEN" and key in pending:
+        elif kind == Event.DONE and op == "OPEN" and key in pending:
             if e.get("size", -1) >= 0:
                 opened.add(pending.pop(key))
-        elif kind == "recv" and op == "READ" and e.get("object_id") in reopened:
+        elif kind == Event.RECV and op == "READ" and e.get("object_id") in reopened:
             reads += 1
     return reads

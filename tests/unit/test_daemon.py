@@ -11,13 +11,14 @@ import pytest
 
 import protocol
 from daemon import Daemon
+from helpers import guest_config
 
 
 @pytest.fixture
 def daemon(tmp_path):
     blob = tmp_path / "img0.erofs"
     blob.write_bytes(os.urandom(3 * 4096))
-    config = {"images": {"img0": str(blob)}, "daemon_log": str(tmp_path / "daemon.jsonl"), "read_delay_s": 0}
+    config = guest_config(tmp_path, images={"img0": str(blob)})
     r, w = os.pipe()
     os.set_blocking(r, False)
     d = Daemon(config, w, incarnation=2)
@@ -36,7 +37,7 @@ def device_writes(d) -> bytes:
 
 
 def events(d):
-    return [json.loads(line) for line in open(d.config["daemon_log"])]
+    return [json.loads(line) for line in open(d.config.daemon_log)]
 
 
 def test_open_of_a_known_blob_answers_its_size(daemon, tmp_path):
@@ -46,7 +47,7 @@ def test_open_of_a_known_blob_answers_its_size(daemon, tmp_path):
     assert daemon.objects[4].anon_fd == anon
     kinds = [(e["event"], e.get("op")) for e in events(daemon)]
     assert kinds == [("recv", "OPEN"), ("done", "OPEN")]  # logged before it is acted on
-    assert events(daemon)[0]["inc"] == 2
+    assert events(daemon)[0]["incarnation"] == 2
 
 
 def test_open_of_an_unknown_blob_fails_cleanly(daemon, tmp_path):

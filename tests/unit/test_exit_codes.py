@@ -85,18 +85,19 @@ def test_series_and_ref_input_errors_exit_2(tmp_path, extra, message):
 
 def test_a_guest_that_dies_while_the_host_waits_ends_the_wait_at_once(tmp_path):
     """A panic mid-drain must not cost the drain's whole timeout (12 minutes under debug)."""
-    from harness.request import RunRequest
-    from harness.runner import Run
+    from harness.guest.logs import GuestLogs
+    from harness.guest.session import GuestSession
+    from helpers import guest_config
 
-    run = Run(RunRequest(output=tmp_path, cache=tmp_path / "cache"))
-    run.console = proc.Interactive(["sh", "-c", "exit 0"], tmp_path / "session.log")
+    console = proc.Interactive(["sh", "-c", "exit 0"], tmp_path / "session.log")
     try:
+        logs = GuestLogs(GuestSession(console), guest_config(tmp_path))
         started = time.monotonic()
         with pytest.raises(GuestGone, match="while waiting for the readers finishing"):
-            run.wait_until("the readers finishing", lambda: False, timeout_s=600)
+            logs.wait_until("the readers finishing", lambda: False, timeout_s=600)
         assert time.monotonic() - started < 5
     finally:
-        run.console.close()
+        console.close()
 
 
 def test_a_run_without_a_verdict_still_gives_results_to_bisect_and_mutate(tmp_path):

@@ -47,9 +47,9 @@ def test_the_host_records_a_kill_after_the_death_it_caused():
 
 
 def test_in_flight_counts_held_requests_and_a_death_takes_them():
-    daemon = [{"t": 1.0, "event": "recv", "inc": 1, "msg_id": 1}, {"t": 1.5, "event": "recv", "inc": 1, "msg_id": 2},
-              {"t": 2.0, "event": "done", "inc": 1, "msg_id": 1}, {"t": 4.0, "event": "recv", "inc": 2, "msg_id": 2},
-              {"t": 4.5, "event": "error", "inc": 2, "msg_id": 2}]
+    daemon = [{"t": 1.0, "event": "recv", "incarnation": 1, "msg_id": 1}, {"t": 1.5, "event": "recv", "incarnation": 1, "msg_id": 2},
+              {"t": 2.0, "event": "done", "incarnation": 1, "msg_id": 1}, {"t": 4.0, "event": "recv", "incarnation": 2, "msg_id": 2},
+              {"t": 4.5, "event": "error", "incarnation": 2, "msg_id": 2}]
     keeper = [{"t": 3.0, "event": "died", "incarnation": 1}]
     assert timeline.in_flight(daemon, keeper, t0=1.0) == ((0.0, 0), (0.0, 1), (0.5, 2), (1.0, 1), (2.0, 0),
                                                           (3.0, 1), (3.5, 0))

@@ -54,7 +54,7 @@ def test_captured_close_fds_trace_shows_the_reopens():
 def test_before_any_fault_nothing_is_a_reopen():
     """The first incarnation of the crash run, before the first kill: every OPEN is a first one."""
     _, daemon = load("run-crash-5-kills")
-    first = [e for e in daemon if e.get("inc") == 1]
+    first = [e for e in daemon if e.get("incarnation") == 1]
     assert any(e.get("op") == "READ" for e in first)
     assert trace.reads_after_reopens(first) == 0
     assert trace.reads_after_reopens(daemon) > 0  # after the kills, the objects came back

@@ -120,16 +120,16 @@ def test_a_reader_that_never_finished_fails(passing_run):
 def test_missing_restore_fails(passing_run):
     """`restore` a no-op in the kernel shows as held requests never coming back; a daemon that
     never writes it shows as no restore event. Either way: FAIL."""
-    rewrite_jsonl(passing_run / "guest" / "daemon.jsonl", lambda e: None if e["event"] == "restore" and e["inc"] == 3 else e)
+    rewrite_jsonl(passing_run / "guest" / "daemon.jsonl", lambda e: None if e["event"] == "restore" and e["incarnation"] == 3 else e)
     r = judged(passing_run)
     assert r["verdict"] == "FAIL"
     assert "recovery" in r["failed_checks"]
 
 
 def test_nothing_served_after_a_kill_fails(passing_run):
-    last = max(json.loads(l)["inc"] for l in (passing_run / "guest" / "daemon.jsonl").read_text().splitlines())
+    last = max(json.loads(l)["incarnation"] for l in (passing_run / "guest" / "daemon.jsonl").read_text().splitlines())
     rewrite_jsonl(passing_run / "guest" / "daemon.jsonl",
-                  lambda e: None if e["inc"] == last and e["event"] == "done" else e)
+                  lambda e: None if e["incarnation"] == last and e["event"] == "done" else e)
     r = judged(passing_run)
     assert r["verdict"] == "FAIL"
     assert r["failed_checks"] == ["recovery"]
@@ -142,7 +142,7 @@ def test_kills_that_hit_an_idle_daemon_are_inconclusive(passing_run):
     extra = []
 
     def answer(e):
-        if e["event"] == "recv" and (e["inc"], e["msg_id"]) in held:
+        if e["event"] == "recv" and (e["incarnation"], e["msg_id"]) in held:
             extra.append({**e, "event": "done"})
         return e
     rewrite_jsonl(passing_run / "guest" / "daemon.jsonl", answer)
@@ -159,11 +159,11 @@ def test_a_crash_point_request_never_redelivered_fails(passing_run):
     deaths = judged(passing_run)["deaths"]
     victim = deaths[0]
     with open(passing_run / "guest" / "daemon.jsonl", "a") as f:
-        f.write(json.dumps({"t": 0, "event": "crash_point", "who": "daemon", "inc": victim["incarnation"],
+        f.write(json.dumps({"t": 0, "event": "crash_point", "who": "daemon", "incarnation": victim["incarnation"],
                             "pid": victim["pid"], "point": "read_received"}) + "\n")
     later = {(victim["incarnation"] + 1, m) for m in victim["held"]}
     rewrite_jsonl(passing_run / "guest" / "daemon.jsonl",
-                  lambda e: None if e["event"] == "recv" and (e["inc"], e["msg_id"]) in later else e)
+                  lambda e: None if e["event"] == "recv" and (e["incarnation"], e["msg_id"]) in later else e)
     r = judged(passing_run)
     assert r["verdict"] == "FAIL" and "held-requests" in r["failed_checks"]
     assert any(f"died at read_received holding msg_id(s) {sorted(victim['held'])}" in reason for reason in r["reasons"])
@@ -208,11 +208,11 @@ def test_a_daemon_woken_for_nothing_again_and_again_fails(passing_run):
     assert r["verdict"] == "PASS" and 0 < r["evidence"]["empty_reads"] <= 2 * r["evidence"]["restores"] + 10
     with open(passing_run / "guest" / "daemon.jsonl", "a") as f:
         for _ in range(2 * r["evidence"]["restores"] + 10 - r["evidence"]["empty_reads"]):
-            f.write(json.dumps({"t": 1, "event": "empty_read", "inc": 6, "pid": 1}) + "\n")
+            f.write(json.dumps({"t": 1, "event": "empty_read", "incarnation": 6, "pid": 1}) + "\n")
     assert judged(passing_run)["verdict"] == "PASS"  # at the bound: still a PASS
     with open(passing_run / "guest" / "daemon.jsonl", "a") as f:
         for _ in range(1):
-            f.write(json.dumps({"t": 1, "event": "empty_read", "inc": 6, "pid": 1}) + "\n")
+            f.write(json.dumps({"t": 1, "event": "empty_read", "incarnation": 6, "pid": 1}) + "\n")
     r = judged(passing_run)
     assert r["verdict"] == "FAIL"
     assert r["failed_checks"] == ["empty-wakeups"]
@@ -226,7 +226,7 @@ def test_held_requests_a_kernel_drops_at_the_daemons_death_fail(passing_run):
     held_by = {d["incarnation"]: set(d["held"]) for d in r["deaths"]}
     # no later incarnation receives what a dead one held
     rewrite_jsonl(passing_run / "guest" / "daemon.jsonl", lambda e: None if e.get("event") == "recv" and any(
-        e["inc"] > inc and e["msg_id"] in ids for inc, ids in held_by.items()) else e)
+        e["incarnation"] > inc and e["msg_id"] in ids for inc, ids in held_by.items()) else e)
     r = judged(passing_run)
     assert r["verdict"] == "FAIL"
     assert "held-requests" in r["failed_checks"], r["reasons"]

@@ -1,0 +1,146 @@
+"""What crosses the guest boundary, defined once: both the guest scripts and the host import it.
+
+Event names and fields of the guest's JSON-lines logs, the guest's configuration, the crash
+points, the faults the host injects and the state files it polls. The guest runs its scripts
+with `python3 -S`: the standard library only. The guest imports it as `contract`, the host as
+`guest_scripts.contract`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Final
+
+# The field every daemon and keeper event carries the incarnation in. Runs saved before it had
+# one name in every log called it `inc` in daemon.jsonl; the host's log loader renames that.
+INCARNATION: Final = "incarnation"
+LEGACY_INCARNATION: Final = "inc"
+
+
+class Event:
+    """The `event` of a log line, by log. One name may serve two logs (`started`)."""
+
+    # keeper.jsonl
+    BOUND: Final = "bound"
+    BIND_FAILED: Final = "bind_failed"
+    STARTED: Final = "started"  # keeper: an incarnation; reader: the reader itself
+    DIED: Final = "died"
+    STOPPED: Final = "stopped"
+    # daemon.jsonl
+    FD_RECEIVED: Final = "fd_received"
+    RESTORE: Final = "restore"
+    SERVING: Final = "serving"
+    RECV: Final = "recv"
+    DONE: Final = "done"
+    ERROR: Final = "error"
+    EMPTY_READ: Final = "empty_read"
+    CLOSE_FD: Final = "close_fd"
+    CRASH_POINT: Final = "crash_point"
+    # reader-<id>.jsonl
+    MOUNTED: Final = "mounted"
+    FILE: Final = "file"
+    READ_ERROR: Final = "read_error"
+    SLOW_READ: Final = "slow_read"
+    STALL: Final = "stall"
+    FINISHED: Final = "finished"
+
+
+class Fault:
+    """What the host injects (faults.jsonl's `kind`, the schedule's actions)."""
+
+    KILL: Final = "kill"  # SIGKILL the serving daemon
+    CLOSE: Final = "close"  # SIGUSR1: the daemon closes a live object's anon fd
+    AWAIT_CRASH: Final = "await_crash"  # the incarnation kills itself at its crash point
+
+
+class CrashPoint:
+    """Where an incarnation can be told to die (GuestConfig.crash_plan)."""
+
+    OPEN_BEFORE_COPEN: Final = "open_before_copen"  # read an OPEN, not answered
+    COPEN_BEFORE_USE: Final = "copen_before_use"  # answered the OPEN, never used the anon fd
+    READ_RECEIVED: Final = "read_received"  # read a READ, nothing written
+    READ_BEFORE_COMPLETE: Final = "read_before_complete"  # data written through the anon fd, READ_COMPLETE not sent
+    READ_AFTER_COMPLETE: Final = "read_after_complete"  # READ_COMPLETE sent, not yet logged as done
+    AFTER_RESTORE: Final = "after_restore"  # `restore` written, nothing served yet
+    CLOSE_FD: Final = "close_fd"  # closing an anon fd on a CLOSE request
+
+
+CRASH_POINTS: Final = (  # in protocol order
+    CrashPoint.OPEN_BEFORE_COPEN, CrashPoint.COPEN_BEFORE_USE, CrashPoint.READ_RECEIVED,
+    CrashPoint.READ_BEFORE_COMPLETE, CrashPoint.READ_AFTER_COMPLETE, CrashPoint.AFTER_RESTORE,
+    CrashPoint.CLOSE_FD,
+)
+# Dying at these, the daemon holds a request the kernel has no answer for: `restore` must
+# deliver it again. At the others the kernel already has its answer (or there is none to give).
+UNANSWERED_POINTS: Final = (CrashPoint.OPEN_BEFORE_COPEN, CrashPoint.READ_RECEIVED, CrashPoint.READ_BEFORE_COMPLETE)
+
+
+class Mode:
+    FAILOVER: Final = "failover"
+    NO_FAILOVER: Final = "no_failover"  # the device fd dies with the daemon (negative control)
+
+
+@dataclass(frozen=True)
+class GuestConfig:
+    """config.json: what the keeper, the daemon and the readers are told."""
+
+    mode: str  # Mode
+    images: dict[str, str]  # image name -> its blob's path
+    cache_dir: str
+    mount_dir: str
+    log_dir: str
+    keeper_log: str
+    daemon_log: str
+    keeper_state_file: str
+    daemon_state_file: str
+    stop_file: str
+    stall_bound_s: float
+    seed: int = 0
+    threads: int = 1
+    # incarnation (a string, as JSON keys it) -> the crash point where it dies
+    crash_plan: dict[str, str] = field(default_factory=dict)
+    domain_images: tuple[str, ...] = ()  # mounted with a shared domain_id per round
+    tag: str = "failover-harness"
+    read_delay_s: float = 0.0
+    slow_read_s: float = 1.0
+    restart_delay_s: float = 0.0
+
+    def crash_point(self, incarnation: int) -> str | None:
+        return self.crash_plan.get(str(incarnation))
+
+    def reader_log(self, reader_id: int) -> str:
+        return f"{self.log_dir}/reader-{reader_id}.jsonl"
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "domain_images": list(self.domain_images)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "GuestConfig":
+        return cls(**{**data, "domain_images": tuple(data.get("domain_images", ()))})
+
+    def write(self, path: str) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_json(), f, indent=1)
+
+    @classmethod
+    def read(cls, path: str) -> "GuestConfig":
+        with open(path) as f:
+            return cls.from_json(json.load(f))
+
+
+# State files the host polls, each replaced whole (eventlog.write_atomically).
+KEEPER_BOUND: Final = "bound\n"  # keeper.state: /dev/cachefiles is bound
+
+
+def daemon_serving(incarnation: int, pid: int) -> str:
+    """daemon.state: the incarnation that last said it is serving."""
+    return f"{incarnation} serving {pid}\n"
+
+
+def parse_daemon_state(text: str) -> tuple[int, int] | None:
+    """(incarnation, pid) from daemon.state; None if it says nothing of one serving."""
+    try:
+        incarnation, what, pid = text.split()
+        return (int(incarnation), int(pid)) if what == "serving" else None
+    except ValueError:
+        return None

@@ -1,0 +1,121 @@
+"""The guest's logs and state files as the host follows them while it drives the guest.
+
+Each log is read from where the last poll stopped (LogTail), and what the host waits on is kept
+as running counts (GuestLogs): a poll every 0.1 s costs the new lines, not the whole run so far.
+The judge reads the finished logs whole, on its own (judge/evidence.py).
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from guest_scripts.contract import INCARNATION, Event, GuestConfig, parse_daemon_state
+from .session import GuestGone, GuestHung, Session
+
+POLL_S = 0.1
+
+
+class LogTail:
+    """One JSON-lines log, read as it grows: the byte offset read so far, and an unfinished last
+    line kept for the next poll (the guest may be between writes, or killed in the middle of one)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.unfinished = b""
+
+    def poll(self) -> list[dict[str, Any]]:
+        """The events written since the last poll; none while the file does not exist yet."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self.offset += len(data)
+        *lines, self.unfinished = (self.unfinished + data).split(b"\n")
+        events = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a kill, then another incarnation's: the judge skips it too
+            if isinstance(record, dict):
+                events.append(record)
+        return events
+
+
+@dataclass(frozen=True)
+class Clock:
+    """Time for the waits; tests give a fake one."""
+
+    now: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+
+
+class GuestLogs:
+    """Running state from the keeper's, the daemon's and the readers' logs, and the waits on it."""
+
+    def __init__(self, session: Session, config: GuestConfig, clock: Clock = Clock()) -> None:
+        self.session = session
+        self.config = config
+        self.clock = clock
+        self.daemon = LogTail(Path(config.daemon_log))
+        self.keeper = LogTail(Path(config.keeper_log))
+        self.readers: dict[Path, LogTail] = {}  # found as the readers start
+        self.reader_events: Counter[str] = Counter()  # event -> how many, all readers
+        self.served = 0  # requests the daemon answered, all incarnations
+        self.answered_by: set[int] = set()  # incarnations that answered a request
+        self.died: set[int] = set()  # incarnations the keeper reaped
+
+    def poll(self) -> None:
+        for e in self.daemon.poll():
+            if e.get("event") == Event.DONE:
+                self.served += 1
+                self.answered_by.add(e.get(INCARNATION, 0))
+        for e in self.keeper.poll():
+            if e.get("event") == Event.DIED:
+                self.died.add(e.get(INCARNATION, 0))
+        for path in Path(self.config.log_dir).glob("reader-*.jsonl"):
+            tail = self.readers.setdefault(path, LogTail(path))
+            self.reader_events.update(e.get("event", "") for e in tail.poll())
+
+    def keeper_bound(self) -> bool:
+        return Path(self.config.keeper_state_file).exists()
+
+    def daemon_state(self) -> tuple[int, int] | None:
+        """(incarnation, pid) of the daemon that last said it is serving."""
+        try:
+            return parse_daemon_state(Path(self.config.daemon_state_file).read_text())
+        except OSError:
+            return None
+
+    def wait_until(self, what: str, predicate: Callable[[], bool], timeout_s: float) -> None:
+        """Poll the logs until `predicate` holds; a guest that died meanwhile (a panic) ends the
+        wait at once."""
+        deadline = self.clock.now() + timeout_s
+        while True:
+            self.poll()
+            if predicate():
+                return
+            if not self.session.alive():
+                raise GuestGone(f"the guest exited while waiting for {what}")
+            if self.clock.now() > deadline:
+                raise GuestHung(f"{what}: not within {timeout_s:.0f}s")
+            self.clock.sleep(POLL_S)
+
+    def wait_for_incarnation(self, incarnation: int, timeout_s: float) -> tuple[int, int]:
+        """(incarnation, pid) once incarnation `incarnation` (or a later one) is serving."""
+        state: tuple[int, int] | None = None
+
+        def serving() -> bool:
+            nonlocal state
+            state = self.daemon_state()
+            return state is not None and state[0] >= incarnation
+        self.wait_until(f"daemon incarnation {incarnation} serving", serving, timeout_s)
+        assert state is not None
+        return state

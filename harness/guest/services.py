@@ -1,0 +1,67 @@
+"""What runs in the guest around the faults: the cache's filesystem, the kernel's trace, the
+keeper (which starts the daemon) and the readers; and their drain once the faults are over."""
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import guest_scripts
+from guest_scripts.contract import Event, GuestConfig
+from .logs import GuestLogs
+from .session import GuestHung, Session
+from .vm import Timeouts
+
+GUEST_SCRIPTS = Path(guest_scripts.__file__).resolve().parent  # the guest sees the host's files
+GUEST_TMP = "/run/failover-harness"  # the guest's own tmpfs: the cache's ext4 image, mount points
+GUEST_PYTHON = "/usr/bin/python3 -S"  # Debian's: the standard library only, no site start-up cost
+TRACEFS = "/sys/kernel/tracing"
+TRACE_EVENTS = f"{TRACEFS}/events/cachefiles/cachefiles_ondemand_*"  # the on-demand protocol's seven
+TRACE_BUFFER_KB = 16384  # per CPU: a whole run's on-demand events without overrun
+
+
+class GuestServices:
+    def __init__(self, session: Session, logs: GuestLogs, config: GuestConfig, config_path: Path,
+                 readers: int, timeouts: Timeouts) -> None:
+        self.session = session
+        self.logs = logs
+        self.config = config
+        self.config_path = config_path
+        self.readers = readers
+        self.t = timeouts
+        self.log_dir = shlex.quote(config.log_dir)
+
+    def start(self) -> None:
+        """Up to the readers' first mount: the daemon is then serving and busy."""
+        session, t, py, g = self.session, self.t, GUEST_PYTHON, self.log_dir
+        scripts = shlex.quote(str(GUEST_SCRIPTS))
+        config = shlex.quote(str(self.config_path))
+        session.check(f"mkdir -p {GUEST_TMP}/mnt {GUEST_TMP}/cache && truncate -s 1G {GUEST_TMP}/cache.img"
+                      f" && mkfs.ext4 -q -F {GUEST_TMP}/cache.img && mount -o loop {GUEST_TMP}/cache.img {GUEST_TMP}/cache",
+                      t.command)
+        # the kernel's own account of every request: on before the first one
+        session.check(f"echo {TRACE_BUFFER_KB} >{TRACEFS}/buffer_size_kb && for e in {TRACE_EVENTS}; do echo 1 >$e/enable; done",
+                      t.command)
+        session.check(f"{py} {scripts}/keeper.py --config {config} >{g}/keeper.out 2>&1 &"
+                      f" echo $! >{g}/keeper.pid", t.command)
+        self.logs.wait_until("the keeper binding /dev/cachefiles", self.logs.keeper_bound, t.command)
+        self.logs.wait_for_incarnation(1, t.recovery)
+        for i in range(self.readers):
+            session.check(f"{py} {scripts}/reader.py --config {config} --id {i} >{g}/reader-{i}.out 2>&1 &", t.command)
+        self.logs.wait_until("the readers' first mount", lambda: self.logs.reader_events[Event.MOUNTED] > 0, t.command)
+
+    def drain(self) -> None:
+        """Readers finish the file they are on (and their first full round); then all stops."""
+        session, t, g = self.session, self.t, self.log_dir
+        session.check(f"touch {shlex.quote(self.config.stop_file)}", t.command)
+        events = self.logs.reader_events
+        try:
+            # a reader reported stuck will not finish: no use waiting the whole drain for it
+            self.logs.wait_until("the readers finishing",
+                                 lambda: events[Event.FINISHED] >= self.readers or events[Event.STALL] > 0, t.drain)
+        except GuestHung:
+            pass  # stuck readers: the report says so; kill them so that the guest can stop
+        session.run("pkill -KILL -f guest_scripts/reader.py; "
+                    f"kill -TERM $(cat {g}/keeper.pid) 2>/dev/null; sleep 1", t.command)
+        session.run(f"pkill -KILL -f guest_scripts/ ; umount -l {GUEST_TMP}/mnt/* 2>/dev/null; true", t.command)
+        session.run(f"echo 0 >{TRACEFS}/tracing_on; cat {TRACEFS}/trace >{g}/trace.txt;"
+                    f" cat {TRACEFS}/per_cpu/cpu*/stats >{g}/trace-stats.txt", t.command)

@@ -1,0 +1,176 @@
+"""The fault loop's incarnation arithmetic, against a stand-in guest: a session that records the
+host's commands and writes the keeper's and daemon's log lines and state file as the guest would,
+on a fake clock (a wait of minutes takes no time)."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from guest_scripts.contract import Event, Fault, daemon_serving
+from harness.guest.faults import STALLED, FaultLoop
+from harness.guest.logs import Clock, GuestLogs
+from harness.guest.session import CommandResult, GuestGone
+from harness.guest.vm import Timeouts
+from harness.progress import Progress
+from harness.scenarios import Action
+from helpers import guest_config
+
+TIMEOUTS = Timeouts(boot=10, command=10, stall_bound=10, recovery=60, drain=10)
+FIRST_PID = 100
+
+
+class StandInGuest:
+    """The keeper restarting the daemon: each death (a kill from the host, a crash point, one of
+    its own) is logged and the next incarnation serves, answering a request unless told not to."""
+
+    def __init__(self, guest_dir: Path, crash_plan: dict[str, str] | None = None,
+                 never_reach_point: tuple[int, ...] = ()) -> None:
+        self.dir = guest_dir
+        self.crash_plan = crash_plan or {}
+        self.never_reach_point = set(never_reach_point)  # crash-point incarnations whose point never comes
+        self.commands: list[str] = []
+        self.now = 0.0
+        self.incarnation = 0
+        self.pid = FIRST_PID
+        self.dies_by_itself: set[int] = set()  # incarnations that die unasked on the next tick
+        self.silent: set[int] = set()  # incarnations that serve but never answer
+        self.stall_on_command = False  # a reader reports a stall as the host sends a signal
+        self.is_alive = True
+        self.start_next()
+
+    # -- the guest's side
+    def log(self, name: str, **event: object) -> None:
+        with open(self.dir / name, "a") as f:
+            f.write(json.dumps(event) + "\n")
+
+    def start_next(self) -> None:
+        self.incarnation += 1
+        self.pid += 1
+        self.log("keeper.jsonl", event=Event.STARTED, incarnation=self.incarnation, pid=self.pid)
+        if str(self.incarnation) in self.crash_plan and self.incarnation not in self.never_reach_point:
+            return  # it dies at its point before it ever serves
+        (self.dir / "daemon.state").write_text(daemon_serving(self.incarnation, self.pid))
+        if self.incarnation not in self.silent:
+            self.log("daemon.jsonl", event=Event.DONE, incarnation=self.incarnation, op="READ")
+
+    def die(self) -> None:
+        self.log("keeper.jsonl", event=Event.DIED, incarnation=self.incarnation, pid=self.pid, signal=9)
+        self.start_next()
+
+    def tick(self) -> None:
+        crashes = str(self.incarnation) in self.crash_plan and self.incarnation not in self.never_reach_point
+        if crashes or self.incarnation in self.dies_by_itself:
+            self.die()
+
+    # -- the clock the host waits on
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        self.tick()
+
+    def clock(self) -> Clock:
+        return Clock(now=lambda: self.now, sleep=self.sleep)
+
+    # -- the Session the host drives
+    def run(self, command: str, timeout_s: float) -> CommandResult:
+        self.commands.append(command)
+        if self.stall_on_command:
+            self.log("reader-0.jsonl", event=Event.STALL, what="img0.0x0:a@0", waited_s=31.0)
+        _kill, signal, pid = command.split()
+        if int(pid) != self.pid:
+            return CommandResult(command, 1, "No such process", 0.0)
+        if signal == "-KILL":
+            self.die()
+        else:
+            self.log("daemon.jsonl", event=Event.CLOSE_FD, incarnation=self.incarnation)
+        return CommandResult(command, 0, "", 0.0)
+
+    def check(self, command: str, timeout_s: float) -> CommandResult:
+        return self.run(command, timeout_s)
+
+    def alive(self) -> bool:
+        return self.is_alive
+
+
+def fault_loop(tmp_path: Path, guest: StandInGuest, kinds: list[str]) -> FaultLoop:
+    logs = GuestLogs(guest, guest_config(tmp_path), guest.clock())
+    actions = [Action(kind, 0.5) for kind in kinds]
+    return FaultLoop(guest, logs, actions, guest.crash_plan, TIMEOUTS, tmp_path / "faults.jsonl",
+                     Progress(io.StringIO(), tty=False))
+
+
+def faults(tmp_path: Path) -> list[dict[str, Any]]:
+    path = tmp_path / "faults.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_kills_advance_the_incarnation_and_closes_do_not(tmp_path: Path) -> None:
+    guest = StandInGuest(tmp_path)
+    loop = fault_loop(tmp_path, guest, [Fault.KILL, Fault.CLOSE, Fault.CLOSE, Fault.KILL])
+    assert loop.run() is None
+    assert guest.commands == ["kill -KILL 101", "kill -USR1 102", "kill -USR1 102", "kill -KILL 102"]
+    assert [(f["kind"], f["incarnation"], f["status"]) for f in faults(tmp_path)] == [
+        (Fault.KILL, 1, 0), (Fault.CLOSE, 2, 0), (Fault.CLOSE, 2, 0), (Fault.KILL, 2, 0)]
+    assert loop.logs.served == 3  # each incarnation's first answer
+
+
+def test_closes_alone_wait_for_no_other_incarnation(tmp_path: Path) -> None:
+    guest = StandInGuest(tmp_path)
+    guest.silent.add(2)  # were the loop to wait for incarnation 2's answer, it would time out
+    assert fault_loop(tmp_path, guest, [Fault.CLOSE, Fault.CLOSE]).run() is None
+    assert guest.commands == ["kill -USR1 101", "kill -USR1 101"]
+
+
+def test_the_last_death_must_be_answered_by_the_next_incarnation(tmp_path: Path) -> None:
+    guest = StandInGuest(tmp_path)
+    guest.silent.add(2)
+    aborted = fault_loop(tmp_path, guest, [Fault.KILL]).run()
+    assert aborted == "incarnation 2 answering: not within 60s"
+    assert guest.now >= TIMEOUTS.recovery
+
+
+def test_crash_points_are_awaited_one_incarnation_each(tmp_path: Path) -> None:
+    guest = StandInGuest(tmp_path, crash_plan={"1": "read_received", "2": "after_restore", "3": "close_fd"})
+    loop = fault_loop(tmp_path, guest, [Fault.AWAIT_CRASH] * 3)
+    assert loop.run() is None
+    assert guest.commands == []  # each died by itself
+    assert loop.logs.died == {1, 2, 3}
+    assert 4 in loop.logs.answered_by
+    assert faults(tmp_path) == []
+
+
+def test_a_crash_point_never_reached_is_ended_by_the_host_and_recorded(tmp_path: Path) -> None:
+    guest = StandInGuest(tmp_path, crash_plan={"1": "read_received", "2": "close_fd"}, never_reach_point=(1,))
+    loop = fault_loop(tmp_path, guest, [Fault.AWAIT_CRASH] * 2)
+    assert loop.run() is None
+    assert guest.commands == ["kill -KILL 101"]
+    [recorded] = faults(tmp_path)
+    assert recorded["incarnation"] == 1 and recorded["why"] == "crash point read_received not reached"
+    assert loop.logs.died == {1, 2}
+
+
+def test_a_fault_on_a_daemon_that_died_by_itself_misses_and_says_so(tmp_path: Path) -> None:
+    guest = StandInGuest(tmp_path)
+    guest.dies_by_itself.add(1)  # during the delay before the host's kill
+    assert fault_loop(tmp_path, guest, [Fault.KILL, Fault.KILL]).run() is None
+    assert guest.commands == ["kill -KILL 101", "kill -KILL 102"]
+    assert [(f["incarnation"], f["pid"], f["status"]) for f in faults(tmp_path)] == [(1, 101, 1), (2, 102, 0)]
+
+
+def test_a_reader_stall_stops_the_faults(tmp_path: Path) -> None:
+    guest = StandInGuest(tmp_path)
+    guest.stall_on_command = True
+    assert fault_loop(tmp_path, guest, [Fault.KILL] * 5).run() == STALLED
+    assert guest.commands == ["kill -KILL 101"]
+
+
+def test_a_guest_that_is_gone_ends_the_wait_at_once(tmp_path: Path) -> None:
+    guest = StandInGuest(tmp_path)
+    guest.silent.add(2)
+    guest.is_alive = False
+    with pytest.raises(GuestGone):
+        fault_loop(tmp_path, guest, [Fault.KILL]).run()
+    assert guest.now == 0.5  # the kill's delay, and no poll interval after
