@@ -16,6 +16,8 @@ from guest_scripts.contract import GuestConfig, Mode
 from . import __version__, proc, progress, scenarios
 from .kernel import build, kconfig, series, source
 from .judge import console, report
+from .judge.checks import Status
+from .judge.results import AnyResults, Results
 from .guest import dataset, vm
 from .errors import HarnessError, InputError, UntestableError
 from .guest.faults import FaultLoop
@@ -142,17 +144,17 @@ class Run:
         finally:
             con.close()
 
-    def execute_judged(self) -> dict[str, Any]:
+    def execute_judged(self) -> AnyResults:
         """`execute`, except that a run that ended without a verdict on the kernel returns the
         results `report.write_error` wrote (verdict ERROR or UNTESTABLE) instead of raising: what
         bisection and mutation testing, which run many, record and go on from."""
         try:
             return self.execute()
         except HarnessError:
-            results: dict[str, Any] = json.loads((self.dir / "results.json").read_text())
+            results: AnyResults = json.loads((self.dir / "results.json").read_text())
             return results
 
-    def execute(self) -> dict[str, Any]:
+    def execute(self) -> Results:
         try:
             preflight()
             built = self.kernel()
@@ -167,7 +169,7 @@ class Run:
             self.save_meta()
             self.in_guest(built.bzimage, accel, config, t)
         except HarnessError as e:
-            status = "ERROR" if isinstance(e, InputError) else "UNTESTABLE"
+            status = Status.ERROR if isinstance(e, InputError) else Status.UNTESTABLE
             report.write_error(self.dir, self.meta, status, str(e))
             raise
         finally:

@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from .. import run_options
 from ..kernel import git, source
@@ -86,7 +86,7 @@ def run_step(req: RunRequest, repeat: int, phase: str, steps_log: Path) -> Step:
         run_started = time.monotonic()
         run = Run(replace(req, output=steps_log.parent / "steps"))
         # ERROR or UNTESTABLE: this commit could not be tested, a skip (results.json's dict: the runner is not typed yet)
-        results = cast(AnyResults, run.execute_judged())
+        results = run.execute_judged()
         verdict = results["verdict"]
         reasons = tuple(results["reasons"])
         if not Status(verdict).judged:

@@ -26,7 +26,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from ..errors import InputError
 from ..judge.checks import VERDICT_CHECKS, Status
@@ -137,7 +137,7 @@ def _execute(req: RunRequest) -> tuple[AnyResults, str | None, float]:
     from ..runner import Run  # the runner imports most of the package: only when really running
     started = time.monotonic()
     run = Run(req)
-    results = cast(AnyResults, run.execute_judged())  # results.json's dict; the runner is not typed yet
+    results = run.execute_judged()
     return results, str(run.dir), time.monotonic() - started
 
 

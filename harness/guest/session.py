@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-import pexpect  # type: ignore[import-untyped]
+import pexpect
 
 from .. import proc
 
@@ -92,7 +92,9 @@ class GuestSession:
         except pexpect.TIMEOUT as e:
             raise GuestHung(f"no answer within {timeout_s:.0f}s to: {command}") from e
         output = (child.before or "").replace("\r", "")
-        return CommandResult(command, int(child.match.group(1)), output.strip("\n"),
+        match = child.match
+        assert isinstance(match, re.Match)  # expect() matched our pattern, or it raised above
+        return CommandResult(command, int(match.group(1)), output.strip("\n"),
                              time.monotonic() - started)
 
     def alive(self) -> bool:

@@ -17,9 +17,10 @@ from typing import Any, Iterable
 from guest_scripts.contract import INCARNATION, LEGACY_INCARNATION, Event, Fault
 
 SIGKILL = 9
+LogEvent = dict[str, Any]  # one JSON line of a guest or host log: its values are mixed by nature
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path) -> list[LogEvent]:
     """Events of one log; a line cut short by a kill or an unfinished write is skipped."""
     events = []
     for line in _read(path).splitlines():
@@ -32,7 +33,7 @@ def read_jsonl(path: Path) -> list[dict]:
     return events
 
 
-def with_incarnation(event: dict[str, Any]) -> dict[str, Any]:
+def with_incarnation(event: LogEvent) -> LogEvent:
     """A daemon event of a run saved before every log named the incarnation `incarnation`."""
     if LEGACY_INCARNATION in event and INCARNATION not in event:
         event = {(INCARNATION if k == LEGACY_INCARNATION else k): v for k, v in event.items()}
@@ -75,7 +76,7 @@ class DaemonFacts:
     restores_ok: int
     restores_failed: int
     fd_closes: int  # anon fds the daemon closed unasked (close-fds)
-    errors: tuple[dict, ...]
+    errors: tuple[LogEvent, ...]
 
     @property
     def kills_in_flight(self) -> int:
@@ -93,13 +94,13 @@ class DaemonFacts:
         return points
 
 
-def _identity(recv: dict) -> tuple:
+def _identity(recv: LogEvent) -> tuple[object, ...]:
     """What a re-delivered request keeps: its opcode and range or key. The object id may change
     (a READ on a closed object is delivered after a reopen), and a msg_id alone may be reused."""
     return (recv.get("op"), recv.get("off"), recv.get("len"), recv.get("cookie"))
 
 
-def _death(inc: int, pid: int, died_t: float, cause: str, by_inc: dict[int, list[dict]]) -> Death:
+def _death(inc: int, pid: int, died_t: float, cause: str, by_inc: dict[int, list[LogEvent]]) -> Death:
     """What incarnation `inc` held when it died, and what the ones after it made of that. The
     next incarnation must restore; in a chain of crashes the re-delivery and the first answer
     may come from a later one."""
@@ -118,8 +119,8 @@ def _death(inc: int, pid: int, died_t: float, cause: str, by_inc: dict[int, list
                  round(answer["t"] - died_t, 4) if answer else None)
 
 
-def daemon_facts(keeper: list[dict], daemon: list[dict], host_kills: list[dict]) -> DaemonFacts:
-    by_inc: dict[int, list[dict]] = {}
+def daemon_facts(keeper: list[LogEvent], daemon: list[LogEvent], host_kills: list[LogEvent]) -> DaemonFacts:
+    by_inc: dict[int, list[LogEvent]] = {}
     for e in daemon:
         if INCARNATION in e:
             by_inc.setdefault(e[INCARNATION], []).append(e)
@@ -152,9 +153,9 @@ class ReaderFacts:
     files_read: int
     files_verified: int
     bytes_read: int
-    mismatches: tuple[dict, ...]
-    read_errors: tuple[dict, ...]
-    stalls: tuple[dict, ...]
+    mismatches: tuple[LogEvent, ...]
+    read_errors: tuple[LogEvent, ...]
+    stalls: tuple[LogEvent, ...]
     max_latency_s: float
     never_verified: tuple[str, ...]  # image/path never read back correctly in the whole run
     mounts: int
@@ -177,12 +178,12 @@ class ReaderFacts:
         return max([self.max_latency_s, *(float(s.get("waited_s", 0)) for s in self.stalls)])
 
 
-def reader_facts(readers: Iterable[list[dict]], manifest: dict[str, dict[str, str]]) -> ReaderFacts:
+def reader_facts(readers: Iterable[list[LogEvent]], manifest: dict[str, dict[str, str]]) -> ReaderFacts:
     started = finished = files = verified = nbytes = mounts = 0
     worst = 0.0
-    mismatches: list[dict] = []
-    errors: list[dict] = []
-    stalls: list[dict] = []
+    mismatches: list[LogEvent] = []
+    errors: list[LogEvent] = []
+    stalls: list[LogEvent] = []
     good: set[tuple[str, str]] = set()
     histogram: Counter[str] = Counter()
     for events in readers:
@@ -219,10 +220,10 @@ def reader_facts(readers: Iterable[list[dict]], manifest: dict[str, dict[str, st
 class RunLogs:
     """Everything a run left in its directory, parsed."""
 
-    keeper: list[dict]
-    daemon: list[dict]
-    readers: list[list[dict]]
-    host_kills: list[dict]
+    keeper: list[LogEvent]
+    daemon: list[LogEvent]
+    readers: list[list[LogEvent]]
+    host_kills: list[LogEvent]
     manifest: dict[str, dict[str, str]] = field(default_factory=dict)
     trace: str = ""  # tracefs `trace` at the end of the run
     trace_lost: bool = False  # the ring buffer overran: trace counts are lower bounds
