@@ -8,6 +8,12 @@ is answered, so the host can tell which requests a killed incarnation was holdin
 Fault injection, all driven by the host: SIGUSR1 makes the daemon close the anon fd of a live
 object (the kernel must reopen it on the next READ); `crash_plan` names, per incarnation, a
 protocol point at which it SIGKILLs itself; `threads` > 1 serves the device from several threads.
+
+Every serving thread blocks in poll() with no timeout, as the series' own demo daemon does: a
+kernel that forgets to wake the daemon for a request then leaves it asleep for good, and the
+readers' watchdog reports the stall. A poll with a timeout would serve that request a tick
+later and hide the kernel's bug. What else must wake a thread reaches it through an eventfd in
+the same poll set (`Wake`).
 """
 from __future__ import annotations
 
@@ -32,11 +38,44 @@ from eventlog import EventLog, write_atomically
 from keeper import recv_fd
 
 ALIGN = 4096
+# The signals whose handlers wake the serving threads. Python runs handlers in the main thread
+# only, so the workers block these: the kernel then delivers them to the main thread, whose
+# poll() they interrupt, and the handler runs at once instead of at its next wake-up.
+WAKE_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 @dataclass
 class Blob:
     fd: int
     size: int
+
+
+class Wake:
+    """How a signal handler (main thread) reaches every thread that sleeps in poll() with no
+    timeout: two eventfds, polled beside the device fd by each of them.
+
+    `stop` is written once and never read: readable for good, it wakes every thread, now and
+    whenever it polls again, and each one leaves. `close_requests` is a semaphore eventfd: each
+    SIGUSR1 adds one, and a read() takes exactly one, so however many threads wake for it, the
+    kernel gives each request to one of them; the others find it empty and sleep again."""
+
+    def __init__(self) -> None:
+        flags = os.EFD_NONBLOCK | os.EFD_CLOEXEC
+        self.stop = os.eventfd(0, flags)
+        self.close_requests = os.eventfd(0, flags | os.EFD_SEMAPHORE)
+
+    def request_stop(self) -> None:
+        os.eventfd_write(self.stop, 1)
+
+    def request_close(self) -> None:
+        os.eventfd_write(self.close_requests, 1)
+
+    def take_close_request(self) -> bool:
+        """Whether this thread got a close request to serve (False: another thread took it)."""
+        try:
+            os.eventfd_read(self.close_requests)
+        except BlockingIOError:
+            return False
+        return True
 
 
 @dataclass
@@ -63,8 +102,7 @@ class Daemon:
         self.delivery = threading.Lock()  # a read() from the device and the pinning of what it delivered
         self.local = threading.local()  # each thread's aligned buffer
         self.rng = random.Random(f"{config.seed}/{incarnation}")
-        self.closes_requested = 0
-        self.stopping = False
+        self.wake = Wake()
 
     def point(self, name: str) -> None:
         """Die here, by SIGKILL, if this incarnation was told to."""
@@ -103,7 +141,8 @@ class Daemon:
             os.write(self.device_fd, protocol.copen_command(req.msg_id, size))
         except OSError as e:
             os.close(req.fd)
-            self.log.emit(Event.ERROR, msg_id=req.msg_id, op="OPEN", errno=e.errno, error=e.strerror)
+            self.log.emit(Event.ERROR, msg_id=req.msg_id, op="OPEN", object_id=req.object_id,
+                          errno=e.errno, error=e.strerror, call="copen")
             return
         self.point(CrashPoint.COPEN_BEFORE_USE)
         if blob is None:
@@ -126,6 +165,7 @@ class Daemon:
             self.log.emit(Event.ERROR, msg_id=req.msg_id, op="READ", object_id=req.object_id,
                           error="unknown object")
             return
+        call = "mmap"  # the call that failed, for the error event: the kernel refuses each differently
         try:
             self.point(CrashPoint.READ_RECEIVED)
             if self.read_delay_s:
@@ -135,17 +175,20 @@ class Daemon:
             # O_DIRECT underneath: an mmap buffer is page aligned, a bytes object is not.
             view = memoryview(self.buffer(length))[:length]
             try:
+                call = "preadv"
                 got = os.preadv(obj.blob.fd, [view], start)
                 view[got:] = bytes(length - got)
+                call = "pwrite"
                 os.pwrite(obj.anon_fd, view, start)
                 self.point(CrashPoint.READ_BEFORE_COMPLETE)
+                call = "READ_COMPLETE"
                 fcntl.ioctl(obj.anon_fd, protocol.CACHEFILES_IOC_READ_COMPLETE, req.msg_id)
             finally:
                 view.release()
             self.point(CrashPoint.READ_AFTER_COMPLETE)
         except OSError as e:
             self.log.emit(Event.ERROR, msg_id=req.msg_id, op="READ", object_id=req.object_id,
-                          errno=e.errno, error=e.strerror)
+                          errno=e.errno, error=e.strerror, call=call)
             return
         finally:
             with self.lock:
@@ -185,7 +228,7 @@ class Daemon:
         try:
             req = protocol.decode(buf)
         except protocol.ProtocolError as e:
-            self.log.emit(Event.ERROR, error=f"bad message: {e}", raw=buf[:64].hex())
+            self.log.emit(Event.ERROR, op="decode", error=f"bad message: {e}", raw=buf[:64].hex())
             return None
         fields: dict[str, object] = {"msg_id": req.msg_id, "object_id": req.object_id}
         if isinstance(req, protocol.OpenRequest):
@@ -211,14 +254,16 @@ class Daemon:
     # -- the loop --------------------------------------------------------------------------
     def loop(self) -> int:
         poller = select.poll()
-        poller.register(self.device_fd, select.POLLIN)
-        while not self.stopping:
-            with self.lock:
-                close = self.closes_requested > 0
-                self.closes_requested -= close
-            if close:
+        for fd in (self.device_fd, self.wake.stop, self.wake.close_requests):
+            poller.register(fd, select.POLLIN)
+        while True:
+            # No timeout: only the kernel (a request) or a signal handler (Wake) ends this wait.
+            ready = {fd for fd, _ in poller.poll()}
+            if self.wake.stop in ready:
+                return 0
+            if self.wake.close_requests in ready and self.wake.take_close_request():
                 self.close_random_fd()
-            if not poller.poll(200):
+            if self.device_fd not in ready:
                 continue
             try:
                 with self.delivery:
@@ -236,18 +281,24 @@ class Daemon:
                 continue
             if job is not None:
                 job()
-        return 0
 
     def serve(self) -> int:
-        for i in range(1, self.threads):
-            threading.Thread(target=self.loop, name=f"worker-{i}", daemon=True).start()
+        # The workers inherit the mask the main thread has while it starts them: WAKE_SIGNALS
+        # blocked from their first instruction, so none is ever delivered to a worker (whose
+        # interrupted poll would not run the handler, and the main thread would sleep on).
+        unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, WAKE_SIGNALS)
+        try:
+            for i in range(1, self.threads):
+                threading.Thread(target=self.loop, name=f"worker-{i}", daemon=True).start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
         return self.loop()
 
     def on_usr1(self, _signum: int, _frame: object) -> None:
-        self.closes_requested += 1
+        self.wake.request_close()
 
     def stop(self, _signum: int, _frame: object) -> None:
-        self.stopping = True
+        self.wake.request_stop()
 
 
 def main() -> int:

@@ -10,8 +10,10 @@ The faults, each driven from the host at seeded moments:
 """
 from __future__ import annotations
 
+import errno
 import random
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 # re-exported: the judge takes the crash points from the scenarios
 from guest_scripts.contract import CRASH_POINTS as CRASH_POINTS, UNANSWERED_POINTS as UNANSWERED_POINTS
@@ -43,6 +45,9 @@ class Scenario:
     domain_images: tuple[str, ...] = ()  # mounted with a shared domain_id per round
     threads: int = 1
     needs: Needs = field(default_factory=Needs)
+    # errnos the daemon is meant to get from the kernel, its fault plan causing them: not the
+    # kernel's fault, so not the daemon-errors check's (every other error the daemon logs is)
+    expected_daemon_errnos: tuple[int, ...] = ()
 
     def with_faults(self, kills: int | None, fd_closes: int | None = None) -> "Scenario":
         """The scenario with another number of SIGKILLs or anon fd closes (None: its own)."""
@@ -62,9 +67,18 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("crash-points", "each incarnation kills itself at a named protocol point, every point three times",
              crash_point_repeats=3, needs=Needs(redelivered=1, crash_point_hits=1)),
     Scenario("no-failover", "negative control: the device fd dies with the daemon; must FAIL",
-             kills=3, failover=False),
+             kills=3, failover=False, expected_daemon_errnos=(errno.EIO,)),  # the cache dies: EIO, all of it
 )}
 DEFAULT_SCENARIO = "crash"
+
+
+def expected_daemon_errnos(recorded: dict[str, Any]) -> frozenset[int]:
+    """The errnos a scenario as run.json records it expects the daemon to get. A run recorded
+    before scenarios named them takes them from the scenario of its name as defined now."""
+    if "expected_daemon_errnos" in recorded:
+        return frozenset(recorded["expected_daemon_errnos"])
+    known = SCENARIOS.get(recorded.get("name", ""))
+    return frozenset(known.expected_daemon_errnos if known else ())
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ class Check(Enum):
     RECOVERY = ("recovery", "failover: every death restored and served again")
     HELD_REQUESTS = ("held-requests", "failover: held requests re-delivered")
     EMPTY_WAKEUPS = ("empty-wakeups", "daemon: no busy loop on empty wake-ups")
+    DAEMON_ERRORS = ("daemon-errors", "daemon: every answer accepted by the kernel")
     RUN_COMPLETED = ("run-completed", "run: completed")
     # the kernel: JUnit also gives each finding a case of its own
     SPLAT = ("splat", "kernel: console")

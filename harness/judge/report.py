@@ -16,7 +16,7 @@ from .. import __version__
 from . import console, evidence, junit, markdown, trace, verdict
 from .checks import Status, slugs
 from .results import RESULTS_SCHEMA_VERSION, AnyResults, CrashPointRow, Results, error_results
-from ..scenarios import CRASH_POINTS, UNANSWERED_POINTS, Needs
+from ..scenarios import CRASH_POINTS, UNANSWERED_POINTS, Needs, expected_daemon_errnos
 
 __all__ = ["RESULTS_SCHEMA_VERSION", "SCHEMA_FILE", "evaluate", "summary", "write_error", "write_outputs"]
 SCHEMA_FILE = Path(__file__).resolve().parent / "results.schema.json"
@@ -51,7 +51,8 @@ def evaluate(run_dir: Path) -> Results:
     th = verdict.Thresholds(kills_requested=scenario.get("kills", 0),
                             stall_bound_s=meta["timeouts"]["stall_bound"],
                             needs=Needs(**scenario.get("needs", {})),
-                            crash_points_planned=len(meta.get("crash_plan", {})))
+                            crash_points_planned=len(meta.get("crash_plan", {})),
+                            expected_daemon_errnos=expected_daemon_errnos(scenario))
     aborted = meta.get("aborted")
     if aborted is None and readers.readers_finished < readers.readers_started:
         aborted = f"{readers.readers_started - readers.readers_finished} reader(s) never finished"

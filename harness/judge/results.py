@@ -16,6 +16,9 @@ from .checks import JUDGED, Status
 # 2: the first documented shape; adds `provenance` (1 also named earlier, undocumented shapes).
 # 3: adds `failed_checks`, `reason_checks` and `missing_checks`: the checks, by slug, that the
 #    reasons and missing evidence belong to (readers no longer sort the reasons' words).
+#    Still 3 with `daemon-errors`: a new check adds a value to the schema's slug enums and
+#    changes no field's type or meaning, so no bump: a reader takes a slug it does not know as
+#    one more check failed.
 RESULTS_SCHEMA_VERSION = 3
 
 

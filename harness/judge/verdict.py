@@ -1,8 +1,9 @@
 """Facts in, verdict out.
 
 FAIL when the kernel did something wrong: wrong data, a read error, a stall, a kill not
-recovered from, a splat. INCONCLUSIVE when nothing went wrong but a failover path the scenario
-exists for never ran (the run proves nothing about it). PASS only when neither.
+recovered from, an answer of the daemon refused, a splat. INCONCLUSIVE when nothing went wrong
+but a failover path the scenario exists for never ran (the run proves nothing about it). PASS
+only when neither.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 
 from .checks import Check, Reason, Status
 from .console import Finding
-from .evidence import DaemonFacts, ReaderFacts
+from .evidence import DaemonFacts, LogEvent, ReaderFacts
 from ..scenarios import CRASH_POINTS, UNANSWERED_POINTS, Needs
 from .trace import TraceFacts
 
@@ -26,6 +27,7 @@ class Thresholds:
     stall_bound_s: float
     needs: Needs = field(default_factory=Needs)
     crash_points_planned: int = 0
+    expected_daemon_errnos: frozenset[int] = frozenset()  # scenarios.Scenario's: the fault plan's own
 
 
 @dataclass(frozen=True)
@@ -97,11 +99,26 @@ def failures(daemon: DaemonFacts, readers: ReaderFacts, findings: list[Finding],
         reasons.append(Reason(Check.EMPTY_WAKEUPS, f"{daemon.empty_reads} empty wake-ups (poll said readable, read found "
                                                   f"nothing), allowed {allowed}: the daemon busy-loops"))
 
+    # what the daemon did, the kernel must accept: a READ_COMPLETE, a copen, a read() of the device
+    # refused (EEXIST: an OPEN re-delivered while its anon fd is still open), a request for an
+    # object it never opened, a message that does not parse. The readers may never see it (the
+    # page cache retries), so it is judged here; errors the scenario's faults cause are not
+    if unexpected := [e for e in daemon.errors if e.get("errno") not in th.expected_daemon_errnos]:
+        reasons.append(Reason(Check.DAEMON_ERRORS, f"{len(unexpected)} daemon error(s), first {_daemon_error(unexpected[0])}"))
+
     # the kernel
     if findings:
         titles = list(dict.fromkeys(f"{f.title} [{f.fingerprint}]" for f in findings))
         reasons.append(Reason(Check.SPLAT, f"kernel console: {len(findings)} finding(s): {'; '.join(titles[:5])}"))
     return reasons
+
+
+def _daemon_error(e: LogEvent) -> str:
+    """`READ (READ_COMPLETE) msg_id 7 object_id 3: Invalid argument (errno 22)`; `-` for what the
+    daemon could not know (a read() of the device that failed has no msg_id)."""
+    call = f" ({e['call']})" if e.get("call") else ""
+    return (f"{e.get('op', '?')}{call} msg_id {e.get('msg_id', '-')} object_id {e.get('object_id', '-')}: "
+            f"{e.get('error')} (errno {e.get('errno', '-')})")
 
 
 def missing_evidence(daemon: DaemonFacts, trace: TraceFacts, reads_after_reopen: int, th: Thresholds) -> list[Reason]:

@@ -6,12 +6,21 @@ tests; what the daemon writes, where, and what it logs is checked here.
 import errno
 import json
 import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
 
 import protocol
+from contract import parse_daemon_state
 from daemon import Daemon
-from helpers import guest_config
+from helpers import ROOT, guest_config
+from keeper import send_fd
 
 
 @pytest.fixture
@@ -95,3 +104,93 @@ def test_restore_is_written_and_logged(daemon):
 def test_garbage_is_logged_and_skipped(daemon):
     daemon.handle(b"\x01\x02")
     assert "bad message" in events(daemon)[-1]["error"]
+
+
+def wait_for(what, timeout_s: float = 5.0):
+    """`what()` once it is true; None when it never became so."""
+    deadline = time.monotonic() + timeout_s
+    while not (got := what()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return got
+
+
+def open_objects(d, tmp_path, count: int) -> None:
+    for i in range(count):
+        anon = os.open(tmp_path / f"backing-{i}", os.O_RDWR | os.O_CREAT)
+        d.handle(protocol.encode_open(i, 10 + i, f"erofs,img0.{i}", f"img0.{i}".encode(), anon))
+
+
+class RecordingPoll:
+    """select.poll, recording the arguments of every wait."""
+    waits: list[tuple] = []
+
+    def __init__(self, poll=select.poll):
+        self._poller = poll()
+
+    def register(self, fd, events):
+        self._poller.register(fd, events)
+
+    def poll(self, *timeout):
+        self.waits.append(timeout)
+        return self._poller.poll(*timeout)
+
+
+def test_a_close_request_wakes_one_sleeping_thread_and_stop_wakes_them_all(daemon, tmp_path, monkeypatch):
+    """Three threads asleep in poll() with no timeout on a device that never says readable (the
+    write end of a pipe): a close request is served by exactly one of them, and stop ends all."""
+    monkeypatch.setattr(select, "poll", RecordingPoll)
+    monkeypatch.setattr(RecordingPoll, "waits", [])
+    open_objects(daemon, tmp_path, 3)
+    threads = [threading.Thread(target=daemon.loop, daemon=True) for _ in range(3)]
+    for t in threads:
+        t.start()
+    daemon.on_usr1(signal.SIGUSR1, None)  # what the SIGUSR1 handler does, in the main thread
+    closes = lambda: [e for e in events(daemon) if e["event"] == "close_fd"]
+    assert wait_for(closes), "no thread woke for the close request"
+    time.sleep(0.2)  # the others had their chance to take it too
+    assert len(closes()) == 1 and len(daemon.objects) == 2
+    daemon.stop(signal.SIGTERM, None)
+    for t in threads:
+        t.join(timeout=5)
+    assert not any(t.is_alive() for t in threads)
+    assert [e["event"] for e in events(daemon)].count("empty_read") == 0  # nobody woke for the device
+    assert RecordingPoll.waits and set(RecordingPoll.waits) == {()}  # never a timeout to hide a missed wake-up
+
+
+def test_signals_reach_a_daemon_whose_threads_all_sleep_in_poll(tmp_path):
+    """The real process, two serving threads: SIGUSR1 closes an anon fd and SIGTERM ends it at
+    once, though nothing ever comes from the device (a SEQPACKET socket standing in for it)."""
+    blob = tmp_path / "img0.erofs"
+    blob.write_bytes(os.urandom(4096))
+    config = guest_config(tmp_path, images={"img0": str(blob)}, threads=2)
+    config.write(str(tmp_path / "config.json"))
+    device, daemons_device = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    # Both threads wake for a message and one reads it; /dev/cachefiles gives the other nothing
+    # (read() returns 0), a blocking socket would keep it, and the delivery lock, for good.
+    daemons_device.setblocking(False)
+    ours, theirs = socket.socketpair()
+    send_fd(ours, daemons_device.fileno())
+    anon = os.open(tmp_path / "backing", os.O_RDWR | os.O_CREAT)  # same number in the daemon
+    proc = subprocess.Popen([sys.executable, "-S", str(ROOT / "guest_scripts" / "daemon.py"),
+                             "--config", str(tmp_path / "config.json"), "--sock-fd", str(theirs.fileno()),
+                             "--incarnation", "1"], pass_fds=[theirs.fileno(), anon])
+    try:
+        for fd in (ours, theirs, daemons_device):
+            fd.close()
+        os.close(anon)
+        assert wait_for(lambda: (tmp_path / "daemon.state").exists() and parse_daemon_state(
+            (tmp_path / "daemon.state").read_text()) == (1, proc.pid))
+        device.send(protocol.encode_open(1, 4, "erofs,img0.0x0", b"img0.0x0", anon))
+        device.settimeout(5)
+        assert device.recv(protocol.MAX_MSG_SIZE) == b"copen 1,4096"
+        log = lambda: [json.loads(line) for line in open(config.daemon_log)]
+        # the object is the daemon's once `done` is logged (copen is written before): closable
+        assert wait_for(lambda: any(e["event"] == "done" and e["object_id"] == 4 for e in log()))
+        proc.send_signal(signal.SIGUSR1)
+        assert wait_for(lambda: any(e["event"] == "close_fd" and e["object_id"] == 4 for e in log()))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=5) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        device.close()

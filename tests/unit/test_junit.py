@@ -100,7 +100,8 @@ def every_rule_broken() -> list[verdict.Reason]:
     unserved = Death(2, 11, "kill", None, (), (), True, False, None)
     lost = Death(3, 12, "crash_point", "read_received", (7,), (), True, True, 1.0)
     daemon = DaemonFacts(4, (unrestored, unserved, lost), (Kill(0, 10, unrestored), Kill(1, 99, None)),
-                         {}, 500, 2, 0, 0, ())  # 500 empty wake-ups for 2 restores: a busy loop
+                         {}, 500, 2, 0, 0,  # 500 empty wake-ups for 2 restores: a busy loop
+                         ({"op": "READ", "msg_id": 7, "errno": 22},))  # a READ_COMPLETE refused
     readers = ReaderFacts(1, 1, 2, 0, 10, ({"image": "i", "path": "p"},), ({"stage": "read"},),
                           ({"waited_s": 99},), 0.1, ("i/p",), 1, {})
     finding = console.scan_file(WARNING_SPLAT)
@@ -110,7 +111,7 @@ def every_rule_broken() -> list[verdict.Reason]:
 
 def test_every_reason_the_verdict_gives_has_its_check():
     reasons = every_rule_broken()
-    assert len(reasons) >= 13
+    assert len(reasons) >= 14
     assert {r.check for r in reasons} == set(VERDICT_CHECKS)
 
 

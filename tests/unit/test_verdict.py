@@ -4,6 +4,7 @@ Each rule gets a negative control: the passing run, changed in one place the way
 kernel or daemon would change it, must FAIL by that rule's check. Every run judged here is
 also read back through JUnit and mutate, which must classify it alike (both from its checks).
 """
+import errno
 import json
 import shutil
 from pathlib import Path
@@ -230,6 +231,70 @@ def test_held_requests_a_kernel_drops_at_the_daemons_death_fail(passing_run):
     r = judged(passing_run)
     assert r["verdict"] == "FAIL"
     assert "held-requests" in r["failed_checks"], r["reasons"]
+
+
+# What daemon.py logs when the kernel refuses it, as (the op of the request it answered, or None
+# for a read() of the device that failed before any request came, the error event's fields)
+DAEMON_ERRORS = {
+    "an OPEN re-delivered while its anon fd is open": (None, {"op": "read", "errno": errno.EEXIST, "error": "File exists"}),
+    "READ_COMPLETE refused": ("READ", {"op": "READ", "call": "READ_COMPLETE", "errno": errno.EINVAL,
+                                       "error": "Invalid argument"}),
+    "copen refused": ("OPEN", {"op": "OPEN", "call": "copen", "errno": errno.EINVAL, "error": "Invalid argument"}),
+    "a READ for an object never opened": ("READ", {"op": "READ", "error": "unknown object"}),
+}
+
+
+def log_daemon_error(run: Path, answered_op: str | None, error: dict) -> dict:
+    """The daemon's error event in the run's log: in place of the first answer to an `answered_op`
+    request (the kernel refused that answer), or appended to the last incarnation's events."""
+    log = run / "guest" / "daemon.jsonl"
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    if answered_op is None:
+        last = events[-1]
+        logged = {"t": last["t"], "event": "error", "who": "daemon", "incarnation": last["incarnation"],
+                  "pid": last["pid"], **error}
+        events.append(logged)
+    else:
+        i = next(i for i, e in enumerate(events) if e["event"] == "done" and e["op"] == answered_op)
+        logged = events[i] = {**{k: events[i][k] for k in ("t", "who", "incarnation", "pid", "msg_id", "object_id")},
+                              "event": "error", **error}
+    log.write_text("".join(json.dumps(e) + "\n" for e in events))
+    return logged
+
+
+@pytest.mark.parametrize("answered_op, error", DAEMON_ERRORS.values(), ids=DAEMON_ERRORS)
+def test_an_answer_the_kernel_refused_fails(passing_run, answered_op, error):
+    """The readers may never notice (the page cache retries, a re-delivery answers it), so the
+    daemon's own errors are judged: each names the op, the request and the errno."""
+    logged = log_daemon_error(passing_run, answered_op, error)
+    r = judged(passing_run)
+    assert r["verdict"] == "FAIL" and r["failed_checks"] == ["daemon-errors"], r["reasons"]
+    call = f" ({error['call']})" if "call" in error else ""
+    assert r["reasons"] == [f"1 daemon error(s), first {error['op']}{call} msg_id {logged.get('msg_id', '-')} "
+                            f"object_id {logged.get('object_id', '-')}: {error['error']} (errno {error.get('errno', '-')})"]
+
+
+def test_the_no_failover_control_expects_eio_and_nothing_else(tmp_path):
+    """The negative control kills the cache with the daemon: EIO is what its plan causes, judged
+    by the readers' errors, not the daemon's. Any other errno is still the daemon-errors check's."""
+    run = shutil.copytree(FIXTURES / "run-no-failover", tmp_path / "run")
+    log_daemon_error(run, None, {"op": "read", "errno": errno.EIO, "error": "Input/output error"})
+    log_daemon_error(run, "OPEN", {"op": "OPEN", "call": "copen", "errno": errno.EIO, "error": "Input/output error"})
+    r = judged(run)
+    assert {k: r[k] for k in ("verdict", "reasons", "missing_evidence")} == GOLDEN["run-no-failover"]
+    assert "daemon-errors" not in r["failed_checks"] and r["evidence"]["daemon_errors"] == 2
+    log_daemon_error(run, None, dict(DAEMON_ERRORS["an OPEN re-delivered while its anon fd is open"][1]))
+    assert "daemon-errors" in judged(run)["failed_checks"]
+
+
+def test_the_errnos_a_scenario_expects_are_its_data_not_its_name(passing_run):
+    """The crash scenario as recorded, told to expect EIO, takes it as the no-failover one does."""
+    log_daemon_error(passing_run, None, {"op": "read", "errno": errno.EIO, "error": "Input/output error"})
+    assert judged(passing_run)["failed_checks"] == ["daemon-errors"]
+    meta = json.loads((passing_run / "run.json").read_text())
+    meta["scenario"]["expected_daemon_errnos"] = [errno.EIO]
+    (passing_run / "run.json").write_text(json.dumps(meta))
+    assert judged(passing_run)["verdict"] == "PASS"
 
 
 @pytest.mark.parametrize("name", sorted(GOLDEN))
