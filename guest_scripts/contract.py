@@ -36,13 +36,36 @@ class Event:
     EMPTY_READ: Final = "empty_read"
     CLOSE_FD: Final = "close_fd"
     CRASH_POINT: Final = "crash_point"
+    PROBE: Final = "probe"  # a protocol point where the daemon asked the kernel a question
     # reader-<id>.jsonl
     MOUNTED: Final = "mounted"
     FILE: Final = "file"
     READ_ERROR: Final = "read_error"
     SLOW_READ: Final = "slow_read"
     STALL: Final = "stall"
+    UMOUNT_FAILED: Final = "umount_failed"  # a plain umount failed (the mount was then detached)
     FINISHED: Final = "finished"
+
+
+class Probe:
+    """The questions the daemon asks the kernel at protocol points (a `probe` event's `probe`)."""
+
+    EPOLLIN: Final = "epollin"  # patch 4: an unanswered OPEN; is the device quiet? (Daemon.probe_epollin)
+    WAKEUP: Final = "wakeup"  # a reopen's copen: is a thread asleep in poll() woken? (daemon.Watcher)
+
+
+class ProbeOutcome:
+    """A probe event's `outcome`. epollin: QUIET held; SPIN and EARLY_READ are the kernel's
+    violations; BUSY could not decide (too many requests drained). wakeup: WOKEN held; ASLEEP is
+    the kernel's violation."""
+
+    QUIET: Final = "quiet"
+    SPIN: Final = "spin"  # readable, read() empty, again and again
+    EARLY_READ: Final = "early-read"  # a READ of the object being opened, before its copen
+    BUSY: Final = "busy"
+    WOKEN: Final = "woken"
+    ASLEEP: Final = "asleep"  # still asleep WAKE_BOUND_S after the copen
+    VIOLATIONS: Final = (SPIN, EARLY_READ, ASLEEP)
 
 
 class Fault:
@@ -144,3 +167,33 @@ def parse_daemon_state(text: str) -> tuple[int, int] | None:
         return (int(incarnation), int(pid)) if what == "serving" else None
     except ValueError:
         return None
+
+
+END_OF_RUN_FILE: Final = "end.json"  # in the log directory: endcheck.py's EndOfRun
+
+
+@dataclass(frozen=True)
+class EndOfRun:
+    """What the end of a run left behind (endcheck.py writes it, the host judges it)."""
+
+    failed_umounts: dict[str, str]  # mount point -> what went wrong (failed, or did not return)
+    keeper_exited: bool  # closing /dev/cachefiles (the cache withdrawn) finished
+    device_reopen_error: str | None  # opening /dev/cachefiles again failed: why
+    d_state: list[str]  # tasks left in D state: "comm[pid] in wchan"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "EndOfRun":
+        return cls(failed_umounts=dict(data.get("failed_umounts", {})), keeper_exited=bool(data.get("keeper_exited")),
+                   device_reopen_error=data.get("device_reopen_error"), d_state=list(data.get("d_state", [])))
+
+    def findings(self) -> list[str]:
+        out = [f"{point}: {why}" for point, why in sorted(self.failed_umounts.items())]
+        if not self.keeper_exited:
+            out.append("the keeper never exited after closing /dev/cachefiles (the cache was never withdrawn)")
+        if self.device_reopen_error:
+            out.append(f"/dev/cachefiles could not be opened again: {self.device_reopen_error}")
+        out += [f"task left in D state: {t}" for t in self.d_state]
+        return out

@@ -33,11 +33,20 @@ from typing import Callable
 from dataclasses import dataclass
 
 import protocol
-from contract import CrashPoint, Event, GuestConfig, daemon_serving
+from contract import CrashPoint, Event, GuestConfig, Probe, ProbeOutcome, daemon_serving
 from eventlog import EventLog, write_atomically
 from keeper import recv_fd
 
 ALIGN = 4096
+# The patch-4 probe (Daemon.probe_epollin): empty reads in a row that no correct kernel makes
+# while the delivery lock is held, and the deliveries it drains before it gives up (busy).
+PROBE_SPINS = 64
+PROBE_DRAIN = 256
+# The wake-up probe (Watcher): how long a thread asleep in poll() before a reopen's copen may stay
+# asleep after it. A correct kernel wakes it within the copen; only a broken one pays this.
+WAKE_BOUND_S = 5.0
+# ... started once the device stayed quiet this long: the readers all wait on requests held back
+QUIET_MS = 200
 # The signals whose handlers wake the serving threads. Python runs handlers in the main thread
 # only, so the workers block these: the kernel then delivers them to the main thread, whose
 # poll() they interrupt, and the handler runs at once instead of at its next wake-up.
@@ -86,6 +95,46 @@ class CacheObject:
     busy: int = 0  # READs being served on it: its fd is not closed under them
 
 
+@dataclass
+class Accepted:
+    """A message read from the device, and the work that answers it."""
+    req: protocol.Request
+    run: Callable[[], None]
+    obj: CacheObject | None = None  # a READ's object, pinned (None: unknown when it was read)
+
+
+
+class Watcher:
+    """A thread asleep in poll() on the device while a reopen's copen is written: the copen makes
+    the waiting READ deliverable, and the kernel must wake whoever sleeps on the device for it
+    (a daemon that answers from another thread than the one that polls would sleep on for good).
+    Started only when the device is quiet (probe_epollin just found nothing to read, and every
+    other thread is kept from reading), so it sleeps until something wakes it; a request that
+    arrives meanwhile wakes it too, which can hide a missing wake-up but never fake one."""
+
+    SETTLE_S = 0.02  # for the thread to reach poll() before the copen
+
+    def __init__(self, device_fd: int) -> None:
+        self.poller = select.poll()
+        self.poller.register(device_fd, select.POLLIN)
+        self.woken = threading.Event()
+        self.thread = threading.Thread(target=self.sleep, name="wake-probe", daemon=True)
+        unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, WAKE_SIGNALS)  # as serve()'s workers
+        try:
+            self.thread.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
+        time.sleep(self.SETTLE_S)
+
+    def sleep(self) -> None:
+        if self.poller.poll(int(WAKE_BOUND_S * 1000)):
+            self.woken.set()
+
+    def wait(self, bound_s: float) -> bool:
+        self.thread.join(bound_s + 1)
+        return self.woken.is_set()
+
+
 class Daemon:
     def __init__(self, config: GuestConfig, device_fd: int, incarnation: int) -> None:
         self.config = config
@@ -103,6 +152,7 @@ class Daemon:
         self.local = threading.local()  # each thread's aligned buffer
         self.rng = random.Random(f"{config.seed}/{incarnation}")
         self.wake = Wake()
+        self.cookies_opened: set[str] = set()  # answered with a size by this incarnation: an OPEN again is a reopen
 
     def point(self, name: str) -> None:
         """Die here, by SIGKILL, if this incarnation was told to."""
@@ -137,20 +187,91 @@ class Daemon:
         blob = self.blob(name) if req.volume_key.startswith("erofs,") else None
         size = blob.size if blob else protocol.copen_error(errno.ENOENT)
         self.point(CrashPoint.OPEN_BEFORE_COPEN)
-        try:
-            os.write(self.device_fd, protocol.copen_command(req.msg_id, size))
-        except OSError as e:
-            os.close(req.fd)
-            self.log.emit(Event.ERROR, msg_id=req.msg_id, op="OPEN", object_id=req.object_id,
-                          errno=e.errno, error=e.strerror, call="copen")
-            return
-        self.point(CrashPoint.COPEN_BEFORE_USE)
-        if blob is None:
-            os.close(req.fd)
-        else:
-            with self.lock:
-                self.objects[req.object_id] = CacheObject(req.fd, blob, name)
-        self.log.emit(Event.DONE, msg_id=req.msg_id, op="OPEN", object_id=req.object_id, size=size)
+        # The delivery lock from the probe to the copen: no other thread reads a request meanwhile.
+        with self.delivery:
+            held, outcome = self.probe_epollin(req, name)
+            # A reopen this incarnation can tell (it opened the cookie before): probe the wake-up,
+            # once nothing has come for QUIET_MS (every reader waits on a request held here, so
+            # nothing but this copen can make the device readable) and no earlier.
+            watcher = None
+            if (outcome == ProbeOutcome.QUIET and name in self.cookies_opened
+                    and self.drain(req, held, QUIET_MS)[0] == ProbeOutcome.QUIET):
+                watcher = Watcher(self.device_fd)
+            try:
+                os.write(self.device_fd, protocol.copen_command(req.msg_id, size))
+            except OSError as e:
+                os.close(req.fd)
+                self.log.emit(Event.ERROR, msg_id=req.msg_id, op="OPEN", object_id=req.object_id,
+                              errno=e.errno, error=e.strerror, call="copen")
+                answered = False
+            else:
+                answered = True
+                if watcher is not None:
+                    woken = watcher.wait(WAKE_BOUND_S)
+                    self.log.emit(Event.PROBE, probe=Probe.WAKEUP, msg_id=req.msg_id, object_id=req.object_id,
+                                  cookie=name, outcome=ProbeOutcome.WOKEN if woken else ProbeOutcome.ASLEEP)
+        if answered:
+            self.point(CrashPoint.COPEN_BEFORE_USE)
+            if blob is None:
+                os.close(req.fd)
+            else:
+                with self.lock:
+                    self.objects[req.object_id] = CacheObject(req.fd, blob, name)
+                    self.cookies_opened.add(name)
+            self.log.emit(Event.DONE, msg_id=req.msg_id, op="OPEN", object_id=req.object_id, size=size)
+        self.serve_all(held)
+
+    def probe_epollin(self, opening: protocol.OpenRequest, cookie: str) -> tuple[list[Accepted], str]:
+        """Patch 4's question, asked at the one protocol point where its answer is decidable: an
+        OPEN has been read and not yet answered. If it reopens an object, the READ that found the
+        object closed is queued, NEW, and read() skips it until this OPEN's copen: it must not make
+        the device readable (EPOLLIN for it is a daemon spinning on empty reads).
+
+        poll(0) is asked until the device is quiet (drain). The outcome is logged for every OPEN;
+        the host knows which OPENs were reopens."""
+        held: list[Accepted] = []
+        outcome, empties = self.drain(opening, held, 0)
+        self.log.emit(Event.PROBE, probe=Probe.EPOLLIN, msg_id=opening.msg_id, object_id=opening.object_id,
+                      cookie=cookie, outcome=outcome, empties=empties, drained=len(held))
+        return held, outcome
+
+    def drain(self, opening: protocol.OpenRequest, held: list[Accepted], wait_ms: int) -> tuple[str, int]:
+        """Read what the device delivers until poll(wait_ms) finds it quiet: the outcome (a
+        ProbeOutcome) and the empty reads seen. What is delivered is appended to `held`, to be
+        served after the copen. An empty read is legitimate once per READ queued on a CLOSE
+        object (read() moves that object to REOPENING); the caller holds the delivery lock, so
+        no other thread delivers meanwhile and the readers can only add the few requests they
+        have not yet issued: PROBE_SPINS empty reads in a row are a kernel raising EPOLLIN for
+        what it will not deliver. A READ of the object being opened, delivered before its copen,
+        is a kernel that did not hold it back (patch 1's REOPENING state)."""
+        poller = select.poll()
+        poller.register(self.device_fd, select.POLLIN)
+        spins = empties = 0
+        outcome = ProbeOutcome.QUIET
+        while poller.poll(wait_ms):
+            if spins >= PROBE_SPINS:
+                return ProbeOutcome.SPIN, empties
+            if len(held) >= PROBE_DRAIN:
+                return ProbeOutcome.BUSY, empties
+            buf = os.read(self.device_fd, protocol.MAX_MSG_SIZE)
+            if not buf:
+                spins += 1
+                empties += 1
+                continue
+            spins = 0
+            got = self.accept(buf)
+            if got is None:
+                continue
+            held.append(got)
+            if isinstance(got.req, protocol.ReadRequest) and got.req.object_id == opening.object_id:
+                outcome = ProbeOutcome.EARLY_READ
+        return outcome, empties
+
+    def serve_all(self, held: list[Accepted]) -> None:
+        for got in held:
+            if isinstance(got.req, protocol.ReadRequest) and got.obj is None:
+                got = self.pin(got.req)  # read before its object's copen: pinned now, if it exists now
+            got.run()
 
     def buffer(self, length: int) -> mmap.mmap:
         buf = getattr(self.local, "buffer", None)
@@ -216,11 +337,18 @@ class Daemon:
         self.log.emit(Event.CLOSE_FD, object_id=oid, cookie=obj.name)
 
     def handle(self, buf: bytes) -> None:
-        job = self.accept(buf)
-        if job is not None:
-            job()
+        got = self.accept(buf)
+        if got is not None:
+            got.run()
 
-    def accept(self, buf: bytes) -> Callable[[], None] | None:
+    def pin(self, req: protocol.ReadRequest) -> Accepted:
+        with self.lock:
+            obj = self.objects.get(req.object_id)
+            if obj is not None:
+                obj.busy += 1
+        return Accepted(req, lambda: self.on_read(req, obj), obj)
+
+    def accept(self, buf: bytes) -> Accepted | None:
         """Decode and log a message, pin a READ's object; the work to do is returned, to be done
         outside the delivery lock. The pin is what keeps close_random_fd (another thread) from
         closing the fd of an object whose READ the kernel has already handed over: that READ
@@ -242,14 +370,10 @@ class Daemon:
             fields["thread"] = threading.current_thread().name
         self.log.emit(Event.RECV, **fields)
         if isinstance(req, protocol.OpenRequest):
-            return lambda: self.on_open(req)
+            return Accepted(req, lambda: self.on_open(req))
         if isinstance(req, protocol.ReadRequest):
-            with self.lock:
-                obj = self.objects.get(req.object_id)
-                if obj is not None:
-                    obj.busy += 1
-            return lambda: self.on_read(req, obj)
-        return lambda: self.on_close(req)
+            return self.pin(req)
+        return Accepted(req, lambda: self.on_close(req))
 
     # -- the loop --------------------------------------------------------------------------
     def loop(self) -> int:
@@ -268,7 +392,7 @@ class Daemon:
             try:
                 with self.delivery:
                     buf = os.read(self.device_fd, protocol.MAX_MSG_SIZE)
-                    job = self.accept(buf) if buf else None
+                    got = self.accept(buf) if buf else None
             except OSError as e:
                 self.log.emit(Event.ERROR, op="read", errno=e.errno, error=e.strerror)
                 if e.errno == errno.EIO:  # the cache is dead: nothing more will come
@@ -279,8 +403,8 @@ class Daemon:
                 # poll said readable, read found nothing: what patch 4 narrowed
                 self.log.emit(Event.EMPTY_READ)
                 continue
-            if job is not None:
-                job()
+            if got is not None:
+                got.run()
 
     def serve(self) -> int:
         # The workers inherit the mask the main thread has while it starts them: WAKE_SIGNALS

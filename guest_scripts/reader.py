@@ -41,9 +41,14 @@ def mount_erofs(fsid: str, target: str, domain: str | None = None) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def umount(target: str) -> None:
-    if _libc.umount2(target.encode(), 0) != 0:
-        _libc.umount2(target.encode(), 2)  # MNT_DETACH: never leave the reader stuck here
+def umount(target: str) -> int:
+    """0, or the errno of a plain umount that failed (then detached: the reader goes on; the
+    failure is a finding, logged by the caller)."""
+    if _libc.umount2(target.encode(), 0) == 0:
+        return 0
+    err = ctypes.get_errno()
+    _libc.umount2(target.encode(), 2)  # MNT_DETACH: never leave the reader stuck here
+    return err
 
 
 class Watchdog(threading.Thread):
@@ -151,7 +156,8 @@ class Reader:
                     return
                 self.read_file(image, fsid, target, rel)
         finally:
-            umount(target)
+            if err := umount(target):
+                self.log.emit(Event.UMOUNT_FAILED, image=image, fsid=fsid, errno=err, error=os.strerror(err))
             os.rmdir(target)
 
     def run(self) -> int:

@@ -30,6 +30,8 @@ class Needs:
     reopens: int = 0  # kernel trace: fd_release then open for the same object, new object id
     reads_after_reopen: int = 0  # READs delivered on a reopened object
     crash_point_hits: int = 0  # every crash point, at least this often
+    deliveries: int = 1  # deliveries in the kernel's ledger (the kprobes): every scenario's
+    reopen_probes: int = 0  # reopens on which the daemon asked the patch-4 question
 
 
 @dataclass(frozen=True)
@@ -59,11 +61,12 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("crash", "SIGKILL the daemon over and over; the keeper's fd survives, `restore` re-delivers",
              kills=50, needs=Needs(in_flight_share=0.8, redelivered=1)),
     Scenario("close-fds", "the daemon closes anon fds of live objects; the kernel reopens them on READ",
-             fd_closes=40, needs=Needs(fd_closes=10, reopens=10, reads_after_reopen=10)),
+             fd_closes=40, needs=Needs(fd_closes=10, reopens=10, reads_after_reopen=10, reopen_probes=5)),
     Scenario("combined", "kills, fd closes and restores at once; four images, two in one domain; "
              "four readers; a daemon with two threads",
              kills=25, fd_closes=30, readers=4, images=4, domain_images=("img0", "img1"), threads=2,
-             needs=Needs(in_flight_share=0.6, redelivered=1, fd_closes=5, reopens=5, reads_after_reopen=5)),
+             needs=Needs(in_flight_share=0.6, redelivered=1, fd_closes=5, reopens=5, reads_after_reopen=5,
+                         reopen_probes=3)),
     Scenario("crash-points", "each incarnation kills itself at a named protocol point, every point three times",
              crash_point_repeats=3, needs=Needs(redelivered=1, crash_point_hits=1)),
     Scenario("no-failover", "negative control: the device fd dies with the daemon; must FAIL",

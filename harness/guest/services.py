@@ -6,7 +6,8 @@ import shlex
 from pathlib import Path
 
 import guest_scripts
-from guest_scripts.contract import Event, GuestConfig
+from guest_scripts.contract import END_OF_RUN_FILE, Event, GuestConfig
+from ..judge.trace import KPROBE_GROUP, PROBES, TRACE_CLOCK, TRACEPOINTS
 from .logs import GuestLogs
 from .session import GuestHung, Session
 from .vm import Timeouts
@@ -15,7 +16,6 @@ GUEST_SCRIPTS = Path(guest_scripts.__file__).resolve().parent  # the guest sees 
 GUEST_TMP = "/run/failover-harness"  # the guest's own tmpfs: the cache's ext4 image, mount points
 GUEST_PYTHON = "/usr/bin/python3 -S"  # Debian's: the standard library only, no site start-up cost
 TRACEFS = "/sys/kernel/tracing"
-TRACE_EVENTS = f"{TRACEFS}/events/cachefiles/cachefiles_ondemand_*"  # the on-demand protocol's seven
 TRACE_BUFFER_KB = 16384  # per CPU: a whole run's on-demand events without overrun
 
 
@@ -39,8 +39,12 @@ class GuestServices:
                       f" && mkfs.ext4 -q -F {GUEST_TMP}/cache.img && mount -o loop {GUEST_TMP}/cache.img {GUEST_TMP}/cache",
                       t.command)
         # the kernel's own account of every request: on before the first one
-        session.check(f"echo {TRACE_BUFFER_KB} >{TRACEFS}/buffer_size_kb && for e in {TRACE_EVENTS}; do echo 1 >$e/enable; done",
-                      t.command)
+        probes = " && ".join(f"echo {shlex.quote(d.format(group=KPROBE_GROUP))} >>{TRACEFS}/kprobe_events"
+                             for d in PROBES.values())
+        events = " ".join(f"{TRACEFS}/events/{e}" for e in (*TRACEPOINTS, KPROBE_GROUP))
+        session.check(f"echo {TRACE_BUFFER_KB} >{TRACEFS}/buffer_size_kb && echo {TRACE_CLOCK} >{TRACEFS}/trace_clock"
+                      f" && echo 1 >{TRACEFS}/options/record-tgid"
+                      f" && {probes} && for e in {events}; do echo 1 >$e/enable; done", t.command)
         session.check(f"{py} {scripts}/keeper.py --config {config} >{g}/keeper.out 2>&1 &"
                       f" echo $! >{g}/keeper.pid", t.command)
         self.logs.wait_until("the keeper binding /dev/cachefiles", self.logs.keeper_bound, t.command)
@@ -61,7 +65,13 @@ class GuestServices:
         except GuestHung:
             pass  # stuck readers: the report says so; kill them so that the guest can stop
         session.run("pkill -KILL -f guest_scripts/reader.py; "
-                    f"kill -TERM $(cat {g}/keeper.pid) 2>/dev/null; sleep 1", t.command)
+                    f"kill -TERM $(cat {g}/keeper.pid) 2>/dev/null", t.command)
+        # what the failovers left: mounts that will not unmount, a cache that is never withdrawn,
+        # a device that cannot be opened again, tasks in D state (guest_scripts/endcheck.py)
+        bound = t.stall_bound / 3
+        session.run(f"{GUEST_PYTHON} {shlex.quote(str(GUEST_SCRIPTS))}/endcheck.py --mount-dir {GUEST_TMP}/mnt"
+                    f" --keeper-pid $(cat {g}/keeper.pid) --bound-s {bound:.0f} --out {g}/{END_OF_RUN_FILE}",
+                    t.command + bound * (self.readers + 2))
         session.run(f"pkill -KILL -f guest_scripts/ ; umount -l {GUEST_TMP}/mnt/* 2>/dev/null; true", t.command)
         session.run(f"echo 0 >{TRACEFS}/tracing_on; cat {TRACEFS}/trace >{g}/trace.txt;"
-                    f" cat {TRACEFS}/per_cpu/cpu*/stats >{g}/trace-stats.txt", t.command)
+                    f" cat {TRACEFS}/per_cpu/cpu*/stats >{g}/trace-stats.txt; cat {TRACEFS}/kprobe_profile >{g}/kprobe-profile.txt", t.command)

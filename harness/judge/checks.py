@@ -57,18 +57,26 @@ class Check(Enum):
     KILLS = ("kills", "failover: every kill killed the daemon")
     RECOVERY = ("recovery", "failover: every death restored and served again")
     HELD_REQUESTS = ("held-requests", "failover: held requests re-delivered")
-    EMPTY_WAKEUPS = ("empty-wakeups", "daemon: no busy loop on empty wake-ups")
+    # the kernel's ledger of requests (ledger.py) and the daemon's probes (probes.py)
+    DOUBLE_DELIVERY = ("double-delivery", "ledger: no request delivered twice without a restore")
+    UNANSWERED = ("unanswered", "ledger: every request answered or ended by the kernel")
+    READ_ON_CLOSED = ("read-on-closed", "ledger: no READ delivered for a closed object")
+    EPOLLIN_PROBE = ("epollin-probe", "probe: a reopening READ raises no EPOLLIN")
+    WAKEUP_PROBE = ("wakeup-probe", "probe: a reopen's copen wakes the daemon")
     DAEMON_ERRORS = ("daemon-errors", "daemon: every answer accepted by the kernel")
     RUN_COMPLETED = ("run-completed", "run: completed")
+    END_OF_RUN = ("end-of-run", "run: the end leaves nothing behind")
     # the kernel: JUnit also gives each finding a case of its own
     SPLAT = ("splat", "kernel: console")
     # the evidence a scenario needs
+    LEDGER = ("ledger", "evidence: the kernel's ledger of requests", "deliveries")
     IN_FLIGHT = ("in-flight", "evidence: kills on a request in flight", "in_flight_share")
     REDELIVERED = ("redelivered", "evidence: held requests re-delivered", "redelivered")
     FD_CLOSES = ("fd-closes", "evidence: anon fds closed", "fd_closes")
     REOPENS = ("reopens", "evidence: reopens in the kernel trace", "reopens")
     READS_AFTER_REOPEN = ("reads-after-reopen", "evidence: READs on reopened objects", "reads_after_reopen")
     CRASH_POINTS = ("crash-points", "evidence: every crash point reached", "crash_point_hits")
+    REOPEN_PROBES = ("reopen-probes", "evidence: the patch-4 probe asked on reopens", "reopen_probes")
 
     @property
     def slug(self) -> str:

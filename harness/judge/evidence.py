@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from guest_scripts.contract import INCARNATION, LEGACY_INCARNATION, Event, Fault
+from guest_scripts.contract import END_OF_RUN_FILE, INCARNATION, LEGACY_INCARNATION, EndOfRun, Event, Fault
 
 SIGKILL = 9
 LogEvent = dict[str, Any]  # one JSON line of a guest or host log: its values are mixed by nature
@@ -160,6 +160,7 @@ class ReaderFacts:
     never_verified: tuple[str, ...]  # image/path never read back correctly in the whole run
     mounts: int
     latency_histogram: dict[str, int]  # bucket upper bound (s, or "inf") -> reads, all readers
+    failed_umounts: tuple[LogEvent, ...] = ()  # a reader's plain umount refused
 
     @property
     def p99_latency_s(self) -> float | None:
@@ -184,6 +185,7 @@ def reader_facts(readers: Iterable[list[LogEvent]], manifest: dict[str, dict[str
     mismatches: list[LogEvent] = []
     errors: list[LogEvent] = []
     stalls: list[LogEvent] = []
+    failed_umounts: list[LogEvent] = []
     good: set[tuple[str, str]] = set()
     histogram: Counter[str] = Counter()
     for events in readers:
@@ -200,6 +202,8 @@ def reader_facts(readers: Iterable[list[LogEvent]], manifest: dict[str, dict[str
                 errors.append(e)
             elif kind == Event.STALL:
                 stalls.append(e)
+            elif kind == Event.UMOUNT_FAILED:
+                failed_umounts.append(e)
             elif kind == Event.FILE:
                 files += 1
                 nbytes += int(e.get("bytes", 0))
@@ -213,7 +217,7 @@ def reader_facts(readers: Iterable[list[LogEvent]], manifest: dict[str, dict[str
     missing = tuple(f"{img}/{rel}" for img, files_ in sorted(manifest.items())
                     for rel in sorted(files_) if (img, rel) not in good)
     return ReaderFacts(started, finished, files, verified, nbytes, tuple(mismatches), tuple(errors),
-                       tuple(stalls), round(worst, 4), missing, mounts, dict(histogram))
+                       tuple(stalls), round(worst, 4), missing, mounts, dict(histogram), tuple(failed_umounts))
 
 
 @dataclass(frozen=True)
@@ -227,6 +231,8 @@ class RunLogs:
     manifest: dict[str, dict[str, str]] = field(default_factory=dict)
     trace: str = ""  # tracefs `trace` at the end of the run
     trace_lost: bool = False  # the ring buffer overran: trace counts are lower bounds
+    end_of_run: EndOfRun | None = None  # None: a run that never got to its end check
+    kprobe_missed: int = 0  # hits the kprobes missed (kprobe_profile): the ledger lacks events
 
     @classmethod
     def load(cls, run_dir: Path) -> "RunLogs":
@@ -240,7 +246,22 @@ class RunLogs:
             manifest=json.loads(manifest_file.read_text()) if manifest_file.exists() else {},
             trace=_read(guest / "trace.txt"),
             trace_lost=any(int(n) > 0 for n in re.findall(r"^overrun: (\d+)", _read(guest / "trace-stats.txt"), re.M)),
+            end_of_run=_end_of_run(guest / END_OF_RUN_FILE),
+            kprobe_missed=_kprobe_missed(_read(guest / "kprobe-profile.txt")),
         )
+
+
+def _kprobe_missed(profile: str) -> int:
+    """tracefs kprobe_profile: `<event> <hits> <misses>` a line."""
+    return sum(int(f[2]) for line in profile.splitlines() if len(f := line.split()) == 3 and f[2].isdigit())
+
+
+def _end_of_run(path: Path) -> EndOfRun | None:
+    try:
+        data = json.loads(_read(path))
+    except ValueError:
+        return None
+    return EndOfRun.from_json(data) if isinstance(data, dict) else None
 
 
 def _read(path: Path) -> str:

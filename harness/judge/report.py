@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from . import console, evidence, junit, markdown, trace, verdict
+from . import console, evidence, junit, ledger, markdown, probes, trace, verdict
 from .checks import Status, slugs
-from .results import RESULTS_SCHEMA_VERSION, AnyResults, CrashPointRow, Results, error_results
+from .results import (RESULTS_SCHEMA_VERSION, AnyResults, CrashPointRow, DeathSpread, LedgerSection, Results, Spread,
+                      error_results)
+from guest_scripts.contract import Event
 from ..scenarios import CRASH_POINTS, UNANSWERED_POINTS, Needs, expected_daemon_errnos
 
 __all__ = ["RESULTS_SCHEMA_VERSION", "SCHEMA_FILE", "evaluate", "summary", "write_error", "write_outputs"]
@@ -39,13 +41,63 @@ def _crash_point_table(daemon: evidence.DaemonFacts) -> dict[str, CrashPointRow]
     return table
 
 
+def _spread(values: list[float]) -> Spread:
+    if not values:
+        return {"n": 0, "p50": None, "p90": None, "max": None}
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+    return {"n": len(ordered), "p50": at(0.5), "p90": at(0.9), "max": round(ordered[-1], 3)}
+
+
+def _distribution_of_deaths(lg: ledger.Ledger) -> DeathSpread:
+    """What each daemon death cost, as the kernel saw it: the longest a request it held waited for
+    its answer (first delivery to answer), and the time from the death to the next answer."""
+    dead = [p for p in lg.processes if p.died_ts is not None]
+    return {"longest_held_wait_s": _spread([p.longest_wait_s for p in dead if p.longest_wait_s is not None]),
+            "next_answer_s": _spread([p.next_answer_s for p in dead if p.next_answer_s is not None])}
+
+
+def _ledger_section(lg: ledger.Ledger, disagreements: list[str]) -> LedgerSection:
+    return {
+        "available": lg.available,
+        "requests": lg.lifetimes,
+        "by_op": lg.by_op,
+        "queued_reads": lg.queued_reads,
+        "held_at_death": lg.held,
+        "redelivered": lg.redelivered,
+        "ended_by_kernel": sum(p.ended_by_kernel for p in lg.processes),
+        "held_without_restore": sum(p.no_restore for p in lg.processes),
+        "restores": len(lg.restores),
+        "drops": lg.drops,
+        "unknown_drop_ids": lg.unknown_drop_ids,
+        "empty_reads": sum(p.empty_reads for p in lg.processes),
+        "processes": len(lg.processes),
+        "violations": {rule: len(lg.of_rule(rule)) for rule in ledger.RULES},
+        "first_violations": [v.text for v in lg.violations[:10]],
+        "daemon_log_disagrees": disagreements[:10],
+        "per_death": _distribution_of_deaths(lg),
+        "anon_fds_handed": lg.anon_fds_handed,
+        "anon_fds_released": lg.anon_fds_released,
+    }
+
+
 def evaluate(run_dir: Path) -> Results:
     meta = json.loads((run_dir / "run.json").read_text())
     scenario = meta.get("scenario", {})
     logs = evidence.RunLogs.load(run_dir)
     daemon = evidence.daemon_facts(logs.keeper, logs.daemon, logs.host_kills)
     readers = evidence.reader_facts(logs.readers, logs.manifest)
-    kernel_trace = trace.facts(trace.parse(logs.trace), logs.trace_lost)
+    trace_events = trace.parse(logs.trace)
+    kernel_trace = trace.facts(trace_events, logs.trace_lost)
+    # an incomplete trace (a ring buffer overrun, a kprobe that missed hits) makes no ledger: its
+    # rules would read a lost event as a lost request
+    lost = [what for what, n in (("the ring buffer overran", logs.trace_lost),
+                                 (f"the kprobes missed {logs.kprobe_missed} hit(s)", logs.kprobe_missed)) if n]
+    kernel_ledger = ledger.build(trace_events, "; ".join(lost) or None)
+    probed = probes.probe_counts(logs.daemon)
+    recv_by_pid = Counter(e.get("pid", -1) for e in logs.daemon if e.get("event") == Event.RECV)
     reads_after_reopen = trace.reads_after_reopens(logs.daemon)
     findings = console.scan_file(run_dir / "console.log")
     th = verdict.Thresholds(kills_requested=scenario.get("kills", 0),
@@ -56,7 +108,9 @@ def evaluate(run_dir: Path) -> Results:
     aborted = meta.get("aborted")
     if aborted is None and readers.readers_finished < readers.readers_started:
         aborted = f"{readers.readers_started - readers.readers_finished} reader(s) never finished"
-    v = verdict.decide(daemon, readers, kernel_trace, reads_after_reopen, findings, th, aborted)
+    v = verdict.decide(daemon, readers, kernel_trace, kernel_ledger, probed, reads_after_reopen, findings, th, aborted,
+                       logs.end_of_run)
+    in_flight = verdict.kills_in_flight(daemon, kernel_ledger)
 
     kills = len(daemon.kills)
     recoveries = [d.recovery_s for d in daemon.deaths if d.recovery_s is not None]
@@ -71,8 +125,8 @@ def evaluate(run_dir: Path) -> Results:
         "missing_checks": [m.check.slug for m in v.missing],
         "scenario": scenario.get("name"),
         "kills": kills,
-        "kills_in_flight": daemon.kills_in_flight,
-        "in_flight_share": round(daemon.kills_in_flight / kills, 3) if kills else 0.0,
+        "kills_in_flight": in_flight,
+        "in_flight_share": round(in_flight / kills, 3) if kills else 0.0,
         "mismatches": len(readers.mismatches),
         "read_errors": len(readers.read_errors),
         "max_stall_s": readers.max_stall_s,
@@ -81,7 +135,8 @@ def evaluate(run_dir: Path) -> Results:
             "deaths": len(daemon.deaths),
             "restores": daemon.restores_ok,
             "restores_failed": daemon.restores_failed,
-            "redelivered": daemon.redelivered,
+            # from the kernel's ledger where there is one (the daemon's log matches by msg_id)
+            "redelivered": kernel_ledger.redelivered if kernel_ledger.available else daemon.redelivered,
             "fd_closes": daemon.fd_closes,
             "reopens": len(kernel_trace.reopens),
             "reads_after_reopen": reads_after_reopen,
@@ -92,6 +147,9 @@ def evaluate(run_dir: Path) -> Results:
             "requests_answered": daemon.answered,
             "daemon_errors": len(daemon.errors),
         },
+        "ledger": _ledger_section(kernel_ledger, ledger.disagreements(kernel_ledger, dict(recv_by_pid))),
+        "probes": {kind: {"ran": c.ran, "decided": c.decided, "held": c.held, "violations": len(c.violations)}
+                   for kind, c in probed.items()},
         "readers": {
             "bytes_read": readers.bytes_read,
             "files_verified": readers.files_verified,
@@ -156,6 +214,20 @@ def _series_lines(prov: dict[str, Any] | None) -> list[str]:
             f" -> {(prov.get('head') or '?')[:12]}"]
 
 
+def _ledger_line(lg: LedgerSection) -> str:
+    if not lg["available"]:
+        return "  kernel ledger: none (no kprobe events in the trace)"
+    line = (f"  kernel ledger: {lg['requests']} requests delivered to {lg['processes']} daemon processes, "
+            f"{lg['held_at_death']} held at a death, {lg['redelivered']} re-delivered after a restore, "
+            f"{lg['ended_by_kernel']} ended by the kernel, {lg['held_without_restore']} with no restore after; "
+            f"{sum(lg['violations'].values())} violations")
+    held, nxt = lg["per_death"]["longest_held_wait_s"], lg["per_death"]["next_answer_s"]
+    if nxt["n"]:
+        line += (f"\n  per death ({nxt['n']}): next answer p50 {nxt['p50']}s p90 {nxt['p90']}s max {nxt['max']}s; "
+                 f"longest held request's wait p50 {held['p50']}s p90 {held['p90']}s max {held['max']}s")
+    return line + "".join(f"\n    daemon log disagrees: {d}" for d in lg["daemon_log_disagrees"])
+
+
 def summary(r: Results) -> str:
     t, ev, rd = r["timing"], r["evidence"], r["readers"]
     lines = [
@@ -168,6 +240,9 @@ def summary(r: Results) -> str:
         f"{ev['reopens']} reopens with {ev['reads_after_reopen']} READs after them, "
         f"{ev['empty_reads']} empty wake-ups; recovery mean {_seconds(r['recovery_s']['mean'])}, "
         f"max {_seconds(r['recovery_s']['max'])}",
+        _ledger_line(r["ledger"]),
+        "  probes: " + "; ".join(f"{kind} ran {c['ran']}, decided {c['decided']} (on reopens), held {c['held']}, "
+                                 f"{c['violations']} violations" for kind, c in r["probes"].items()),
         f"  reads: {rd['files_verified']} files verified ({rd['bytes_read'] / 1e6:.1f} MB), "
         f"{r['mismatches']} mismatches, {r['read_errors']} errors, max {_seconds(rd['max_latency_s'])}, "
         f"p99 <= {_seconds(rd['p99_latency_s'])}, longest stall {_seconds(r['max_stall_s'])} "

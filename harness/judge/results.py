@@ -19,7 +19,10 @@ from .checks import JUDGED, Status
 #    Still 3 with `daemon-errors`: a new check adds a value to the schema's slug enums and
 #    changes no field's type or meaning, so no bump: a reader takes a slug it does not know as
 #    one more check failed.
-RESULTS_SCHEMA_VERSION = 3
+# 4: adds `ledger` (the kernel's own account of requests, harness/judge/ledger.py) and `probes`;
+#    `kills_in_flight` is counted from the ledger; the check `empty-wakeups` (a count against an
+#    allowance) is gone, `epollin-probe` asks the same question at the protocol point.
+RESULTS_SCHEMA_VERSION = 4
 
 
 class _Common(TypedDict):
@@ -53,6 +56,47 @@ class Evidence(TypedDict):
     incarnations: int
     requests_answered: dict[str, int]  # opcode -> requests answered
     daemon_errors: int
+
+
+class Spread(TypedDict):
+    n: int
+    p50: float | None
+    p90: float | None
+    max: float | None
+
+
+class DeathSpread(TypedDict):
+    longest_held_wait_s: Spread  # per death: the longest a request it held waited for its answer
+    next_answer_s: Spread  # per death: from it to the next answered request
+
+
+class LedgerSection(TypedDict):
+    available: bool  # the trace had the kprobe events
+    requests: int  # request lifetimes delivered
+    by_op: dict[str, int]
+    queued_reads: int
+    held_at_death: int
+    redelivered: int
+    ended_by_kernel: int
+    held_without_restore: int
+    restores: int
+    drops: int
+    unknown_drop_ids: int
+    empty_reads: int
+    processes: int
+    violations: dict[str, int]  # ledger.RULES -> count
+    first_violations: list[str]
+    daemon_log_disagrees: list[str]
+    anon_fds_handed: int
+    anon_fds_released: int
+    per_death: DeathSpread
+
+
+class ProbeStats(TypedDict):
+    ran: int
+    decided: int  # on a reopen, and not given up
+    held: int
+    violations: int
 
 
 class ReaderStats(TypedDict):
@@ -100,6 +144,8 @@ class Results(_Common, _JudgedOptional):
     max_stall_s: float
     stall_bound_s: float
     evidence: Evidence
+    ledger: LedgerSection
+    probes: dict[str, ProbeStats]  # contract.Probe kind -> its counts
     readers: ReaderStats
     recovery_s: Recovery
     kills_per_minute: float | None

@@ -12,9 +12,15 @@ include/trace/events/cachefiles.h:
     cachefiles_ondemand_fd_release: o=%08x oid=%x
 
 `o` is the cachefiles object's debug id, stable for the object's life; `oid` is the on-demand
-object id the daemon sees, new at every (re)open. The `open` event fires before the message's
-ids are filled in (it always shows mid=0 oid=0), so a reopen is recognised by `o` alone: an
-`open` for an object whose anon fd was released since its last `open`.
+object id the daemon sees, new at every (re)open. The `open` event fires at delivery, before the
+message's ids are filled in (it always shows mid=0 oid=0), so a reopen is recognised by `o`
+alone: an `open` for an object whose anon fd was released since its last `open`.
+
+Beside them, what no tracepoint shows (PROBES, set up in the guest before the daemon starts):
+`deliver`, a kretprobe on `cachefiles_ondemand_daemon_read` with the message as the daemon got
+it (read back from its buffer); `restore`, a kprobe on `cachefiles_ondemand_restore`; and
+`sched_process_exit`, the death of each of the daemon's threads. `options/record-tgid` adds
+the process (tgid) to every line, so that a delivery is charged to a daemon process.
 """
 from __future__ import annotations
 
@@ -25,17 +31,42 @@ from typing import Any
 
 from guest_scripts.contract import INCARNATION, Event
 
-_LINE = re.compile(r"^\s*(?P<task>.+?)-(?P<pid>\d+)\s+(?:\(\s*[-\d]+\)\s+)?\[(?P<cpu>\d+)\]\s+(?:\S+\s+)?"
-                   r"(?P<ts>\d+\.\d+):\s+cachefiles_ondemand_(?P<event>\w+):\s+(?P<args>.*)$")
-_DECIMAL = {"fd"}
+KPROBE_GROUP = "failover"
+# name -> kprobe_events definition. `deliver`'s fields are struct cachefiles_msg (msg_id, opcode,
+# len, object_id) and the first 16 bytes of its payload: a READ's offset and length, an OPEN's
+# key sizes (a) and anon fd and flags (b). Fetched from the user buffer at return, when the
+# kernel has filled it; every field is printed in decimal.
+PROBES: dict[str, str] = {
+    "deliver": ("r:{group}/deliver cachefiles_ondemand_daemon_read ret=$retval:s64"
+                " msg_id=+u0($arg2):u32 opcode=+u4($arg2):u32 len=+u8($arg2):u32 object_id=+u12($arg2):u32"
+                " a=+u16($arg2):u64 b=+u24($arg2):u64"),
+    "restore": "p:{group}/restore cachefiles_ondemand_restore",
+    # an object withdrawn: its queued requests are ended with EIO (and no tracepoint says so when
+    # the object is not open). `o` is struct cachefiles_object's debug_id, 48 bytes in on x86_64
+    # since 5.17 (two pointers, a list_head, two pointers); the ledger checks that the ids it
+    # reads are ones the tracepoints know.
+    "drop": "p:{group}/drop cachefiles_ondemand_clean_object o=+48($arg1):s32",
+    # /dev/cachefiles closed for good: every request still queued is failed (no failover)
+    "unbind": "p:{group}/unbind cachefiles_daemon_release",
+}
+TRACE_CLOCK = "global"  # one clock for every CPU: the ledger orders events across them
+TRACEPOINTS = ("cachefiles/cachefiles_ondemand_*", "sched/sched_process_exit")
+
+_LINE = re.compile(r"^\s*(?P<task>.+?)-(?P<pid>\d+)\s+(?:\(\s*(?P<tgid>[-\d]+)\)\s+)?\[(?P<cpu>\d+)\]\s+(?:\S+\s+)?"
+                   r"(?P<ts>\d+\.\d+):\s+(?P<event>cachefiles_ondemand_\w+|deliver|restore|drop|unbind|sched_process_exit):"
+                   r"\s+(?:\([^)]*\)\s*)?(?P<args>.*)$")
+_DECIMAL = {"fd"}  # of the tracepoints' fields; the rest are hex
+_DECIMAL_EVENTS = {"deliver", "drop", "exit"}  # every field decimal (`drop`'s o too)
 
 
 @dataclass(frozen=True)
 class TraceEvent:
     ts: float
-    event: str  # open, copen, close, read, cread, fd_write, fd_release
+    event: str  # open, copen, close, read, cread, fd_write, fd_release; deliver, restore, drop, unbind, exit
     fields: dict[str, int]
     task: str
+    pid: int = -1  # the thread
+    tgid: int = -1  # its process, where record-tgid was on
 
 
 def parse(text: str) -> list[TraceEvent]:
@@ -43,14 +74,18 @@ def parse(text: str) -> list[TraceEvent]:
     for line in text.splitlines():
         if line.startswith("#") or not (m := _LINE.match(line)):
             continue
+        event = m.group("event").removeprefix("cachefiles_ondemand_")
+        event = "exit" if event == "sched_process_exit" else event
         fields = {}
         for pair in m.group("args").split():
             key, _, value = pair.partition("=")
             try:
-                fields[key] = int(value, 10 if key in _DECIMAL else 16)
+                fields[key] = int(value, 10 if key in _DECIMAL or event in _DECIMAL_EVENTS else 16)
             except ValueError:
                 continue
-        events.append(TraceEvent(float(m.group("ts")), m.group("event"), fields, m.group("task")))
+        tgid = m.group("tgid")
+        events.append(TraceEvent(float(m.group("ts")), event, fields, m.group("task"), int(m.group("pid")),
+                                 int(tgid) if tgid and tgid.lstrip("-").isdigit() else -1))
     return events
 
 

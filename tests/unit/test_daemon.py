@@ -18,6 +18,7 @@ import pytest
 
 import protocol
 from contract import parse_daemon_state
+import daemon as daemon_module
 from daemon import Daemon
 from helpers import ROOT, guest_config
 from keeper import send_fd
@@ -55,7 +56,8 @@ def test_open_of_a_known_blob_answers_its_size(daemon, tmp_path):
     assert device_writes(daemon) == f"copen 11,{3 * 4096}".encode()
     assert daemon.objects[4].anon_fd == anon
     kinds = [(e["event"], e.get("op")) for e in events(daemon)]
-    assert kinds == [("recv", "OPEN"), ("done", "OPEN")]  # logged before it is acted on
+    assert kinds == [("recv", "OPEN"), ("probe", None), ("done", "OPEN")]  # logged before it is acted on
+    assert events(daemon)[1] == {**events(daemon)[1], "probe": "epollin", "outcome": "quiet", "drained": 0}
     assert events(daemon)[0]["incarnation"] == 2
 
 
@@ -141,6 +143,7 @@ def test_a_close_request_wakes_one_sleeping_thread_and_stop_wakes_them_all(daemo
     monkeypatch.setattr(select, "poll", RecordingPoll)
     monkeypatch.setattr(RecordingPoll, "waits", [])
     open_objects(daemon, tmp_path, 3)
+    RecordingPoll.waits.clear()  # the OPENs' probes ask poll(0): not a wait
     threads = [threading.Thread(target=daemon.loop, daemon=True) for _ in range(3)]
     for t in threads:
         t.start()
@@ -194,3 +197,90 @@ def test_signals_reach_a_daemon_whose_threads_all_sleep_in_poll(tmp_path):
         proc.kill()
         proc.wait()
         device.close()
+
+
+# -- the probes: a SEQPACKET socket pair stands in for the device, the test for the kernel -----
+
+@pytest.fixture
+def wired(tmp_path):
+    """A daemon whose device is one end of a SEQPACKET pair; the test holds the kernel's end."""
+    blob = tmp_path / "img0.erofs"
+    blob.write_bytes(os.urandom(3 * 4096))
+    kernel, device = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    d = Daemon(guest_config(tmp_path, images={"img0": str(blob)}), device.fileno(), incarnation=1)
+    yield d, kernel
+    kernel.close()
+    device.close()
+
+
+def probes(d, kind):
+    return [e for e in events(d) if e["event"] == "probe" and e["probe"] == kind]
+
+
+def anon_file(tmp_path, name="backing"):
+    return os.open(tmp_path / name, os.O_RDWR | os.O_CREAT)
+
+
+def test_a_read_of_another_object_is_drained_and_served_after_the_copen(wired, tmp_path):
+    d, kernel = wired
+    d.handle(protocol.encode_open(1, 4, "erofs,img0.0x0", b"img0.0x0", anon_file(tmp_path, "a")))
+    kernel.recv(64)
+    kernel.send(protocol.encode_read(3, 4, 0, 4096))  # pending on object 4 when object 5's OPEN is read
+    d.handle(protocol.encode_open(2, 5, "erofs,img0.0x1", b"img0.0x1", anon_file(tmp_path, "b")))
+    assert kernel.recv(64).startswith(b"copen 2,")  # answered first, the READ after it
+    assert probes(d, "epollin")[-1] == {**probes(d, "epollin")[-1], "outcome": "quiet", "drained": 1, "empties": 0}
+    recvs = [e["msg_id"] for e in events(d) if e["event"] == "recv"]
+    assert recvs == [1, 2, 3]
+
+
+def test_a_read_of_the_object_being_opened_before_its_copen_is_a_violation(wired, tmp_path):
+    """The negative control of patch 1's REOPENING state: the kernel delivered the READ early."""
+    d, kernel = wired
+    kernel.send(protocol.encode_read(3, 5, 0, 4096))
+    d.handle(protocol.encode_open(2, 5, "erofs,img0.0x1", b"img0.0x1", anon_file(tmp_path)))
+    assert probes(d, "epollin")[-1]["outcome"] == "early-read"
+
+
+def test_a_device_readable_with_nothing_to_read_is_a_spin(wired, tmp_path):
+    """The negative control of patch 4: poll() says readable, read() returns nothing, again and
+    again (a shut-down peer reads as empty for ever)."""
+    d, kernel = wired
+    kernel.shutdown(socket.SHUT_WR)
+    d.handle(protocol.encode_open(2, 5, "erofs,img0.0x1", b"img0.0x1", anon_file(tmp_path)))
+    last = probes(d, "epollin")[-1]
+    assert last["outcome"] == "spin" and last["empties"] == daemon_module.PROBE_SPINS
+
+
+def reopen(d, kernel, tmp_path):
+    """Open a cookie, lose its fd, and have the kernel OPEN it again: a reopen the daemon knows."""
+    d.handle(protocol.encode_open(1, 4, "erofs,img0.0x0", b"img0.0x0", anon_file(tmp_path, "a")))
+    kernel.recv(64)
+    d.close_random_fd()
+    d.handle(protocol.encode_open(7, 6, "erofs,img0.0x0", b"img0.0x0", anon_file(tmp_path, "b")))
+
+
+def test_a_reopen_whose_copen_wakes_nobody_is_caught(wired, tmp_path, monkeypatch):
+    """The kernel's end answers nothing after the copen: the watcher stays asleep (the negative
+    control of the wake_up_all a reopen's copen owes the daemon)."""
+    d, kernel = wired
+    monkeypatch.setattr(daemon_module, "WAKE_BOUND_S", 0.3)
+    reopen(d, kernel, tmp_path)
+    assert [p["outcome"] for p in probes(d, "wakeup")] == ["asleep"]
+
+
+def test_a_reopen_whose_copen_wakes_the_watcher_holds(wired, tmp_path, monkeypatch):
+    """A kernel that wakes the device for the copen (here: the READ made deliverable by it)."""
+    d, kernel = wired
+    monkeypatch.setattr(daemon_module, "WAKE_BOUND_S", 5.0)
+
+    def kernel_side():
+        kernel.recv(64)  # the first copen
+        if kernel.recv(64).startswith(b"copen 7,"):
+            kernel.send(protocol.encode_read(8, 6, 0, 4096))
+    t = threading.Thread(target=kernel_side, daemon=True)
+    d.handle(protocol.encode_open(1, 4, "erofs,img0.0x0", b"img0.0x0", anon_file(tmp_path, "a")))
+    d.close_random_fd()
+    t.start()
+    d.handle(protocol.encode_open(7, 6, "erofs,img0.0x0", b"img0.0x0", anon_file(tmp_path, "b")))
+    t.join(5)
+    assert [p["outcome"] for p in probes(d, "wakeup")] == ["woken"]

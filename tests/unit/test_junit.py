@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.judge import console, junit, report, verdict
+from guest_scripts.contract import EndOfRun
+from harness.judge import console, junit, ledger, probes, report, verdict
 from harness.judge.checks import VERDICT_CHECKS, Check
 from harness.judge.evidence import DaemonFacts, Death, Kill, ReaderFacts
 from harness.scenarios import Needs
@@ -38,7 +39,7 @@ def test_a_failing_run_fails_exactly_its_checks(tmp_path):
     assert suite.get("name") == "no-failover" and suite.get("failures") == "3"
     assert int(suite.get("tests")) == len(suite.findall("testcase"))
     failed = {n for n, o in outcomes(junit.render(r)).items() if o == "failure"}
-    assert failed == {"data: checksums", "data: read errors", "failover: held requests re-delivered"}
+    assert failed == {"data: checksums", "data: read errors", "ledger: every request answered or ended by the kernel"}
     message = root.find(".//testcase[@name='data: read errors']/failure").get("message")
     assert message.startswith(f"{r['read_errors']} read error(s)")
     props = {p.get("name"): p.get("value") for p in suite.iter("property")}
@@ -100,18 +101,23 @@ def every_rule_broken() -> list[verdict.Reason]:
     unserved = Death(2, 11, "kill", None, (), (), True, False, None)
     lost = Death(3, 12, "crash_point", "read_received", (7,), (), True, True, 1.0)
     daemon = DaemonFacts(4, (unrestored, unserved, lost), (Kill(0, 10, unrestored), Kill(1, 99, None)),
-                         {}, 500, 2, 0, 0,  # 500 empty wake-ups for 2 restores: a busy loop
+                         {}, 0, 2, 0, 0,
                          ({"op": "READ", "msg_id": 7, "errno": 22},))  # a READ_COMPLETE refused
     readers = ReaderFacts(1, 1, 2, 0, 10, ({"image": "i", "path": "p"},), ({"stage": "read"},),
                           ({"waited_s": 99},), 0.1, ("i/p",), 1, {})
+    broken_ledger = ledger.Ledger(True, (), (), 1, {}, 0, 0, 0,
+                                  tuple(ledger.Violation(rule, f"{rule} broken") for rule in ledger.RULES))
+    probed = {kind: probes.ProbeCounts(1, 1, 0, ({"outcome": outcome},))
+              for kind, outcome in (("epollin", "spin"), ("wakeup", "asleep"))}
+    end = EndOfRun({}, keeper_exited=False, device_reopen_error="Device or resource busy", d_state=[])
     finding = console.scan_file(WARNING_SPLAT)
     th = verdict.Thresholds(kills_requested=5, stall_bound_s=30, needs=Needs())
-    return verdict.failures(daemon, readers, finding, th, aborted="guest hung")
+    return verdict.failures(daemon, readers, broken_ledger, probed, finding, th, aborted="guest hung", end=end)
 
 
 def test_every_reason_the_verdict_gives_has_its_check():
     reasons = every_rule_broken()
-    assert len(reasons) >= 14
+    assert len(reasons) >= 18
     assert {r.check for r in reasons} == set(VERDICT_CHECKS)
 
 

@@ -90,7 +90,7 @@ def test_provenance_is_valid_whole_or_as_far_as_the_run_got(passing, validator):
     (lambda r: r.pop("verdict"), "'verdict' is a required property"),
     (lambda r: r.update(verdict="MAYBE"), "'MAYBE' is not one of"),
     (lambda r: r.update(kills="5"), "'5' is not of type 'integer'"),
-    (lambda r: r.update(schema_version=2), "3 was expected"),
+    (lambda r: r.update(schema_version=3), "4 was expected"),
     (lambda r: r.pop("failed_checks"), "'failed_checks' is a required property"),
     (lambda r: r.update(failed_checks=["hang"]), "'hang' is not one of"),
     (lambda r: r.update(failed_checks=["stall", "stall"]), "has non-unique elements"),
@@ -113,7 +113,7 @@ def test_what_is_not_results_json_is_rejected(change, complaint, passing, valida
 
 
 def test_the_error_shape_needs_its_message(validator):
-    r = {"schema_version": 3, "verdict": "UNTESTABLE", "reasons": [], "failed_checks": [], "request": {},
+    r = {"schema_version": report.RESULTS_SCHEMA_VERSION, "verdict": "UNTESTABLE", "reasons": [], "failed_checks": [], "request": {},
          "reproduce": "x", "harness_version": "0"}
     assert any("should be non-empty" in e for e in errors(validator, r))
     # and a judged verdict needs the judged fields
@@ -129,6 +129,6 @@ def test_the_schema_names_every_check_and_only_those():
 
 def test_a_failing_run_names_its_checks_in_check_order(tmp_path, validator):
     r = judged(shutil.copytree(FIXTURES / "run-no-failover", tmp_path / "run"))
-    assert r["failed_checks"] == ["checksum", "read-error", "held-requests"]
-    assert r["reason_checks"] == ["read-error", "checksum", "held-requests"]  # as the reasons come
+    assert r["failed_checks"] == ["checksum", "read-error", "unanswered"]
+    assert r["reason_checks"] == ["read-error", "checksum", "unanswered"]  # as the reasons come
     assert r["missing_checks"] == [] and errors(validator, r) == []

@@ -1,0 +1,294 @@
+"""The kernel's own ledger of on-demand requests, from the trace alone (trace.PROBES and the
+cachefiles tracepoints): what was delivered to which daemon process, what was answered, what a
+process held when it died, what came back after a `restore`, and what was never answered.
+
+A request is one lifetime: delivered (the `deliver` kretprobe: msg_id, opcode, object id), then
+ended by its answer (`copen`/`cread` with its msg_id; a CLOSE ends at its delivery) or by the
+kernel (`drop`: its object was withdrawn and its requests failed with EIO). `unbind` (the device
+closed for good) fails every request still queued: at the end of a run nothing is left by then
+(the readers are done), so what it fails was never answered. One end is not seen: a reader
+killed while it waits gives its request up silently; readers are killed only when they stall,
+which the stall check fails already. Delivered again
+while it lives is either a re-delivery (a `restore` came between) or a violation (it did not).
+The kernel reuses a msg_id once its request has ended, so a delivery of that msg_id after the end
+starts a new lifetime: nothing here matches by msg_id across lifetimes.
+
+The rules, each exact (no allowance; a correct kernel breaks none, README says why):
+- held: a request a daemon process held when it died (delivered to it, not ended before its
+  last thread exited) is delivered again after the next `restore`, unless the kernel ended it
+  before that restore (its object dropped). A drop after the restore does not excuse it: its
+  reader waits on it, so its object cannot go before it is answered, and a kernel that ended
+  it at the death (the reader retrying on its own) shows exactly that;
+- double: no lifetime is delivered twice without a `restore` between the two deliveries;
+- unanswered: by the end of the trace every lifetime has ended, and every READ the kernel queued
+  (the `read` tracepoint) was delivered, unless its object was dropped;
+- closed: no READ is delivered for an object whose anon fd was released (`fd_release`) and not
+  opened again since (`copen` of that object): patches 1 and 3.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from .trace import TraceEvent
+
+OPCODES = {0: "OPEN", 1: "CLOSE", 2: "READ"}
+
+
+@dataclass(frozen=True)
+class Delivery:
+    ts: float
+    tgid: int  # the daemon process that read it
+    object_id: int
+
+
+@dataclass
+class Lifetime:
+    msg_id: int
+    op: str
+    o: int | None  # the cachefiles object's debug id, where the trace tells it
+    deliveries: list[Delivery] = field(default_factory=list)
+    ended_ts: float | None = None
+    ended_by: str | None = None  # "answer", "delivery" (CLOSE), "drop"; "unbind": failed, unanswered
+    off: int | None = None  # a READ's range
+    length: int | None = None
+
+    def describe(self) -> str:
+        where = f" object {self.o}" if self.o is not None else ""
+        oid = f" object_id {self.deliveries[-1].object_id}" if self.deliveries else ""
+        span = f" off {self.off} len {self.length}" if self.op == "READ" else ""
+        return f"{self.op} msg_id {self.msg_id}{oid}{where}{span}"
+
+
+@dataclass(frozen=True)
+class Violation:
+    rule: str  # one of RULES
+    text: str
+
+
+RULES = ("held", "double", "unanswered", "closed")
+
+
+@dataclass(frozen=True)
+class ProcessAccount:
+    """One daemon process, as the kernel saw it."""
+    tgid: int
+    delivered: int
+    empty_reads: int  # read() returned 0: poll said readable, nothing deliverable
+    died_ts: float | None  # its last thread's exit; None: alive at the end of the trace
+    held: int  # lifetimes delivered to it and not ended when it died
+    redelivered: int  # of those, delivered again after the next restore
+    ended_by_kernel: int  # of those, ended by the kernel (object dropped) instead
+    no_restore: int  # of those, with no restore after the death before the trace ended
+    longest_wait_s: float | None = None  # of those answered, the longest from first delivery to answer
+    next_answer_s: float | None = None  # from the death to the next request any process answered
+
+
+@dataclass(frozen=True)
+class Ledger:
+    available: bool  # the trace has `deliver` events: the kprobes were there
+    processes: tuple[ProcessAccount, ...]
+    restores: tuple[float, ...]
+    lifetimes: int
+    by_op: dict[str, int]  # lifetimes by opcode
+    queued_reads: int  # `read` tracepoints: READs the kernel queued
+    drops: int
+    unknown_drop_ids: int  # `drop` events whose o no tracepoint knows: the probe's offset is wrong
+    violations: tuple[Violation, ...]
+    incomplete: str | None = None  # why the trace cannot make a ledger (events were lost)
+    anon_fds_handed: int = 0  # OPENs delivered: each installs an anon fd in the daemon
+    anon_fds_released: int = 0  # `fd_release`: each anon fd's last close
+
+    @property
+    def anon_fds_unreleased(self) -> int:
+        return self.anon_fds_handed - self.anon_fds_released
+
+    @property
+    def held(self) -> int:
+        return sum(p.held for p in self.processes)
+
+    @property
+    def redelivered(self) -> int:
+        return sum(p.redelivered for p in self.processes)
+
+    def held_by(self, tgid: int) -> int:
+        return next((p.held for p in self.processes if p.tgid == tgid), 0)
+
+    def of_rule(self, rule: str) -> list[Violation]:
+        return [v for v in self.violations if v.rule == rule]
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.live: dict[int, Lifetime] = {}  # msg_id -> its lifetime, until it ends
+        self.all: list[Lifetime] = []
+        self.restores: list[float] = []
+        self.exits: dict[int, float] = {}  # tgid -> its last thread's exit
+        self.empty: Counter[int] = Counter()
+        self.delivered: Counter[int] = Counter()
+        self.oid_to_o: dict[int, int] = {}  # the object id an OPEN handed out -> the object
+        self.opening: dict[int, int] = {}  # pid -> o of the `open` tracepoint just fired in it
+        self.object_open: dict[int, bool] = {}  # o -> copened and not released since
+        self.queued: Counter[tuple[int, int, int]] = Counter()  # (o, off, len) of READs queued
+        self.delivered_reads: Counter[tuple[int, int, int]] = Counter()
+        self.dropped: dict[int, float] = {}  # o -> when it was dropped
+        self.known_o: set[int] = set()
+        self.fds_handed = self.fds_released = 0
+        self.answers: list[float] = []  # when each copen/cread came, in order
+        self.violations: list[Violation] = []
+
+    def feed(self, e: TraceEvent) -> None:
+        f = e.fields
+        o = f.get("o")
+        if e.event != "drop" and o is not None:
+            self.known_o.add(o)
+        if e.event == "deliver":
+            self.deliver(e)
+        elif e.event == "open" and o is not None:
+            self.opening[e.pid] = o
+        elif e.event in ("copen", "cread"):
+            self.answers.append(e.ts)
+            lt = self.live.pop(f.get("mid", -1), None)
+            if lt is not None:
+                lt.ended_ts, lt.ended_by = e.ts, "answer"
+                if lt.o is None:
+                    lt.o = o
+            if e.event == "copen" and o is not None:
+                self.object_open[o] = True
+        elif e.event == "fd_release" and o is not None:
+            self.object_open[o] = False
+            self.fds_released += 1
+        elif e.event == "read" and o is not None:
+            self.queued[(o, f.get("s", -1), f.get("l", -1))] += 1
+        elif e.event == "drop" and o is not None:
+            self.dropped[o] = e.ts
+            for msg_id, lt in list(self.live.items()):
+                if lt.o == o:
+                    lt.ended_ts, lt.ended_by = e.ts, "drop"
+                    del self.live[msg_id]
+        elif e.event == "unbind":
+            # the cache is dead: every request is failed with it, unanswered (the readers are
+            # done before the run closes the device; without failover, the device dies early)
+            for lt in self.live.values():
+                lt.ended_ts, lt.ended_by = e.ts, "unbind"
+            self.live.clear()
+        elif e.event == "restore":
+            self.restores.append(e.ts)
+        elif e.event == "exit":
+            self.exits[e.tgid if e.tgid >= 0 else e.pid] = e.ts
+
+    def deliver(self, e: TraceEvent) -> None:
+        f = e.fields
+        tgid = e.tgid if e.tgid >= 0 else e.pid
+        ret = f.get("ret", -1)
+        if ret == 0:
+            self.empty[tgid] += 1
+        if ret <= 0:
+            return
+        self.delivered[tgid] += 1
+        msg_id, op, oid = f.get("msg_id", -1), OPCODES.get(f.get("opcode", -1), "?"), f.get("object_id", -1)
+        if op == "OPEN":
+            self.fds_handed += 1
+            if (o := self.opening.pop(e.pid, None)) is not None:
+                self.oid_to_o[oid] = o
+        o = self.oid_to_o.get(oid)
+        lt = self.live.get(msg_id)
+        if lt is not None and lt.op != op:
+            lt = None  # not the request that was live under this id: ours missed its end
+        if lt is None:
+            lt = Lifetime(msg_id, op, o)
+            self.live[msg_id] = lt
+            self.all.append(lt)
+        elif not any(lt.deliveries[-1].ts < r <= e.ts for r in self.restores):
+            self.violations.append(Violation("double", f"{lt.describe()} delivered again at {e.ts:.6f} "
+                                             f"(first at {lt.deliveries[-1].ts:.6f}) with no restore between"))
+        lt.deliveries.append(Delivery(e.ts, tgid, oid))
+        if lt.o is None:
+            lt.o = o
+        if op == "READ":
+            lt.off, lt.length = f.get("a"), f.get("b")
+            if o is not None:
+                if len(lt.deliveries) == 1:
+                    self.delivered_reads[(o, f.get("a", -1), f.get("b", -1))] += 1
+                if not self.object_open.get(o, False):
+                    self.violations.append(Violation("closed", f"{lt.describe()} delivered at {e.ts:.6f} while its "
+                                                     "object was closed (anon fd released, no copen since)"))
+        if op == "CLOSE":
+            lt.ended_ts, lt.ended_by = e.ts, "delivery"
+            del self.live[msg_id]
+
+
+def build(events: Iterable[TraceEvent], incomplete: str | None = None) -> Ledger:
+    """The ledger of a whole trace; none (unavailable, `incomplete` says why) from a trace that
+    lost events, whose rules would read a lost event as a lost request."""
+    if incomplete:
+        return Ledger(False, (), (), 0, {}, 0, 0, 0, (), incomplete)
+    b = _Builder()
+    for e in events:
+        b.feed(e)
+    violations = list(b.violations)
+    accounts = []
+    for tgid in sorted(b.delivered.keys() | b.empty.keys()):
+        died = b.exits.get(tgid)
+        held = redelivered = by_kernel = no_restore = 0
+        waits: list[float] = []
+        next_answer = None
+        if died is not None:
+            next_answer = next((round(a - died, 4) for a in b.answers if a > died), None)
+            for lt in b.all:
+                mine = [d for d in lt.deliveries if d.tgid == tgid and d.ts < died]
+                if not mine or (lt.ended_ts is not None and lt.ended_ts <= died):
+                    continue
+                if any(d.ts > died and d.tgid == tgid for d in lt.deliveries):
+                    continue  # not its last word: it got it again before it died (never, for one process)
+                held += 1
+                restore = next((r for r in b.restores if r > died), None)
+                if restore is None:
+                    no_restore += 1
+                elif any(d.ts > restore for d in lt.deliveries):
+                    redelivered += 1
+                    if lt.ended_by == "answer" and lt.ended_ts is not None:
+                        waits.append(lt.ended_ts - lt.deliveries[0].ts)
+                elif lt.ended_by in ("drop", "unbind") and lt.ended_ts is not None and lt.ended_ts < restore:
+                    by_kernel += 1  # its object withdrawn, or the cache, before a restore could bring it back
+                else:
+                    violations.append(Violation("held", f"{lt.describe()}, held by process {tgid} when it died "
+                                                f"({died:.6f}), was not delivered again after the restore at {restore:.6f}"))
+        accounts.append(ProcessAccount(tgid, b.delivered[tgid], b.empty[tgid], died, held, redelivered, by_kernel,
+                                       no_restore, round(max(waits), 4) if waits else None, next_answer))
+    for lt in [*b.live.values(), *(lt for lt in b.all if lt.ended_by == "unbind")]:
+        how = f", failed when the device was closed at {lt.ended_ts:.6f}" if lt.ended_by == "unbind" else ""
+        violations.append(Violation("unanswered", f"{lt.describe()}, last delivered at {lt.deliveries[-1].ts:.6f} "
+                                    f"to process {lt.deliveries[-1].tgid}, was never answered{how}"))
+    available = bool(b.delivered or b.empty)
+    for (o, off, length), n in sorted(b.queued.items()) if available else ():
+        if (missing := n - b.delivered_reads.get((o, off, length), 0)) > 0 and o not in b.dropped:
+            violations.append(Violation("unanswered", f"{missing} READ(s) of object {o} off {off} len {length} "
+                                        "queued by the kernel and never delivered"))
+    return Ledger(
+        available=available,
+        processes=tuple(accounts),
+        restores=tuple(b.restores),
+        lifetimes=len(b.all),
+        by_op=dict(Counter(lt.op for lt in b.all)),
+        queued_reads=sum(b.queued.values()),
+        drops=len(b.dropped),
+        unknown_drop_ids=sum(1 for o in b.dropped if o not in b.known_o),
+        violations=tuple(violations),
+        anon_fds_handed=b.fds_handed,
+        anon_fds_released=b.fds_released,
+    )
+
+
+def disagreements(ledger: Ledger, recv_by_pid: dict[int, int]) -> list[str]:
+    """Where the daemon's own log (requests it logged as received, by process) and the kernel's
+    ledger (requests delivered, by process) differ. A process killed between its read() and
+    its log line is one short per thread; anything else says one of the two is wrong."""
+    out = []
+    delivered = {p.tgid: p.delivered for p in ledger.processes}
+    for pid in sorted(delivered.keys() | recv_by_pid.keys()):
+        kernel, logged = delivered.get(pid, 0), recv_by_pid.get(pid, 0)
+        if kernel != logged:
+            out.append(f"process {pid}: the kernel delivered {kernel} request(s), the daemon logged {logged}")
+    return out

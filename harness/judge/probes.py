@@ -1,0 +1,60 @@
+"""What the daemon asked the kernel at protocol points (its `probe` events), counted.
+
+Both probes sit on an OPEN the daemon has read and not yet answered (guest_scripts/daemon.py):
+- epollin (patch 4), on every OPEN: is the device quiet while the READ that caused a reopen
+  waits for this copen? It decides only on a reopen: an OPEN for a cookie that was opened before
+  (each reader round mounts fresh fsids, so nothing else asks for a cookie twice);
+- wakeup, on the reopens the daemon itself can tell (a cookie this incarnation opened before):
+  does the copen wake a thread asleep in poll()?
+A probe that decided nothing is no evidence; a violation on any OPEN is a FAIL.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from guest_scripts.contract import INCARNATION, Event, Probe, ProbeOutcome
+from .evidence import LogEvent
+
+KINDS = (Probe.EPOLLIN, Probe.WAKEUP)
+
+
+@dataclass(frozen=True)
+class ProbeCounts:
+    ran: int
+    decided: int  # on a reopen, and not given up (busy)
+    held: int  # of those, the kernel answered right
+    violations: tuple[LogEvent, ...]  # on any OPEN
+
+
+def probe_counts(daemon: list[LogEvent]) -> dict[str, ProbeCounts]:
+    opened: set[str] = set()  # cookies whose OPEN was answered with a size
+    cookies: dict[tuple[object, object], str] = {}  # (incarnation, msg_id) of a probed OPEN -> cookie
+    ran = {k: 0 for k in KINDS}
+    decided = {k: 0 for k in KINDS}
+    held = {k: 0 for k in KINDS}
+    violations: dict[str, list[LogEvent]] = {k: [] for k in KINDS}
+    for e in daemon:
+        kind = e.get("event")
+        if kind == Event.PROBE and (probe := str(e.get("probe"))) in ran:
+            ran[probe] += 1
+            cookie = str(e.get("cookie", ""))
+            cookies[(e.get(INCARNATION), e.get("msg_id"))] = cookie
+            outcome = e.get("outcome")
+            if outcome in ProbeOutcome.VIOLATIONS:
+                violations[probe].append(e)
+            if outcome != ProbeOutcome.BUSY and cookie in opened:
+                decided[probe] += 1
+                held[probe] += outcome in (ProbeOutcome.QUIET, ProbeOutcome.WOKEN)
+        elif kind == Event.DONE and e.get("op") == "OPEN" and e.get("size", -1) >= 0:
+            if (key := (e.get(INCARNATION), e.get("msg_id"))) in cookies:
+                opened.add(cookies.pop(key))
+    return {k: ProbeCounts(ran[k], decided[k], held[k], tuple(violations[k])) for k in KINDS}
+
+
+def describe(e: LogEvent) -> str:
+    """What a violating probe saw, with the OPEN it waited on."""
+    what = {ProbeOutcome.SPIN: f"the device stayed readable with nothing to read ({e.get('empties')} empty reads)",
+            ProbeOutcome.EARLY_READ: "a READ of the object was delivered before its OPEN was answered",
+            ProbeOutcome.ASLEEP: "a thread asleep in poll() was not woken by the copen"}
+    return (f"{what.get(str(e.get('outcome')), e.get('outcome'))}: OPEN msg_id {e.get('msg_id')} "
+            f"object_id {e.get('object_id')} ({e.get('cookie')})")

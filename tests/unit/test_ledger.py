@@ -1,0 +1,180 @@
+"""The kernel's ledger of requests, on traces captured from real runs (tests/fixtures), and each
+rule's negative control: the captured trace changed where a broken kernel would change it."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from harness.judge import ledger, trace
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+CRASH = FIXTURES / "run-crash-5-kills" / "guest" / "trace.txt"
+CLOSE_FDS = FIXTURES / "run-close-fds" / "guest" / "trace.txt"
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def build(text_lines: list[str]) -> ledger.Ledger:
+    return ledger.build(trace.parse("\n".join(text_lines)))
+
+
+def deliveries(text_lines: list[str]) -> list[tuple[int, dict[str, int], int]]:
+    """(line index, fields, tgid) of every `deliver` event with a message."""
+    out = []
+    for i, line in enumerate(text_lines):
+        (e,) = trace.parse(line) or [None]
+        if e is not None and e.event == "deliver" and e.fields.get("ret", 0) > 0:
+            out.append((i, e.fields, e.tgid))
+    return out
+
+
+def first_redelivered(text_lines: list[str]) -> tuple[int, int]:
+    """(msg_id, line index of its delivery after the restore) of the first held request."""
+    seen: dict[int, int] = {}
+    restored = False
+    for i, line in enumerate(text_lines):
+        if "restore:" in line:
+            restored = True
+        m = re.search(r"deliver: .* ret=([1-9]\d*) msg_id=(\d+)", line)
+        if m:
+            msg_id = int(m.group(2))
+            if restored and msg_id in seen:
+                return msg_id, i
+            seen[msg_id] = i
+    raise AssertionError("no re-delivery in the fixture")
+
+
+@pytest.mark.parametrize("path", [CRASH, CLOSE_FDS], ids=["crash", "close-fds"])
+def test_a_correct_kernel_s_captured_run_breaks_no_rule(path):
+    lg = build(lines(path))
+    assert lg.available and lg.lifetimes > 0
+    assert lg.violations == ()
+    assert lg.unknown_drop_ids == 0  # the drop probe reads the object's debug id right
+    assert lg.anon_fds_handed == lg.anon_fds_released  # every daemon process had exited
+
+
+def test_the_crash_run_s_held_requests_all_come_back():
+    lg = build(lines(CRASH))
+    assert lg.held > 0 and lg.held == lg.redelivered
+    assert len(lg.restores) >= 5  # one per kill
+
+
+def test_a_held_request_that_never_comes_back_is_named():
+    """Negative control of `held`: drop the re-delivery (what a kernel that failed the held
+    request at the daemon's death shows)."""
+    text = lines(CRASH)
+    msg_id, again = first_redelivered(text)
+    del text[again]
+    broken = build(text).of_rule("held")
+    assert len(broken) == 1 and f"msg_id {msg_id} " in broken[0].text
+
+
+def test_a_held_request_whose_object_was_dropped_before_the_restore_was_ended_by_the_kernel():
+    """The kernel's own end: the object withdrawn (its requests failed) before a restore could
+    bring the request back. Dropped after the restore instead, it is no excuse: its reader waits
+    on it, so on a correct kernel it comes back first (the negative control)."""
+    text = lines(CRASH)
+    msg_id, again = first_redelivered(text)
+    o = _object_of(text, msg_id)
+    first = next(i for i, line in enumerate(text) if f"msg_id={msg_id} " in line and "deliver:" in line)
+    holder = trace.parse(text[first])[0].tgid
+    died = next(i for i in range(first, again) if f"sched_process_exit: comm=python3 pid={holder} " in text[i])
+    ts = trace.parse(text[died])[0].ts
+    dropped_before = [*text[:died + 1], drop_line(ts + 0.000001, o), *text[died + 1:again], *text[again + 1:]]
+    lg = build(dropped_before)
+    assert lg.of_rule("held") == [] and sum(p.ended_by_kernel for p in lg.processes) == 1
+    dropped_after = [*text[:again], drop_line(trace.parse(text[again])[0].ts, o), *text[again + 1:]]
+    broken = build(dropped_after).of_rule("held")
+    assert len(broken) == 1 and f"msg_id {msg_id} " in broken[0].text
+
+
+def drop_line(ts: float, o: int) -> str:
+    return f"   kworker/u8:2-63      (     63) [001] .....    {ts:.6f}: drop: (cachefiles_ondemand_clean_object+0x4/0xcb) o={o}"
+
+
+def _object_of(text: list[str], msg_id: int) -> int:
+    for line in text:
+        m = re.search(rf"cachefiles_ondemand_c(?:read|open): o=([0-9a-f]+) mid={msg_id:x}\b", line)
+        if m:
+            return int(m.group(1), 16)
+    raise AssertionError(f"msg_id {msg_id} was never answered")
+
+
+def test_a_request_delivered_twice_without_a_restore_is_named():
+    """Negative control of `double`: a READ delivered again at once, no restore between."""
+    text = lines(CLOSE_FDS)
+    i, fields, _ = next(d for d in deliveries(text) if d[1]["opcode"] == 2)
+    text.insert(i + 1, text[i].replace(f"{trace.parse(text[i])[0].ts:.6f}", f"{trace.parse(text[i])[0].ts + 0.000001:.6f}"))
+    broken = build(text).of_rule("double")
+    assert len(broken) == 1 and f"READ msg_id {fields['msg_id']} " in broken[0].text
+
+
+def test_an_id_reused_after_its_answer_is_a_new_request_not_a_double():
+    """The kernel reuses a msg_id once its request is done: a lifetime, not an id, is judged.
+    Built from the captured run: every answered READ's id given to the next READ as well."""
+    text = lines(CLOSE_FDS)
+    reads = [d for d in deliveries(text) if d[1]["opcode"] == 2]
+    first, second = reads[0], reads[1]
+    old, new = second[1]["msg_id"], first[1]["msg_id"]
+    assert _answered_before(text, new, second[0])
+    text[second[0]] = text[second[0]].replace(f"msg_id={old} ", f"msg_id={new} ")
+    text = [re.sub(rf"(cachefiles_ondemand_cread: o=[0-9a-f]+ mid=){old:x}$", rf"\g<1>{new:x}", line) for line in text]
+    lg = build(text)
+    assert lg.violations == () and lg.lifetimes == build(lines(CLOSE_FDS)).lifetimes
+
+
+def _answered_before(text: list[str], msg_id: int, index: int) -> bool:
+    return any(re.search(rf"cachefiles_ondemand_cread: o=[0-9a-f]+ mid={msg_id:x}$", line) for line in text[:index])
+
+
+def test_a_request_never_answered_is_named():
+    """Negative control of `unanswered`: a READ's answer (its cread) taken out, and the drop of
+    its object (a reader stuck on it never unmounts): the device's close at the end fails it."""
+    text = lines(CLOSE_FDS)
+    i = next(i for i, line in enumerate(text) if "cachefiles_ondemand_cread:" in line)
+    mid = int(re.search(r"mid=([0-9a-f]+)", text[i]).group(1), 16)
+    o = int(re.search(r"o=([0-9a-f]+)", text[i]).group(1), 16)
+    del text[i]
+    assert build(text).of_rule("unanswered") == []  # its object's drop ended it: the kernel's own end
+    text = [line for line in text if not line.endswith(f"drop: (cachefiles_ondemand_clean_object+0x4/0xcb) o={o}")]
+    broken = build(text).of_rule("unanswered")
+    assert len(broken) == 1 and f"READ msg_id {mid} " in broken[0].text and "device was closed" in broken[0].text
+
+
+def test_a_read_delivered_to_a_closed_object_is_named():
+    """Negative control of `closed` (patches 1 and 3): the object's anon fd released just before
+    a READ of it is delivered, and no copen since."""
+    text = lines(CLOSE_FDS)
+    i, fields, _ = next(d for d in deliveries(text) if d[1]["opcode"] == 2)
+    o = _object_of(text, fields["msg_id"])
+    ts = trace.parse(text[i])[0].ts
+    text.insert(i, f"         python3-1     (    1) [000] .....    {ts - 0.000001:.6f}: "
+                   f"cachefiles_ondemand_fd_release: o={o:08x} oid={fields['object_id']:x}")
+    broken = build(text).of_rule("closed")
+    assert broken and f"READ msg_id {fields['msg_id']} " in broken[0].text
+
+
+def test_a_queued_read_never_delivered_is_named():
+    text = lines(CLOSE_FDS)
+    text.append("         python3-1     (    1) [000] .....   999.000000: "
+                "cachefiles_ondemand_read: o=0000ffff mid=0 oid=0 s=7777000 l=1000")
+    broken = build(text).of_rule("unanswered")
+    assert len(broken) == 1 and "object 65535 off 125267968 len 4096" in broken[0].text
+
+
+def test_the_daemon_log_and_the_ledger_are_compared_per_process():
+    lg = build(lines(CRASH))
+    delivered = {p.tgid: p.delivered for p in lg.processes}
+    assert ledger.disagreements(lg, delivered) == []
+    pid = next(iter(delivered))
+    assert ledger.disagreements(lg, {**delivered, pid: delivered[pid] + 1}) == [
+        f"process {pid}: the kernel delivered {delivered[pid]} request(s), the daemon logged {delivered[pid] + 1}"]
+
+
+def test_a_trace_without_the_kprobes_has_no_ledger():
+    text = [line for line in lines(CRASH) if "deliver:" not in line]
+    assert not build(text).available
