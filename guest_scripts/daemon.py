@@ -47,6 +47,8 @@ PROBE_DRAIN = 256
 WAKE_BOUND_S = 5.0
 # ... started once the device stayed quiet this long: the readers all wait on requests held back
 QUIET_MS = 200
+# A crash point fires only once the incarnation has answered this many requests (Daemon.point).
+CRASH_ARMED_AFTER = 5
 # The signals whose handlers wake the serving threads. Python runs handlers in the main thread
 # only, so the workers block these: the kernel then delivers them to the main thread, whose
 # poll() they interrupt, and the handler runs at once instead of at its next wake-up.
@@ -103,12 +105,11 @@ class Accepted:
     obj: CacheObject | None = None  # a READ's object, pinned (None: unknown when it was read)
 
 
-
 class Watcher:
     """A thread asleep in poll() on the device while a reopen's copen is written: the copen makes
     the waiting READ deliverable, and the kernel must wake whoever sleeps on the device for it
     (a daemon that answers from another thread than the one that polls would sleep on for good).
-    Started only when the device is quiet (probe_epollin just found nothing to read, and every
+    Started only when the device has been quiet for a while (probe_epollin settled, and every
     other thread is kept from reading), so it sleeps until something wakes it; a request that
     arrives meanwhile wakes it too, which can hide a missing wake-up but never fake one."""
 
@@ -152,13 +153,22 @@ class Daemon:
         self.local = threading.local()  # each thread's aligned buffer
         self.rng = random.Random(f"{config.seed}/{incarnation}")
         self.wake = Wake()
+        self.answered = 0  # requests answered: a crash point is armed after CRASH_ARMED_AFTER
         self.cookies_opened: set[str] = set()  # answered with a size by this incarnation: an OPEN again is a reopen
 
     def point(self, name: str) -> None:
-        """Die here, by SIGKILL, if this incarnation was told to."""
-        if self.crash_point == name:
+        """Die here, by SIGKILL, if this incarnation was told to, and once it has answered
+        CRASH_ARMED_AFTER requests (after_restore: at once, it comes before any): an incarnation
+        serves a while before it dies, so that what its predecessor held is served again rather
+        than carried through a chain of deaths, a wait that is the fault plan's, not the kernel's."""
+        if self.crash_point == name and (name == CrashPoint.AFTER_RESTORE or self.answered >= CRASH_ARMED_AFTER):
             self.log.emit(Event.CRASH_POINT, point=name)
             os.kill(os.getpid(), signal.SIGKILL)
+
+    def done(self, **fields: object) -> None:
+        with self.lock:
+            self.answered += 1
+        self.log.emit(Event.DONE, **fields)
 
     # -- start-up --------------------------------------------------------------------------
     def restore(self) -> None:
@@ -189,14 +199,12 @@ class Daemon:
         self.point(CrashPoint.OPEN_BEFORE_COPEN)
         # The delivery lock from the probe to the copen: no other thread reads a request meanwhile.
         with self.delivery:
-            held, outcome = self.probe_epollin(req, name)
-            # A reopen this incarnation can tell (it opened the cookie before): probe the wake-up,
-            # once nothing has come for QUIET_MS (every reader waits on a request held here, so
-            # nothing but this copen can make the device readable) and no earlier.
-            watcher = None
-            if (outcome == ProbeOutcome.QUIET and name in self.cookies_opened
-                    and self.drain(req, held, QUIET_MS)[0] == ProbeOutcome.QUIET):
-                watcher = Watcher(self.device_fd)
+            # A reopen this incarnation can tell (it opened the cookie before) also has its wake-up
+            # probed, once nothing has come for QUIET_MS: every reader then waits on a request held
+            # here, so nothing but this copen can make the device readable.
+            reopen = name in self.cookies_opened and size >= 0  # a refused copen wakes nobody, rightly
+            held, outcome = self.probe_epollin(req, name, settle_ms=QUIET_MS if reopen else 0)
+            watcher = Watcher(self.device_fd) if reopen and outcome == ProbeOutcome.QUIET else None
             try:
                 os.write(self.device_fd, protocol.copen_command(req.msg_id, size))
             except OSError as e:
@@ -218,19 +226,23 @@ class Daemon:
                 with self.lock:
                     self.objects[req.object_id] = CacheObject(req.fd, blob, name)
                     self.cookies_opened.add(name)
-            self.log.emit(Event.DONE, msg_id=req.msg_id, op="OPEN", object_id=req.object_id, size=size)
+            self.done(msg_id=req.msg_id, op="OPEN", object_id=req.object_id, size=size)
         self.serve_all(held)
 
-    def probe_epollin(self, opening: protocol.OpenRequest, cookie: str) -> tuple[list[Accepted], str]:
+    def probe_epollin(self, opening: protocol.OpenRequest, cookie: str, settle_ms: int = 0) -> tuple[list[Accepted], str]:
         """Patch 4's question, asked at the one protocol point where its answer is decidable: an
         OPEN has been read and not yet answered. If it reopens an object, the READ that found the
         object closed is queued, NEW, and read() skips it until this OPEN's copen: it must not make
         the device readable (EPOLLIN for it is a daemon spinning on empty reads).
 
-        poll(0) is asked until the device is quiet (drain). The outcome is logged for every OPEN;
-        the host knows which OPENs were reopens."""
+        poll(0) is asked until the device is quiet (drain); with `settle_ms`, then until nothing
+        has come for that long. The outcome is logged for every OPEN; the host knows which OPENs
+        were reopens."""
         held: list[Accepted] = []
         outcome, empties = self.drain(opening, held, 0)
+        if settle_ms and outcome == ProbeOutcome.QUIET:
+            outcome, more = self.drain(opening, held, settle_ms)
+            empties += more
         self.log.emit(Event.PROBE, probe=Probe.EPOLLIN, msg_id=opening.msg_id, object_id=opening.object_id,
                       cookie=cookie, outcome=outcome, empties=empties, drained=len(held))
         return held, outcome
@@ -314,7 +326,7 @@ class Daemon:
         finally:
             with self.lock:
                 obj.busy -= 1
-        self.log.emit(Event.DONE, msg_id=req.msg_id, op="READ", object_id=req.object_id)
+        self.done(msg_id=req.msg_id, op="READ", object_id=req.object_id)
 
     def on_close(self, req: protocol.CloseRequest) -> None:
         with self.lock:
@@ -322,7 +334,7 @@ class Daemon:
         if obj is not None:
             os.close(obj.anon_fd)
             self.point(CrashPoint.CLOSE_FD)
-        self.log.emit(Event.DONE, msg_id=req.msg_id, op="CLOSE", object_id=req.object_id)
+        self.done(msg_id=req.msg_id, op="CLOSE", object_id=req.object_id)
 
     def close_random_fd(self) -> None:
         """What the close-fds scenario asks for: drop a live object's anon fd, unasked. The

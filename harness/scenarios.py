@@ -67,8 +67,12 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              kills=25, fd_closes=30, readers=4, images=4, domain_images=("img0", "img1"), threads=2,
              needs=Needs(in_flight_share=0.6, redelivered=1, fd_closes=5, reopens=5, reads_after_reopen=5,
                          reopen_probes=3)),
+    # Two readers: with three, the kernel's read() (which searches upwards from the last id it
+    # delivered) starves a request that a restore marked again behind the other two readers'
+    # newer requests, 30 s and more on the correct kernel (README, "What the ledger found"): a
+    # finding of its own, which this scenario is not about.
     Scenario("crash-points", "each incarnation kills itself at a named protocol point, every point three times",
-             crash_point_repeats=3, needs=Needs(redelivered=1, crash_point_hits=1)),
+             crash_point_repeats=3, readers=2, needs=Needs(redelivered=1, crash_point_hits=1)),
     Scenario("no-failover", "negative control: the device fd dies with the daemon; must FAIL",
              kills=3, failover=False, expected_daemon_errnos=(errno.EIO,)),  # the cache dies: EIO, all of it
 )}

@@ -27,6 +27,7 @@ The rules, each exact (no allowance; a correct kernel breaks none, README says w
 """
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -50,7 +51,7 @@ class Lifetime:
     o: int | None  # the cachefiles object's debug id, where the trace tells it
     deliveries: list[Delivery] = field(default_factory=list)
     ended_ts: float | None = None
-    ended_by: str | None = None  # "answer", "delivery" (CLOSE), "drop"; "unbind": failed, unanswered
+    ended_by: str | None = None  # "answer", "delivery" (CLOSE), "drop"; unanswered: "unbind", "vanished"
     off: int | None = None  # a READ's range
     length: int | None = None
 
@@ -82,6 +83,7 @@ class ProcessAccount:
     ended_by_kernel: int  # of those, ended by the kernel (object dropped) instead
     no_restore: int  # of those, with no restore after the death before the trace ended
     longest_wait_s: float | None = None  # of those answered, the longest from first delivery to answer
+    most_overtaken: int = 0  # of those, the most other messages delivered between the restore and it
     next_answer_s: float | None = None  # from the death to the next request any process answered
 
 
@@ -136,6 +138,7 @@ class _Builder:
         self.known_o: set[int] = set()
         self.fds_handed = self.fds_released = 0
         self.answers: list[float] = []  # when each copen/cread came, in order
+        self.delivery_ts: list[float] = []  # when each message was delivered, in order
         self.violations: list[Violation] = []
 
     def feed(self, e: TraceEvent) -> None:
@@ -187,6 +190,7 @@ class _Builder:
         if ret <= 0:
             return
         self.delivered[tgid] += 1
+        self.delivery_ts.append(e.ts)
         msg_id, op, oid = f.get("msg_id", -1), OPCODES.get(f.get("opcode", -1), "?"), f.get("object_id", -1)
         if op == "OPEN":
             self.fds_handed += 1
@@ -194,8 +198,11 @@ class _Builder:
                 self.oid_to_o[oid] = o
         o = self.oid_to_o.get(oid)
         lt = self.live.get(msg_id)
-        if lt is not None and lt.op != op:
-            lt = None  # not the request that was live under this id: ours missed its end
+        if lt is not None and (lt.op != op or (op == "READ" and (lt.off, lt.length) != (f.get("a"), f.get("b")))):
+            # another request under a live one's id: the kernel ended that one where no event shows
+            # it, and reused its id (a reader killed while it waited; or a kernel that loses requests)
+            lt.ended_ts, lt.ended_by = e.ts, "vanished"
+            lt = None
         if lt is None:
             lt = Lifetime(msg_id, op, o)
             self.live[msg_id] = lt
@@ -233,6 +240,7 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None) -> Ledger
         died = b.exits.get(tgid)
         held = redelivered = by_kernel = no_restore = 0
         waits: list[float] = []
+        overtaken = [0]
         next_answer = None
         if died is not None:
             next_answer = next((round(a - died, 4) for a in b.answers if a > died), None)
@@ -240,25 +248,30 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None) -> Ledger
                 mine = [d for d in lt.deliveries if d.tgid == tgid and d.ts < died]
                 if not mine or (lt.ended_ts is not None and lt.ended_ts <= died):
                     continue
-                if any(d.ts > died and d.tgid == tgid for d in lt.deliveries):
-                    continue  # not its last word: it got it again before it died (never, for one process)
                 held += 1
                 restore = next((r for r in b.restores if r > died), None)
                 if restore is None:
                     no_restore += 1
-                elif any(d.ts > restore for d in lt.deliveries):
+                elif again := next((d.ts for d in lt.deliveries if d.ts > restore), None):
                     redelivered += 1
                     if lt.ended_by == "answer" and lt.ended_ts is not None:
                         waits.append(lt.ended_ts - lt.deliveries[0].ts)
+                    # the kernel's read() searches from the last id delivered upwards: a request a
+                    # restore marked again waits while newer ones keep coming
+                    overtaken.append(_between(b.delivery_ts, restore, again) - 1)
                 elif lt.ended_by in ("drop", "unbind") and lt.ended_ts is not None and lt.ended_ts < restore:
                     by_kernel += 1  # its object withdrawn, or the cache, before a restore could bring it back
                 else:
+                    newer = _between(b.delivery_ts, restore, float("inf"))
                     violations.append(Violation("held", f"{lt.describe()}, held by process {tgid} when it died "
-                                                f"({died:.6f}), was not delivered again after the restore at {restore:.6f}"))
+                                                f"({died:.6f}), was not delivered again after the restore at {restore:.6f} "
+                                                f"({newer} other messages were)"))
         accounts.append(ProcessAccount(tgid, b.delivered[tgid], b.empty[tgid], died, held, redelivered, by_kernel,
-                                       no_restore, round(max(waits), 4) if waits else None, next_answer))
-    for lt in [*b.live.values(), *(lt for lt in b.all if lt.ended_by == "unbind")]:
-        how = f", failed when the device was closed at {lt.ended_ts:.6f}" if lt.ended_by == "unbind" else ""
+                                       no_restore, round(max(waits), 4) if waits else None, max(overtaken),
+                                       next_answer))
+    for lt in [*b.live.values(), *(lt for lt in b.all if lt.ended_by in ("unbind", "vanished"))]:
+        how = {"unbind": f", failed when the device was closed at {lt.ended_ts:.6f}",
+               "vanished": f", its msg_id given to another request at {lt.ended_ts:.6f}"}.get(lt.ended_by or "", "")
         violations.append(Violation("unanswered", f"{lt.describe()}, last delivered at {lt.deliveries[-1].ts:.6f} "
                                     f"to process {lt.deliveries[-1].tgid}, was never answered{how}"))
     available = bool(b.delivered or b.empty)
@@ -279,6 +292,11 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None) -> Ledger
         anon_fds_handed=b.fds_handed,
         anon_fds_released=b.fds_released,
     )
+
+
+def _between(times: list[float], start: float, end: float) -> int:
+    """How many of the sorted `times` fall in (start, end]."""
+    return bisect.bisect_right(times, end) - bisect.bisect_right(times, start)
 
 
 def disagreements(ledger: Ledger, recv_by_pid: dict[int, int]) -> list[str]:

@@ -69,6 +69,7 @@ def _ledger_section(lg: ledger.Ledger, disagreements: list[str]) -> LedgerSectio
         "redelivered": lg.redelivered,
         "ended_by_kernel": sum(p.ended_by_kernel for p in lg.processes),
         "held_without_restore": sum(p.no_restore for p in lg.processes),
+        "most_overtaken": max((p.most_overtaken for p in lg.processes), default=0),
         "restores": len(lg.restores),
         "drops": lg.drops,
         "unknown_drop_ids": lg.unknown_drop_ids,
@@ -219,7 +220,8 @@ def _ledger_line(lg: LedgerSection) -> str:
         return "  kernel ledger: none (no kprobe events in the trace)"
     line = (f"  kernel ledger: {lg['requests']} requests delivered to {lg['processes']} daemon processes, "
             f"{lg['held_at_death']} held at a death, {lg['redelivered']} re-delivered after a restore, "
-            f"{lg['ended_by_kernel']} ended by the kernel, {lg['held_without_restore']} with no restore after; "
+            f"{lg['ended_by_kernel']} ended by the kernel, {lg['held_without_restore']} with no restore after "
+            f"(one waited behind {lg['most_overtaken']} newer messages); "
             f"{sum(lg['violations'].values())} violations")
     held, nxt = lg["per_death"]["longest_held_wait_s"], lg["per_death"]["next_answer_s"]
     if nxt["n"]:

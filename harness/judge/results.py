@@ -79,6 +79,7 @@ class LedgerSection(TypedDict):
     redelivered: int
     ended_by_kernel: int
     held_without_restore: int
+    most_overtaken: int  # the most messages delivered between a restore and a held request's re-delivery
     restores: int
     drops: int
     unknown_drop_ids: int

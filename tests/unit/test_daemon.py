@@ -284,3 +284,19 @@ def test_a_reopen_whose_copen_wakes_the_watcher_holds(wired, tmp_path, monkeypat
     d.handle(protocol.encode_open(7, 6, "erofs,img0.0x0", b"img0.0x0", anon_file(tmp_path, "b")))
     t.join(5)
     assert [p["outcome"] for p in probes(d, "wakeup")] == ["woken"]
+
+
+def test_a_crash_point_fires_only_once_the_incarnation_has_served(daemon, tmp_path, monkeypatch):
+    """An incarnation serves CRASH_ARMED_AFTER requests before its crash point fires (but
+    after_restore, which comes before any): a chain of deaths is the plan's wait, not the kernel's."""
+    killed = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: killed.append(sig))
+    daemon.crash_point = "close_fd"
+    daemon.point("close_fd")
+    assert killed == []
+    open_objects(daemon, tmp_path, daemon_module.CRASH_ARMED_AFTER)
+    daemon.point("close_fd")
+    assert killed == [signal.SIGKILL]
+    daemon.crash_point, daemon.answered = "after_restore", 0
+    daemon.point("after_restore")
+    assert killed == [signal.SIGKILL, signal.SIGKILL]

@@ -178,3 +178,14 @@ def test_the_daemon_log_and_the_ledger_are_compared_per_process():
 def test_a_trace_without_the_kprobes_has_no_ledger():
     text = [line for line in lines(CRASH) if "deliver:" not in line]
     assert not build(text).available
+
+
+def test_an_id_given_to_another_request_while_its_own_lives_is_named():
+    """A READ whose msg_id the kernel hands to another READ before any answer: the first one
+    ended where no event shows it (a kernel that loses requests and reuses their ids)."""
+    text = lines(CLOSE_FDS)
+    i, fields, _ = next(d for d in deliveries(text) if d[1]["opcode"] == 2)
+    ts = trace.parse(text[i])[0].ts
+    other = text[i].replace(f"{ts:.6f}", f"{ts + 0.000001:.6f}").replace(f" a={fields['a']} ", f" a={fields['a'] + 4096} ")
+    broken = build([*text[:i + 1], other, *text[i + 1:]]).of_rule("unanswered")
+    assert len(broken) == 1 and f"READ msg_id {fields['msg_id']} " in broken[0].text and "given to another request" in broken[0].text
