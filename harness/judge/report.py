@@ -62,6 +62,7 @@ def _distribution_of_deaths(lg: ledger.Ledger) -> DeathSpread:
 def _ledger_section(lg: ledger.Ledger, disagreements: list[str]) -> LedgerSection:
     return {
         "available": lg.available,
+        "incomplete": lg.incomplete,
         "requests": lg.lifetimes,
         "by_op": lg.by_op,
         "queued_reads": lg.queued_reads,
@@ -217,7 +218,7 @@ def _series_lines(prov: dict[str, Any] | None) -> list[str]:
 
 def _ledger_line(lg: LedgerSection) -> str:
     if not lg["available"]:
-        return "  kernel ledger: none (no kprobe events in the trace)"
+        return f"  kernel ledger: none ({lg['incomplete'] or 'no kprobe events in the trace'})"
     line = (f"  kernel ledger: {lg['requests']} requests delivered to {lg['processes']} daemon processes, "
             f"{lg['held_at_death']} held at a death, {lg['redelivered']} re-delivered after a restore, "
             f"{lg['ended_by_kernel']} ended by the kernel, {lg['held_without_restore']} with no restore after "

@@ -72,6 +72,7 @@ class DeathSpread(TypedDict):
 
 class LedgerSection(TypedDict):
     available: bool  # the trace had the kprobe events
+    incomplete: str | None  # why there is no ledger though there are events (the trace lost some)
     requests: int  # request lifetimes delivered
     by_op: dict[str, int]
     queued_reads: int

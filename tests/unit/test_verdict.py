@@ -253,6 +253,18 @@ def test_close_fds_whose_probes_never_decided_is_inconclusive(tmp_path):
     assert r["verdict"] == "INCONCLUSIVE" and r["missing_checks"] == ["reopen-probes"]
 
 
+@pytest.mark.parametrize("file, text, why", [
+    ("trace-stats.txt", "overrun: 12\n", "the ring buffer overran"),
+    ("kprobe-profile.txt", "  deliver    311    2\n  restore    5    0\n", "the kprobes missed 2 hit(s)"),
+])
+def test_a_trace_that_lost_events_makes_no_ledger(passing_run, file, text, why):
+    """A lost event would read as a lost request: no ledger, INCONCLUSIVE, and the reason said."""
+    (passing_run / "guest" / file).write_text(text)
+    r = judged(passing_run)
+    assert r["verdict"] == "INCONCLUSIVE" and r["ledger"]["incomplete"] == why and "ledger" in r["missing_checks"]
+    assert any(why in m for m in r["missing_evidence"])
+
+
 def test_a_run_without_the_kernel_s_ledger_is_inconclusive(passing_run):
     edit_trace(passing_run, lambda lines: [l for l in lines if "deliver:" not in l])
     r = judged(passing_run)
