@@ -115,7 +115,8 @@ class Watcher:
 
     SETTLE_S = 0.02  # for the thread to reach poll() before the copen
 
-    def __init__(self, device_fd: int) -> None:
+    def __init__(self, device_fd: int, bound_s: float) -> None:
+        self.bound_s = bound_s  # how long the thread sleeps at most
         self.poller = select.poll()
         self.poller.register(device_fd, select.POLLIN)
         self.woken = threading.Event()
@@ -128,11 +129,11 @@ class Watcher:
         time.sleep(self.SETTLE_S)
 
     def sleep(self) -> None:
-        if self.poller.poll(int(WAKE_BOUND_S * 1000)):
+        if self.poller.poll(int(self.bound_s * 1000)):
             self.woken.set()
 
-    def wait(self, bound_s: float) -> bool:
-        self.thread.join(bound_s + 1)
+    def wait(self) -> bool:
+        self.thread.join(self.bound_s + 1)
         return self.woken.is_set()
 
 
@@ -204,7 +205,7 @@ class Daemon:
             # here, so nothing but this copen can make the device readable.
             reopen = name in self.cookies_opened and size >= 0  # a refused copen wakes nobody, rightly
             held, outcome = self.probe_epollin(req, name, settle_ms=QUIET_MS if reopen else 0)
-            watcher = Watcher(self.device_fd) if reopen and outcome == ProbeOutcome.QUIET else None
+            watcher = Watcher(self.device_fd, WAKE_BOUND_S) if reopen and outcome == ProbeOutcome.QUIET else None
             try:
                 os.write(self.device_fd, protocol.copen_command(req.msg_id, size))
             except OSError as e:
@@ -215,7 +216,7 @@ class Daemon:
             else:
                 answered = True
                 if watcher is not None:
-                    woken = watcher.wait(WAKE_BOUND_S)
+                    woken = watcher.wait()
                     self.log.emit(Event.PROBE, probe=Probe.WAKEUP, msg_id=req.msg_id, object_id=req.object_id,
                                   cookie=name, outcome=ProbeOutcome.WOKEN if woken else ProbeOutcome.ASLEEP)
         if answered:
