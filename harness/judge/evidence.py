@@ -40,6 +40,28 @@ def with_incarnation(event: LogEvent) -> LogEvent:
     return event
 
 
+class OpenedCookies:
+    """Which cookies the daemon has opened, read from its log in order: an OPEN for one of them
+    is a reopen (each reader round mounts fresh fsids, so nothing else asks for a cookie twice).
+    `asked` records an OPEN (by its RECV or its probe); a DONE answered with a size opens it."""
+
+    def __init__(self) -> None:
+        self.opened: set[str] = set()
+        self.pending: dict[tuple[object, object], str] = {}  # (incarnation, msg_id) of an OPEN -> cookie
+
+    def asked(self, e: LogEvent) -> bool:
+        """Record the OPEN `e` asks for; whether it reopens a cookie."""
+        cookie = str(e.get("cookie", ""))
+        self.pending[(e.get(INCARNATION), e.get("msg_id"))] = cookie
+        return cookie in self.opened
+
+    def answered(self, e: LogEvent) -> None:
+        """A DONE of an OPEN: with a size, its cookie is open from now on."""
+        key = (e.get(INCARNATION), e.get("msg_id"))
+        if key in self.pending and e.get("size", -1) >= 0:
+            self.opened.add(self.pending.pop(key))
+
+
 @dataclass(frozen=True)
 class Death:
     """A daemon incarnation that died by SIGKILL, and what the next one made of it."""

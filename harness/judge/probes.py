@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from guest_scripts.contract import INCARNATION, Event, Probe, ProbeOutcome
-from .evidence import LogEvent
+from guest_scripts.contract import Event, Probe, ProbeOutcome
+from .evidence import LogEvent, OpenedCookies
 
 KINDS = (Probe.EPOLLIN, Probe.WAKEUP)
 
@@ -27,8 +27,7 @@ class ProbeCounts:
 
 
 def probe_counts(daemon: list[LogEvent]) -> dict[str, ProbeCounts]:
-    opened: set[str] = set()  # cookies whose OPEN was answered with a size
-    cookies: dict[tuple[object, object], str] = {}  # (incarnation, msg_id) of a probed OPEN -> cookie
+    cookies = OpenedCookies()
     ran = {k: 0 for k in KINDS}
     decided = {k: 0 for k in KINDS}
     held = {k: 0 for k in KINDS}
@@ -37,17 +36,15 @@ def probe_counts(daemon: list[LogEvent]) -> dict[str, ProbeCounts]:
         kind = e.get("event")
         if kind == Event.PROBE and (probe := str(e.get("probe"))) in ran:
             ran[probe] += 1
-            cookie = str(e.get("cookie", ""))
-            cookies[(e.get(INCARNATION), e.get("msg_id"))] = cookie
+            reopen = cookies.asked(e)
             outcome = e.get("outcome")
             if outcome in ProbeOutcome.VIOLATIONS:
                 violations[probe].append(e)
-            if outcome != ProbeOutcome.BUSY and cookie in opened:
+            if outcome != ProbeOutcome.BUSY and reopen:
                 decided[probe] += 1
                 held[probe] += outcome in (ProbeOutcome.QUIET, ProbeOutcome.WOKEN)
-        elif kind == Event.DONE and e.get("op") == "OPEN" and e.get("size", -1) >= 0:
-            if (key := (e.get(INCARNATION), e.get("msg_id"))) in cookies:
-                opened.add(cookies.pop(key))
+        elif kind == Event.DONE and e.get("op") == "OPEN":
+            cookies.answered(e)
     return {k: ProbeCounts(ran[k], decided[k], held[k], tuple(violations[k])) for k in KINDS}
 
 

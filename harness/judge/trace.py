@@ -29,7 +29,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from guest_scripts.contract import INCARNATION, Event
+from guest_scripts.contract import Event
+from .evidence import OpenedCookies
 
 KPROBE_GROUP = "failover"
 # name -> kprobe_events definition. `deliver`'s fields are struct cachefiles_msg (msg_id, opcode,
@@ -123,20 +124,16 @@ def reads_after_reopens(daemon: list[dict[str, Any]]) -> int:
     object closed was delivered after all. From the daemon's side, a reopen is an OPEN for a
     cookie that was opened before (each reader round mounts fresh fsids, so nothing else asks
     for the same cookie twice); its new object id then carries the READs."""
-    # (incarnation, msg_id) of an OPEN received -> its cookie
-    pending: dict[tuple[int | None, int | None], str] = {}
-    opened: set[str] = set()  # cookies whose OPEN was answered with a size
+    cookies = OpenedCookies()
     # object ids a reopen gave out (until another OPEN reuses one); None from an OPEN logged without one
     reopened: set[int | None] = set()
     reads = 0
     for e in daemon:
-        kind, op, key = e.get("event"), e.get("op"), (e.get(INCARNATION), e.get("msg_id"))
+        kind, op = e.get("event"), e.get("op")
         if kind == Event.RECV and op == "OPEN":
-            pending[key] = e.get("cookie", "")
-            (reopened.add if e.get("cookie") in opened else reopened.discard)(e.get("object_id"))
-        elif kind == Event.DONE and op == "OPEN" and key in pending:
-            if e.get("size", -1) >= 0:
-                opened.add(pending.pop(key))
+            (reopened.add if cookies.asked(e) else reopened.discard)(e.get("object_id"))
+        elif kind == Event.DONE and op == "OPEN":
+            cookies.answered(e)
         elif kind == Event.RECV and op == "READ" and e.get("object_id") in reopened:
             reads += 1
     return reads
