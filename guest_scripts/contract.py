@@ -128,6 +128,11 @@ class GuestConfig:
     slow_read_s: float = 1.0
     restart_delay_s: float = 0.0
 
+    @property
+    def end_check_file(self) -> str:
+        """Created by the end check before its re-read: from then on the daemon asks no probes."""
+        return self.stop_file + ".end-check"
+
     def crash_point(self, incarnation: int) -> str | None:
         return self.crash_plan.get(str(incarnation))
 
@@ -170,6 +175,25 @@ def parse_daemon_state(text: str) -> tuple[int, int] | None:
 
 
 END_OF_RUN_FILE: Final = "end.json"  # in the log directory: endcheck.py's EndOfRun
+KMEMLEAK_FILE: Final = "kmemleak.txt"  # in the log directory: the debug flavour's leak report, whole
+# Written to trace_marker around the re-read (`failover_reread=1` before, `=0` after): the
+# kernel's trace then shows which requests the re-read caused.
+REREAD_MARK: Final = "failover_reread"
+
+
+def round_fsid(image: str, reader_id: int, round_no: int) -> str:
+    """Each reader's round mounts every image under a fsid of its own: a cache file of its own."""
+    return f"{image}.{reader_id}x{round_no}"
+
+
+def round_domain(reader_id: int, round_no: int) -> str:
+    """The shared domain_id of a round's domain images."""
+    return f"dom{reader_id}x{round_no}"
+
+
+# The round whose cache files the end check reads back: the first reader's first, which every run
+# completes (a reader stops only after a full round) while the failovers are under way.
+REREAD_ROUND: Final = (0, 0)  # (reader, round)
 
 
 @dataclass(frozen=True)
@@ -180,14 +204,23 @@ class EndOfRun:
     keeper_exited: bool  # closing /dev/cachefiles (the cache withdrawn) finished
     device_reopen_error: str | None  # opening /dev/cachefiles again failed: why
     d_state: list[str]  # tasks left in D state: "comm[pid] in wchan"
+    # after drop_caches, every image's first-round fsid mounted again, each file read:
+    # image -> path -> sha256 (the host compares them with the dataset's)
+    reread: dict[str, dict[str, str]] = field(default_factory=dict)
+    reread_errors: list[str] = field(default_factory=list)  # a mount, read or umount of it that failed
+    leaks: list[str] | None = None  # kmemleak's unreferenced objects, one line each; None: no kmemleak
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "EndOfRun":
+        leaks = data.get("leaks")
         return cls(failed_umounts=dict(data.get("failed_umounts", {})), keeper_exited=bool(data.get("keeper_exited")),
-                   device_reopen_error=data.get("device_reopen_error"), d_state=list(data.get("d_state", [])))
+                   device_reopen_error=data.get("device_reopen_error"), d_state=list(data.get("d_state", [])),
+                   reread={str(i): dict(f) for i, f in dict(data.get("reread", {})).items()},
+                   reread_errors=list(data.get("reread_errors", [])),
+                   leaks=None if leaks is None else list(leaks))
 
     def findings(self) -> list[str]:
         out = [f"{point}: {why}" for point, why in sorted(self.failed_umounts.items())]
@@ -195,5 +228,6 @@ class EndOfRun:
             out.append("the keeper never exited after closing /dev/cachefiles (the cache was never withdrawn)")
         if self.device_reopen_error:
             out.append(f"/dev/cachefiles could not be opened again: {self.device_reopen_error}")
+        out += [f"kmemleak: {leak}" for leak in self.leaks or []]
         out += [f"task left in D state: {t}" for t in self.d_state]
         return out

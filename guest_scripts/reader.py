@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 
-from contract import Event, GuestConfig
+from contract import Event, GuestConfig, round_domain, round_fsid
 from eventlog import EventLog
 
 CHUNK = 128 * 1024
@@ -130,8 +130,8 @@ class Reader:
                       bytes=total, reads=reads, max_latency_s=round(worst, 4))
 
     def read_image(self, image: str, round_no: int) -> None:
-        fsid = f"{image}.{self.reader_id}x{round_no}"
-        domain = f"dom{self.reader_id}x{round_no}" if image in self.domain_images else None
+        fsid = round_fsid(image, self.reader_id, round_no)
+        domain = round_domain(self.reader_id, round_no) if image in self.domain_images else None
         target = os.path.join(self.config.mount_dir, fsid)
         os.makedirs(target, exist_ok=True)
         started = time.monotonic()

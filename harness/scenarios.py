@@ -32,6 +32,7 @@ class Needs:
     crash_point_hits: int = 0  # every crash point, at least this often
     deliveries: int = 1  # deliveries in the kernel's ledger (the kprobes): every scenario's
     reopen_probes: int = 0  # reopens on which the daemon asked the patch-4 question
+    end_checked: bool = True  # the end check's re-read marked in the trace; kmemleak scanned (debug)
 
 
 @dataclass(frozen=True)

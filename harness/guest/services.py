@@ -16,6 +16,7 @@ GUEST_SCRIPTS = Path(guest_scripts.__file__).resolve().parent  # the guest sees 
 GUEST_TMP = "/run/failover-harness"  # the guest's own tmpfs: the cache's ext4 image, mount points
 GUEST_PYTHON = "/usr/bin/python3 -S"  # Debian's: the standard library only, no site start-up cost
 TRACEFS = "/sys/kernel/tracing"
+KMEMLEAK = "/sys/kernel/debug/kmemleak"
 TRACE_BUFFER_KB = 16384  # per CPU: a whole run's on-demand events without overrun
 
 
@@ -45,6 +46,11 @@ class GuestServices:
         session.check(f"echo {TRACE_BUFFER_KB} >{TRACEFS}/buffer_size_kb && echo {TRACE_CLOCK} >{TRACEFS}/trace_clock"
                       f" && echo 1 >{TRACEFS}/options/record-tgid"
                       f" && {probes} && for e in {events}; do echo 1 >$e/enable; done", t.command)
+        # the debug flavour's kmemleak: what boot left is scanned and set aside, so that the end
+        # check's scans report what the run leaked (guest_scripts/endcheck.py)
+        session.check(f"mountpoint -q /sys/kernel/debug || mount -t debugfs debugfs /sys/kernel/debug;"
+                      f" if [ -e {KMEMLEAK} ]; then echo scan >{KMEMLEAK} && echo clear >{KMEMLEAK}; fi",
+                      t.command * 3)
         session.check(f"{py} {scripts}/keeper.py --config {config} >{g}/keeper.out 2>&1 &"
                       f" echo $! >{g}/keeper.pid", t.command)
         self.logs.wait_until("the keeper binding /dev/cachefiles", self.logs.keeper_bound, t.command)
@@ -64,14 +70,17 @@ class GuestServices:
                                  lambda: events[Event.FINISHED] >= self.readers or events[Event.STALL] > 0, t.drain)
         except GuestHung:
             pass  # stuck readers: the report says so; kill them so that the guest can stop
-        session.run("pkill -KILL -f guest_scripts/reader.py; "
-                    f"kill -TERM $(cat {g}/keeper.pid) 2>/dev/null", t.command)
-        # what the failovers left: mounts that will not unmount, a cache that is never withdrawn,
-        # a device that cannot be opened again, tasks in D state (guest_scripts/endcheck.py)
+        session.run("pkill -KILL -f guest_scripts/reader.py", t.command)
+        # with the daemon still serving, the data read back from the cache files; then the keeper
+        # stopped, and what the failovers left: mounts that will not unmount, a cache that is
+        # never withdrawn, a device that cannot be opened again, tasks in D state, leaks
+        # (guest_scripts/endcheck.py: each step has its bound, `bound` or a multiple)
         bound = t.stall_bound / 3
-        session.run(f"{GUEST_PYTHON} {shlex.quote(str(GUEST_SCRIPTS))}/endcheck.py --mount-dir {GUEST_TMP}/mnt"
+        steps = (1 + len(self.config.images)) + (self.readers + 1) + 2 * 3 + 2  # re-read, umounts and keeper, scans
+        session.run(f"{GUEST_PYTHON} {shlex.quote(str(GUEST_SCRIPTS))}/endcheck.py"
+                    f" --config {shlex.quote(str(self.config_path))}"
                     f" --keeper-pid $(cat {g}/keeper.pid) --bound-s {bound:.0f} --out {g}/{END_OF_RUN_FILE}",
-                    t.command + bound * (self.readers + 2))
+                    t.command + bound * steps)
         session.run(f"pkill -KILL -f guest_scripts/ ; umount -l {GUEST_TMP}/mnt/* 2>/dev/null; true", t.command)
         session.run(f"echo 0 >{TRACEFS}/tracing_on; cat {TRACEFS}/trace >{g}/trace.txt;"
                     f" cat {TRACEFS}/per_cpu/cpu*/stats >{g}/trace-stats.txt; cat {TRACEFS}/kprobe_profile >{g}/kprobe-profile.txt", t.command)

@@ -46,6 +46,11 @@ class Session(Protocol):
         """False once the guest is gone (a panic, a poweroff): waits on it end at once."""
 
 
+POKE_FIRST_S = 5.0
+POKE_MAX_S = 30.0
+READY = re.compile(r"(?<!: )FH_READY_42\r*\n")  # printf's line; not inside `bash: ...: not found`
+
+
 class GuestSession:
     """A Session over the serial console."""
 
@@ -54,23 +59,32 @@ class GuestSession:
         self._n = 0
 
     def wait_for_shell(self, timeout_s: float) -> float:
-        """Until the guest's shell answers; returns the seconds it took. Pokes every few
-        seconds, since what is typed before the shell starts may be lost."""
+        """Until the guest's shell answers; returns the seconds it took. Pokes now and then, since
+        what is typed before the shell starts may be lost; or kept: the serial tty queues what
+        comes before bash reads it, and bash runs the whole pile, so the pokes thin out (5 s
+        apart, doubling up to 30 s: a slow boot of 300 s leaves a dozen, not sixty). The answer
+        is printf's output, which no error message about a mangled poke can contain (`bash:
+        FH_READY_42: command not found` once passed for a ready shell)."""
         started = time.monotonic()
         deadline = started + timeout_s
         child = self.console.child
+        interval = POKE_FIRST_S
         while True:
-            child.send("echo FH_READY_$((20+22))\r")
+            child.send("printf 'FH_READY_%s\\n' $((20+22))\r")
             try:
-                child.expect("FH_READY_42", timeout=min(5.0, max(0.1, deadline - time.monotonic())))
+                child.expect(READY, timeout=min(interval, max(0.1, deadline - time.monotonic())))
                 break
             except pexpect.EOF as e:
                 raise GuestGone("the guest exited before its shell answered") from e
             except pexpect.TIMEOUT as e:
                 if time.monotonic() > deadline:
                     raise GuestHung(f"no shell within {timeout_s:.0f}s of boot") from e
-        # A quiet, predictable shell: no echo, no prompt, no job notices, no pager.
-        self.run("stty -echo; PS1=; PROMPT_COMMAND=; set +m; export PAGER=cat", timeout_s=30)
+                interval = min(interval * 2, POKE_MAX_S)
+        # A quiet, predictable shell: no echo, no prompt, no job notices, no pager. Within what is
+        # left of the boot's bound (scaled for TCG and the debug flavour: a KASAN and kmemleak
+        # guest under TCG took over 30 s to answer this first command), and never less than 30 s.
+        self.run("stty -echo; PS1=; PROMPT_COMMAND=; set +m; export PAGER=cat",
+                 timeout_s=max(30.0, deadline - time.monotonic()))
         return time.monotonic() - started
 
     def run(self, command: str, timeout_s: float) -> CommandResult:

@@ -53,6 +53,7 @@ class Check(Enum):
     CHECKSUM = ("checksum", "data: checksums")
     READ_ERROR = ("read-error", "data: read errors")
     STALL = ("stall", "data: stalls")
+    REREAD = ("reread", "data: read back from the cache files after drop_caches")
     # the failover
     KILLS = ("kills", "failover: every kill killed the daemon")
     RECOVERY = ("recovery", "failover: every death restored and served again")
@@ -77,6 +78,7 @@ class Check(Enum):
     READS_AFTER_REOPEN = ("reads-after-reopen", "evidence: READs on reopened objects", "reads_after_reopen")
     CRASH_POINTS = ("crash-points", "evidence: every crash point reached", "crash_point_hits")
     REOPEN_PROBES = ("reopen-probes", "evidence: the patch-4 probe asked on reopens", "reopen_probes")
+    END_CHECKED = ("end-checked", "evidence: the end of the run checked (re-read, kmemleak)", "end_checked")
 
     @property
     def slug(self) -> str:

@@ -102,6 +102,11 @@ class Ledger:
     anon_fds_handed: int = 0  # OPENs delivered: each installs an anon fd in the daemon
     anon_fds_released: int = 0  # `fd_release`: each anon fd's last close
 
+    @classmethod
+    def none(cls, why: str) -> "Ledger":
+        """No ledger: the trace lost events (`why`)."""
+        return cls(False, (), (), 0, {}, 0, 0, 0, (), why)
+
     @property
     def anon_fds_unreleased(self) -> int:
         return self.anon_fds_handed - self.anon_fds_released
@@ -230,7 +235,7 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None) -> Ledger
     """The ledger of a whole trace; none (unavailable, `incomplete` says why) from a trace that
     lost events, whose rules would read a lost event as a lost request."""
     if incomplete:
-        return Ledger(False, (), (), 0, {}, 0, 0, 0, (), incomplete)
+        return Ledger.none(incomplete)
     b = _Builder()
     for e in events:
         b.feed(e)

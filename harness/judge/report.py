@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from . import console, evidence, junit, ledger, markdown, probes, trace, verdict
+from . import console, evidence, junit, ledger, markdown, probes, reread, trace, verdict
 from .checks import Status, slugs
-from .results import (RESULTS_SCHEMA_VERSION, AnyResults, CrashPointRow, DeathSpread, LedgerSection, Results, Spread,
+from .results import (RESULTS_SCHEMA_VERSION, AnyResults, CrashPointRow, DeathSpread, EndSection, LedgerSection, Results, Spread,
                       error_results)
-from guest_scripts.contract import Event
+from guest_scripts.contract import EndOfRun, Event
 from ..scenarios import CRASH_POINTS, UNANSWERED_POINTS, Needs, expected_daemon_errnos
 
 __all__ = ["RESULTS_SCHEMA_VERSION", "SCHEMA_FILE", "evaluate", "summary", "write_error", "write_outputs"]
@@ -85,6 +85,14 @@ def _ledger_section(lg: ledger.Ledger, disagreements: list[str]) -> LedgerSectio
     }
 
 
+def _end_section(end: EndOfRun | None, read_back: reread.Reread) -> EndSection | None:
+    if end is None:
+        return None
+    return {"findings": end.findings(), "reread_files": read_back.files, "reread_opened": read_back.opened,
+            "reread_reads_needed": len(read_back.reads_needed), "reread_failures": read_back.failures(),
+            "leaks": None if end.leaks is None else len(end.leaks)}
+
+
 def evaluate(run_dir: Path) -> Results:
     meta = json.loads((run_dir / "run.json").read_text())
     scenario = meta.get("scenario", {})
@@ -106,12 +114,14 @@ def evaluate(run_dir: Path) -> Results:
                             stall_bound_s=meta["timeouts"]["stall_bound"],
                             needs=Needs(**scenario.get("needs", {})),
                             crash_points_planned=len(meta.get("crash_plan", {})),
-                            expected_daemon_errnos=expected_daemon_errnos(scenario))
+                            expected_daemon_errnos=expected_daemon_errnos(scenario),
+                            kmemleak=meta["request"].get("flavor") == "debug")
+    read_back = reread.judge(logs.end_of_run, logs.manifest, trace_events)
     aborted = meta.get("aborted")
     if aborted is None and readers.readers_finished < readers.readers_started:
         aborted = f"{readers.readers_started - readers.readers_finished} reader(s) never finished"
     v = verdict.decide(daemon, readers, kernel_trace, kernel_ledger, probed, reads_after_reopen, findings, th, aborted,
-                       logs.end_of_run)
+                       logs.end_of_run, read_back)
     in_flight = verdict.kills_in_flight(daemon, kernel_ledger)
 
     kills = len(daemon.kills)
@@ -150,6 +160,7 @@ def evaluate(run_dir: Path) -> Results:
             "daemon_errors": len(daemon.errors),
         },
         "ledger": _ledger_section(kernel_ledger, ledger.disagreements(kernel_ledger, dict(recv_by_pid))),
+        "end_of_run": _end_section(logs.end_of_run, read_back),
         "probes": {kind: {"ran": c.ran, "decided": c.decided, "held": c.held, "violations": len(c.violations)}
                    for kind, c in probed.items()},
         "readers": {
@@ -231,6 +242,15 @@ def _ledger_line(lg: LedgerSection) -> str:
     return line + "".join(f"\n    daemon log disagrees: {d}" for d in lg["daemon_log_disagrees"])
 
 
+def _end_line(end: EndSection | None) -> str:
+    if end is None:
+        return "  end of run: not checked (the run never got there)"
+    leaks = "no kmemleak" if end["leaks"] is None else f"{end['leaks']} kmemleak leak(s)"
+    return (f"  end of run: {end['reread_files']} files read back from the cache files after drop_caches "
+            f"({end['reread_opened']} objects opened, {end['reread_reads_needed']} READs needed); "
+            f"{len(end['findings'])} thing(s) left; {leaks}")
+
+
 def summary(r: Results) -> str:
     t, ev, rd = r["timing"], r["evidence"], r["readers"]
     lines = [
@@ -246,6 +266,7 @@ def summary(r: Results) -> str:
         _ledger_line(r["ledger"]),
         "  probes: " + "; ".join(f"{kind} ran {c['ran']}, decided {c['decided']} (on reopens), held {c['held']}, "
                                  f"{c['violations']} violations" for kind, c in r["probes"].items()),
+        _end_line(r["end_of_run"]),
         f"  reads: {rd['files_verified']} files verified ({rd['bytes_read'] / 1e6:.1f} MB), "
         f"{r['mismatches']} mismatches, {r['read_errors']} errors, max {_seconds(rd['max_latency_s'])}, "
         f"p99 <= {_seconds(rd['p99_latency_s'])}, longest stall {_seconds(r['max_stall_s'])} "

@@ -94,6 +94,15 @@ class LedgerSection(TypedDict):
     per_death: DeathSpread
 
 
+class EndSection(TypedDict):
+    findings: list[str]  # what the end left: failed umounts, the cache never withdrawn, D state, leaks
+    reread_files: int  # files read back from the cache files after drop_caches
+    reread_opened: int  # objects the re-read opened (OPENs between its trace marks)
+    reread_reads_needed: int  # READs delivered for them: data the cache files did not hold
+    reread_failures: list[str]
+    leaks: int | None  # kmemleak's unreferenced objects; None without kmemleak (the plain flavour)
+
+
 class ProbeStats(TypedDict):
     ran: int
     decided: int  # on a reopen, and not given up
@@ -147,6 +156,7 @@ class Results(_Common, _JudgedOptional):
     stall_bound_s: float
     evidence: Evidence
     ledger: LedgerSection
+    end_of_run: EndSection | None  # None: the run never got to its end check
     probes: dict[str, ProbeStats]  # contract.Probe kind -> its counts
     readers: ReaderStats
     recovery_s: Recovery

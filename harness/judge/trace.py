@@ -20,7 +20,8 @@ Beside them, what no tracepoint shows (PROBES, set up in the guest before the da
 `deliver`, a kretprobe on `cachefiles_ondemand_daemon_read` with the message as the daemon got
 it (read back from its buffer); `restore`, a kprobe on `cachefiles_ondemand_restore`; and
 `sched_process_exit`, the death of each of the daemon's threads. `options/record-tgid` adds
-the process (tgid) to every line, so that a delivery is charged to a daemon process.
+the process (tgid) to every line, so that a delivery is charged to a daemon process. The end
+check writes marks (`tracing_mark_write: failover_reread=1`) around its re-read (reread.py).
 """
 from __future__ import annotations
 
@@ -54,16 +55,18 @@ TRACE_CLOCK = "global"  # one clock for every CPU: the ledger orders events acro
 TRACEPOINTS = ("cachefiles/cachefiles_ondemand_*", "sched/sched_process_exit")
 
 _LINE = re.compile(r"^\s*(?P<task>.+?)-(?P<pid>\d+)\s+(?:\(\s*(?P<tgid>[-\d]+)\)\s+)?\[(?P<cpu>\d+)\]\s+(?:\S+\s+)?"
-                   r"(?P<ts>\d+\.\d+):\s+(?P<event>cachefiles_ondemand_\w+|deliver|restore|drop|unbind|sched_process_exit):"
+                   r"(?P<ts>\d+\.\d+):\s+(?P<event>cachefiles_ondemand_\w+|deliver|restore|drop|unbind|sched_process_exit|tracing_mark_write):"
                    r"\s+(?:\([^)]*\)\s*)?(?P<args>.*)$")
 _DECIMAL = {"fd"}  # of the tracepoints' fields; the rest are hex
-_DECIMAL_EVENTS = {"deliver", "drop", "exit"}  # every field decimal (`drop`'s o too)
+_DECIMAL_EVENTS = {"deliver", "drop", "exit", "mark"}  # every field decimal (`drop`'s o too)
+_RENAMED = {"sched_process_exit": "exit", "tracing_mark_write": "mark"}
 
 
 @dataclass(frozen=True)
 class TraceEvent:
     ts: float
-    event: str  # open, copen, close, read, cread, fd_write, fd_release; deliver, restore, drop, unbind, exit
+    event: str  # open, copen, close, read, cread, fd_write, fd_release; deliver, restore, drop, unbind, exit;
+    # mark (a write to trace_marker: `key=value`)
     fields: dict[str, int]
     task: str
     pid: int = -1  # the thread
@@ -76,7 +79,7 @@ def parse(text: str) -> list[TraceEvent]:
         if line.startswith("#") or not (m := _LINE.match(line)):
             continue
         event = m.group("event").removeprefix("cachefiles_ondemand_")
-        event = "exit" if event == "sched_process_exit" else event
+        event = _RENAMED.get(event, event)
         fields = {}
         for pair in m.group("args").split():
             key, _, value = pair.partition("=")

@@ -17,6 +17,7 @@ from .evidence import DaemonFacts, LogEvent, ReaderFacts
 from .ledger import Ledger
 from . import probes
 from .probes import ProbeCounts
+from .reread import Reread
 from guest_scripts.contract import EndOfRun, Probe
 from ..scenarios import CRASH_POINTS, Needs
 from .trace import TraceFacts
@@ -30,6 +31,7 @@ class Thresholds:
     needs: Needs = field(default_factory=Needs)
     crash_points_planned: int = 0
     expected_daemon_errnos: frozenset[int] = frozenset()  # scenarios.Scenario's: the fault plan's own
+    kmemleak: bool = False  # the flavour has it (debug): the end check must have scanned
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,8 @@ class Verdict:
 
 
 def failures(daemon: DaemonFacts, readers: ReaderFacts, ledger: Ledger, probed: dict[str, ProbeCounts],
-             findings: list[Finding], th: Thresholds, aborted: str | None, end: EndOfRun | None = None) -> list[Reason]:
+             findings: list[Finding], th: Thresholds, aborted: str | None, end: EndOfRun | None = None,
+             reread: Reread | None = None) -> list[Reason]:
     reasons: list[Reason] = []
     if aborted:
         reasons.append(Reason(Check.RUN_COMPLETED, f"run aborted: {aborted}"))
@@ -61,6 +64,8 @@ def failures(daemon: DaemonFacts, readers: ReaderFacts, ledger: Ledger, probed: 
     if readers.never_verified:
         reasons.append(Reason(Check.CHECKSUM, f"{len(readers.never_verified)} file(s) never read back correctly, "
                                              f"first {readers.never_verified[0]}"))
+    if reread is not None and (wrong := reread.failures()):
+        reasons.append(Reason(Check.REREAD, "after drop_caches: " + "; ".join(wrong[:SHOWN])))
 
     # the failover: every death, by our kill or at a crash point, is recovered from
     kills = daemon.kills
@@ -131,9 +136,14 @@ def kills_in_flight(daemon: DaemonFacts, ledger: Ledger) -> int:
 
 
 def missing_evidence(daemon: DaemonFacts, trace: TraceFacts, ledger: Ledger, probed: dict[str, ProbeCounts],
-                     reads_after_reopen: int, th: Thresholds) -> list[Reason]:
+                     reads_after_reopen: int, th: Thresholds, end: EndOfRun | None = None,
+                     reread: Reread | None = None) -> list[Reason]:
     needs = th.needs
     missing: list[Reason] = []
+    if needs.end_checked and end is not None and reread is not None and not reread.ran:
+        missing.append(Reason(Check.END_CHECKED, "the re-read left no marks in the kernel's trace"))
+    if needs.end_checked and end is not None and th.kmemleak and end.leaks is None:
+        missing.append(Reason(Check.END_CHECKED, "the debug flavour's end check found no kmemleak to scan"))
     if needs.in_flight_share and daemon.kills:
         in_flight = kills_in_flight(daemon, ledger)
         share = in_flight / len(daemon.kills)
@@ -166,8 +176,8 @@ def missing_evidence(daemon: DaemonFacts, trace: TraceFacts, ledger: Ledger, pro
 
 def decide(daemon: DaemonFacts, readers: ReaderFacts, trace: TraceFacts, ledger: Ledger, probed: dict[str, ProbeCounts],
            reads_after_reopen: int, findings: list[Finding], th: Thresholds, aborted: str | None = None,
-           end: EndOfRun | None = None) -> Verdict:
-    reasons = failures(daemon, readers, ledger, probed, findings, th, aborted, end)
-    missing = missing_evidence(daemon, trace, ledger, probed, reads_after_reopen, th)
+           end: EndOfRun | None = None, reread: Reread | None = None) -> Verdict:
+    reasons = failures(daemon, readers, ledger, probed, findings, th, aborted, end, reread)
+    missing = missing_evidence(daemon, trace, ledger, probed, reads_after_reopen, th, end, reread)
     status = Status.FAIL if reasons else Status.INCONCLUSIVE if missing else Status.PASS
     return Verdict(status, tuple(reasons), tuple(missing))

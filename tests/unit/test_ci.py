@@ -50,7 +50,7 @@ def test_a_shard_runs_its_cells_and_writes_one_report(tmp_path, capsys):
     out = tmp_path / "runs"
     root = ET.fromstring((out / "junit.xml").read_text())
     assert [s.get("name") for s in root.findall("testsuite")] == ["crash", "no-failover"]
-    assert root.get("failures") == "3"
+    assert root.get("failures") == "4"  # no-failover: checksum, read-error, reread, unanswered
     md = (out / "report.md").read_text()
     assert md.startswith("### failover-harness: ❌ FAIL") and "| crash | ✅ PASS |" in md
     assert "[2/2] linux-source-6.12/plain/no-failover: FAIL (exit 1)" in capsys.readouterr().out

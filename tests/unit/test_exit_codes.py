@@ -9,7 +9,7 @@ import pytest
 
 from harness import cli, proc
 from harness.errors import UntestableError
-from harness.guest.session import GuestGone, GuestHung, GuestSession
+from harness.guest.session import READY, GuestGone, GuestHung, GuestSession
 from helpers import ROOT
 
 
@@ -112,3 +112,29 @@ def test_a_run_without_a_verdict_still_gives_results_to_bisect_and_mutate(tmp_pa
     results = run.execute_judged()
     assert results["verdict"] == "ERROR" and "not a kernel source tree" in results["reasons"][0]
     assert "timing" in results and (run.dir / "results.json").is_file()
+
+
+def test_an_error_about_a_mangled_poke_is_no_ready_shell(tmp_path):
+    """A slow guest's tty queued the pokes and bash ran a mangled one: its error message names
+    FH_READY_42, and once passed for the shell's answer."""
+    con = proc.Interactive(["sh", "-c", "echo 'bash: FH_READY_42: command not found'; sleep 300"],
+                           tmp_path / "session.log")
+    try:
+        with pytest.raises(GuestHung, match="no shell within 2s"):
+            GuestSession(con).wait_for_shell(timeout_s=2)
+    finally:
+        con.close()
+
+
+def test_a_shell_answers_its_poke(tmp_path):
+    con = proc.Interactive(["bash", "--norc", "--noprofile", "-i"], tmp_path / "session.log")
+    try:
+        assert GuestSession(con).wait_for_shell(timeout_s=20) < 20
+    finally:
+        con.close()
+
+
+def test_the_ready_line_as_the_guest_serial_console_sends_it():
+    """Captured from a TCG guest's session.log: the serial tty ends the line with CR CR LF."""
+    assert READY.search("\x1b[?2004l\rFH_READY_42\r\r\n")
+    assert not READY.search("\x1b[?2004l\rbash: FH_READY_42: command not found\r\r\n")

@@ -11,6 +11,7 @@ from guest_scripts.contract import EndOfRun
 from harness.judge import console, junit, ledger, probes, report, verdict
 from harness.judge.checks import VERDICT_CHECKS, Check
 from harness.judge.evidence import DaemonFacts, Death, Kill, ReaderFacts
+from harness.judge.reread import Reread
 from harness.scenarios import Needs
 from helpers import FIXTURES
 
@@ -34,12 +35,13 @@ def outcomes(xml_text: str) -> dict[str, str]:
 def test_a_failing_run_fails_exactly_its_checks(tmp_path):
     r = evaluated("run-no-failover", tmp_path)
     root = ET.fromstring(junit.render(r))
-    assert root.tag == "testsuites" and root.get("failures") == "3" and root.get("errors") == "0"
+    assert root.tag == "testsuites" and root.get("failures") == "4" and root.get("errors") == "0"
     (suite,) = root.findall("testsuite")
-    assert suite.get("name") == "no-failover" and suite.get("failures") == "3"
+    assert suite.get("name") == "no-failover" and suite.get("failures") == "4"
     assert int(suite.get("tests")) == len(suite.findall("testcase"))
     failed = {n for n, o in outcomes(junit.render(r)).items() if o == "failure"}
-    assert failed == {"data: checksums", "data: read errors", "ledger: every request answered or ended by the kernel"}
+    assert failed == {"data: checksums", "data: read errors", "data: read back from the cache files after drop_caches",
+                      "ledger: every request answered or ended by the kernel"}
     message = root.find(".//testcase[@name='data: read errors']/failure").get("message")
     assert message.startswith(f"{r['read_errors']} read error(s)")
     props = {p.get("name"): p.get("value") for p in suite.iter("property")}
@@ -112,7 +114,9 @@ def every_rule_broken() -> list[verdict.Reason]:
     end = EndOfRun({}, keeper_exited=False, device_reopen_error="Device or resource busy", d_state=[])
     finding = console.scan_file(WARNING_SPLAT)
     th = verdict.Thresholds(kills_requested=5, stall_bound_s=30, needs=Needs())
-    return verdict.failures(daemon, readers, broken_ledger, probed, finding, th, aborted="guest hung", end=end)
+    read_back = Reread(True, 1, ("i/p: not found",), (), 1, ("msg_id 9 object_id 1 off 0x0 len 0x1000",))
+    return verdict.failures(daemon, readers, broken_ledger, probed, finding, th, aborted="guest hung", end=end,
+                            reread=read_back)
 
 
 def test_every_reason_the_verdict_gives_has_its_check():
@@ -138,7 +142,7 @@ def test_several_runs_in_one_file_with_distinct_names(tmp_path):
     names = [s.get("name") for s in root.findall("testsuite")]
     assert len(set(names)) == 3 and "no-failover" in names
     assert all(n.startswith("crash [") for n in names if n != "no-failover")
-    assert root.get("failures") == "3"
+    assert root.get("failures") == "4"
     assert root.get("tests") == str(sum(int(s.get("tests")) for s in root.findall("testsuite")))
 
 

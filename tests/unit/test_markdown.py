@@ -30,7 +30,7 @@ def test_one_passing_run(tmp_path):
     assert text.startswith("### failover-harness: ✅ PASS\n")
     (row,) = table_rows(text)
     assert row[:2] == ["crash", "✅ PASS"]
-    assert row[2] == "5 kills (100% in flight)" and row[3].startswith("5 restores, 6 re-delivered")
+    assert row[2] == "5 kills (100% in flight)" and row[3].startswith("5 restores, 5 re-delivered")
     assert "**Why**" not in text and "**Kernel findings**" not in text
     assert f"```sh\n{r['reproduce']}\n```" in text
     # report.evaluate wrote it into the run directory
@@ -55,7 +55,7 @@ def test_a_submission_of_several_scenarios(tmp_path):
     (finding,) = [l for l in text.splitlines() if l.startswith("- **WARNING in lkdtm_WARNING**")]
     fp = runs[0]["findings"][0]["fingerprint"]
     assert f"(`{fp}`), 2x in crash, close-fds" in finding
-    assert "- no-failover: 89 read error(s)" in text
+    assert "- no-failover: 70 read error(s)" in text
     # one command reproduces it all
     assert "```sh\nfailover-harness submit --mbox v2-cachefiles.mbx --base v6.12\n```" in text
     assert "failover-harness run" not in text

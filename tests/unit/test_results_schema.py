@@ -129,6 +129,6 @@ def test_the_schema_names_every_check_and_only_those():
 
 def test_a_failing_run_names_its_checks_in_check_order(tmp_path, validator):
     r = judged(shutil.copytree(FIXTURES / "run-no-failover", tmp_path / "run"))
-    assert r["failed_checks"] == ["checksum", "read-error", "unanswered"]
-    assert r["reason_checks"] == ["read-error", "checksum", "unanswered"]  # as the reasons come
+    assert r["failed_checks"] == ["checksum", "read-error", "reread", "unanswered"]
+    assert r["reason_checks"] == ["read-error", "checksum", "reread", "unanswered"]  # as the reasons come
     assert r["missing_checks"] == [] and errors(validator, r) == []
