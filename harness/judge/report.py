@@ -15,8 +15,8 @@ from typing import Any
 from .. import __version__
 from . import console, evidence, junit, ledger, markdown, probes, reread, trace, verdict
 from .checks import Status, slugs
-from .results import (RESULTS_SCHEMA_VERSION, AnyResults, CrashPointRow, DeathSpread, EndSection, LedgerSection, Results, Spread,
-                      error_results)
+from .results import (RESULTS_SCHEMA_VERSION, AnyResults, CrashPointRow, DeathSpread, EndSection, LedgerSection, Results,
+                      Spread, error_results)
 from guest_scripts.contract import EndOfRun, Event
 from ..scenarios import CRASH_POINTS, UNANSWERED_POINTS, Needs, expected_daemon_errnos
 

@@ -142,6 +142,9 @@ def missing_evidence(daemon: DaemonFacts, trace: TraceFacts, ledger: Ledger, pro
     missing: list[Reason] = []
     if needs.end_checked and end is not None and reread is not None and not reread.ran:
         missing.append(Reason(Check.END_CHECKED, "the re-read left no marks in the kernel's trace"))
+    elif needs.end_checked and reread is not None and reread.files and not reread.opened and ledger.available:
+        missing.append(Reason(Check.END_CHECKED, "the re-read's OPENs are not in the kernel's trace: "
+                                                 "the READs it needed cannot be counted"))
     if needs.end_checked and end is not None and th.kmemleak and end.leaks is None:
         missing.append(Reason(Check.END_CHECKED, "the debug flavour's end check found no kmemleak to scan"))
     if needs.in_flight_share and daemon.kills:

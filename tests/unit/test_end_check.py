@@ -161,3 +161,17 @@ def test_kmemleak_report_one_line_per_object_without_the_allocator():
 def test_an_end_check_from_before_the_reread_reads_as_empty():
     old = EndOfRun.from_json({"failed_umounts": {}, "keeper_exited": True, "device_reopen_error": None, "d_state": []})
     assert old.reread == {} and old.reread_errors == [] and old.leaks is None
+
+
+def test_a_reread_whose_opens_the_trace_lacks_is_missing_evidence(tmp_path):
+    """Without the re-read's OPEN deliveries its READs cannot be told from a killed reader's: the
+    rule would pass for want of facts."""
+    run = shutil.copytree(FIXTURES / "run-close-fds", tmp_path / "run")
+    trace_file = run / "guest" / "trace.txt"
+    lines = trace_file.read_text().splitlines()
+    begin, end = marks(lines)
+    kept = [line for i, line in enumerate(lines) if not (begin < i < end and "deliver:" in line and "opcode=0" in line)]
+    trace_file.write_text("\n".join(kept) + "\n")
+    r = evaluate(run)
+    assert r["verdict"] == "INCONCLUSIVE" and r["missing_checks"] == ["end-checked"]
+    assert "the re-read's OPENs are not in the kernel's trace" in r["missing_evidence"][0]
