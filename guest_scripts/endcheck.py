@@ -32,7 +32,7 @@ import time
 
 from contract import (KMEMLEAK_FILE, REREAD_MARK, REREAD_ROUND, EndOfRun, GuestConfig, round_domain,
                       round_fsid)
-from reader import CHUNK, mount_erofs
+from reader import CHUNK, files_under, mount_erofs
 
 KMEMLEAK = "/sys/kernel/debug/kmemleak"
 TRACE_MARKER = "/sys/kernel/tracing/trace_marker"
@@ -63,15 +63,22 @@ def wait_gone(pid: int, bound_s: float) -> bool:
     return state_of(pid) in (None, "Z", "X")
 
 
+def returned_within(child: "subprocess.Popen[bytes]", bound_s: float) -> bool:
+    """Whether the child exited within the bound; one that did not is left behind."""
+    deadline = time.monotonic() + bound_s
+    while child.poll() is None:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def unmount(point: str, bound_s: float) -> str | None:
     """None when unmounted; else what went wrong. The umount runs as a child that is left
     behind if it hangs (a task in D state cannot be killed, and must not hang this check)."""
     child = subprocess.Popen(["umount", point], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + bound_s
-    while child.poll() is None:
-        if time.monotonic() > deadline:
-            return f"umount did not return within {bound_s:.0f}s (pid {child.pid}, state {state_of(child.pid)})"
-        time.sleep(0.05)
+    if not returned_within(child, bound_s):
+        return f"umount did not return within {bound_s:.0f}s (pid {child.pid}, state {state_of(child.pid)})"
     if child.returncode != 0:
         err = child.stderr.read().decode(errors="replace").strip() if child.stderr else ""
         return f"umount failed ({child.returncode}): {err}"
@@ -178,15 +185,11 @@ def _reread(config: GuestConfig, bound_s: float) -> tuple[dict[str, dict[str, st
             errors.append(f"mount {fsid}: {e.strerror} (errno {e.errno})")
             continue
         files = sums.setdefault(image, {})
-        for dirpath, dirnames, filenames in os.walk(target):
-            dirnames.sort()
-            for name in sorted(filenames):
-                path = os.path.join(dirpath, name)
-                rel = os.path.relpath(path, target)
-                try:
-                    files[rel] = sha256_of(path)
-                except OSError as e:
-                    errors.append(f"read {fsid}/{rel}: {e.strerror} (errno {e.errno})")
+        for rel in files_under(target):
+            try:
+                files[rel] = sha256_of(os.path.join(target, rel))
+            except OSError as e:
+                errors.append(f"read {fsid}/{rel}: {e.strerror} (errno {e.errno})")
         if (why := unmount(target, bound_s)) is not None:
             errors.append(f"{target}: {why}")
     mark(0)
@@ -224,11 +227,8 @@ def kmemleak_scan(bound_s: float, log_dir: str) -> list[str] | None:
         return None
     for _ in range(2):
         scan = subprocess.Popen(["sh", "-c", f"echo scan >{KMEMLEAK}"], stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + bound_s * 3
-        while scan.poll() is None:
-            if time.monotonic() > deadline:
-                return [f"the kmemleak scan did not finish within {bound_s * 3:.0f}s"]
-            time.sleep(0.1)
+        if not returned_within(scan, bound_s * 3):
+            return [f"the kmemleak scan did not finish within {bound_s * 3:.0f}s"]
     with open(KMEMLEAK) as f:
         report = f.read()
     with open(os.path.join(log_dir, KMEMLEAK_FILE), "w") as f:

@@ -41,6 +41,15 @@ def mount_erofs(fsid: str, target: str, domain: str | None = None) -> None:
         raise OSError(err, os.strerror(err))
 
 
+def files_under(root: str) -> list[str]:
+    """Every file below `root`, relative to it, in a fixed order (directories sorted)."""
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        files += sorted(os.path.relpath(os.path.join(dirpath, n), root) for n in filenames)
+    return files
+
+
 def umount(target: str) -> int:
     """0, or the errno of a plain umount that failed (then detached: the reader goes on; the
     failure is a finding, logged by the caller)."""
@@ -147,11 +156,7 @@ class Reader:
         self.log.emit(Event.MOUNTED, image=image, fsid=fsid, domain=domain,
                       latency_s=round(time.monotonic() - started, 4))
         try:
-            files = []
-            for dirpath, dirnames, filenames in os.walk(target):
-                dirnames.sort()
-                files += sorted(os.path.relpath(os.path.join(dirpath, n), target) for n in filenames)
-            for rel in files:
+            for rel in files_under(target):
                 if self.stop_requested():
                     return
                 self.read_file(image, fsid, target, rel)
