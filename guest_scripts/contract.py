@@ -20,6 +20,10 @@ LEGACY_INCARNATION: Final = "inc"
 class Event:
     """The `event` of a log line, by log. One name may serve two logs (`started`)."""
 
+    # statekill.jsonl
+    ARMED: Final = "armed"
+    STATE_KILL: Final = "state_kill"
+
     # keeper.jsonl
     BOUND: Final = "bound"
     BIND_FAILED: Final = "bind_failed"
@@ -37,6 +41,12 @@ class Event:
     CLOSE_FD: Final = "close_fd"
     CRASH_POINT: Final = "crash_point"
     PROBE: Final = "probe"  # a protocol point where the daemon asked the kernel a question
+    # A READ the daemon cannot answer: its anon fd was closed by another thread while it was
+    # delivered or served (Fault.CLOSE in a lockless daemon). The daemon writes `restore` for it.
+    LOST: Final = "lost"
+    # An answer the kernel refused because the same request, delivered again to this live daemon
+    # by its own `restore`, was answered by another thread first (the host checks that it was)
+    REDUNDANT: Final = "redundant"
     # reader-<id>.jsonl
     MOUNTED: Final = "mounted"
     FILE: Final = "file"
@@ -52,6 +62,17 @@ class Probe:
 
     EPOLLIN: Final = "epollin"  # patch 4: an unanswered OPEN; is the device quiet? (Daemon.probe_epollin)
     WAKEUP: Final = "wakeup"  # a reopen's copen: is a thread asleep in poll() woken? (daemon.Watcher)
+    # Fault.STALE: a late copen or READ_COMPLETE for a msg_id answered before (by this incarnation
+    # or a dead one) or never delivered: the kernel must refuse it (EINVAL)
+    STALE: Final = "stale"
+    # every delivery: a msg_id this run answered before must never be delivered again (msg_ids are
+    # allocated cyclically; a reused one lets a late answer complete another request). Logged only
+    # when it is.
+    REUSE: Final = "reuse"
+    # GuestConfig.close_during_copen: the anon fd of a reopen's OPEN closed before (or while) its
+    # copen is written. The kernel must fail that OPEN and reopen the object again; a READ
+    # delivered for the object whose fd was closed is one nobody can ever answer (a hung reader).
+    CLOSE_COPEN: Final = "close-copen"
 
 
 class ProbeOutcome:
@@ -65,7 +86,29 @@ class ProbeOutcome:
     BUSY: Final = "busy"
     WOKEN: Final = "woken"
     ASLEEP: Final = "asleep"  # still asleep WAKE_BOUND_S after the copen
-    VIOLATIONS: Final = (SPIN, EARLY_READ, ASLEEP)
+    REFUSED: Final = "refused"  # stale: EINVAL, as it must be
+    ACCEPTED: Final = "accepted"  # stale: the kernel took a late answer (it completed some other request)
+    UNEXPECTED: Final = "unexpected"  # stale: refused with another errno than EINVAL
+    REUSED: Final = "reused"  # reuse: a msg_id answered before was delivered again
+    REOPENED: Final = "reopened"  # close-copen: the cookie's next OPEN came, as it must
+    READ_ON_CLOSED: Final = "read-on-closed"  # close-copen: a READ delivered for the closed object
+    VIOLATIONS: Final = (SPIN, EARLY_READ, ASLEEP, ACCEPTED, UNEXPECTED, REUSED, READ_ON_CLOSED)
+
+
+class RestoreWhy:
+    """Why the daemon wrote `restore` (a `restore` event's `why`)."""
+
+    START: Final = "start"  # a new incarnation: what the dead one held
+    LIVE: Final = "live"  # Fault.RESTORE_LIVE: while its other threads serve
+    LOST: Final = "lost"  # READs it lost when it closed their anon fd under them (lockless)
+
+
+class StaleOrigin:
+    """Whose answer a late answer repeats (a stale probe's `origin`)."""
+
+    ANSWERED: Final = "answered"  # this incarnation's
+    DEAD: Final = "dead"  # a dead incarnation's (from the daemon log)
+    NEVER_DELIVERED: Final = "never-delivered"  # no request has had that msg_id
 
 
 class Fault:
@@ -74,6 +117,32 @@ class Fault:
     KILL: Final = "kill"  # SIGKILL the serving daemon
     CLOSE: Final = "close"  # SIGUSR1: the daemon closes a live object's anon fd
     AWAIT_CRASH: Final = "await_crash"  # the incarnation kills itself at its crash point
+    RESTORE_LIVE: Final = "restore_live"  # a thread of the live daemon writes `restore` while others serve
+    STALE: Final = "stale"  # the daemon sends late answers (Probe.STALE)
+    STATE_KILL: Final = "state_kill"  # statekill.py SIGKILLs the daemon when the kernel reaches a KernelState
+
+
+class KernelState:
+    """Where the kernel's own trace says the protocol is when statekill.py kills the daemon: each
+    is seen live on a tracefs instance of its own (the run's trace keeps every event) and
+    confirmed afterwards from the run's trace (harness/judge/statekills.py)."""
+
+    DELIVERED_OPEN: Final = "delivered-open"  # an OPEN just handed to the daemon (`deliver`), not answered
+    DELIVERED_READ: Final = "delivered-read"  # a READ just handed to the daemon, not answered
+    DATA_WRITTEN: Final = "data-written"  # the daemon wrote through an anon fd (`fd_write`); no READ_COMPLETE yet
+    REOPENING: Final = "reopening"  # an OPEN re-opening an object whose anon fd was released, not answered
+    RESTORING: Final = "restoring"  # the daemon entered `restore` (the kprobe); nothing delivered to it since
+
+
+KERNEL_STATES: Final = (KernelState.DELIVERED_OPEN, KernelState.DELIVERED_READ, KernelState.DATA_WRITTEN,
+                        KernelState.REOPENING, KernelState.RESTORING)
+STATEKILL_LOG: Final = "statekill.jsonl"  # in the log directory: what statekill.py armed and killed
+
+
+# The signal the host sends the serving daemon for each fault it injects by signal. Real-time
+# signals by name, as the guest shell's `kill` takes them.
+FAULT_SIGNALS: Final = {Fault.KILL: "KILL", Fault.CLOSE: "USR1", Fault.RESTORE_LIVE: "RTMIN+1",
+                        Fault.STALE: "RTMIN+2"}
 
 
 class CrashPoint:
@@ -127,6 +196,18 @@ class GuestConfig:
     read_delay_s: float = 0.0
     slow_read_s: float = 1.0
     restart_delay_s: float = 0.0
+    # The misbehaviours of a daemon that real ones have (scenario `adversarial`):
+    # lockless: the serving threads read /dev/cachefiles with no lock of ours between them, and a
+    # Fault.CLOSE closes an anon fd whether or not another thread is using it;
+    lockless: bool = False
+    # close_during_copen: the share of the reopens this incarnation can tell whose anon fd it closes
+    # before (or, every other time, while) writing the copen
+    close_during_copen: float = 0.0
+    # dawdle_s: the daemon pauses this long before a copen and between a READ's data write and its
+    # READ_COMPLETE (as one doing I/O does), so that a kill at a KernelState lands inside the step
+    dawdle_s: float = 0.0
+    # statekill_ctl: the FIFO statekill.py reads the state to kill at from ("" : no agent)
+    statekill_ctl: str = ""
 
     @property
     def end_check_file(self) -> str:

@@ -18,7 +18,9 @@ the same poll set (`Wake`).
 from __future__ import annotations
 
 import argparse
+import collections
 import errno
+import json
 import fcntl
 import mmap
 import os
@@ -33,7 +35,7 @@ from typing import Callable
 from dataclasses import dataclass
 
 import protocol
-from contract import CrashPoint, Event, GuestConfig, Probe, ProbeOutcome, daemon_serving
+from contract import CrashPoint, Event, Fault, GuestConfig, Probe, ProbeOutcome, RestoreWhy, StaleOrigin, daemon_serving
 from eventlog import EventLog, write_atomically
 from keeper import recv_fd
 
@@ -52,7 +54,20 @@ CRASH_ARMED_AFTER = 5
 # The signals whose handlers wake the serving threads. Python runs handlers in the main thread
 # only, so the workers block these: the kernel then delivers them to the main thread, whose
 # poll() they interrupt, and the handler runs at once instead of at its next wake-up.
-WAKE_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# The faults the host asks of a live daemon by signal (contract.FAULT_SIGNALS), each served by
+# one thread
+REQUEST_SIGNALS: dict[int, str] = {signal.SIGUSR1: Fault.CLOSE, signal.SIGRTMIN + 1: Fault.RESTORE_LIVE,
+                   signal.SIGRTMIN + 2: Fault.STALE}
+WAKE_SIGNALS = (signal.SIGTERM, *REQUEST_SIGNALS)
+# Fault.STALE: late answers sent each time, the most recent ones and as many taken at random
+STALE_RECENT = 4
+STALE_RANDOM = 4
+STALE_REMEMBERED = 4096  # answers kept as candidates
+NEVER_DELIVERED = 1 << 24  # added to the highest msg_id seen: an id no request has had
+CLOSED_BY_FAULT = "fault"  # CacheObject.closed
+CLOSED_BY_REQUEST = "close-request"
+# An anon fd's object id once its fd is closed (CACHEFILES_ONDEMAND_ID_CLOSED, -1 as a u32)
+CLOSED_OBJECT_ID = 0xFFFFFFFF
 
 @dataclass
 class Blob:
@@ -62,31 +77,72 @@ class Blob:
 
 class Wake:
     """How a signal handler (main thread) reaches every thread that sleeps in poll() with no
-    timeout: two eventfds, polled beside the device fd by each of them.
+    timeout: eventfds, polled beside the device fd by each of them.
 
     `stop` is written once and never read: readable for good, it wakes every thread, now and
-    whenever it polls again, and each one leaves. `close_requests` is a semaphore eventfd: each
-    SIGUSR1 adds one, and a read() takes exactly one, so however many threads wake for it, the
-    kernel gives each request to one of them; the others find it empty and sleep again."""
+    whenever it polls again, and each one leaves. Each host fault has a semaphore eventfd
+    (`requests`): each signal adds one, and a read() takes exactly one, so however many threads
+    wake for it, the kernel gives each request to one of them; the others find it empty and sleep
+    again."""
 
     def __init__(self) -> None:
         flags = os.EFD_NONBLOCK | os.EFD_CLOEXEC
         self.stop = os.eventfd(0, flags)
-        self.close_requests = os.eventfd(0, flags | os.EFD_SEMAPHORE)
+        self.requests = {kind: os.eventfd(0, flags | os.EFD_SEMAPHORE) for kind in REQUEST_SIGNALS.values()}
 
     def request_stop(self) -> None:
         os.eventfd_write(self.stop, 1)
 
-    def request_close(self) -> None:
-        os.eventfd_write(self.close_requests, 1)
+    def request(self, kind: str) -> None:
+        os.eventfd_write(self.requests[kind], 1)
 
-    def take_close_request(self) -> bool:
-        """Whether this thread got a close request to serve (False: another thread took it)."""
+    def take(self, kind: str) -> bool:
+        """Whether this thread got a `kind` request to serve (False: another thread took it)."""
         try:
-            os.eventfd_read(self.close_requests)
+            os.eventfd_read(self.requests[kind])
         except BlockingIOError:
             return False
         return True
+
+
+class RestoreGate:
+    """`restore` re-marks every request the kernel holds, also those a live daemon holds. An OPEN
+    delivered and not yet answered would then be delivered again while its anon fd is open, and
+    the kernel fails it with EEXIST (the protocol's rule, not a bug): the mount or reopen waiting
+    on it fails. So a read() of the device, and the answer of an OPEN it delivered, hold the gate
+    shared; a restore holds it alone. READs re-delivered to the live daemon are what a live
+    restore is about: they are served twice, and the second answer is refused (REDUNDANT)."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.shared = 0
+        self.restoring = False
+
+    def enter(self) -> None:
+        with self.cond:
+            while self.restoring:
+                self.cond.wait()
+            self.shared += 1
+
+    def leave(self) -> None:
+        with self.cond:
+            self.shared -= 1
+            if self.shared == 0:
+                self.cond.notify_all()
+
+    def exclusive(self, action: Callable[[], None]) -> None:
+        with self.cond:
+            while self.restoring:
+                self.cond.wait()
+            self.restoring = True
+            while self.shared:
+                self.cond.wait()
+        try:
+            action()
+        finally:
+            with self.cond:
+                self.restoring = False
+                self.cond.notify_all()
 
 
 @dataclass
@@ -94,7 +150,12 @@ class CacheObject:
     anon_fd: int
     blob: Blob
     name: str
-    busy: int = 0  # READs being served on it: its fd is not closed under them
+    busy: int = 0  # READs being served on it: its fd is not closed under them (unless lockless)
+    # its anon fd was replaced by /dev/null while READs used it, and is closed when the last is
+    # done: by a lockless close (FAULT: those READs are lost) or a CLOSE request (their requests
+    # were answered by another thread: only a READ delivered twice can be in use at a CLOSE)
+    closed: str | None = None
+    lost: int = 0  # READs on it that failed because of that: a restore brings them back
 
 
 @dataclass
@@ -103,6 +164,7 @@ class Accepted:
     req: protocol.Request
     run: Callable[[], None]
     obj: CacheObject | None = None  # a READ's object, pinned (None: unknown when it was read)
+    gate_held: bool = False  # an OPEN holds the restore gate until it is answered
 
 
 class Watcher:
@@ -156,6 +218,52 @@ class Daemon:
         self.wake = Wake()
         self.answered = 0  # requests answered: a crash point is armed after CRASH_ARMED_AFTER
         self.cookies_opened: set[str] = set()  # answered with a size by this incarnation: an OPEN again is a reopen
+        self.gate = RestoreGate()
+        self.lockless = config.lockless
+        self.devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        self.closed_ids: set[int] = set()  # objects whose fd this incarnation closed unasked
+        # The answers the kernel accepted: msg_id -> the answer's sequence number (0: a dead
+        # incarnation's), and the candidates for late answers (Fault.STALE)
+        self.answer_seq = 0
+        self.answered_at: dict[int, int] = {}
+        self.answers: collections.deque[tuple[str, int, int, int, str]] = collections.deque(maxlen=STALE_REMEMBERED)
+        self.max_msg_id = 0
+        self.deliveries: collections.Counter[int] = collections.Counter()  # msg_id -> times delivered here
+        self.closed_at_copen: dict[int, str] = {}  # object_id -> cookie: fd closed before its copen
+        self.read_on_closed: set[int] = set()  # msg_ids of READs the close-copen probe found a violation in
+
+    def remember_answer(self, op: str, msg_id: int, object_id: int, size: int = 0, by: str = StaleOrigin.ANSWERED) -> None:
+        """An answer the kernel accepted (or a dead incarnation's, `by`="dead", seq 0)."""
+        with self.lock:
+            if by == StaleOrigin.ANSWERED:
+                self.answer_seq += 1
+            self.answered_at.setdefault(msg_id, self.answer_seq if by == StaleOrigin.ANSWERED else 0)
+            self.answers.append((op, msg_id, object_id, size, by))
+
+    def load_dead_answers(self) -> None:
+        """The answers earlier incarnations logged: late answers from the dead (Fault.STALE), and
+        msg_ids the kernel must never deliver again. Read in the background; a delivery checked
+        before it is done is checked against less, never wrongly."""
+        try:
+            with open(self.config.daemon_log, "rb") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return
+        for line in lines:
+            if b'"done"' not in line:
+                continue
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            if e.get("event") == Event.DONE and e.get("incarnation", self.incarnation) < self.incarnation and e.get("op") in ("OPEN", "READ"):
+                self.remember_answer(e["op"], int(e["msg_id"]), int(e.get("object_id", 0)), int(e.get("size", 0)), StaleOrigin.DEAD)
+
+    def dawdle(self) -> None:
+        """GuestConfig.dawdle_s: inside a step of an answer, so that a kill at a kernel state
+        (statekill.py, which sees the state a little after it begins) lands in the step."""
+        if self.config.dawdle_s:
+            time.sleep(self.config.dawdle_s)
 
     def point(self, name: str) -> None:
         """Die here, by SIGKILL, if this incarnation was told to, and once it has answered
@@ -174,12 +282,20 @@ class Daemon:
     # -- start-up --------------------------------------------------------------------------
     def restore(self) -> None:
         """Re-mark every request the kernel still holds as new; only after the old one is gone."""
-        try:
-            os.write(self.device_fd, b"restore")
-            self.log.emit(Event.RESTORE, ok=True)
-        except OSError as e:
-            self.log.emit(Event.RESTORE, ok=False, errno=e.errno, error=e.strerror)
+        self.write_restore(RestoreWhy.START)
         self.point(CrashPoint.AFTER_RESTORE)
+
+    def write_restore(self, why: str) -> None:
+        """`why`: start (what a dead incarnation held), live (Fault.RESTORE_LIVE: while other
+        threads serve), lost (READs this daemon lost when it closed their fd under them)."""
+        def write() -> None:
+            try:
+                os.write(self.device_fd, b"restore")
+                self.log.emit(Event.RESTORE, ok=True, why=why)
+                self.dawdle()  # still alone: nothing is read until a kill at `restoring` had its chance
+            except OSError as e:
+                self.log.emit(Event.RESTORE, ok=False, why=why, errno=e.errno, error=e.strerror)
+        self.gate.exclusive(write)
 
     # -- requests --------------------------------------------------------------------------
     def blob(self, fsid: str) -> Blob | None:
@@ -193,11 +309,26 @@ class Daemon:
                 self.blobs[image] = Blob(fd, os.fstat(fd).st_size)
             return self.blobs[image]
 
-    def on_open(self, req: protocol.OpenRequest) -> None:
+    def on_open(self, req: protocol.OpenRequest, gate_held: bool = False) -> None:
+        try:
+            self.answer_open(req)
+        finally:
+            if gate_held:
+                self.gate.leave()
+
+    def answer_open(self, req: protocol.OpenRequest) -> None:
         name = protocol.blob_name(req.volume_key, req.cookie_key)
         blob = self.blob(name) if req.volume_key.startswith("erofs,") else None
         size = blob.size if blob else protocol.copen_error(errno.ENOENT)
         self.point(CrashPoint.OPEN_BEFORE_COPEN)
+        self.dawdle()
+        if size >= 0 and name in self.cookies_opened and self.rng.random() < self.config.close_during_copen:
+            self.close_during_copen(req, size, name)
+            return
+        if self.lockless:
+            # No lock keeps the other threads from reading: the probes' premise is gone.
+            self.copen(req, size, name, blob)
+            return
         # The delivery lock from the probe to the copen: no other thread reads a request meanwhile.
         with self.delivery:
             # A reopen this incarnation can tell (it opened the cookie before) also has its wake-up
@@ -225,15 +356,82 @@ class Daemon:
                     self.log.emit(Event.PROBE, probe=Probe.WAKEUP, msg_id=req.msg_id, object_id=req.object_id,
                                   cookie=name, outcome=ProbeOutcome.WOKEN if woken else ProbeOutcome.ASLEEP)
         if answered:
-            self.point(CrashPoint.COPEN_BEFORE_USE)
-            if blob is None:
-                os.close(req.fd)
-            else:
-                with self.lock:
-                    self.objects[req.object_id] = CacheObject(req.fd, blob, name)
-                    self.cookies_opened.add(name)
-            self.done(msg_id=req.msg_id, op="OPEN", object_id=req.object_id, size=size)
+            self.opened(req, size, name, blob)
         self.serve_all(held)
+
+    def copen(self, req: protocol.OpenRequest, size: int, name: str, blob: Blob | None) -> None:
+        """Lockless: the object is known before its copen is written, as real daemons do it: the
+        moment the copen is in, another thread may be handed a READ for it."""
+        if blob is not None:
+            with self.lock:
+                self.objects[req.object_id] = CacheObject(req.fd, blob, name)
+        try:
+            os.write(self.device_fd, protocol.copen_command(req.msg_id, size))
+        except OSError as e:
+            with self.lock:  # refused: no READ can have come for it
+                self.objects.pop(req.object_id, None)
+            os.close(req.fd)
+            self.log.emit(Event.ERROR, msg_id=req.msg_id, op="OPEN", object_id=req.object_id,
+                          errno=e.errno, error=e.strerror, call="copen")
+            return
+        self.opened(req, size, name, blob)
+
+    def opened(self, req: protocol.OpenRequest, size: int, name: str, blob: Blob | None) -> None:
+        """The copen was accepted."""
+        self.remember_answer("OPEN", req.msg_id, req.object_id, size)
+        self.point(CrashPoint.COPEN_BEFORE_USE)
+        if blob is None:
+            os.close(req.fd)
+        else:
+            with self.lock:
+                self.objects.setdefault(req.object_id, CacheObject(req.fd, blob, name))
+                self.cookies_opened.add(name)
+        self.done(msg_id=req.msg_id, op="OPEN", object_id=req.object_id, size=size)
+
+    def close_during_copen(self, req: protocol.OpenRequest, size: int, name: str) -> None:
+        """The anon fd of this reopen goes before its copen is written, or while (a thread closes
+        it as the copen is written: either may come first). The fd number is kept, pointing at
+        /dev/null, until both are done, so no fd installed meanwhile is closed by mistake. A
+        correct kernel fails the OPEN (or, if the copen came first, sees the object closed) and
+        sends another OPEN at the next READ; it never delivers a READ for this object id."""
+        variant = "while" if self.rng.random() < 0.5 else "before"
+        closer = threading.Thread(target=os.dup2, args=(self.devnull, req.fd), daemon=True)
+        with self.lock:
+            self.closed_at_copen[req.object_id] = name
+        if variant == "before":
+            closer.run()
+        else:
+            closer.start()
+        try:
+            os.write(self.device_fd, protocol.copen_command(req.msg_id, size))
+            error = None
+        except OSError as e:
+            error = e.errno
+        if variant == "while":
+            closer.join()
+        os.close(req.fd)
+        self.log.emit(Event.CLOSE_FD, object_id=req.object_id, cookie=name, msg_id=req.msg_id, at="copen",
+                      variant=variant, copen_errno=error)
+        if error is None:
+            self.remember_answer("OPEN", req.msg_id, req.object_id, size)
+
+    def check_closed_at_copen(self, req: protocol.Request, name: str | None) -> None:
+        """Close-copen's question, decided by what the kernel delivers next for the cookie."""
+        with self.lock:
+            if isinstance(req, protocol.ReadRequest) and (req.object_id in self.closed_at_copen
+                                                          or req.object_id == CLOSED_OBJECT_ID):
+                cookie = self.closed_at_copen.get(req.object_id, "?")
+                outcome = ProbeOutcome.READ_ON_CLOSED
+                self.read_on_closed.add(req.msg_id)
+            elif name is not None and name in self.closed_at_copen.values():
+                cookie = name
+                outcome = ProbeOutcome.REOPENED
+            else:
+                return
+            for oid in [o for o, c in self.closed_at_copen.items() if c == cookie or cookie == "?"]:
+                del self.closed_at_copen[oid]  # an object id -1 could be any of them: all decided
+        self.log.emit(Event.PROBE, probe=Probe.CLOSE_COPEN, msg_id=req.msg_id, object_id=req.object_id,
+                      cookie=cookie, outcome=outcome)
 
     def probe_epollin(self, opening: protocol.OpenRequest, cookie: str, settle_ms: int = 0) -> tuple[list[Accepted], str]:
         """Patch 4's question, asked at the one protocol point where its answer is decidable: an
@@ -300,6 +498,16 @@ class Daemon:
     def on_read(self, req: protocol.ReadRequest, obj: CacheObject | None) -> None:
         """`obj` was pinned (busy) when the READ was accepted."""
         if obj is None:
+            with self.lock:
+                # lockless: closed by another thread between the read() and the pin; or delivered
+                # with the id of a closed object (-1) as the fd went, which no close around a copen
+                # explains (that one is the close-copen probe's violation)
+                closed_here = req.object_id in self.closed_ids or (
+                    req.object_id == CLOSED_OBJECT_ID and bool(self.closed_ids) and req.msg_id not in self.read_on_closed)
+            if closed_here:
+                self.log.emit(Event.LOST, msg_id=req.msg_id, op="READ", object_id=req.object_id, call="pin")
+                self.write_restore(RestoreWhy.LOST)
+                return
             # Should not happen: the kernel reopens a closed object before sending its READs.
             self.log.emit(Event.ERROR, msg_id=req.msg_id, op="READ", object_id=req.object_id,
                           error="unknown object")
@@ -320,23 +528,53 @@ class Daemon:
                 call = "pwrite"
                 os.pwrite(obj.anon_fd, view, start)
                 self.point(CrashPoint.READ_BEFORE_COMPLETE)
+                self.dawdle()
                 call = "READ_COMPLETE"
                 fcntl.ioctl(obj.anon_fd, protocol.CACHEFILES_IOC_READ_COMPLETE, req.msg_id)
             finally:
                 view.release()
             self.point(CrashPoint.READ_AFTER_COMPLETE)
         except OSError as e:
-            self.log.emit(Event.ERROR, msg_id=req.msg_id, op="READ", object_id=req.object_id,
-                          errno=e.errno, error=e.strerror, call=call)
+            self.read_failed(req, obj, call, e)
             return
         finally:
-            with self.lock:
-                obj.busy -= 1
+            self.unpin(obj)
+        self.remember_answer("READ", req.msg_id, req.object_id)
         self.done(msg_id=req.msg_id, op="READ", object_id=req.object_id)
+
+    def read_failed(self, req: protocol.ReadRequest, obj: CacheObject, call: str, e: OSError) -> None:
+        with self.lock:
+            closed = obj.closed
+            redelivered = self.deliveries[req.msg_id] > 1
+        fields = dict(msg_id=req.msg_id, op="READ", object_id=req.object_id, errno=e.errno, error=e.strerror, call=call)
+        if redelivered and (closed or (call == "READ_COMPLETE" and e.errno == errno.EINVAL)):
+            self.log.emit(Event.REDUNDANT, **fields)
+        elif closed == CLOSED_BY_FAULT:  # its fd went to /dev/null under it (ENOTTY): restored once its last user is done
+            obj.lost += 1
+            self.log.emit(Event.LOST, **fields)
+        else:
+            self.log.emit(Event.ERROR, **fields)
+
+    def unpin(self, obj: CacheObject) -> None:
+        with self.lock:
+            obj.busy -= 1
+            last = obj.closed and obj.busy == 0
+        if last:
+            os.close(obj.anon_fd)
+            if obj.lost:
+                self.write_restore(RestoreWhy.LOST)
 
     def on_close(self, req: protocol.CloseRequest) -> None:
         with self.lock:
             obj = self.objects.pop(req.object_id, None)
+            # A READ delivered twice (a restore while alive) may still be served by one thread
+            # after another answered it and the reader unmounted: the fd number must stay ours
+            # until that thread is done, or its write lands in whichever anon fd the kernel
+            # installs at that number next (another object's cache file).
+            if obj is not None and obj.busy:
+                os.dup2(self.devnull, obj.anon_fd)
+                obj.closed = CLOSED_BY_REQUEST
+                obj = None
         if obj is not None:
             os.close(obj.anon_fd)
             self.point(CrashPoint.CLOSE_FD)
@@ -344,17 +582,74 @@ class Daemon:
 
     def close_random_fd(self) -> None:
         """What the close-fds scenario asks for: drop a live object's anon fd, unasked. The
-        kernel puts the object in CLOSE and must reopen it when the next READ comes."""
-        with self.delivery, self.lock:
-            idle = sorted(oid for oid, o in self.objects.items() if o.busy == 0)
-            if not idle:
+        kernel puts the object in CLOSE and must reopen it when the next READ comes.
+
+        Lockless, any object's, also while other threads serve READs through it (a READ just
+        delivered for it, or being answered): the fd becomes /dev/null at once (dup2: the number
+        stays ours, so no fd the kernel installs meanwhile is closed by mistake) and is closed
+        when its last user is done. Those READs fail (LOST) and wait in the kernel, delivered
+        and unanswered, until the `restore` the daemon then writes."""
+        if not self.lockless:
+            with self.delivery, self.lock:
+                idle = sorted(oid for oid, o in self.objects.items() if o.busy == 0)
+                if not idle:
+                    return
+                oid = self.rng.choice(idle)
+                obj = self.objects.pop(oid)
+            os.close(obj.anon_fd)
+            self.log.emit(Event.CLOSE_FD, object_id=oid, cookie=obj.name)
+            return
+        with self.lock:
+            if not self.objects:
                 return
-            oid = self.rng.choice(idle)
+            oid = self.rng.choice(sorted(self.objects))
             obj = self.objects.pop(oid)
-        os.close(obj.anon_fd)
-        self.log.emit(Event.CLOSE_FD, object_id=oid, cookie=obj.name)
+            self.closed_ids.add(oid)
+            busy = obj.busy
+            if busy:
+                os.dup2(self.devnull, obj.anon_fd)
+                obj.closed = CLOSED_BY_FAULT
+            else:
+                os.close(obj.anon_fd)
+        self.log.emit(Event.CLOSE_FD, object_id=oid, cookie=obj.name, busy=busy)
+
+    def stale_answers(self) -> None:
+        """Fault.STALE: late answers, as a daemon sends that answers twice, late, or from a
+        thread that lagged behind a death: a copen or a READ_COMPLETE for a msg_id answered
+        before (by this incarnation, or a dead one), and for one never delivered. The kernel
+        must refuse each with EINVAL: one it accepts completed some other request with it."""
+        with self.lock:
+            answers = list(self.answers)
+            live = sorted(self.objects)
+            never = (self.max_msg_id + NEVER_DELIVERED, self.max_msg_id + NEVER_DELIVERED + 1)
+        chosen = answers[-STALE_RECENT:]
+        rest = answers[:-STALE_RECENT]
+        chosen += self.rng.sample(rest, min(STALE_RANDOM, len(rest)))
+        chosen += [("OPEN", never[0], 0, 0, StaleOrigin.NEVER_DELIVERED), ("READ", never[1], 0, 0, StaleOrigin.NEVER_DELIVERED)]
+        for op, msg_id, object_id, size, origin in chosen:
+            if op == "READ" and not live:
+                continue
+            try:
+                if op == "OPEN":
+                    os.write(self.device_fd, protocol.copen_command(msg_id, size))
+                else:
+                    # on its own object's fd if it is still open, else on another's; under the lock,
+                    # so that no close takes the fd meanwhile
+                    with self.lock:
+                        target = object_id if object_id in self.objects else self.rng.choice(live)
+                        obj = self.objects.get(target)
+                        if obj is None:
+                            continue
+                        fcntl.ioctl(obj.anon_fd, protocol.CACHEFILES_IOC_READ_COMPLETE, msg_id)
+                outcome, err = ProbeOutcome.ACCEPTED, None
+            except OSError as e:
+                outcome = ProbeOutcome.REFUSED if e.errno == errno.EINVAL else ProbeOutcome.UNEXPECTED
+                err = e.errno
+            self.log.emit(Event.PROBE, probe=Probe.STALE, msg_id=msg_id, op=op, object_id=object_id,
+                          origin=origin, outcome=outcome, errno=err)
 
     def handle(self, buf: bytes) -> None:
+        """One message as read() delivered it, answered (the unit tests' way in)."""
         got = self.accept(buf)
         if got is not None:
             got.run()
@@ -366,11 +661,15 @@ class Daemon:
                 obj.busy += 1
         return Accepted(req, lambda: self.on_read(req, obj), obj)
 
-    def accept(self, buf: bytes) -> Accepted | None:
+    def accept(self, buf: bytes, answers_before: int | None = None) -> Accepted | None:
         """Decode and log a message, pin a READ's object; the work to do is returned, to be done
         outside the delivery lock. The pin is what keeps close_random_fd (another thread) from
         closing the fd of an object whose READ the kernel has already handed over: that READ
-        would have no fd to be answered through, and only a restore would bring it back."""
+        would have no fd to be answered through, and only a restore would bring it back.
+
+        `answers_before`: the answers accepted before the read() that delivered `buf` began; a
+        msg_id among them delivered now is one the kernel reused (Probe.REUSE). None: not
+        known (a read() of the patch-4 probe), not checked."""
         try:
             req = protocol.decode(buf)
         except protocol.ProtocolError as e:
@@ -387,6 +686,15 @@ class Daemon:
         if self.threads > 1:
             fields["thread"] = threading.current_thread().name
         self.log.emit(Event.RECV, **fields)
+        with self.lock:
+            self.deliveries[req.msg_id] += 1
+            self.max_msg_id = max(self.max_msg_id, req.msg_id)
+            first = self.answered_at.get(req.msg_id)
+        if answers_before is not None and first is not None and first <= answers_before:
+            self.log.emit(Event.PROBE, probe=Probe.REUSE, msg_id=req.msg_id, object_id=req.object_id,
+                          op=fields["op"], outcome=ProbeOutcome.REUSED)
+        if self.closed_at_copen:
+            self.check_closed_at_copen(req, str(fields.get("cookie")) if isinstance(req, protocol.OpenRequest) else None)
         if isinstance(req, protocol.OpenRequest):
             return Accepted(req, lambda: self.on_open(req))
         if isinstance(req, protocol.ReadRequest):
@@ -396,33 +704,54 @@ class Daemon:
     # -- the loop --------------------------------------------------------------------------
     def loop(self) -> int:
         poller = select.poll()
-        for fd in (self.device_fd, self.wake.stop, self.wake.close_requests):
+        for fd in (self.device_fd, self.wake.stop, *self.wake.requests.values()):
             poller.register(fd, select.POLLIN)
+        faults = {self.wake.requests[Fault.CLOSE]: (Fault.CLOSE, self.close_random_fd),
+                  self.wake.requests[Fault.RESTORE_LIVE]: (Fault.RESTORE_LIVE, lambda: self.write_restore(RestoreWhy.LIVE)),
+                  self.wake.requests[Fault.STALE]: (Fault.STALE, self.stale_answers)}
         while True:
             # No timeout: only the kernel (a request) or a signal handler (Wake) ends this wait.
             ready = {fd for fd, _ in poller.poll()}
             if self.wake.stop in ready:
                 return 0
-            if self.wake.close_requests in ready and self.wake.take_close_request():
-                self.close_random_fd()
+            for fd, (kind, act) in faults.items():
+                if fd in ready and self.wake.take(kind):
+                    act()
             if self.device_fd not in ready:
                 continue
+            got = None
+            self.gate.enter()
             try:
-                with self.delivery:
+                answers_before = self.answer_seq
+                if self.lockless:
                     buf = os.read(self.device_fd, protocol.MAX_MSG_SIZE)
-                    got = self.accept(buf) if buf else None
+                    got = self.accept(buf, answers_before) if buf else None
+                else:
+                    with self.delivery:
+                        buf = os.read(self.device_fd, protocol.MAX_MSG_SIZE)
+                        got = self.accept(buf, answers_before) if buf else None
             except OSError as e:
                 self.log.emit(Event.ERROR, op="read", errno=e.errno, error=e.strerror)
                 if e.errno == errno.EIO:  # the cache is dead: nothing more will come
                     return 1
                 time.sleep(0.1)
                 continue
+            finally:
+                if got is not None and isinstance(got.req, protocol.OpenRequest):
+                    got.gate_held = True  # left by on_open, once the copen is written
+                else:
+                    self.gate.leave()
             if not buf:
                 # poll said readable, read found nothing: what patch 4 narrowed
                 self.log.emit(Event.EMPTY_READ)
                 continue
             if got is not None:
-                got.run()
+                if got.gate_held:
+                    req = got.req
+                    assert isinstance(req, protocol.OpenRequest)
+                    self.on_open(req, gate_held=True)
+                else:
+                    got.run()
 
     def serve(self) -> int:
         # The workers inherit the mask the main thread has while it starts them: WAKE_SIGNALS
@@ -436,8 +765,8 @@ class Daemon:
             signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
         return self.loop()
 
-    def on_usr1(self, _signum: int, _frame: object) -> None:
-        self.wake.request_close()
+    def on_request(self, signum: int, _frame: object) -> None:
+        self.wake.request(REQUEST_SIGNALS[signum])
 
     def stop(self, _signum: int, _frame: object) -> None:
         self.wake.request_stop()
@@ -454,10 +783,13 @@ def main() -> int:
         device_fd = recv_fd(sock)
     daemon = Daemon(config, device_fd, args.incarnation)
     signal.signal(signal.SIGTERM, daemon.stop)
-    signal.signal(signal.SIGUSR1, daemon.on_usr1)
+    for signum in REQUEST_SIGNALS:
+        signal.signal(signum, daemon.on_request)
     daemon.log.emit(Event.FD_RECEIVED, device_fd=device_fd, crash_point=daemon.crash_point)
     if args.incarnation > 1:
         daemon.restore()
+        if config.lockless or config.close_during_copen:  # the adversarial daemon checks msg_id reuse
+            threading.Thread(target=daemon.load_dead_answers, name="dead-answers", daemon=True).start()
     write_atomically(config.daemon_state_file, daemon_serving(args.incarnation, os.getpid()))
     daemon.log.emit(Event.SERVING)
     return daemon.serve()

@@ -85,6 +85,10 @@ class Run:
             mode=Mode.FAILOVER if self.scenario.failover else Mode.NO_FAILOVER,
             seed=self.req.seed,
             threads=self.scenario.threads,
+            lockless=self.scenario.lockless,
+            close_during_copen=self.scenario.close_during_copen,
+            dawdle_s=self.scenario.dawdle_s,
+            statekill_ctl=f"{GUEST_TMP}/statekill.ctl" if self.scenario.state_kills else "",
             crash_plan=self.crash_plan,
             domain_images=self.scenario.domain_images,
             cache_dir=f"{GUEST_TMP}/cache",
@@ -106,7 +110,8 @@ class Run:
     # -- the guest -------------------------------------------------------------------------------
     def faults(self, session: Session, logs: GuestLogs, t: vm.Timeouts) -> None:
         actions = scenarios.schedule(self.scenario, self.req.seed, self.req.kill_interval_s, t.recovery)
-        self.progress.stage("faults", totals={"kills": self.scenario.kills, "closes": self.scenario.fd_closes})
+        self.progress.stage("faults", totals={"kills": self.scenario.kills, "closes": self.scenario.fd_closes,
+                                                    **self.scenario.misbehaviour_totals()})
         started = time.monotonic()
         try:
             loop = FaultLoop(session, logs, actions, self.crash_plan, t, self.dir / "faults.jsonl", self.progress)

@@ -6,7 +6,15 @@ The faults, each driven from the host at seeded moments:
   `restore` (patch 5) and must receive what the dead one held;
 - close: SIGUSR1 the daemon, which closes a live object's anon fd; the kernel puts the object in
   CLOSE and must send a fresh OPEN when the next READ comes (patches 1-3);
-- crash points: each incarnation is told where in the protocol to SIGKILL itself.
+- crash points: each incarnation is told where in the protocol to SIGKILL itself;
+- the misbehaviours of real daemons (`adversarial`): a live daemon writes `restore` while its
+  other threads serve (restore_live), sends late answers (stale), reads the device from several
+  threads with no lock between them and closes anon fds other threads use (lockless), closes a
+  reopen's anon fd before or while its copen is written (close_during_copen).
+
+Each fault's expected outcome is the verdict's: readers see no error and no stall, the kernel
+refuses what it must (a late answer: EINVAL) and re-delivers what it must, and the daemon's
+errors are only those its faults explain (logged as `lost` and `redundant`, checked by the judge).
 """
 from __future__ import annotations
 
@@ -17,7 +25,7 @@ from typing import Any
 
 # re-exported: the judge takes the crash points from the scenarios
 from guest_scripts.contract import CRASH_POINTS as CRASH_POINTS, UNANSWERED_POINTS as UNANSWERED_POINTS
-from guest_scripts.contract import CrashPoint, Fault
+from guest_scripts.contract import KERNEL_STATES, CrashPoint, Fault
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,8 @@ class Needs:
     crash_point_hits: int = 0  # every crash point, at least this often
     deliveries: int = 1  # deliveries in the kernel's ledger (the kprobes): every scenario's
     reopen_probes: int = 0  # reopens on which the daemon asked the patch-4 question
+    misbehaviours: int = 0  # each misbehaviour of the scenario's daemon ran and was decided this often
+    state_kill_hits: int = 0  # every KernelState: kills the trace confirms landed in it
     end_checked: bool = True  # the end check's re-read marked in the trace; kmemleak scanned (debug)
 
 
@@ -47,6 +57,12 @@ class Scenario:
     images: int = 3
     domain_images: tuple[str, ...] = ()  # mounted with a shared domain_id per round
     threads: int = 1
+    restores_live: int = 0  # Fault.RESTORE_LIVE sent by the host
+    stale_answers: int = 0  # Fault.STALE sent by the host
+    lockless: bool = False  # GuestConfig.lockless
+    close_during_copen: float = 0.0  # GuestConfig.close_during_copen
+    state_kills: int = 0  # Fault.STATE_KILL at every KernelState, this many times each
+    dawdle_s: float = 0.0  # GuestConfig.dawdle_s
     needs: Needs = field(default_factory=Needs)
     # errnos the daemon is meant to get from the kernel, its fault plan causing them: not the
     # kernel's fault, so not the daemon-errors check's (every other error the daemon logs is)
@@ -56,6 +72,17 @@ class Scenario:
         """The scenario with another number of SIGKILLs or anon fd closes (None: its own)."""
         return replace(self, kills=self.kills if kills is None else kills,
                        fd_closes=self.fd_closes if fd_closes is None else fd_closes)
+
+    def misbehaviour_totals(self) -> dict[str, int]:
+        """The host's misbehaviour faults, by progress name."""
+        return {k: n for k, n in (("live restores", self.restores_live), ("stale answers", self.stale_answers)) if n}
+
+    @property
+    def misbehaviours(self) -> tuple[str, ...]:
+        """The misbehaviours this scenario's daemon has (evidence.Misbehaviour names)."""
+        return tuple(name for name, on in (("restore-live", self.restores_live), ("stale", self.stale_answers),
+                                            ("lockless-close", self.lockless and self.fd_closes),
+                                            ("close-copen", self.close_during_copen)) if on)
 
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
@@ -77,6 +104,17 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     # finding of its own, which this scenario is not about.
     Scenario("crash-points", "each incarnation kills itself at a named protocol point, every point three times",
              crash_point_repeats=3, readers=2, needs=Needs(redelivered=1, crash_point_hits=1)),
+    # The daemon misbehaves as real ones do (README, "adversarial"). Three threads read with no
+    # lock of ours; closes hit fds in use; a third of the reopens lose their fd around the copen.
+    # The faults are kept to what the cache's 1 GiB holds: every round writes fresh cache files,
+    # and a full cache fails reads with ENOBUFS (a 10-minute run did, seed 2).
+    Scenario("adversarial", "a daemon that misbehaves as real ones do: live restores, late answers, "
+             "lockless threads closing fds in use, fds closed around copen; kills and closes beside",
+             kills=6, fd_closes=20, restores_live=10, stale_answers=10, readers=4, images=4,
+             domain_images=("img0", "img1"), threads=3, lockless=True, close_during_copen=0.3,
+             state_kills=4, dawdle_s=0.05,
+             needs=Needs(in_flight_share=0.5, redelivered=1, fd_closes=5, reopens=5, reads_after_reopen=5,
+                         misbehaviours=3, state_kill_hits=3)),
     Scenario("no-failover", "negative control: the device fd dies with the daemon; must FAIL",
              kills=3, failover=False, expected_daemon_errnos=(errno.EIO,)),  # the cache dies: EIO, all of it
 )}
@@ -96,6 +134,7 @@ def expected_daemon_errnos(recorded: dict[str, Any]) -> frozenset[int]:
 class Action:
     kind: str  # a Fault
     delay_s: float  # after the daemon is serving (kill, close) or the wait's bound (await_crash)
+    state: str | None = None  # Fault.STATE_KILL: the KernelState to kill at
 
 
 def crash_plan(scenario: Scenario, seed: int) -> dict[str, str]:
@@ -113,8 +152,15 @@ def crash_plan(scenario: Scenario, seed: int) -> dict[str, str]:
 def schedule(scenario: Scenario, seed: int, interval_s: tuple[float, float], crash_wait_s: float) -> list[Action]:
     """The host's faults in order, with seeded delays: kills and closes shuffled together."""
     rng = random.Random(f"{seed}/schedule")
-    kinds = [Fault.KILL] * scenario.kills + [Fault.CLOSE] * scenario.fd_closes
+    kinds = ([Fault.KILL] * scenario.kills + [Fault.CLOSE] * scenario.fd_closes
+             + [Fault.RESTORE_LIVE] * scenario.restores_live + [Fault.STALE] * scenario.stale_answers)
     rng.shuffle(kinds)
     actions = [Action(k, rng.uniform(*interval_s)) for k in kinds]
+    if scenario.state_kills:
+        # after the others' draws: the schedules of scenarios without them stay as they were
+        states = [Action(Fault.STATE_KILL, rng.uniform(*interval_s), s)
+                  for s in KERNEL_STATES for _ in range(scenario.state_kills)]
+        for a in states:
+            actions.insert(rng.randrange(len(actions) + 1), a)
     actions += [Action(Fault.AWAIT_CRASH, crash_wait_s) for _ in crash_plan(scenario, seed)]
     return actions

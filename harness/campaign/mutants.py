@@ -62,7 +62,7 @@ class Mutant:
 
 
 FLAVORS_COST = {"plain": 0, "debug": 1}
-SCENARIO_COST = {"crash": 0, "crash-points": 1, "close-fds": 1, "combined": 2}
+SCENARIO_COST = {"crash": 0, "crash-points": 1, "close-fds": 1, "combined": 2, "adversarial": 2}
 
 
 def parse(path: Path) -> Mutant:
@@ -143,7 +143,7 @@ def _execute(req: RunRequest) -> tuple[AnyResults, str | None, float]:
 
 def faulted(base: RunRequest, scenario: str, faults: int, flavor: str, series: Path | None) -> RunRequest:
     """The run for a scenario with `faults` of its own kind of fault."""
-    kills = faults if scenario in ("crash", "combined") else None
+    kills = faults if scenario in ("crash", "combined", "adversarial") else None
     fd_closes = faults if scenario in ("close-fds", "combined") else None
     return replace(base, scenario=scenario, kills=kills, fd_closes=fd_closes, flavor=flavor, series=series)
 

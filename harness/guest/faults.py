@@ -10,21 +10,31 @@ judged on what it has.
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from pathlib import Path
 from typing import Any
 
-from guest_scripts.contract import Event, Fault
+from guest_scripts.contract import FAULT_SIGNALS, Event, Fault, KernelState
 from ..progress import Progress
 from ..scenarios import Action
 from .logs import GuestLogs
 from .session import GuestHung, Session
 from .vm import Timeouts
 
-SIGNALS = {Fault.KILL: "KILL", Fault.CLOSE: "USR1"}  # what the host sends the daemon for each fault
-PROGRESS_COUNTS = {Fault.KILL: "kills", Fault.CLOSE: "closes"}
+PROGRESS_COUNTS = {Fault.KILL: "kills", Fault.CLOSE: "closes", Fault.RESTORE_LIVE: "live restores",
+                   Fault.STALE: "stale answers", Fault.STATE_KILL: "state kills"}
 
 STALLED = "a reader stalled; the faults stopped early"
+# Kernel states the readers reach only now and then, and the fault that brings one about: a live
+# restore (restoring), an anon fd closed under a reader (reopening, at its next READ). Sent again
+# every PROVOKE_EVERY_S until the state comes.
+PROVOKE = {KernelState.RESTORING: Fault.RESTORE_LIVE, KernelState.REOPENING: Fault.CLOSE}
+PROVOKE_EVERY_S = 3.0
+# How long a state may take to come, as a share of the recovery bound (20 s under TCG): the
+# readers mount every few seconds (OPENs) and read all the time (READs, writes); the rare ones are
+# provoked. A state that does not come is a miss, which the report counts.
+STATE_WAIT_SHARE = 1 / 3
 
 
 class FaultLoop:
@@ -51,6 +61,9 @@ class FaultLoop:
                     self.await_crash(index + 1, action.delay_s)
                     incarnation = index + 2
                     continue
+                if action.kind == Fault.STATE_KILL:
+                    incarnation = self.kill_at_state(index, action, incarnation)
+                    continue
                 incarnation = self.inject(index, action, incarnation)
             if incarnation > 1:
                 # the last death must be recovered from too: an answer from the next incarnation
@@ -66,12 +79,55 @@ class FaultLoop:
         inc, pid = self.logs.wait_for_incarnation(incarnation, self.t.recovery)
         self.logs.clock.sleep(action.delay_s)
         # the pid we waited for: if it died by itself meanwhile, the fault misses, and says so
-        r = self.session.run(f"kill -{SIGNALS[action.kind]} {pid}", self.t.command)
+        r = self.session.run(f"kill -{FAULT_SIGNALS[action.kind]} {pid}", self.t.command)
         self.record(index=index, kind=action.kind, pid=pid, incarnation=inc, status=r.status)
         self.progress.count(PROGRESS_COUNTS[action.kind])
         self.logs.poll()
         self.progress.set("served", self.logs.served)
         return inc + 1 if action.kind == Fault.KILL else inc
+
+    def kill_at_state(self, index: int, action: Action, incarnation: int) -> int:
+        """Arm statekill.py with the action's KernelState and wait for its kill; a state that does
+        not come within a third of the recovery bound is recorded as missed (the report counts the
+        hits). The rare states are provoked (PROVOKE) every few seconds meanwhile."""
+        inc, _ = self.logs.wait_for_incarnation(incarnation, self.t.recovery)
+        # armed once this incarnation has answered and served a while, as a timer kill waits its
+        # delay: kills back to back would carry what the first dead one held through a chain of
+        # deaths (the wait is the fault plan's, not the kernel's; 21 s seen, bound 30 s)
+        self.logs.wait_until(f"incarnation {inc} answering", lambda: inc in self.logs.answered_by, self.t.recovery)
+        self.logs.clock.sleep(action.delay_s)
+        ctl = shlex.quote(self.logs.config.statekill_ctl)
+        before = len(self.logs.state_kills)
+        self.session.run(f"echo {action.state} >{ctl}", self.t.command)
+        provoke = PROVOKE.get(str(action.state))
+        deadline = self.logs.clock.now() + self.t.recovery * STATE_WAIT_SHARE
+        try:
+            while True:
+                if provoke is not None:  # a state the readers alone reach only now and then
+                    _, pid = self.logs.wait_for_incarnation(inc, self.t.recovery)
+                    self.session.run(f"kill -{FAULT_SIGNALS[provoke]} {pid}", self.t.command)
+                    self.record(index=index, kind=provoke, pid=pid, incarnation=inc, provoking=action.state)
+                wait = PROVOKE_EVERY_S if provoke else max(0.0, deadline - self.logs.clock.now())
+                try:
+                    self.logs.wait_until(f"the kernel reaching {action.state}",
+                                         lambda: len(self.logs.state_kills) > before, wait)
+                    break
+                except GuestHung:
+                    if self.logs.clock.now() > deadline:
+                        raise
+        except GuestHung:
+            self.session.run(f"echo off >{ctl}", self.t.command)
+            self.record(index=index, kind=Fault.STATE_KILL, state=action.state, missed=True)
+            return inc
+        hit = self.logs.state_kills[before]
+        pid = hit.get("pid", -1)
+        # a kill like the host's: the judge matches it to the incarnation's death by pid
+        self.record(index=index, kind=Fault.KILL, state=action.state, pid=pid, trigger=hit.get("trigger"))
+        self.progress.count(PROGRESS_COUNTS[Fault.STATE_KILL])
+        # the process killed may be one that had not said it serves yet (killed in its start-up
+        # restore): the keeper's reaping names its incarnation
+        self.logs.wait_until(f"process {pid} reaped", lambda: pid in self.logs.died_pids, self.t.recovery)
+        return self.logs.died_pids[pid] + 1
 
     def await_crash(self, incarnation: int, timeout_s: float) -> None:
         point = self.crash_plan[str(incarnation)]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from guest_scripts.contract import INCARNATION, Event, GuestConfig, parse_daemon_state
+from guest_scripts.contract import INCARNATION, STATEKILL_LOG, Event, GuestConfig, parse_daemon_state
 from .session import GuestGone, GuestHung, Session
 
 POLL_S = 0.1
@@ -71,15 +71,24 @@ class GuestLogs:
         self.served = 0  # requests the daemon answered, all incarnations
         self.answered_by: set[int] = set()  # incarnations that answered a request
         self.died: set[int] = set()  # incarnations the keeper reaped
+        self.died_pids: dict[int, int] = {}  # pid -> incarnation, of those
+        self.statekill = LogTail(Path(config.log_dir) / STATEKILL_LOG)
+        self.statekill_started = False
+        self.state_kills: list[dict[str, Any]] = []  # statekill.py's kills, in order
 
     def poll(self) -> None:
         for e in self.daemon.poll():
             if e.get("event") == Event.DONE:
                 self.served += 1
                 self.answered_by.add(e.get(INCARNATION, 0))
+        for e in self.statekill.poll():
+            self.statekill_started = True
+            if e.get("event") == Event.STATE_KILL:
+                self.state_kills.append(e)
         for e in self.keeper.poll():
             if e.get("event") == Event.DIED:
                 self.died.add(e.get(INCARNATION, 0))
+                self.died_pids[e.get("pid", -1)] = e.get(INCARNATION, 0)
         for path in Path(self.config.log_dir).glob("reader-*.jsonl"):
             tail = self.readers.setdefault(path, LogTail(path))
             self.reader_events.update(e.get("event", "") for e in tail.poll())

@@ -53,6 +53,11 @@ class GuestServices:
                       t.command * 3)
         session.check(f"{py} {scripts}/keeper.py --config {config} >{g}/keeper.out 2>&1 &"
                       f" echo $! >{g}/keeper.pid", t.command)
+        if self.config.statekill_ctl:
+            # kills at kernel states: armed by the fault loop, reading a trace instance of its own
+            session.check(f"{py} {scripts}/statekill.py --config {config} --keeper-pid $(cat {g}/keeper.pid)"
+                          f" >{g}/statekill.out 2>&1 &", t.command)
+            self.logs.wait_until("the state-kill agent", lambda: self.logs.statekill_started, t.command)
         self.logs.wait_until("the keeper binding /dev/cachefiles", self.logs.keeper_bound, t.command)
         self.logs.wait_for_incarnation(1, t.recovery)
         for i in range(self.readers):

@@ -64,6 +64,8 @@ class Check(Enum):
     READ_ON_CLOSED = ("read-on-closed", "ledger: no READ delivered for a closed object")
     EPOLLIN_PROBE = ("epollin-probe", "probe: a reopening READ raises no EPOLLIN")
     WAKEUP_PROBE = ("wakeup-probe", "probe: a reopen's copen wakes the daemon")
+    STALE_PROBE = ("stale-answer-probe", "probe: a late answer is refused and no msg_id is reused")
+    CLOSE_COPEN_PROBE = ("close-copen-probe", "probe: an anon fd closed around its copen gets no READ")
     DAEMON_ERRORS = ("daemon-errors", "daemon: every answer accepted by the kernel")
     RUN_COMPLETED = ("run-completed", "run: completed")
     END_OF_RUN = ("end-of-run", "run: the end leaves nothing behind")
@@ -78,6 +80,8 @@ class Check(Enum):
     READS_AFTER_REOPEN = ("reads-after-reopen", "evidence: READs on reopened objects", "reads_after_reopen")
     CRASH_POINTS = ("crash-points", "evidence: every crash point reached", "crash_point_hits")
     REOPEN_PROBES = ("reopen-probes", "evidence: the patch-4 probe asked on reopens", "reopen_probes")
+    STATE_KILLS = ("state-kills", "evidence: kills at every kernel state, confirmed by the trace", "state_kill_hits")
+    MISBEHAVIOURS = ("misbehaviours", "evidence: every misbehaviour of the daemon reached the kernel", "misbehaviours")
     END_CHECKED = ("end-checked", "evidence: the end of the run checked (re-read, kmemleak)", "end_checked")
 
     @property

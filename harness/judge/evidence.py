@@ -250,6 +250,7 @@ class RunLogs:
     daemon: list[LogEvent]
     readers: list[list[LogEvent]]
     host_kills: list[LogEvent]
+    faults: list[LogEvent] = field(default_factory=list)  # faults.jsonl whole (state kills and their misses too)
     manifest: dict[str, dict[str, str]] = field(default_factory=dict)
     trace: str = ""  # tracefs `trace` at the end of the run
     trace_lost: bool = False  # the ring buffer overran: trace counts are lower bounds
@@ -265,6 +266,7 @@ class RunLogs:
             daemon=[with_incarnation(e) for e in read_jsonl(guest / "daemon.jsonl")],
             readers=[read_jsonl(p) for p in sorted(guest.glob("reader-*.jsonl"))],
             host_kills=[e for e in read_jsonl(run_dir / "faults.jsonl") if e.get("kind") == Fault.KILL],
+            faults=read_jsonl(run_dir / "faults.jsonl"),
             manifest=json.loads(manifest_file.read_text()) if manifest_file.exists() else {},
             trace=_read(guest / "trace.txt"),
             trace_lost=any(int(n) > 0 for n in re.findall(r"^overrun: (\d+)", _read(guest / "trace-stats.txt"), re.M)),

@@ -3,7 +3,8 @@ cachefiles tracepoints): what was delivered to which daemon process, what was an
 process held when it died, what came back after a `restore`, and what was never answered.
 
 A request is one lifetime: delivered (the `deliver` kretprobe: msg_id, opcode, object id), then
-ended by its answer (`copen`/`cread` with its msg_id; a CLOSE ends at its delivery) or by the
+ended by its answer (`copen`/`cread` with its msg_id, or `copened`: a copen the kernel took the
+request out for and then failed; a CLOSE ends at its delivery) or by the
 kernel (`drop`: its object was withdrawn and its requests failed with EIO). `unbind` (the device
 closed for good) fails every request still queued: at the end of a run nothing is left by then
 (the readers are done), so what it fails was never answered. One end is not seen: a reader
@@ -164,6 +165,13 @@ class _Builder:
                     lt.o = o
             if e.event == "copen" and o is not None:
                 self.object_open[o] = True
+        elif e.event == "copened" and f.get("ret") == 0:
+            # taken out by a copen the kernel then failed (no `copen` tracepoint): ended all the same
+            lt = self.live.get(f.get("id", -1))
+            if lt is not None and lt.op == "OPEN":
+                del self.live[lt.msg_id]
+                lt.ended_ts, lt.ended_by = e.ts, "answer"
+                self.answers.append(e.ts)
         elif e.event == "fd_release" and o is not None:
             self.object_open[o] = False
             self.fds_released += 1
@@ -275,8 +283,9 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None) -> Ledger
                                        no_restore, round(max(waits), 4) if waits else None, max(overtaken),
                                        next_answer))
     for lt in [*b.live.values(), *(lt for lt in b.all if lt.ended_by in ("unbind", "vanished"))]:
-        how = {"unbind": f", failed when the device was closed at {lt.ended_ts:.6f}",
-               "vanished": f", its msg_id given to another request at {lt.ended_ts:.6f}"}.get(lt.ended_by or "", "")
+        how = "" if lt.ended_ts is None else {
+            "unbind": f", failed when the device was closed at {lt.ended_ts:.6f}",
+            "vanished": f", its msg_id given to another request at {lt.ended_ts:.6f}"}.get(lt.ended_by or "", "")
         violations.append(Violation("unanswered", f"{lt.describe()}, last delivered at {lt.deliveries[-1].ts:.6f} "
                                     f"to process {lt.deliveries[-1].tgid}, was never answered{how}"))
     available = bool(b.delivered or b.empty)

@@ -7,6 +7,14 @@ Both probes sit on an OPEN the daemon has read and not yet answered (guest_scrip
 - wakeup, on the reopens the daemon itself can tell (a cookie this incarnation opened before):
   does the copen wake a thread asleep in poll()?
 A probe that decided nothing is no evidence; a violation on any OPEN is a FAIL.
+
+The adversarial daemon's probes are decided wherever they are asked (misbehaviour.py counts
+them as the evidence of its misbehaviours):
+- stale: a late answer (copen or READ_COMPLETE for a msg_id answered before, or never delivered)
+  must be refused with EINVAL;
+- reuse: logged only when a msg_id this run answered was delivered again (ids are cyclic);
+- close-copen: after a reopen's anon fd was closed around its copen, the cookie is opened again
+  and no READ is delivered for the closed object.
 """
 from __future__ import annotations
 
@@ -15,7 +23,8 @@ from dataclasses import dataclass
 from guest_scripts.contract import Event, Probe, ProbeOutcome
 from .evidence import LogEvent, OpenedCookies
 
-KINDS = (Probe.EPOLLIN, Probe.WAKEUP)
+KINDS = (Probe.EPOLLIN, Probe.WAKEUP, Probe.STALE, Probe.REUSE, Probe.CLOSE_COPEN)
+ON_REOPENS = (Probe.EPOLLIN, Probe.WAKEUP)  # decided only on reopens
 
 
 @dataclass(frozen=True)
@@ -36,13 +45,13 @@ def probe_counts(daemon: list[LogEvent]) -> dict[str, ProbeCounts]:
         kind = e.get("event")
         if kind == Event.PROBE and (probe := str(e.get("probe"))) in ran:
             ran[probe] += 1
-            reopen = cookies.asked(e)
+            reopen = cookies.asked(e) if probe in ON_REOPENS else True
             outcome = e.get("outcome")
             if outcome in ProbeOutcome.VIOLATIONS:
                 violations[probe].append(e)
             if outcome != ProbeOutcome.BUSY and reopen:
                 decided[probe] += 1
-                held[probe] += outcome in (ProbeOutcome.QUIET, ProbeOutcome.WOKEN)
+                held[probe] += outcome not in ProbeOutcome.VIOLATIONS
         elif kind == Event.DONE and e.get("op") == "OPEN":
             cookies.answered(e)
     return {k: ProbeCounts(ran[k], decided[k], held[k], tuple(violations[k])) for k in KINDS}
@@ -52,6 +61,13 @@ def describe(e: LogEvent) -> str:
     """What a violating probe saw, with the OPEN it waited on."""
     what = {ProbeOutcome.SPIN: f"the device stayed readable with nothing to read ({e.get('empties')} empty reads)",
             ProbeOutcome.EARLY_READ: "a READ of the object was delivered before its OPEN was answered",
-            ProbeOutcome.ASLEEP: "a thread asleep in poll() was not woken by the copen"}
-    return (f"{what.get(str(e.get('outcome')), e.get('outcome'))}: OPEN msg_id {e.get('msg_id')} "
-            f"object_id {e.get('object_id')} ({e.get('cookie')})")
+            ProbeOutcome.ASLEEP: "a thread asleep in poll() was not woken by the copen",
+            ProbeOutcome.ACCEPTED: f"a late {e.get('op')} answer was accepted ({e.get('origin')})",
+            ProbeOutcome.UNEXPECTED: f"a late {e.get('op')} answer was refused with errno {e.get('errno')}, not EINVAL "
+                                     f"({e.get('origin')})",
+            ProbeOutcome.REUSED: f"a msg_id answered before was delivered again, now for a {e.get('op')}",
+            ProbeOutcome.READ_ON_CLOSED: "a READ was delivered for an object whose anon fd was closed before its copen"}
+    outcome = what.get(str(e.get("outcome")), e.get("outcome"))
+    if e.get("probe") in (Probe.STALE, Probe.REUSE):
+        return f"{outcome}: msg_id {e.get('msg_id')} object_id {e.get('object_id')}"
+    return f"{outcome}: msg_id {e.get('msg_id')} object_id {e.get('object_id')} ({e.get('cookie')})"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from . import console, evidence, junit, ledger, markdown, probes, reread, trace, verdict
+from . import console, evidence, junit, ledger, markdown, misbehaviour, probes, reread, statekills, trace, verdict
 from .checks import Status, slugs
 from .results import (RESULTS_SCHEMA_VERSION, AnyResults, CrashPointRow, DeathSpread, EndSection, LedgerSection, Results,
                       Spread, error_results)
@@ -115,13 +115,17 @@ def evaluate(run_dir: Path) -> Results:
                             needs=Needs(**scenario.get("needs", {})),
                             crash_points_planned=len(meta.get("crash_plan", {})),
                             expected_daemon_errnos=expected_daemon_errnos(scenario),
-                            kmemleak=meta["request"].get("flavor") == "debug")
+                            kmemleak=meta["request"].get("flavor") == "debug",
+                            misbehaviours=misbehaviour.expected(scenario),
+                            state_kills=bool(scenario.get("state_kills")))
+    state_hits = statekills.hits(logs.faults, trace_events) if th.state_kills else {}
+    misbehaved = misbehaviour.facts(logs.daemon)
     read_back = reread.judge(logs.end_of_run, logs.manifest, trace_events)
     aborted = meta.get("aborted")
     if aborted is None and readers.readers_finished < readers.readers_started:
         aborted = f"{readers.readers_started - readers.readers_finished} reader(s) never finished"
     v = verdict.decide(daemon, readers, kernel_trace, kernel_ledger, probed, reads_after_reopen, findings, th, aborted,
-                       logs.end_of_run, read_back)
+                       logs.end_of_run, read_back, misbehaved, state_hits)
     in_flight = verdict.kills_in_flight(daemon, kernel_ledger)
 
     kills = len(daemon.kills)
@@ -163,6 +167,10 @@ def evaluate(run_dir: Path) -> Results:
         "end_of_run": _end_section(logs.end_of_run, read_back),
         "probes": {kind: {"ran": c.ran, "decided": c.decided, "held": c.held, "violations": len(c.violations)}
                    for kind, c in probed.items()},
+        "misbehaviours": {name: {"ran": m.ran, "decided": m.decided} for name, m in misbehaved.by_name.items()
+                          if name in th.misbehaviours},
+        "state_kills": {state: {"tried": h.tried, "killed": h.killed, "confirmed": h.confirmed}
+                        for state, h in state_hits.items()},
         "readers": {
             "bytes_read": readers.bytes_read,
             "files_verified": readers.files_verified,
@@ -264,8 +272,15 @@ def summary(r: Results) -> str:
         f"{ev['empty_reads']} empty wake-ups; recovery mean {_seconds(r['recovery_s']['mean'])}, "
         f"max {_seconds(r['recovery_s']['max'])}",
         _ledger_line(r["ledger"]),
-        "  probes: " + "; ".join(f"{kind} ran {c['ran']}, decided {c['decided']} (on reopens), held {c['held']}, "
-                                 f"{c['violations']} violations" for kind, c in r["probes"].items()),
+        "  probes: " + "; ".join(f"{kind} ran {c['ran']}, decided {c['decided']}"
+                                 f"{' (on reopens)' if kind in probes.ON_REOPENS else ''}, held {c['held']}, "
+                                 f"{c['violations']} violations" for kind, c in r["probes"].items()
+                                 if kind in probes.ON_REOPENS or c["ran"] or c["violations"]),
+        *(["  misbehaviours: " + "; ".join(f"{name} {m['ran']}, reached the kernel {m['decided']}"
+                                           for name, m in r["misbehaviours"].items())] if r["misbehaviours"] else []),
+        *(["  kills at kernel states (tried/killed/confirmed by the trace): "
+           + "; ".join(f"{state} {h['tried']}/{h['killed']}/{h['confirmed']}" for state, h in r["state_kills"].items())]
+          if r["state_kills"] else []),
         _end_line(r["end_of_run"]),
         f"  reads: {rd['files_verified']} files verified ({rd['bytes_read'] / 1e6:.1f} MB), "
         f"{r['mismatches']} mismatches, {r['read_errors']} errors, max {_seconds(rd['max_latency_s'])}, "

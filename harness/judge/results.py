@@ -110,6 +110,17 @@ class ProbeStats(TypedDict):
     violations: int
 
 
+class MisbehaviourStats(TypedDict):
+    ran: int  # times the daemon misbehaved so
+    decided: int  # of those, times the kernel had to get it right (misbehaviour.py)
+
+
+class StateKillStats(TypedDict):
+    tried: int  # the host armed statekill.py for this state
+    killed: int  # it killed a daemon process at it
+    confirmed: int  # the trace shows the process died in it (statekills.py)
+
+
 class ReaderStats(TypedDict):
     bytes_read: int
     files_verified: int
@@ -158,6 +169,8 @@ class Results(_Common, _JudgedOptional):
     ledger: LedgerSection
     end_of_run: EndSection | None  # None: the run never got to its end check
     probes: dict[str, ProbeStats]  # contract.Probe kind -> its counts
+    misbehaviours: dict[str, MisbehaviourStats]  # the scenario's daemon's (misbehaviour.NAMES); {} for most
+    state_kills: dict[str, StateKillStats]  # contract.KernelState -> its kills; {} without them
     readers: ReaderStats
     recovery_s: Recovery
     kills_per_minute: float | None

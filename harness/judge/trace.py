@@ -43,6 +43,10 @@ PROBES: dict[str, str] = {
                 " msg_id=+u0($arg2):u32 opcode=+u4($arg2):u32 len=+u8($arg2):u32 object_id=+u12($arg2):u32"
                 " a=+u16($arg2):u64 b=+u24($arg2):u64"),
     "restore": "p:{group}/restore cachefiles_ondemand_restore",
+    # every copen the kernel took its request out for (ret 0), also those it then failed: an OPEN
+    # whose anon fd was closed before its copen is ended with EBADFD and no `copen` tracepoint.
+    # The command's arguments are cut at the comma by then: `id` is the msg_id alone.
+    "copened": "r:{group}/copened cachefiles_ondemand_copen ret=$retval:s32 id=+0($arg2):string",
     # an object withdrawn: its queued requests are ended with EIO (and no tracepoint says so when
     # the object is not open). `o` is struct cachefiles_object's debug_id, 48 bytes in on x86_64
     # since 5.17 (two pointers, a list_head, two pointers); the ledger checks that the ids it
@@ -55,10 +59,10 @@ TRACE_CLOCK = "global"  # one clock for every CPU: the ledger orders events acro
 TRACEPOINTS = ("cachefiles/cachefiles_ondemand_*", "sched/sched_process_exit")
 
 _LINE = re.compile(r"^\s*(?P<task>.+?)-(?P<pid>\d+)\s+(?:\(\s*(?P<tgid>[-\d]+)\)\s+)?\[(?P<cpu>\d+)\]\s+(?:\S+\s+)?"
-                   r"(?P<ts>\d+\.\d+):\s+(?P<event>cachefiles_ondemand_\w+|deliver|restore|drop|unbind|sched_process_exit|tracing_mark_write):"
+                   r"(?P<ts>\d+\.\d+):\s+(?P<event>cachefiles_ondemand_\w+|deliver|restore|copened|drop|unbind|sched_process_exit|tracing_mark_write):"
                    r"\s+(?:\([^)]*\)\s*)?(?P<args>.*)$")
 _DECIMAL = {"fd"}  # of the tracepoints' fields; the rest are hex
-_DECIMAL_EVENTS = {"deliver", "drop", "exit", "mark"}  # every field decimal (`drop`'s o too)
+_DECIMAL_EVENTS = {"deliver", "copened", "drop", "exit", "mark"}  # every field decimal (`drop`'s o too)
 _RENAMED = {"sched_process_exit": "exit", "tracing_mark_write": "mark"}
 
 
@@ -84,7 +88,7 @@ def parse(text: str) -> list[TraceEvent]:
         for pair in m.group("args").split():
             key, _, value = pair.partition("=")
             try:
-                fields[key] = int(value, 10 if key in _DECIMAL or event in _DECIMAL_EVENTS else 16)
+                fields[key] = int(value.strip('"'), 10 if key in _DECIMAL or event in _DECIMAL_EVENTS else 16)
             except ValueError:
                 continue
         tgid = m.group("tgid")

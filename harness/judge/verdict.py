@@ -17,7 +17,9 @@ from .evidence import DaemonFacts, LogEvent, ReaderFacts
 from .ledger import Ledger
 from . import probes
 from .probes import ProbeCounts
+from .misbehaviour import MisbehaviourFacts
 from .reread import Reread
+from .statekills import StateHits
 from guest_scripts.contract import EndOfRun, Probe
 from ..scenarios import CRASH_POINTS, Needs
 from .trace import TraceFacts
@@ -32,6 +34,8 @@ class Thresholds:
     crash_points_planned: int = 0
     expected_daemon_errnos: frozenset[int] = frozenset()  # scenarios.Scenario's: the fault plan's own
     kmemleak: bool = False  # the flavour has it (debug): the end check must have scanned
+    misbehaviours: tuple[str, ...] = ()  # the scenario's daemon's (misbehaviour.NAMES)
+    state_kills: bool = False  # the scenario kills at kernel states
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,7 @@ class Verdict:
 
 def failures(daemon: DaemonFacts, readers: ReaderFacts, ledger: Ledger, probed: dict[str, ProbeCounts],
              findings: list[Finding], th: Thresholds, aborted: str | None, end: EndOfRun | None = None,
-             reread: Reread | None = None) -> list[Reason]:
+             reread: Reread | None = None, misbehaved: MisbehaviourFacts | None = None) -> list[Reason]:
     reasons: list[Reason] = []
     if aborted:
         reasons.append(Reason(Check.RUN_COMPLETED, f"run aborted: {aborted}"))
@@ -89,7 +93,11 @@ def failures(daemon: DaemonFacts, readers: ReaderFacts, ledger: Ledger, probed: 
 
     # asked at the protocol point, an OPEN read and not answered: the device must be quiet (patch
     # 4); its copen, on a reopen, must wake a thread asleep in poll()
-    for check, kind in ((Check.EPOLLIN_PROBE, Probe.EPOLLIN), (Check.WAKEUP_PROBE, Probe.WAKEUP)):
+    # the adversarial daemon's: a late answer refused (EINVAL), no msg_id reused, no READ for an
+    # object whose anon fd was closed around its copen
+    for check, kind in ((Check.EPOLLIN_PROBE, Probe.EPOLLIN), (Check.WAKEUP_PROBE, Probe.WAKEUP),
+                        (Check.STALE_PROBE, Probe.STALE), (Check.STALE_PROBE, Probe.REUSE),
+                        (Check.CLOSE_COPEN_PROBE, Probe.CLOSE_COPEN)):
         if found := probed[kind].violations:
             reasons.append(Reason(check, f"{len(found)} probe(s): " + "; ".join(probes.describe(e) for e in found[:SHOWN])))
 
@@ -97,7 +105,9 @@ def failures(daemon: DaemonFacts, readers: ReaderFacts, ledger: Ledger, probed: 
     # refused (EEXIST: an OPEN re-delivered while its anon fd is still open), a request for an
     # object it never opened, a message that does not parse. The readers may never see it (the
     # page cache retries), so it is judged here; errors the scenario's faults cause are not
-    if unexpected := [e for e in daemon.errors if e.get("errno") not in th.expected_daemon_errnos]:
+    # (a `redundant` answer nobody else gave is one of them; `lost` READs are the ledger's to judge)
+    errors = list(daemon.errors) + list(misbehaved.unanswered_redundant if misbehaved else ())
+    if unexpected := [e for e in errors if e.get("errno") not in th.expected_daemon_errnos]:
         reasons.append(Reason(Check.DAEMON_ERRORS, f"{len(unexpected)} daemon error(s), first {_daemon_error(unexpected[0])}"))
 
     # what the end of the run left: the readers are done, every mount must go without MNT_DETACH,
@@ -137,7 +147,8 @@ def kills_in_flight(daemon: DaemonFacts, ledger: Ledger) -> int:
 
 def missing_evidence(daemon: DaemonFacts, trace: TraceFacts, ledger: Ledger, probed: dict[str, ProbeCounts],
                      reads_after_reopen: int, th: Thresholds, end: EndOfRun | None = None,
-                     reread: Reread | None = None) -> list[Reason]:
+                     reread: Reread | None = None, misbehaved: MisbehaviourFacts | None = None,
+                     state_hits: dict[str, StateHits] | None = None) -> list[Reason]:
     needs = th.needs
     missing: list[Reason] = []
     if needs.end_checked and end is not None and reread is not None and not reread.ran:
@@ -167,9 +178,21 @@ def missing_evidence(daemon: DaemonFacts, trace: TraceFacts, ledger: Ledger, pro
     for check, got, need, what in counts:
         if got < need:
             missing.append(Reason(check, f"{what}: {got}, need {need}"))
-    if needs.reopen_probes and (short := [f"{k} {c.decided}" for k, c in probed.items() if c.decided < needs.reopen_probes]):
+    if needs.reopen_probes and (short := [f"{k} {probed[k].decided}" for k in probes.ON_REOPENS
+                                             if probed[k].decided < needs.reopen_probes]):
         missing.append(Reason(Check.REOPEN_PROBES, f"reopens on which a probe decided: {', '.join(short)}, "
                                                   f"need {needs.reopen_probes} each"))
+    if needs.misbehaviours and th.misbehaviours:
+        decided = {name: m.decided for name, m in misbehaved.by_name.items()} if misbehaved else {}
+        if short := [f"{name} {decided.get(name, 0)}" for name in th.misbehaviours
+                     if decided.get(name, 0) < needs.misbehaviours]:
+            missing.append(Reason(Check.MISBEHAVIOURS, f"misbehaviours that reached the kernel: {', '.join(short)}, "
+                                                      f"need {needs.misbehaviours} each"))
+    if needs.state_kill_hits and th.state_kills and state_hits is not None:
+        if short := [f"{state} {h.confirmed}/{h.tried}" for state, h in state_hits.items()
+                     if h.confirmed < needs.state_kill_hits]:
+            missing.append(Reason(Check.STATE_KILLS, f"kills confirmed in their kernel state: {', '.join(short)}, "
+                                                    f"need {needs.state_kill_hits} each"))
     if needs.crash_point_hits and th.crash_points_planned:
         hits = daemon.crash_points()
         if never := [p for p in CRASH_POINTS if len(hits.get(p, [])) < needs.crash_point_hits]:
@@ -179,8 +202,10 @@ def missing_evidence(daemon: DaemonFacts, trace: TraceFacts, ledger: Ledger, pro
 
 def decide(daemon: DaemonFacts, readers: ReaderFacts, trace: TraceFacts, ledger: Ledger, probed: dict[str, ProbeCounts],
            reads_after_reopen: int, findings: list[Finding], th: Thresholds, aborted: str | None = None,
-           end: EndOfRun | None = None, reread: Reread | None = None) -> Verdict:
-    reasons = failures(daemon, readers, ledger, probed, findings, th, aborted, end, reread)
-    missing = missing_evidence(daemon, trace, ledger, probed, reads_after_reopen, th, end, reread)
+           end: EndOfRun | None = None, reread: Reread | None = None,
+           misbehaved: MisbehaviourFacts | None = None, state_hits: dict[str, StateHits] | None = None) -> Verdict:
+    reasons = failures(daemon, readers, ledger, probed, findings, th, aborted, end, reread, misbehaved)
+    missing = missing_evidence(daemon, trace, ledger, probed, reads_after_reopen, th, end, reread, misbehaved,
+                               state_hits)
     status = Status.FAIL if reasons else Status.INCONCLUSIVE if missing else Status.PASS
     return Verdict(status, tuple(reasons), tuple(missing))

@@ -147,7 +147,7 @@ def test_a_close_request_wakes_one_sleeping_thread_and_stop_wakes_them_all(daemo
     threads = [threading.Thread(target=daemon.loop, daemon=True) for _ in range(3)]
     for t in threads:
         t.start()
-    daemon.on_usr1(signal.SIGUSR1, None)  # what the SIGUSR1 handler does, in the main thread
+    daemon.on_request(signal.SIGUSR1, None)  # what the SIGUSR1 handler does, in the main thread
     closes = lambda: [e for e in events(daemon) if e["event"] == "close_fd"]
     assert wait_for(closes), "no thread woke for the close request"
     time.sleep(0.2)  # the others had their chance to take it too

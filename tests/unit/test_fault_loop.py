@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from guest_scripts.contract import Event, Fault, daemon_serving
+from guest_scripts.contract import STATEKILL_LOG, Event, Fault, KernelState, daemon_serving
 from harness.guest.faults import STALLED, FaultLoop
 from harness.guest.logs import Clock, GuestLogs
 from harness.guest.session import CommandResult, GuestGone
@@ -40,6 +40,9 @@ class StandInGuest:
         self.silent: set[int] = set()  # incarnations that serve but never answer
         self.stall_on_command = False  # a reader reports a stall as the host sends a signal
         self.is_alive = True
+        self.states_at_once: set[str] = set()  # kernel states reached as soon as statekill.py is armed
+        self.states_provoked: set[str] = set()  # ... reached once the host provokes them
+        self.armed: str | None = None
         self.start_next()
 
     # -- the guest's side
@@ -75,8 +78,22 @@ class StandInGuest:
         return Clock(now=lambda: self.now, sleep=self.sleep)
 
     # -- the Session the host drives
+    def state_kill(self, state: str) -> None:
+        self.log(STATEKILL_LOG, event=Event.STATE_KILL, state=state, pid=self.pid, trigger="deliver")
+        self.armed = None
+        self.die()
+
     def run(self, command: str, timeout_s: float) -> CommandResult:
         self.commands.append(command)
+        if command.startswith("echo "):  # statekill.py armed (or disarmed) over its FIFO
+            state = command.split()[1]
+            self.armed = None if state == "off" else state
+            if state in self.states_at_once:
+                self.state_kill(state)
+            return CommandResult(command, 0, "", 0.0)
+        if self.armed in self.states_provoked:
+            self.state_kill(self.armed)
+            return CommandResult(command, 0, "", 0.0)
         if self.stall_on_command:
             self.log("reader-0.jsonl", event=Event.STALL, what="img0.0x0:a@0", waited_s=31.0)
         _kill, signal, pid = command.split()
@@ -95,9 +112,9 @@ class StandInGuest:
         return self.is_alive
 
 
-def fault_loop(tmp_path: Path, guest: StandInGuest, kinds: list[str]) -> FaultLoop:
-    logs = GuestLogs(guest, guest_config(tmp_path), guest.clock())
-    actions = [Action(kind, 0.5) for kind in kinds]
+def fault_loop(tmp_path: Path, guest: StandInGuest, kinds: list[str], states: list[str] = ()) -> FaultLoop:
+    logs = GuestLogs(guest, guest_config(tmp_path, statekill_ctl="ctl"), guest.clock())
+    actions = [Action(kind, 0.5) for kind in kinds] + [Action(Fault.STATE_KILL, 0.0, s) for s in states]
     return FaultLoop(guest, logs, actions, guest.crash_plan, TIMEOUTS, tmp_path / "faults.jsonl",
                      Progress(io.StringIO(), tty=False))
 
@@ -174,3 +191,30 @@ def test_a_guest_that_is_gone_ends_the_wait_at_once(tmp_path: Path) -> None:
     with pytest.raises(GuestGone):
         fault_loop(tmp_path, guest, [Fault.KILL]).run()
     assert guest.now == 0.5  # the kill's delay, and no poll interval after
+
+
+def test_kills_at_kernel_states_arm_the_agent_and_follow_its_kills(tmp_path: Path) -> None:
+    guest = StandInGuest(tmp_path)
+    guest.states_at_once = {KernelState.DELIVERED_READ, KernelState.DATA_WRITTEN}
+    guest.states_provoked = {KernelState.RESTORING}
+    loop = fault_loop(tmp_path, guest, [Fault.KILL], [KernelState.DELIVERED_READ, KernelState.RESTORING,
+                                                      KernelState.DATA_WRITTEN])
+    assert loop.run() is None
+    # a restore comes by itself only at a death: a live one is asked for
+    assert guest.commands == ["kill -KILL 101", "echo delivered-read >ctl", "echo restoring >ctl", "kill -RTMIN+1 103",
+                              "echo data-written >ctl"]
+    assert [(f["kind"], f.get("state"), f.get("pid")) for f in faults(tmp_path)] == [
+        (Fault.KILL, None, 101), (Fault.KILL, KernelState.DELIVERED_READ, 102),
+        (Fault.RESTORE_LIVE, None, 103), (Fault.KILL, KernelState.RESTORING, 103),
+        (Fault.KILL, KernelState.DATA_WRITTEN, 104)]
+    assert loop.logs.died == {1, 2, 3, 4} and 5 in loop.logs.answered_by
+
+
+def test_a_state_that_never_comes_is_a_miss_and_the_agent_is_disarmed(tmp_path: Path) -> None:
+    guest = StandInGuest(tmp_path)
+    loop = fault_loop(tmp_path, guest, [], [KernelState.DELIVERED_OPEN])
+    assert loop.run() is None
+    assert guest.commands == ["echo delivered-open >ctl", "echo off >ctl"]
+    [missed] = faults(tmp_path)
+    assert missed["missed"] and missed["state"] == KernelState.DELIVERED_OPEN
+    assert TIMEOUTS.recovery / 3 <= guest.now < TIMEOUTS.recovery

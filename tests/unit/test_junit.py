@@ -110,7 +110,8 @@ def every_rule_broken() -> list[verdict.Reason]:
     broken_ledger = ledger.Ledger(True, (), (), 1, {}, 0, 0, 0,
                                   tuple(ledger.Violation(rule, f"{rule} broken") for rule in ledger.RULES))
     probed = {kind: probes.ProbeCounts(1, 1, 0, ({"outcome": outcome},))
-              for kind, outcome in (("epollin", "spin"), ("wakeup", "asleep"))}
+              for kind, outcome in (("epollin", "spin"), ("wakeup", "asleep"), ("stale", "accepted"),
+                                    ("reuse", "reused"), ("close-copen", "read-on-closed"))}
     end = EndOfRun({}, keeper_exited=False, device_reopen_error="Device or resource busy", d_state=[])
     finding = console.scan_file(WARNING_SPLAT)
     th = verdict.Thresholds(kills_requested=5, stall_bound_s=30, needs=Needs())
@@ -121,7 +122,7 @@ def every_rule_broken() -> list[verdict.Reason]:
 
 def test_every_reason_the_verdict_gives_has_its_check():
     reasons = every_rule_broken()
-    assert len(reasons) >= 18
+    assert len(reasons) >= 20
     assert {r.check for r in reasons} == set(VERDICT_CHECKS)
 
 

@@ -18,13 +18,16 @@ def test_the_daemon_can_die_at_every_crash_point_of_the_contract():
 
 
 def test_every_scenario_of_the_issue_exists_and_asks_for_evidence():
-    assert set(scenarios.SCENARIOS) == {"crash", "close-fds", "combined", "crash-points", "no-failover"}
+    assert set(scenarios.SCENARIOS) == {"crash", "close-fds", "combined", "crash-points", "adversarial", "no-failover"}
     for name, s in scenarios.SCENARIOS.items():
         if name != "no-failover":
             assert s.needs != scenarios.Needs(), f"{name} would pass without proving anything"
     assert not scenarios.SCENARIOS["no-failover"].failover
     combined = scenarios.SCENARIOS["combined"]
     assert combined.kills and combined.fd_closes and combined.threads > 1 and len(combined.domain_images) == 2
+    adversarial = scenarios.SCENARIOS["adversarial"]
+    assert set(adversarial.misbehaviours) == {"restore-live", "stale", "lockless-close", "close-copen"}
+    assert adversarial.needs.misbehaviours and adversarial.threads > 1 and adversarial.lockless
 
 
 def test_crash_plan_visits_every_point_and_never_restores_first():

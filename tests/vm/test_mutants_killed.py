@@ -2,6 +2,7 @@
 by the check its patch names, while the unmutated kernel passes the same scenarios in the same
 run. (The whole set: `failover-harness mutate`, see README.)"""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -27,3 +28,22 @@ def test_cheapest_two_mutants_are_killed_and_the_baseline_passes(tmp_path):
         (o,) = [o for o in r["outcomes"] if o["name"] == m.name]
         assert o["status"] == "killed" and m.expect in o["killed_by"], o
         assert o["build_s"] is not None and o["build_s"] < 300  # incremental: the touched objects only
+
+
+def test_cheapest_mutant_of_a_2024_fix_is_killed_by_the_misbehaving_daemon(tmp_path):
+    """`adversarial` once on the correct kernel (the baseline, which must PASS with every
+    misbehaviour reaching the kernel), and the cheapest of its mutants killed by its check."""
+    (m, *_) = sorted((m for m in mutants.load() if m.scenario == "adversarial" and m.flavor == "plain"),
+                     key=lambda m: m.cost)
+    proc = harness("mutate", "--mutant", m.name, "--output", str(tmp_path))
+    print(proc.stdout, proc.stderr)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (result_file,) = tmp_path.glob("*-mutate/mutate.json")
+    r = json.loads(result_file.read_text())
+    (baseline,) = [o for o in r["outcomes"] if o["kind"] == "baseline"]
+    assert baseline["verdict"] == "PASS" and baseline["scenario"] == "adversarial"
+    misbehaved = json.loads((Path(baseline["run_dir"]) / "results.json").read_text())["misbehaviours"]
+    assert set(misbehaved) == {"restore-live", "stale", "lockless-close", "close-copen"}
+    assert all(v["decided"] >= 3 for v in misbehaved.values()), misbehaved
+    (o,) = [o for o in r["outcomes"] if o["name"] == m.name]
+    assert o["status"] == "killed" and m.expect in o["killed_by"], o

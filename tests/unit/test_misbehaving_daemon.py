@@ -1,0 +1,140 @@
+"""The adversarial daemon's misbehaviours (GuestConfig.lockless, close_during_copen, the host's
+RESTORE_LIVE and STALE faults) and what the judge makes of its log: a pipe stands in for
+/dev/cachefiles and files for anon fds, so what the daemon writes, closes and logs is checked
+here; what the kernel answers is the VM tests'."""
+import json
+import os
+
+import pytest
+
+import protocol
+from contract import Event, Probe, ProbeOutcome
+from daemon import CLOSED_OBJECT_ID, NEVER_DELIVERED, Daemon
+from harness.judge import misbehaviour
+from helpers import guest_config
+
+SIZE = 3 * 4096
+
+
+@pytest.fixture
+def make_daemon(tmp_path):
+    made = []
+
+    def make(**fields):
+        blob = tmp_path / "img0.erofs"
+        blob.write_bytes(os.urandom(SIZE))
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        d = Daemon(guest_config(tmp_path, images={"img0": str(blob)}, **fields), w, incarnation=2)
+        d.test_device_reader = r
+        made.append((r, w))
+        return d
+    yield make
+    for r, w in made:
+        os.close(r)
+        os.close(w)
+
+
+def writes(d) -> list[str]:
+    try:
+        return os.read(d.test_device_reader, 65536).decode().replace("restore", "restore\n").split("copen ")
+    except BlockingIOError:
+        return []
+
+
+def events(d, kind=None):
+    all_ = [json.loads(line) for line in open(d.config.daemon_log)]
+    return [e for e in all_ if kind is None or e["event"] == kind]
+
+
+def anon(tmp_path, name="backing"):
+    return os.open(tmp_path / name, os.O_RDWR | os.O_CREAT)
+
+
+def test_late_answers_go_for_answered_and_never_delivered_msg_ids(make_daemon, tmp_path):
+    d = make_daemon(lockless=True)
+    d.handle(protocol.encode_open(11, 4, "erofs,img0.0x3", b"img0.0x3", anon(tmp_path)))
+    writes(d)
+    d.stale_answers()
+    sent = "".join(writes(d))
+    assert f"11,{SIZE}" in sent and f"{11 + NEVER_DELIVERED},0" in sent
+    probes = events(d, Event.PROBE)
+    stale = [e for e in probes if e["probe"] == Probe.STALE]
+    assert {e["origin"] for e in stale} == {"answered", "never-delivered"}
+    # a pipe takes every copen and a file refuses the ioctl (ENOTTY): the daemon reports what it
+    # saw, and both are violations to the judge (only EINVAL is a refusal)
+    assert {(e["op"], e["outcome"]) for e in stale} == {("OPEN", ProbeOutcome.ACCEPTED), ("READ", ProbeOutcome.UNEXPECTED)}
+
+
+def test_a_msg_id_answered_before_the_read_began_is_a_reuse_and_one_answered_after_is_not(make_daemon, tmp_path):
+    d = make_daemon(lockless=True)
+    d.handle(protocol.encode_open(11, 4, "erofs,img0.0x3", b"img0.0x3", anon(tmp_path)))
+    before = d.answer_seq
+    d.accept(protocol.encode_read(11, 4, 0, 4096), answers_before=before)
+    d.accept(protocol.encode_read(11, 4, 0, 4096), answers_before=before - 1)  # the answer raced this read()
+    d.accept(protocol.encode_read(12, 4, 0, 4096), answers_before=before)
+    reuse = [e for e in events(d, Event.PROBE) if e["probe"] == Probe.REUSE]
+    assert [(e["msg_id"], e["outcome"]) for e in reuse] == [(11, ProbeOutcome.REUSED)]
+
+
+def test_answers_of_dead_incarnations_are_loaded_from_the_log(make_daemon, tmp_path):
+    d = make_daemon(lockless=True)
+    with open(d.config.daemon_log, "a") as f:
+        f.write(json.dumps({"event": "done", "incarnation": 1, "op": "READ", "msg_id": 5, "object_id": 2}) + "\n")
+        f.write(json.dumps({"event": "recv", "incarnation": 1, "op": "READ", "msg_id": 6, "object_id": 2}) + "\n")
+    d.load_dead_answers()
+    assert d.answered_at == {5: 0}
+    d.accept(protocol.encode_read(5, 9, 0, 4096), answers_before=0)
+    assert [e["msg_id"] for e in events(d, Event.PROBE)] == [5]
+
+
+def test_an_fd_closed_before_its_copen_is_reopened_or_a_read_for_it_is_a_violation(make_daemon, tmp_path):
+    d = make_daemon(close_during_copen=1.0)
+    d.handle(protocol.encode_open(1, 4, "erofs,img0.0x3", b"img0.0x3", anon(tmp_path)))
+    fd = anon(tmp_path, "reopen")
+    d.handle(protocol.encode_open(2, 5, "erofs,img0.0x3", b"img0.0x3", fd))  # a reopen: its fd goes
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    assert 5 not in d.objects and d.closed_at_copen == {5: "img0.0x3"}
+    (closed,) = [e for e in events(d, Event.CLOSE_FD)]
+    assert closed["at"] == "copen" and closed["variant"] in ("before", "while")
+    d.accept(protocol.encode_read(3, CLOSED_OBJECT_ID, 0, 4096), answers_before=0)
+    d.handle(protocol.encode_open(4, 6, "erofs,img0.0x3", b"img0.0x3", anon(tmp_path, "again")))
+    outcomes = [e["outcome"] for e in events(d, Event.PROBE) if e["probe"] == Probe.CLOSE_COPEN]
+    assert outcomes == [ProbeOutcome.READ_ON_CLOSED]  # decided once: the READ came first
+    assert d.closed_at_copen == {6: "img0.0x3"}  # the next reopen lost its fd too (a share of 1.0)
+
+
+def test_a_lockless_close_under_a_read_loses_it_and_restores(make_daemon, tmp_path):
+    d = make_daemon(lockless=True)
+    d.handle(protocol.encode_open(1, 4, "erofs,img0.0x3", b"img0.0x3", anon(tmp_path)))
+    writes(d)
+    got = d.accept(protocol.encode_read(2, 4, 0, 4096), answers_before=0)  # pinned: busy
+    d.close_random_fd()  # another thread closes the fd in use: it becomes /dev/null
+    assert d.objects == {} and got.obj.closed
+    got.run()  # READ_COMPLETE on /dev/null: ENOTTY, the READ is lost; the last user closes, restores
+    (lost,) = events(d, Event.LOST)
+    assert lost["msg_id"] == 2 and lost["call"] == "READ_COMPLETE"
+    assert [e["why"] for e in events(d, Event.RESTORE)] == ["lost"]
+    assert "restore" in "".join(writes(d))
+    assert events(d, Event.ERROR) == []
+
+
+def test_the_judge_counts_misbehaviours_and_a_redundant_answer_nobody_gave_is_an_error():
+    log = [
+        {"event": "restore", "why": "live", "ok": True, "incarnation": 1},
+        {"event": "recv", "msg_id": 7, "incarnation": 1}, {"event": "recv", "msg_id": 7, "incarnation": 1},
+        {"event": "done", "msg_id": 7, "incarnation": 1},
+        {"event": "redundant", "msg_id": 7, "incarnation": 1, "errno": 22},
+        {"event": "redundant", "msg_id": 8, "incarnation": 1, "errno": 22},
+        {"event": "close_fd", "busy": 1}, {"event": "close_fd", "busy": 0},
+        {"event": "close_fd", "at": "copen"},
+        {"event": "probe", "probe": "close-copen", "outcome": "reopened"},
+        {"event": "probe", "probe": "stale", "origin": "answered", "outcome": "refused"},
+        {"event": "probe", "probe": "stale", "origin": "never-delivered", "outcome": "refused"},
+    ]
+    f = misbehaviour.facts(log)
+    assert {n: (m.ran, m.decided) for n, m in f.by_name.items()} == {
+        "restore-live": (1, 1), "stale": (2, 1), "lockless-close": (2, 1), "close-copen": (1, 1)}
+    assert [e["msg_id"] for e in f.unanswered_redundant] == [8]
+    assert misbehaviour.expected({"restores_live": 3, "lockless": True, "fd_closes": 0}) == ("restore-live",)

@@ -1,0 +1,79 @@
+"""Kills at kernel states: what statekill.py reads off the live trace (a pure parser), and how the
+judge confirms from the run's trace that the daemon died in the state; each state with its
+negative control (the answer, or the READ_COMPLETE, came before the death)."""
+import pytest
+
+import statekill
+from contract import KernelState
+from harness.judge import ledger, statekills, trace
+
+T = "         python3-{pid:<6}({tgid:>7}) [000] .....    {ts:.6f}: {body}"
+
+
+def line(ts, body, pid=300, tgid=300):
+    return T.format(pid=pid, tgid=tgid, ts=ts, body=body)
+
+
+DELIVER = "deliver: (vfs_read+0x84/0x14b <- cachefiles_ondemand_daemon_read) ret={ret} msg_id={mid} opcode={op} len=32 object_id=3 a=0 b=4096"
+EXIT = "sched_process_exit: comm=python3 pid=300 prio=120"
+
+
+def test_the_agent_reads_each_state_off_trace_pipe_lines():
+    s = statekill.States()
+    got = [s.of(*statekill.parse(x)[1:]) for x in (
+        line(1, DELIVER.format(ret=32, mid=7, op=2)),
+        line(2, DELIVER.format(ret=53, mid=8, op=0)),
+        line(3, DELIVER.format(ret=0, mid=0, op=0)),  # an empty read delivers nothing
+        line(4, "cachefiles_ondemand_fd_write: o=00000002 iB=21b s=1000 l=1000"),
+        line(5, "cachefiles_ondemand_open: o=00000002 mid=0 oid=0 fd=10 f=0"),  # a first open
+        line(6, "cachefiles_ondemand_fd_release: o=00000002 oid=3"),
+        line(7, "cachefiles_ondemand_open: o=00000002 mid=0 oid=0 fd=11 f=0"),  # the reopen
+        line(8, "restore: (cachefiles_ondemand_restore+0x4/0x14a)"),
+    )]
+    assert [g[0] if g else None for g in got] == [
+        KernelState.DELIVERED_READ, KernelState.DELIVERED_OPEN, None, KernelState.DATA_WRITTEN, None, None,
+        KernelState.REOPENING, KernelState.RESTORING]
+    assert got[0][1] == {"msg_id": 7, "object_id": 3} and got[3][1] == {"o": 2, "off": 4096}
+
+
+CASES = {
+    KernelState.DELIVERED_READ: ([DELIVER.format(ret=32, mid=7, op=2)], "cachefiles_ondemand_cread: o=00000002 mid=7"),
+    KernelState.DELIVERED_OPEN: ([DELIVER.format(ret=53, mid=8, op=0)], "copened: (cachefiles_daemon_write+0x1/0x2 <- cachefiles_ondemand_copen) ret=0 id=\"8\""),
+    KernelState.DATA_WRITTEN: (["cachefiles_ondemand_fd_write: o=00000002 iB=21b s=0 l=1000"],
+                               "cachefiles_ondemand_cread: o=00000002 mid=9"),
+    KernelState.REOPENING: (["cachefiles_ondemand_fd_release: o=00000002 oid=3",
+                             "cachefiles_ondemand_open: o=00000002 mid=0 oid=0 fd=11 f=0"],
+                            "cachefiles_ondemand_copen: o=00000002 mid=10 l=1000"),
+    KernelState.RESTORING: (["restore: (cachefiles_ondemand_restore+0x4/0x14a)"], DELIVER.format(ret=32, mid=11, op=2)),
+}
+
+
+@pytest.mark.parametrize("state", list(CASES))
+def test_a_death_in_the_state_is_confirmed_and_one_after_the_answer_is_not(state):
+    before, answer = CASES[state]
+    lines = [line(1 + i, b) for i, b in enumerate(before)]
+    died = trace.parse("\n".join([*lines, line(10, EXIT)]))
+    answered = trace.parse("\n".join([*lines, line(9, answer), line(10, EXIT)]))
+    assert statekills.died_in(state, 300, died)
+    assert not statekills.died_in(state, 300, answered)
+    assert not statekills.died_in(state, 301, died)  # another process's death says nothing
+
+
+def test_the_hits_count_tries_kills_and_confirmations():
+    events = trace.parse("\n".join([line(1, DELIVER.format(ret=32, mid=7, op=2)), line(2, EXIT)]))
+    faults = [{"kind": "kill", "state": KernelState.DELIVERED_READ, "pid": 300},
+              {"kind": "state_kill", "state": KernelState.DELIVERED_READ, "missed": True},
+              {"kind": "kill", "pid": 300}]  # a timer kill: no state
+    h = statekills.hits(faults, events)[KernelState.DELIVERED_READ]
+    assert (h.tried, h.killed, h.confirmed) == (2, 1, 1)
+
+
+def test_an_open_failed_at_its_copen_is_ended_in_the_ledger_not_held():
+    """A copen the kernel takes the OPEN out for and then fails (its anon fd closed before it)
+    has no `copen` tracepoint; the `copened` return probe ends it."""
+    lines = [line(1, DELIVER.format(ret=53, mid=8, op=0)),
+             line(2, "copened: (cachefiles_daemon_write+0x1/0x2 <- cachefiles_ondemand_copen) ret=0 id=\"8\""),
+             line(3, EXIT)]
+    assert ledger.build(trace.parse("\n".join(lines))).held == 0
+    refused = lines[1].replace("ret=0", "ret=-22")  # a refused copen took nothing out
+    assert ledger.build(trace.parse("\n".join([lines[0], refused, lines[2]]))).held == 1
