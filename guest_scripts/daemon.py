@@ -217,7 +217,7 @@ class Daemon:
         self.rng = random.Random(f"{config.seed}/{incarnation}")
         self.wake = Wake()
         self.answered = 0  # requests answered: a crash point is armed after CRASH_ARMED_AFTER
-        self.cookies_opened: set[str] = set()  # answered with a size by this incarnation: an OPEN again is a reopen
+        self.cookies_opened: set[str] = set()  # answered with a size (by this incarnation, or a dead one: load_dead_answers): an OPEN again is a reopen
         self.gate = RestoreGate()
         self.lockless = config.lockless
         self.devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
@@ -241,23 +241,33 @@ class Daemon:
             self.answers.append((op, msg_id, object_id, size, by))
 
     def load_dead_answers(self) -> None:
-        """The answers earlier incarnations logged: late answers from the dead (Fault.STALE), and
-        msg_ids the kernel must never deliver again. Read in the background; a delivery checked
+        """The answers earlier incarnations logged: late answers from the dead (Fault.STALE),
+        msg_ids the kernel must never deliver again, and the cookies they opened (an OPEN for one
+        now is a reopen, which close_during_copen may take). Read in the background; a delivery checked
         before it is done is checked against less, never wrongly."""
         try:
             with open(self.config.daemon_log, "rb") as f:
                 lines = f.read().splitlines()
         except OSError:
             return
+        asked: dict[tuple[int, int], str] = {}  # (incarnation, msg_id) of an OPEN -> its cookie
         for line in lines:
-            if b'"done"' not in line:
+            if b'"done"' not in line and b'"OPEN"' not in line:
                 continue
             try:
                 e = json.loads(line)
             except ValueError:
                 continue
-            if e.get("event") == Event.DONE and e.get("incarnation", self.incarnation) < self.incarnation and e.get("op") in ("OPEN", "READ"):
+            inc = e.get("incarnation", self.incarnation)
+            if inc >= self.incarnation or e.get("op") not in ("OPEN", "READ"):
+                continue
+            if e.get("event") == Event.RECV and e["op"] == "OPEN":
+                asked[(inc, e.get("msg_id", -1))] = str(e.get("cookie"))
+            elif e.get("event") == Event.DONE:
                 self.remember_answer(e["op"], int(e["msg_id"]), int(e.get("object_id", 0)), int(e.get("size", 0)), StaleOrigin.DEAD)
+                if e["op"] == "OPEN" and e.get("size", -1) >= 0 and (inc, e["msg_id"]) in asked:
+                    with self.lock:  # opened by a dead incarnation: an OPEN for it now is a reopen
+                        self.cookies_opened.add(asked[(inc, e["msg_id"])])
 
     def dawdle(self) -> None:
         """GuestConfig.dawdle_s: inside a step of an answer, so that a kill at a kernel state

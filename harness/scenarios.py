@@ -77,13 +77,6 @@ class Scenario:
         """The host's misbehaviour faults, by progress name."""
         return {k: n for k, n in (("live restores", self.restores_live), ("stale answers", self.stale_answers)) if n}
 
-    @property
-    def misbehaviours(self) -> tuple[str, ...]:
-        """The misbehaviours this scenario's daemon has (evidence.Misbehaviour names)."""
-        return tuple(name for name, on in (("restore-live", self.restores_live), ("stale", self.stale_answers),
-                                            ("lockless-close", self.lockless and self.fd_closes),
-                                            ("close-copen", self.close_during_copen)) if on)
-
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("crash", "SIGKILL the daemon over and over; the keeper's fd survives, `restore` re-delivers",

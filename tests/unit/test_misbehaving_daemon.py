@@ -82,8 +82,11 @@ def test_answers_of_dead_incarnations_are_loaded_from_the_log(make_daemon, tmp_p
     with open(d.config.daemon_log, "a") as f:
         f.write(json.dumps({"event": "done", "incarnation": 1, "op": "READ", "msg_id": 5, "object_id": 2}) + "\n")
         f.write(json.dumps({"event": "recv", "incarnation": 1, "op": "READ", "msg_id": 6, "object_id": 2}) + "\n")
+        f.write(json.dumps({"event": "recv", "incarnation": 1, "op": "OPEN", "msg_id": 3, "cookie": "img0.1x2"}) + "\n")
+        f.write(json.dumps({"event": "done", "incarnation": 1, "op": "OPEN", "msg_id": 3, "size": 4096}) + "\n")
     d.load_dead_answers()
-    assert d.answered_at == {5: 0}
+    assert d.answered_at == {5: 0, 3: 0}
+    assert d.cookies_opened == {"img0.1x2"}  # an OPEN for it now is a reopen
     d.accept(protocol.encode_read(5, 9, 0, 4096), answers_before=0)
     assert [e["msg_id"] for e in events(d, Event.PROBE)] == [5]
 

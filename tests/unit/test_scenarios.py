@@ -4,7 +4,10 @@ from pathlib import Path
 
 import pytest
 
+from dataclasses import asdict
+
 from harness import scenarios
+from harness.judge import misbehaviour
 from harness.errors import InputError
 from harness.request import RunRequest
 from guest_scripts.contract import CrashPoint
@@ -26,7 +29,7 @@ def test_every_scenario_of_the_issue_exists_and_asks_for_evidence():
     combined = scenarios.SCENARIOS["combined"]
     assert combined.kills and combined.fd_closes and combined.threads > 1 and len(combined.domain_images) == 2
     adversarial = scenarios.SCENARIOS["adversarial"]
-    assert set(adversarial.misbehaviours) == {"restore-live", "stale", "lockless-close", "close-copen"}
+    assert set(misbehaviour.expected(asdict(adversarial))) == set(misbehaviour.NAMES)
     assert adversarial.needs.misbehaviours and adversarial.threads > 1 and adversarial.lockless
 
 
