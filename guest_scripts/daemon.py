@@ -332,7 +332,10 @@ class Daemon:
         size = blob.size if blob else protocol.copen_error(errno.ENOENT)
         self.point(CrashPoint.OPEN_BEFORE_COPEN)
         self.dawdle()
-        if size >= 0 and name in self.cookies_opened and self.rng.random() < self.config.close_during_copen:
+        # Not once the end check began: its re-read mounts first-round cookies again, new objects
+        # whose OPEN, failed, would fail the mount (a reopen's failed OPEN is only sent again).
+        if (size >= 0 and name in self.cookies_opened and self.rng.random() < self.config.close_during_copen
+                and not os.path.exists(self.config.end_check_file)):
             self.close_during_copen(req, size, name)
             return
         if self.lockless:
