@@ -9,8 +9,9 @@ say what it undoes and how to catch it:
     Mutant-Faults: 8
     Mutant-Expect: stall
 
-Mutant-Faults is the number of the scenario's own faults: SIGKILLs for crash, anon fd closes for
-close-fds, both for combined (crash-points has its own plan and ignores it).
+Mutant-Faults is the number of the scenario's own faults: SIGKILLs for crash and adversarial (whose
+other faults stay as the scenario has them), anon fd closes for close-fds, both for combined
+(crash-points has its own plan and ignores it).
 
 `mutate` applies each mutant alone on the base (the series machinery: `git am` in the harness's
 own tree, so only the touched objects rebuild), runs its scenario, and calls it killed when the
