@@ -164,7 +164,6 @@ class Accepted:
     req: protocol.Request
     run: Callable[[], None]
     obj: CacheObject | None = None  # a READ's object, pinned (None: unknown when it was read)
-    gate_held: bool = False  # an OPEN holds the restore gate until it is answered
 
 
 class Watcher:
@@ -750,21 +749,18 @@ class Daemon:
                 time.sleep(0.1)
                 continue
             finally:
-                if got is not None and isinstance(got.req, protocol.OpenRequest):
-                    got.gate_held = True  # left by on_open, once the copen is written
-                else:
+                # an OPEN delivered holds the gate until its copen is written (on_open leaves it)
+                opening = got.req if got is not None and isinstance(got.req, protocol.OpenRequest) else None
+                if opening is None:
                     self.gate.leave()
             if not buf:
                 # poll said readable, read found nothing: what patch 4 narrowed
                 self.log.emit(Event.EMPTY_READ)
                 continue
-            if got is not None:
-                if got.gate_held:
-                    req = got.req
-                    assert isinstance(req, protocol.OpenRequest)
-                    self.on_open(req, gate_held=True)
-                else:
-                    got.run()
+            if opening is not None:
+                self.on_open(opening, gate_held=True)
+            elif got is not None:
+                got.run()
 
     def serve(self) -> int:
         # The workers inherit the mask the main thread has while it starts them: WAKE_SIGNALS
