@@ -73,6 +73,12 @@ class Probe:
     # copen is written. The kernel must fail that OPEN and reopen the object again; a READ
     # delivered for the object whose fd was closed is one nobody can ever answer (a hung reader).
     CLOSE_COPEN: Final = "close-copen"
+    # GuestConfig.late_close: a CLOSE request (its cookie withdrawn: an umount) is answered by
+    # seeking and writing through the object's anon fd before closing it, until the kernel refuses
+    # both with ENOBUFS (the object's cache file is gone). A write that passes the kernel's check
+    # for the file just before the withdrawal drops it races that drop (CVE-2024-56549's shape);
+    # another errno, or still writable a stall bound after the CLOSE, is the kernel's violation.
+    LATE_WRITE: Final = "late-write"
 
 
 class ProbeOutcome:
@@ -88,11 +94,13 @@ class ProbeOutcome:
     ASLEEP: Final = "asleep"  # still asleep WAKE_BOUND_S after the copen
     REFUSED: Final = "refused"  # stale: EINVAL, as it must be
     ACCEPTED: Final = "accepted"  # stale: the kernel took a late answer (it completed some other request)
-    UNEXPECTED: Final = "unexpected"  # stale: refused with another errno than EINVAL
+    UNEXPECTED: Final = "unexpected"  # stale: refused with another errno than EINVAL; late-write: than ENOBUFS
     REUSED: Final = "reused"  # reuse: a msg_id answered before was delivered again
     REOPENED: Final = "reopened"  # close-copen: the cookie's next OPEN came, as it must
     READ_ON_CLOSED: Final = "read-on-closed"  # close-copen: a READ delivered for the closed object
-    VIOLATIONS: Final = (SPIN, EARLY_READ, ASLEEP, ACCEPTED, UNEXPECTED, REUSED, READ_ON_CLOSED)
+    WITHDRAWN: Final = "withdrawn"  # late-write: seek and write refused with ENOBUFS, as they must be
+    WRITABLE: Final = "writable"  # late-write: still accepted a stall bound after the CLOSE
+    VIOLATIONS: Final = (SPIN, EARLY_READ, ASLEEP, ACCEPTED, UNEXPECTED, REUSED, READ_ON_CLOSED, WRITABLE)
 
 
 class RestoreWhy:
@@ -208,6 +216,10 @@ class GuestConfig:
     dawdle_s: float = 0.0
     # statekill_ctl: the FIFO statekill.py reads the state to kill at from ("" : no agent)
     statekill_ctl: str = ""
+    # late_close: the anon fd of an object a CLOSE request names is sought and written through
+    # until the kernel refuses both, then closed (Probe.LATE_WRITE), as a daemon does whose
+    # prefetch thread still holds the fd when the umount comes
+    late_close: bool = False
 
     @property
     def end_check_file(self) -> str:

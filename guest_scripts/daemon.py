@@ -68,6 +68,17 @@ CLOSED_BY_FAULT = "fault"  # CacheObject.closed
 CLOSED_BY_REQUEST = "close-request"
 # An anon fd's object id once its fd is closed (CACHEFILES_ONDEMAND_ID_CLOSED, -1 as a u32)
 CLOSED_OBJECT_ID = 0xFFFFFFFF
+# Probe.LATE_WRITE: between tries, while the withdrawal goes on in the kernel's worker
+LATE_WRITE_PAUSE_S = 0.01
+
+def refused(call: Callable[..., object], *args: object) -> int | None:
+    """The errno `call` failed with; None if it did not."""
+    try:
+        call(*args)
+    except OSError as e:
+        return e.errno
+    return None
+
 
 @dataclass
 class Blob:
@@ -588,9 +599,41 @@ class Daemon:
                 obj.closed = CLOSED_BY_REQUEST
                 obj = None
         if obj is not None:
+            if self.config.late_close:
+                self.late_write(req, obj)
             os.close(obj.anon_fd)
             self.point(CrashPoint.CLOSE_FD)
         self.done(msg_id=req.msg_id, op="CLOSE", object_id=req.object_id)
+
+    def late_write(self, req: protocol.CloseRequest, obj: CacheObject) -> None:
+        """GuestConfig.late_close (Probe.LATE_WRITE): a CLOSE is sent by the cookie's withdrawal
+        (an umount), which goes on to drop the object's cache file once the CLOSE is delivered.
+        The fd is sought and written through (the blob's first page, so the cache file stays
+        right) until the kernel refuses both with ENOBUFS; the first tries race the drop. The
+        outcome is logged with the tries the kernel still accepted."""
+        deadline = time.monotonic() + self.config.stall_bound_s
+        view = memoryview(self.buffer(ALIGN))[:ALIGN]
+        try:
+            got = os.preadv(obj.blob.fd, [view], 0)
+            view[got:] = bytes(ALIGN - got)
+            accepted = 0
+            while True:
+                errnos = [refused(os.lseek, obj.anon_fd, 0, os.SEEK_SET), refused(os.write, obj.anon_fd, view)]
+                if errnos == [errno.ENOBUFS, errno.ENOBUFS]:
+                    outcome = ProbeOutcome.WITHDRAWN
+                elif any(e not in (None, errno.ENOBUFS) for e in errnos):
+                    outcome = ProbeOutcome.UNEXPECTED
+                elif time.monotonic() > deadline:
+                    outcome = ProbeOutcome.WRITABLE
+                else:
+                    accepted += 1
+                    time.sleep(LATE_WRITE_PAUSE_S)
+                    continue
+                break
+        finally:
+            view.release()
+        self.log.emit(Event.PROBE, probe=Probe.LATE_WRITE, msg_id=req.msg_id, object_id=req.object_id, cookie=obj.name,
+                      outcome=outcome, accepted=accepted, errnos=errnos)
 
     def close_random_fd(self) -> None:
         """What the close-fds scenario asks for: drop a live object's anon fd, unasked. The

@@ -88,6 +88,7 @@ class Run:
             lockless=self.scenario.lockless,
             close_during_copen=self.scenario.close_during_copen,
             dawdle_s=self.scenario.dawdle_s,
+            late_close=self.scenario.late_close,
             statekill_ctl=f"{GUEST_TMP}/statekill.ctl" if self.scenario.state_kills else "",
             crash_plan=self.crash_plan,
             domain_images=self.scenario.domain_images,

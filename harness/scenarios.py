@@ -10,7 +10,8 @@ The faults, each driven from the host at seeded moments:
 - the misbehaviours of real daemons (`adversarial`): a live daemon writes `restore` while its
   other threads serve (restore_live), sends late answers (stale), reads the device from several
   threads with no lock between them and closes anon fds other threads use (lockless), closes a
-  reopen's anon fd before or while its copen is written (close_during_copen).
+  reopen's anon fd before or while its copen is written (close_during_copen), and writes through
+  an anon fd after the CLOSE of its object's umount, racing the cache file's drop (late_close).
 
 Each fault's expected outcome is the verdict's: readers see no error and no stall, the kernel
 refuses what it must (a late answer: EINVAL) and re-delivers what it must, and the daemon's
@@ -63,6 +64,7 @@ class Scenario:
     close_during_copen: float = 0.0  # GuestConfig.close_during_copen
     state_kills: int = 0  # Fault.STATE_KILL at every KernelState, this many times each
     dawdle_s: float = 0.0  # GuestConfig.dawdle_s
+    late_close: bool = False  # GuestConfig.late_close
     needs: Needs = field(default_factory=Needs)
     # errnos the daemon is meant to get from the kernel, its fault plan causing them: not the
     # kernel's fault, so not the daemon-errors check's (every other error the daemon logs is)
@@ -105,7 +107,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              "lockless threads closing fds in use, fds closed around copen; kills and closes beside",
              kills=6, fd_closes=20, restores_live=10, stale_answers=10, readers=4, images=4,
              domain_images=("img0", "img1"), threads=3, lockless=True, close_during_copen=0.3,
-             state_kills=4, dawdle_s=0.05,
+             state_kills=4, dawdle_s=0.05, late_close=True,
              needs=Needs(in_flight_share=0.5, redelivered=1, fd_closes=5, reopens=5, reads_after_reopen=5,
                          misbehaviours=3, state_kill_hits=3)),
     Scenario("no-failover", "negative control: the device fd dies with the daemon; must FAIL",

@@ -10,7 +10,10 @@ proves nothing about the kernel (missing evidence, like a kill that missed every
 - lockless-close: anon fds closed unasked by a lockless daemon; decided by those closed while
   another thread was serving a READ through them (the READ is lost, and a restore brings it back);
 - close-copen: a reopen's anon fd closed before or while its copen was written; decided by the
-  close-copen probe (the cookie's next OPEN came, or a READ for the closed object did).
+  close-copen probe (the cookie's next OPEN came, or a READ for the closed object did);
+- late-close: an anon fd sought and written after its object's CLOSE (an umount withdrew the
+  cookie) until refused; every late-write probe decides (the kernel answered, or failed to);
+  those whose first write was still accepted (`accepted` > 0) raced the cache file's drop.
 
 The one rule this module adds to the verdict: a `redundant` answer (refused because another
 thread answered the same re-delivered request) is only that if the same incarnation did answer
@@ -29,7 +32,8 @@ RESTORE_LIVE = "restore-live"
 STALE = "stale"
 LOCKLESS_CLOSE = "lockless-close"
 CLOSE_COPEN = "close-copen"
-NAMES = (RESTORE_LIVE, STALE, LOCKLESS_CLOSE, CLOSE_COPEN)
+LATE_CLOSE = "late-close"
+NAMES = (RESTORE_LIVE, STALE, LOCKLESS_CLOSE, CLOSE_COPEN, LATE_CLOSE)
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,7 @@ def expected(recorded: dict[str, Any]) -> tuple[str, ...]:
     """The misbehaviours a scenario as run.json records it has."""
     on = {RESTORE_LIVE: recorded.get("restores_live", 0), STALE: recorded.get("stale_answers", 0),
           LOCKLESS_CLOSE: recorded.get("lockless", False) and recorded.get("fd_closes", 0),
-          CLOSE_COPEN: recorded.get("close_during_copen", 0.0)}
+          CLOSE_COPEN: recorded.get("close_during_copen", 0.0), LATE_CLOSE: recorded.get("late_close", False)}
     return tuple(name for name in NAMES if on[name])
 
 
@@ -84,6 +88,9 @@ def facts(daemon: list[LogEvent]) -> MisbehaviourFacts:
             decided[STALE] += e.get("origin") != StaleOrigin.NEVER_DELIVERED
         elif kind == Event.PROBE and e.get("probe") == Probe.CLOSE_COPEN:
             decided[CLOSE_COPEN] += 1
+        elif kind == Event.PROBE and e.get("probe") == Probe.LATE_WRITE:
+            ran[LATE_CLOSE] += 1
+            decided[LATE_CLOSE] += 1
     decided[RESTORE_LIVE] = sum(1 for n in received.values() if n > 1) if ran[RESTORE_LIVE] else 0
     return MisbehaviourFacts(
         {name: Misbehaviour(ran[name], decided[name]) for name in NAMES},

@@ -14,7 +14,10 @@ them as the evidence of its misbehaviours):
   must be refused with EINVAL;
 - reuse: logged only when a msg_id this run answered was delivered again (ids are cyclic);
 - close-copen: after a reopen's anon fd was closed around its copen, the cookie is opened again
-  and no READ is delivered for the closed object.
+  and no READ is delivered for the closed object;
+- late-write: after a CLOSE (the cookie withdrawn by an umount), seeking and writing through the
+  object's anon fd is refused with ENOBUFS once the cache file is dropped, nothing else, and
+  within a stall bound.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 from guest_scripts.contract import Event, Probe, ProbeOutcome
 from .evidence import LogEvent, OpenedCookies
 
-KINDS = (Probe.EPOLLIN, Probe.WAKEUP, Probe.STALE, Probe.REUSE, Probe.CLOSE_COPEN)
+KINDS = (Probe.EPOLLIN, Probe.WAKEUP, Probe.STALE, Probe.REUSE, Probe.CLOSE_COPEN, Probe.LATE_WRITE)
 ON_REOPENS = (Probe.EPOLLIN, Probe.WAKEUP)  # decided only on reopens
 
 
@@ -67,6 +70,11 @@ def describe(e: LogEvent) -> str:
                                      f"({e.get('origin')})",
             ProbeOutcome.REUSED: f"a msg_id answered before was delivered again, now for a {e.get('op')}",
             ProbeOutcome.READ_ON_CLOSED: "a READ was delivered for an object whose anon fd was closed before its copen"}
+    if e.get("probe") == Probe.LATE_WRITE:
+        what[ProbeOutcome.UNEXPECTED] = (f"seek and write through the anon fd after its object's CLOSE were answered "
+                                         f"{e.get('errnos')} (errnos; None: accepted), not ENOBUFS")
+        what[ProbeOutcome.WRITABLE] = (f"the anon fd still took writes a stall bound after its object's CLOSE "
+                                       f"({e.get('accepted')} accepted)")
     outcome = what.get(str(e.get("outcome")), e.get("outcome"))
     if e.get("probe") in (Probe.STALE, Probe.REUSE):
         return f"{outcome}: msg_id {e.get('msg_id')} object_id {e.get('object_id')}"

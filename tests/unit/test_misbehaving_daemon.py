@@ -2,6 +2,7 @@
 RESTORE_LIVE and STALE faults) and what the judge makes of its log: a pipe stands in for
 /dev/cachefiles and files for anon fds, so what the daemon writes, closes and logs is checked
 here; what the kernel answers is the VM tests'."""
+import errno
 import json
 import os
 
@@ -138,6 +139,60 @@ def test_the_judge_counts_misbehaviours_and_a_redundant_answer_nobody_gave_is_an
     ]
     f = misbehaviour.facts(log)
     assert {n: (m.ran, m.decided) for n, m in f.by_name.items()} == {
-        "restore-live": (1, 1), "stale": (2, 1), "lockless-close": (2, 1), "close-copen": (1, 1)}
+        "restore-live": (1, 1), "stale": (2, 1), "lockless-close": (2, 1), "close-copen": (1, 1), "late-close": (0, 0)}
     assert [e["msg_id"] for e in f.unanswered_redundant] == [8]
     assert misbehaviour.expected({"restores_live": 3, "lockless": True, "fd_closes": 0}) == ("restore-live",)
+
+
+def opened_object(d, tmp_path, object_id=4, name="backing"):
+    """An object the daemon opened (its copen written), with a file for its anon fd."""
+    fd = anon(tmp_path, name)
+    d.handle(protocol.encode_open(11, object_id, "erofs,img0.0x3", b"img0.0x3", fd))
+    writes(d)
+    return fd
+
+
+def late_write_probe(d):
+    """The last late-write probe in the log (two daemons of one test share it)."""
+    return [e for e in events(d, Event.PROBE) if e["probe"] == Probe.LATE_WRITE][-1]
+
+
+def test_a_close_is_answered_by_late_writes_until_the_bound_then_the_fd_is_closed(make_daemon, tmp_path):
+    # a file never refuses: it is still writable a stall bound after the CLOSE (the violation)
+    d = make_daemon(late_close=True, stall_bound_s=0.05)
+    fd = opened_object(d, tmp_path)
+    d.handle(protocol.encode_close(12, 4))
+    probe = late_write_probe(d)
+    assert probe["outcome"] == ProbeOutcome.WRITABLE and probe["accepted"] >= 1 and probe["errnos"] == [None, None]
+    blob = open(tmp_path / "img0.erofs", "rb").read()
+    assert (tmp_path / "backing").read_bytes() == blob[:4096]  # what it wrote is the cache's right content
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed after the probe
+    assert [e["op"] for e in events(d, Event.DONE)] == ["OPEN", "CLOSE"]
+
+
+def test_a_late_write_refused_with_enobufs_is_withdrawn_and_another_errno_is_unexpected(make_daemon, tmp_path, monkeypatch):
+    import daemon as daemon_module
+    answers = iter([None, None, None, errno.ENOBUFS, errno.ENOBUFS, errno.ENOBUFS])
+    monkeypatch.setattr(daemon_module, "refused", lambda call, *args: next(answers))
+    d = make_daemon(late_close=True)
+    opened_object(d, tmp_path)
+    d.handle(protocol.encode_close(12, 4))
+    probe = late_write_probe(d)
+    # seek and write accepted once; then the seek passed and the write was refused (the drop in
+    # between): tried again; then both refused
+    assert (probe["outcome"], probe["accepted"], probe["errnos"]) == (ProbeOutcome.WITHDRAWN, 2, [errno.ENOBUFS] * 2)
+
+    monkeypatch.setattr(daemon_module, "refused", lambda call, *args: errno.EBADF)
+    d = make_daemon(late_close=True)
+    opened_object(d, tmp_path, name="other")
+    d.handle(protocol.encode_close(12, 4))
+    assert late_write_probe(d)["outcome"] == ProbeOutcome.UNEXPECTED
+
+
+def test_without_late_close_a_close_writes_nothing(make_daemon, tmp_path):
+    d = make_daemon()
+    opened_object(d, tmp_path)
+    d.handle(protocol.encode_close(12, 4))
+    assert (tmp_path / "backing").read_bytes() == b""
+    assert not [e for e in events(d, Event.PROBE) if e["probe"] == Probe.LATE_WRITE]
