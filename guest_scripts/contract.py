@@ -28,6 +28,7 @@ class Event:
     BOUND: Final = "bound"
     BIND_FAILED: Final = "bind_failed"
     STARTED: Final = "started"  # keeper: an incarnation; reader: the reader itself
+    HANDED_OVER: Final = "handed_over"  # supervise_fds: the anon fds held, given to a new incarnation
     DIED: Final = "died"
     STOPPED: Final = "stopped"
     # daemon.jsonl
@@ -47,6 +48,9 @@ class Event:
     # An answer the kernel refused because the same request, delivered again to this live daemon
     # by its own `restore`, was answered by another thread first (the host checks that it was)
     REDUNDANT: Final = "redundant"
+    # supervise_fds: an anon fd the keeper held across a death, taken over by this incarnation (an
+    # OPEN the dead one had not answered is answered now, by its msg_id, before the `restore`)
+    INHERITED: Final = "inherited"
     # reader-<id>.jsonl
     MOUNTED: Final = "mounted"
     FILE: Final = "file"
@@ -79,6 +83,12 @@ class Probe:
     # for the file just before the withdrawal drops it races that drop (CVE-2024-56549's shape);
     # another errno, or still writable a stall bound after the CLOSE, is the kernel's violation.
     LATE_WRITE: Final = "late-write"
+    # GuestConfig.supervise_fds: the kernel must never hand out a second anon fd for an object
+    # whose fd is held. A reopen's OPEN a dead incarnation had not answered is left unanswered by
+    # the next one, whose `restore` re-delivers it while the inherited fd is open: read() must
+    # refuse it with EEXIST (`refused`, then the daemon closes that fd so that the object can be
+    # reopened); an OPEN delivered for a cookie whose object it holds open is the violation.
+    SECOND_FD: Final = "second-fd"
 
 
 class ProbeOutcome:
@@ -92,7 +102,7 @@ class ProbeOutcome:
     BUSY: Final = "busy"
     WOKEN: Final = "woken"
     ASLEEP: Final = "asleep"  # still asleep WAKE_BOUND_S after the copen
-    REFUSED: Final = "refused"  # stale: EINVAL, as it must be
+    REFUSED: Final = "refused"  # stale: EINVAL, as it must be; second-fd: EEXIST
     ACCEPTED: Final = "accepted"  # stale: the kernel took a late answer (it completed some other request)
     UNEXPECTED: Final = "unexpected"  # stale: refused with another errno than EINVAL; late-write: than ENOBUFS
     REUSED: Final = "reused"  # reuse: a msg_id answered before was delivered again
@@ -100,7 +110,8 @@ class ProbeOutcome:
     READ_ON_CLOSED: Final = "read-on-closed"  # close-copen: a READ delivered for the closed object
     WITHDRAWN: Final = "withdrawn"  # late-write: seek and write refused with ENOBUFS, as they must be
     WRITABLE: Final = "writable"  # late-write: still accepted a stall bound after the CLOSE
-    VIOLATIONS: Final = (SPIN, EARLY_READ, ASLEEP, ACCEPTED, UNEXPECTED, REUSED, READ_ON_CLOSED, WRITABLE)
+    SECOND_FD: Final = "second-fd"  # second-fd: an OPEN for an object held open
+    VIOLATIONS: Final = (SPIN, EARLY_READ, ASLEEP, ACCEPTED, UNEXPECTED, REUSED, READ_ON_CLOSED, WRITABLE, SECOND_FD)
 
 
 class RestoreWhy:
@@ -220,6 +231,9 @@ class GuestConfig:
     # until the kernel refuses both, then closed (Probe.LATE_WRITE), as a daemon does whose
     # prefetch thread still holds the fd when the umount comes
     late_close: bool = False
+    # supervise_fds: the keeper holds every anon fd beside the daemon, across its deaths, and
+    # hands them to the next incarnation (keeper.HeldFds); Probe.SECOND_FD
+    supervise_fds: bool = False
 
     @property
     def end_check_file(self) -> str:

@@ -31,13 +31,13 @@ import socket
 import sys
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 from dataclasses import dataclass
 
 import protocol
 from contract import CrashPoint, Event, Fault, GuestConfig, Probe, ProbeOutcome, RestoreWhy, StaleOrigin, daemon_serving
 from eventlog import EventLog, write_atomically
-from keeper import recv_fd
+from keeper import recv_fd, recv_msg, send_msg
 
 ALIGN = 4096
 # The patch-4 probe (Daemon.probe_epollin): empty reads in a row that no correct kernel makes
@@ -78,6 +78,45 @@ def refused(call: Callable[..., object], *args: object) -> int | None:
     except OSError as e:
         return e.errno
     return None
+
+
+class Supervisor:
+    """GuestConfig.supervise_fds: the daemon's end of the channel the keeper handed it the device
+    fd over. Every anon fd is deposited there as soon as its OPEN is read (the kernel may not
+    lose it to a death from then on), and taken back (`drop`, and its answer awaited) before the
+    daemon closes its own copy, so that the daemon's close is still the one that releases it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.lock = threading.Lock()
+
+    def receive_held(self) -> list[tuple[dict[str, Any], int]]:
+        """What the keeper held across the last death, up to its `end`."""
+        held: list[tuple[dict[str, Any], int]] = []
+        while True:
+            meta, fd = recv_msg(self.sock)
+            if meta.get("op") == "end":
+                return held
+            if fd is not None:
+                held.append((meta, fd))
+
+    def tell(self, meta: dict[str, Any], fd: int | None = None, answer: bool = False) -> None:
+        with self.lock:
+            try:
+                send_msg(self.sock, meta, fd)
+                if answer:
+                    recv_msg(self.sock)
+            except (OSError, EOFError):
+                pass  # the keeper is stopping: nothing is held any more
+
+    def deposit(self, object_id: int, fd: int, cookie: str, msg_id: int) -> None:
+        self.tell({"op": "deposit", "object_id": object_id, "cookie": cookie, "msg_id": msg_id, "answered": False}, fd)
+
+    def answered(self, object_id: int) -> None:
+        self.tell({"op": "answered", "object_id": object_id})
+
+    def drop(self, object_id: int) -> None:
+        self.tell({"op": "drop", "object_id": object_id}, answer=True)
 
 
 @dataclass
@@ -210,8 +249,15 @@ class Watcher:
 
 
 class Daemon:
-    def __init__(self, config: GuestConfig, device_fd: int, incarnation: int) -> None:
+    def __init__(self, config: GuestConfig, device_fd: int, incarnation: int,
+                 supervisor: Supervisor | None = None) -> None:
         self.config = config
+        self.supervisor = supervisor
+        self.inherited: dict[int, str] = {}  # object id -> cookie: anon fds taken over (supervise_fds)
+        # ... of those, reopens a dead incarnation had not answered: re-delivered by the restore
+        # while their fd is held, each must be refused with EEXIST (Probe.SECOND_FD)
+        self.awaiting_eexist: dict[int, str] = {}
+        self.eexist_allowed = 0
         self.device_fd = device_fd
         self.incarnation = incarnation
         self.log = EventLog(config.daemon_log, who="daemon", incarnation=incarnation, pid=os.getpid())
@@ -299,7 +345,55 @@ class Daemon:
             self.answered += 1
         self.log.emit(Event.DONE, **fields)
 
+    def let_go(self, object_id: int) -> None:
+        """Before the daemon closes (or replaces) an anon fd: the supervisor's copy goes first."""
+        if self.supervisor is not None:
+            self.supervisor.drop(object_id)
+
     # -- start-up --------------------------------------------------------------------------
+    def take_over(self, held: list[tuple[dict[str, Any], int]]) -> None:
+        """supervise_fds, before the `restore`: the anon fds the keeper held across the death.
+        Their objects are still OPEN; an OPEN the dead incarnation had not answered is answered
+        now by its msg_id (the kernel still holds it, delivered: a `restore` first would deliver
+        it again while its fd is open, and the kernel would fail it with EEXIST). A copen refused
+        with EINVAL was the dead one's, sent before it could say so: the object is open.
+
+        Except one reopen's OPEN (the keeper saw its cookie before): left unanswered, so that the
+        `restore` re-delivers it while its fd is held and the kernel is asked to refuse it
+        (Probe.SECOND_FD; a reopen's waiter only tries again). Its object is registered all the
+        same: the dead one may have answered it after all, and READs then come."""
+        for meta, fd in held:
+            oid, name, msg_id = int(meta["object_id"]), str(meta["cookie"]), int(meta["msg_id"])
+            blob = self.blob(name)
+            copen_errno = None
+            # one at most: the kernel's trace says that a read() was refused, not which OPEN it
+            # refused; the ledger can tell only while one held OPEN can have been
+            awaiting = not meta.get("answered") and bool(meta.get("reopen")) and not self.awaiting_eexist
+            if not meta.get("answered") and not awaiting:
+                size = blob.size if blob else protocol.copen_error(errno.ENOENT)
+                try:
+                    os.write(self.device_fd, protocol.copen_command(msg_id, size))
+                except OSError as e:
+                    copen_errno = e.errno
+                else:
+                    self.remember_answer("OPEN", msg_id, oid, size)
+                    self.done(msg_id=msg_id, op="OPEN", object_id=oid, size=size, inherited=True)
+                if self.supervisor is not None:
+                    self.supervisor.answered(oid)
+            self.log.emit(Event.INHERITED, object_id=oid, cookie=name, msg_id=msg_id,
+                          answered=bool(meta.get("answered")), copen_errno=copen_errno, awaiting_eexist=awaiting)
+            if blob is None or copen_errno not in (None, errno.EINVAL):
+                self.let_go(oid)
+                os.close(fd)
+                continue
+            with self.lock:
+                self.objects[oid] = CacheObject(fd, blob, name)
+                self.cookies_opened.add(name)
+                self.inherited[oid] = name
+                if awaiting:
+                    self.awaiting_eexist[oid] = name
+                    self.eexist_allowed += 1
+
     def restore(self) -> None:
         """Re-mark every request the kernel still holds as new; only after the old one is gone."""
         self.write_restore(RestoreWhy.START)
@@ -368,6 +462,7 @@ class Daemon:
             try:
                 os.write(self.device_fd, protocol.copen_command(req.msg_id, size))
             except OSError as e:
+                self.let_go(req.object_id)
                 os.close(req.fd)
                 self.log.emit(Event.ERROR, msg_id=req.msg_id, op="OPEN", object_id=req.object_id,
                               errno=e.errno, error=e.strerror, call="copen")
@@ -378,8 +473,10 @@ class Daemon:
                     woken = watcher.wait()
                     self.log.emit(Event.PROBE, probe=Probe.WAKEUP, msg_id=req.msg_id, object_id=req.object_id,
                                   cookie=name, outcome=ProbeOutcome.WOKEN if woken else ProbeOutcome.ASLEEP)
-        if answered:
-            self.opened(req, size, name, blob)
+            # registered before another thread may read: the copen made the object's READs
+            # deliverable, and one read before this would find no object to answer it through
+            if answered:
+                self.opened(req, size, name, blob)
         self.serve_all(held)
 
     def copen(self, req: protocol.OpenRequest, size: int, name: str, blob: Blob | None) -> None:
@@ -393,6 +490,7 @@ class Daemon:
         except OSError as e:
             with self.lock:  # refused: no READ can have come for it
                 self.objects.pop(req.object_id, None)
+            self.let_go(req.object_id)
             os.close(req.fd)
             self.log.emit(Event.ERROR, msg_id=req.msg_id, op="OPEN", object_id=req.object_id,
                           errno=e.errno, error=e.strerror, call="copen")
@@ -402,8 +500,11 @@ class Daemon:
     def opened(self, req: protocol.OpenRequest, size: int, name: str, blob: Blob | None) -> None:
         """The copen was accepted."""
         self.remember_answer("OPEN", req.msg_id, req.object_id, size)
+        if self.supervisor is not None:
+            self.supervisor.answered(req.object_id)
         self.point(CrashPoint.COPEN_BEFORE_USE)
         if blob is None:
+            self.let_go(req.object_id)
             os.close(req.fd)
         else:
             with self.lock:
@@ -418,7 +519,10 @@ class Daemon:
         correct kernel fails the OPEN (or, if the copen came first, sees the object closed) and
         sends another OPEN at the next READ; it never delivers a READ for this object id."""
         variant = "while" if self.rng.random() < 0.5 else "before"
-        closer = threading.Thread(target=os.dup2, args=(self.devnull, req.fd), daemon=True)
+        def close() -> None:
+            self.let_go(req.object_id)
+            os.dup2(self.devnull, req.fd)
+        closer = threading.Thread(target=close, daemon=True)
         with self.lock:
             self.closed_at_copen[req.object_id] = name
         if variant == "before":
@@ -492,7 +596,12 @@ class Daemon:
                 return ProbeOutcome.SPIN, empties
             if len(held) >= PROBE_DRAIN:
                 return ProbeOutcome.BUSY, empties
-            buf = os.read(self.device_fd, protocol.MAX_MSG_SIZE)
+            try:
+                buf = os.read(self.device_fd, protocol.MAX_MSG_SIZE)
+            except OSError as e:
+                if e.errno == errno.EEXIST and self.refused_second_fd():
+                    continue
+                raise
             if not buf:
                 spins += 1
                 empties += 1
@@ -595,12 +704,14 @@ class Daemon:
             # until that thread is done, or its write lands in whichever anon fd the kernel
             # installs at that number next (another object's cache file).
             if obj is not None and obj.busy:
+                self.let_go(req.object_id)
                 os.dup2(self.devnull, obj.anon_fd)
                 obj.closed = CLOSED_BY_REQUEST
                 obj = None
         if obj is not None:
             if self.config.late_close:
                 self.late_write(req, obj)
+            self.let_go(req.object_id)
             os.close(obj.anon_fd)
             self.point(CrashPoint.CLOSE_FD)
         self.done(msg_id=req.msg_id, op="CLOSE", object_id=req.object_id)
@@ -645,28 +756,42 @@ class Daemon:
         when its last user is done. Those READs fail (LOST) and wait in the kernel, delivered
         and unanswered, until the `restore` the daemon then writes."""
         if not self.lockless:
-            with self.delivery, self.lock:
-                idle = sorted(oid for oid, o in self.objects.items() if o.busy == 0)
-                if not idle:
-                    return
-                oid = self.rng.choice(idle)
-                obj = self.objects.pop(oid)
-            os.close(obj.anon_fd)
+            # closed before any thread reads again: a READ the kernel delivers for the object
+            # meanwhile would find it gone from our table while its fd is still open
+            with self.delivery:
+                with self.lock:
+                    idle = sorted(oid for oid, o in self.objects.items() if o.busy == 0)
+                    if not idle:
+                        return
+                    oid = self.rng.choice(idle)
+                    obj = self.objects.pop(oid)
+                self.let_go(oid)
+                os.close(obj.anon_fd)
             self.log.emit(Event.CLOSE_FD, object_id=oid, cookie=obj.name)
             return
         with self.lock:
             if not self.objects:
                 return
             oid = self.rng.choice(sorted(self.objects))
-            obj = self.objects.pop(oid)
             self.closed_ids.add(oid)
-            busy = obj.busy
-            if busy:
+        if (dropped := self.drop_object(oid)) is not None:
+            self.log.emit(Event.CLOSE_FD, object_id=oid, cookie=dropped[0], busy=dropped[1])
+
+    def drop_object(self, oid: int) -> tuple[str, int] | None:
+        """An object's anon fd closed unasked, whoever uses it: its cookie, and the READs being
+        served through it (their fd is /dev/null until the last is done: they are lost). None:
+        another thread closed it first."""
+        with self.lock:
+            obj = self.objects.pop(oid, None)
+            if obj is None:
+                return None
+            self.let_go(oid)
+            if obj.busy:
                 os.dup2(self.devnull, obj.anon_fd)
                 obj.closed = CLOSED_BY_FAULT
             else:
                 os.close(obj.anon_fd)
-        self.log.emit(Event.CLOSE_FD, object_id=oid, cookie=obj.name, busy=busy)
+            return obj.name, obj.busy
 
     def stale_answers(self) -> None:
         """Fault.STALE: late answers, as a daemon sends that answers twice, late, or from a
@@ -751,10 +876,38 @@ class Daemon:
         if self.closed_at_copen:
             self.check_closed_at_copen(req, str(fields.get("cookie")) if isinstance(req, protocol.OpenRequest) else None)
         if isinstance(req, protocol.OpenRequest):
+            if self.supervisor is not None:
+                self.deposit(req, protocol.blob_name(req.volume_key, req.cookie_key))
             return Accepted(req, lambda: self.on_open(req))
         if isinstance(req, protocol.ReadRequest):
             return self.pin(req)
         return Accepted(req, lambda: self.on_close(req))
+
+    def deposit(self, req: protocol.OpenRequest, cookie: str) -> None:
+        """supervise_fds: the OPEN's anon fd to the keeper at once. And the question only a held
+        fd lets us ask: is this OPEN for an object we hold open (Probe.SECOND_FD)?"""
+        assert self.supervisor is not None
+        self.supervisor.deposit(req.object_id, req.fd, cookie, req.msg_id)
+        with self.lock:
+            held = [oid for oid, name in self.inherited.items() if name == cookie and oid in self.objects]
+        if held:
+            self.log.emit(Event.PROBE, probe=Probe.SECOND_FD, msg_id=req.msg_id, object_id=req.object_id,
+                          cookie=cookie, held_object_id=held[0], outcome=ProbeOutcome.SECOND_FD)
+
+    def refused_second_fd(self) -> bool:
+        """read() refused with EEXIST: an OPEN re-delivered for an object whose fd we hold. True
+        if one of the reopens take_over left unanswered explains it: that OPEN failed, and its
+        object waits, REOPENING, on the fd we hold; closing those fds lets the next READ reopen
+        them (all at the first refusal: which OPEN was refused, read() does not say)."""
+        with self.lock:
+            if self.eexist_allowed == 0:
+                return False
+            self.eexist_allowed -= 1
+            pending, self.awaiting_eexist = self.awaiting_eexist, {}
+        self.log.emit(Event.PROBE, probe=Probe.SECOND_FD, outcome=ProbeOutcome.REFUSED, closed=sorted(pending))
+        for oid in pending:
+            self.drop_object(oid)
+        return True
 
     # -- the loop --------------------------------------------------------------------------
     def loop(self) -> int:
@@ -786,6 +939,8 @@ class Daemon:
                         buf = os.read(self.device_fd, protocol.MAX_MSG_SIZE)
                         got = self.accept(buf, answers_before) if buf else None
             except OSError as e:
+                if e.errno == errno.EEXIST and self.refused_second_fd():
+                    continue
                 self.log.emit(Event.ERROR, op="read", errno=e.errno, error=e.strerror)
                 if e.errno == errno.EIO:  # the cache is dead: nothing more will come
                     return 1
@@ -831,13 +986,18 @@ def main() -> int:
     parser.add_argument("--incarnation", type=int, required=True)
     args = parser.parse_args()
     config = GuestConfig.read(args.config)
-    with socket.socket(fileno=args.sock_fd) as sock:
-        device_fd = recv_fd(sock)
-    daemon = Daemon(config, device_fd, args.incarnation)
+    sock = socket.socket(fileno=args.sock_fd)
+    device_fd = recv_fd(sock)
+    supervisor = Supervisor(sock) if config.supervise_fds else None
+    held = supervisor.receive_held() if supervisor is not None else []
+    if supervisor is None:
+        sock.close()
+    daemon = Daemon(config, device_fd, args.incarnation, supervisor)
     signal.signal(signal.SIGTERM, daemon.stop)
     for signum in REQUEST_SIGNALS:
         signal.signal(signum, daemon.on_request)
     daemon.log.emit(Event.FD_RECEIVED, device_fd=device_fd, crash_point=daemon.crash_point)
+    daemon.take_over(held)
     if args.incarnation > 1:
         daemon.restore()
         if config.lockless or config.close_during_copen:  # the adversarial daemon checks msg_id reuse

@@ -6,6 +6,12 @@ daemon is still starting cannot wedge the keeper: there is no accept() to wait i
 incarnation is started only after the previous one has been reaped, so none of its anon fds is
 still open when the new one writes `restore`.
 
+With `supervise_fds` the keeper is also the supervisor real daemons have (nydusd's keeps the
+anon fds across a restart): the daemon deposits each anon fd here as soon as its OPEN is read,
+says when it answered the OPEN, and asks for it back (`drop`) before it closes its own copy. A
+death then leaves the objects OPEN, and the next incarnation is handed every fd still held, with
+what it was for, before it writes `restore` (HeldFds).
+
 In `no_failover` mode the keeper gives its copy of the device fd away: when the daemon dies the
 cache dies with it (every queued request fails with EIO). That is the negative control.
 """
@@ -13,12 +19,15 @@ from __future__ import annotations
 
 import argparse
 import array
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from typing import Any
 
 from contract import KEEPER_BOUND, Event, GuestConfig, Mode
 from eventlog import EventLog, write_atomically
@@ -44,6 +53,81 @@ def recv_fd(sock: socket.socket) -> int:
     return fds[0]
 
 
+def send_msg(sock: socket.socket, meta: dict[str, Any], fd: int | None = None) -> None:
+    """One message of the supervision channel (a SOCK_SEQPACKET pair): JSON, maybe with an fd."""
+    rights = [] if fd is None else [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
+    sock.sendmsg([json.dumps(meta).encode()], rights)
+
+
+def recv_msg(sock: socket.socket) -> tuple[dict[str, Any], int | None]:
+    """The next message and its fd; EOFError once the other end is gone."""
+    fds = array.array("i")
+    data, ancdata, _flags, _addr = sock.recvmsg(65536, socket.CMSG_SPACE(fds.itemsize))
+    for level, kind, cdata in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(cdata[: len(cdata) - len(cdata) % fds.itemsize])
+    if not data:
+        for fd in fds:
+            os.close(fd)
+        raise EOFError("supervision channel closed")
+    return json.loads(data), (fds[0] if fds else None)
+
+
+class HeldFds:
+    """The anon fds the daemon deposited (GuestConfig.supervise_fds), by object id, with the
+    OPEN each came with; kept across the daemon's deaths and handed to each new incarnation."""
+
+    def __init__(self, log: EventLog) -> None:
+        self.log = log
+        self.lock = threading.Lock()
+        self.fds: dict[int, tuple[int, dict[str, Any]]] = {}
+        self.cookies: set[str] = set()  # deposited before: an OPEN for one again is a reopen
+
+    def serve(self, sock: socket.socket) -> None:
+        """One incarnation's deposits, answers and drops, until it is gone."""
+        while True:
+            try:
+                meta, fd = recv_msg(sock)
+            except (EOFError, OSError):
+                return
+            oid = int(meta.get("object_id", -1))
+            with self.lock:
+                if meta["op"] == "deposit" and fd is not None:
+                    meta["reopen"] = meta.get("cookie") in self.cookies
+                    self.cookies.add(str(meta.get("cookie")))
+                    old = self.fds.pop(oid, None)
+                    self.fds[oid] = (fd, meta)
+                elif meta["op"] == "answered" and oid in self.fds:
+                    self.fds[oid][1]["answered"] = True
+                    old = None
+                else:  # drop
+                    old = self.fds.pop(oid, None)
+            if old is not None:
+                os.close(old[0])
+            if meta["op"] == "drop":
+                try:
+                    send_msg(sock, {"op": "dropped", "object_id": oid})
+                except OSError:
+                    return
+
+    def hand_over(self, sock: socket.socket) -> None:
+        """Every fd held, then `end`: queued before the incarnation reads them, as the device fd is."""
+        with self.lock:
+            held = sorted(self.fds.items())
+        for _oid, (fd, meta) in held:
+            send_msg(sock, meta, fd)
+        send_msg(sock, {"op": "end"})
+        if held:
+            self.log.emit(Event.HANDED_OVER, object_ids=[oid for oid, _ in held],
+                          unanswered=[oid for oid, (_, m) in held if not m.get("answered")])
+
+    def close_all(self) -> None:
+        with self.lock:
+            held, self.fds = self.fds, {}
+        for fd, _meta in held.values():
+            os.close(fd)
+
+
 def open_cache(cache_dir: str, tag: str) -> int:
     fd = os.open("/dev/cachefiles", os.O_RDWR | os.O_CLOEXEC)
     for command in (f"dir {cache_dir}", f"tag {tag}", "bind ondemand"):
@@ -60,6 +144,8 @@ class Keeper:
         self.child: subprocess.Popen[bytes] | None = None
         self.device_fd = -1
         self.incarnation = 0
+        self.held = HeldFds(self.log) if config.supervise_fds else None
+        self.supervision: tuple[socket.socket, threading.Thread] | None = None
 
     def bind(self) -> None:
         self.device_fd = open_cache(self.config.cache_dir, self.config.tag)
@@ -77,7 +163,9 @@ class Keeper:
 
     def start_daemon(self) -> None:
         self.incarnation += 1
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # datagrams in order: the device fd, then (supervise_fds) the held anon fds both ways
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        kept = False
         try:
             cmd = [sys.executable, "-S", os.path.join(HERE, "daemon.py"),
                    "--config", self.config_path, "--sock-fd", str(theirs.fileno()),
@@ -85,8 +173,14 @@ class Keeper:
             self.child = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], close_fds=True)
             # Queued in the socket buffer: the daemon picks it up whenever it gets there.
             send_fd(ours, self.device_fd)
+            if self.held is not None:
+                self.held.hand_over(ours)
+                thread = threading.Thread(target=self.held.serve, args=(ours,), name="held-fds", daemon=True)
+                thread.start()
+                self.supervision, kept = (ours, thread), True
         finally:
-            ours.close()
+            if not kept:
+                ours.close()
             theirs.close()
         if self.config.mode == Mode.NO_FAILOVER:
             os.close(self.device_fd)
@@ -96,6 +190,11 @@ class Keeper:
     def reap(self) -> None:
         assert self.child is not None
         status = self.child.wait()
+        if self.supervision is not None:  # its end of the channel is closed: what it sent is read
+            sock, thread = self.supervision
+            thread.join(10)
+            sock.close()
+            self.supervision = None
         self.log.emit(Event.DIED, incarnation=self.incarnation, pid=self.child.pid,
                       signal=-status if status < 0 else None, exit_code=status if status >= 0 else None)
         self.child = None
@@ -112,6 +211,8 @@ class Keeper:
             self.reap()
             if not self.stopping:
                 time.sleep(self.config.restart_delay_s)
+        if self.held is not None:
+            self.held.close_all()  # before the device: the cache is withdrawn when the last fd goes
         if self.device_fd >= 0:
             os.close(self.device_fd)
         self.log.emit(Event.STOPPED)

@@ -89,6 +89,7 @@ class Run:
             close_during_copen=self.scenario.close_during_copen,
             dawdle_s=self.scenario.dawdle_s,
             late_close=self.scenario.late_close,
+            supervise_fds=self.scenario.supervise_fds,
             statekill_ctl=f"{GUEST_TMP}/statekill.ctl" if self.scenario.state_kills else "",
             crash_plan=self.crash_plan,
             domain_images=self.scenario.domain_images,

@@ -65,6 +65,7 @@ class Scenario:
     state_kills: int = 0  # Fault.STATE_KILL at every KernelState, this many times each
     dawdle_s: float = 0.0  # GuestConfig.dawdle_s
     late_close: bool = False  # GuestConfig.late_close
+    supervise_fds: bool = False  # GuestConfig.supervise_fds
     needs: Needs = field(default_factory=Needs)
     # errnos the daemon is meant to get from the kernel, its fault plan causing them: not the
     # kernel's fault, so not the daemon-errors check's (every other error the daemon logs is)
@@ -110,6 +111,15 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              state_kills=4, dawdle_s=0.05, late_close=True,
              needs=Needs(in_flight_share=0.5, redelivered=1, fd_closes=5, reopens=5, reads_after_reopen=5,
                          misbehaviours=3, state_kill_hits=3)),
+    # A supervisor (the keeper) keeps the daemon's anon fds across its deaths, as nydusd's does:
+    # a death leaves the objects OPEN; the next incarnation takes the fds over, answers the OPENs
+    # the dead one held by their msg_id, then writes `restore`, which re-delivers READs of objects
+    # still OPEN. Kills at kernel states put the deaths inside an OPEN and a READ.
+    Scenario("supervised", "a supervisor keeps the daemon's anon fds across its deaths: restore meets objects "
+             "still OPEN, held OPENs are answered by the next incarnation; kills, closes and kills at states",
+             kills=15, fd_closes=10, threads=2, supervise_fds=True, state_kills=3, dawdle_s=0.05,
+             needs=Needs(in_flight_share=0.5, redelivered=1, fd_closes=3, reopens=3, misbehaviours=3,
+                         state_kill_hits=3)),
     Scenario("no-failover", "negative control: the device fd dies with the daemon; must FAIL",
              kills=3, failover=False, expected_daemon_errnos=(errno.EIO,)),  # the cache dies: EIO, all of it
 )}

@@ -66,6 +66,7 @@ class Check(Enum):
     WAKEUP_PROBE = ("wakeup-probe", "probe: a reopen's copen wakes the daemon")
     STALE_PROBE = ("stale-answer-probe", "probe: a late answer is refused and no msg_id is reused")
     CLOSE_COPEN_PROBE = ("close-copen-probe", "probe: an anon fd closed around its copen gets no READ")
+    SECOND_FD_PROBE = ("second-fd-probe", "probe: no OPEN for an object whose anon fd is held open")
     LATE_WRITE_PROBE = ("late-write-probe", "probe: an anon fd written after its object's CLOSE is refused (ENOBUFS)")
     DAEMON_ERRORS = ("daemon-errors", "daemon: every answer accepted by the kernel")
     RUN_COMPLETED = ("run-completed", "run: completed")

@@ -16,8 +16,11 @@ starts a new lifetime: nothing here matches by msg_id across lifetimes.
 
 The rules, each exact (no allowance; a correct kernel breaks none, README says why):
 - held: a request a daemon process held when it died (delivered to it, not ended before its
-  last thread exited) is delivered again after the next `restore`, unless the kernel ended it
-  before that restore (its object dropped). A drop after the restore does not excuse it: its
+  last thread exited) is delivered again after the next `restore`, unless it ended before that
+  restore: the kernel ended it (its object dropped), or the next process answered it by msg_id
+  (a supervisor kept its anon fd across the death: the request was never lost). An OPEN whose
+  fd a supervisor kept, re-delivered by the restore, is refused (read() fails with EEXIST, and
+  no event names the OPEN: `_Builder.refused` matches it): that counts as delivered again. A drop after the restore does not excuse it: its
   reader waits on it, so its object cannot go before it is answered, and a kernel that ended
   it at the death (the reader retrying on its own) shows exactly that;
 - double: no lifetime is delivered twice without a `restore` between the two deliveries;
@@ -29,6 +32,7 @@ The rules, each exact (no allowance; a correct kernel breaks none, README says w
 from __future__ import annotations
 
 import bisect
+import errno
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -52,7 +56,7 @@ class Lifetime:
     o: int | None  # the cachefiles object's debug id, where the trace tells it
     deliveries: list[Delivery] = field(default_factory=list)
     ended_ts: float | None = None
-    ended_by: str | None = None  # "answer", "delivery" (CLOSE), "drop"; unanswered: "unbind", "vanished"
+    ended_by: str | None = None  # "answer", "delivery" (CLOSE), "drop", "refused" (EEXIST); unanswered: "unbind", "vanished"
     off: int | None = None  # a READ's range
     length: int | None = None
 
@@ -83,6 +87,7 @@ class ProcessAccount:
     redelivered: int  # of those, delivered again after the next restore
     ended_by_kernel: int  # of those, ended by the kernel (object dropped) instead
     no_restore: int  # of those, with no restore after the death before the trace ended
+    taken_over: int = 0  # of those, answered by msg_id before the restore (a supervisor kept the anon fd)
     longest_wait_s: float | None = None  # of those answered, the longest from first delivery to answer
     most_overtaken: int = 0  # of those, the most other messages delivered between the restore and it
     next_answer_s: float | None = None  # from the death to the next request any process answered
@@ -200,6 +205,8 @@ class _Builder:
         ret = f.get("ret", -1)
         if ret == 0:
             self.empty[tgid] += 1
+        if ret == -errno.EEXIST:
+            self.refused(e.ts)
         if ret <= 0:
             return
         self.delivered[tgid] += 1
@@ -239,6 +246,21 @@ class _Builder:
             del self.live[msg_id]
 
 
+    def refused(self, ts: float) -> None:
+        """read() failed with EEXIST: an OPEN that a `restore` re-marked while its anon fd was
+        still open (a supervisor kept it across the death), taken out and failed. No event names
+        it; it is the held OPEN that the restore made deliverable again: one whose process died
+        before a restore that came before `ts`, not delivered since. A supervised daemon leaves
+        at most one such OPEN for its restore; with several, the oldest is taken."""
+        held = [lt for lt in self.live.values() if lt.op == "OPEN" and lt.deliveries
+                and (died := self.exits.get(lt.deliveries[-1].tgid)) is not None
+                and any(died < r < ts for r in self.restores)]
+        if held:
+            lt = min(held, key=lambda lt: lt.deliveries[-1].ts)
+            lt.ended_ts, lt.ended_by = ts, "refused"
+            del self.live[lt.msg_id]
+
+
 def build(events: Iterable[TraceEvent], incomplete: str | None = None) -> Ledger:
     """The ledger of a whole trace; none (unavailable, `incomplete` says why) from a trace that
     lost events, whose rules would read a lost event as a lost request."""
@@ -251,7 +273,7 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None) -> Ledger
     accounts = []
     for tgid in sorted(b.delivered.keys() | b.empty.keys()):
         died = b.exits.get(tgid)
-        held = redelivered = by_kernel = no_restore = 0
+        held = redelivered = by_kernel = no_restore = taken_over = 0
         waits: list[float] = []
         overtaken = [0]
         next_answer = None
@@ -274,14 +296,18 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None) -> Ledger
                     overtaken.append(_between(b.delivery_ts, restore, again) - 1)
                 elif lt.ended_by in ("drop", "unbind") and lt.ended_ts is not None and lt.ended_ts < restore:
                     by_kernel += 1  # its object withdrawn, or the cache, before a restore could bring it back
+                elif lt.ended_by == "answer" and lt.ended_ts is not None and lt.ended_ts < restore:
+                    taken_over += 1
+                elif lt.ended_by == "refused" and lt.ended_ts is not None and lt.ended_ts > restore:
+                    redelivered += 1  # delivered again, and refused: its anon fd was still open (EEXIST)
                 else:
                     newer = _between(b.delivery_ts, restore, float("inf"))
                     violations.append(Violation("held", f"{lt.describe()}, held by process {tgid} when it died "
                                                 f"({died:.6f}), was not delivered again after the restore at {restore:.6f} "
                                                 f"({newer} other messages were)"))
         accounts.append(ProcessAccount(tgid, b.delivered[tgid], b.empty[tgid], died, held, redelivered, by_kernel,
-                                       no_restore, round(max(waits), 4) if waits else None, max(overtaken),
-                                       next_answer))
+                                       no_restore, taken_over, round(max(waits), 4) if waits else None,
+                                       max(overtaken), next_answer))
     for lt in [*b.live.values(), *(lt for lt in b.all if lt.ended_by in ("unbind", "vanished"))]:
         how = "" if lt.ended_ts is None else {
             "unbind": f", failed when the device was closed at {lt.ended_ts:.6f}",

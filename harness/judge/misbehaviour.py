@@ -13,7 +13,10 @@ proves nothing about the kernel (missing evidence, like a kill that missed every
   close-copen probe (the cookie's next OPEN came, or a READ for the closed object did);
 - late-close: an anon fd sought and written after its object's CLOSE (an umount withdrew the
   cookie) until refused; every late-write probe decides (the kernel answered, or failed to);
-  those whose first write was still accepted (`accepted` > 0) raced the cache file's drop.
+  those whose first write was still accepted (`accepted` > 0) raced the cache file's drop;
+- supervised-fds: anon fds a supervisor (the keeper) kept across a death, taken over by the next
+  incarnation; decided by each READ delivered to it for an object it inherited (the `restore`
+  met an object still OPEN) and each OPEN the dead one held that it answered by msg_id.
 
 The one rule this module adds to the verdict: a `redundant` answer (refused because another
 thread answered the same re-delivered request) is only that if the same incarnation did answer
@@ -33,7 +36,8 @@ STALE = "stale"
 LOCKLESS_CLOSE = "lockless-close"
 CLOSE_COPEN = "close-copen"
 LATE_CLOSE = "late-close"
-NAMES = (RESTORE_LIVE, STALE, LOCKLESS_CLOSE, CLOSE_COPEN, LATE_CLOSE)
+SUPERVISED = "supervised-fds"
+NAMES = (RESTORE_LIVE, STALE, LOCKLESS_CLOSE, CLOSE_COPEN, LATE_CLOSE, SUPERVISED)
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,8 @@ def expected(recorded: dict[str, Any]) -> tuple[str, ...]:
     """The misbehaviours a scenario as run.json records it has."""
     on = {RESTORE_LIVE: recorded.get("restores_live", 0), STALE: recorded.get("stale_answers", 0),
           LOCKLESS_CLOSE: recorded.get("lockless", False) and recorded.get("fd_closes", 0),
-          CLOSE_COPEN: recorded.get("close_during_copen", 0.0), LATE_CLOSE: recorded.get("late_close", False)}
+          CLOSE_COPEN: recorded.get("close_during_copen", 0.0), LATE_CLOSE: recorded.get("late_close", False),
+          SUPERVISED: recorded.get("supervise_fds", False)}
     return tuple(name for name in NAMES if on[name])
 
 
@@ -65,11 +70,17 @@ def facts(daemon: list[LogEvent]) -> MisbehaviourFacts:
     done: set[tuple[object, object]] = set()
     redundant: list[LogEvent] = []
     lost = 0
+    inherited: set[tuple[object, object]] = set()  # (incarnation, object_id)
     for e in daemon:
         kind = e.get("event")
         key = (e.get(INCARNATION), e.get("msg_id"))
         if kind == Event.RECV:
             received[key] += 1
+            decided[SUPERVISED] += e.get("op") == "READ" and (e.get(INCARNATION), e.get("object_id")) in inherited
+        elif kind == Event.INHERITED:
+            ran[SUPERVISED] += 1
+            inherited.add((e.get(INCARNATION), e.get("object_id")))
+            decided[SUPERVISED] += not e.get("answered") and e.get("copen_errno") is None
         elif kind == Event.DONE:
             done.add(key)
         elif kind == Event.REDUNDANT:

@@ -17,7 +17,9 @@ them as the evidence of its misbehaviours):
   and no READ is delivered for the closed object;
 - late-write: after a CLOSE (the cookie withdrawn by an umount), seeking and writing through the
   object's anon fd is refused with ENOBUFS once the cache file is dropped, nothing else, and
-  within a stall bound.
+  within a stall bound;
+- second-fd (supervise_fds): logged only when an OPEN is delivered for a cookie whose object the
+  daemon holds open through an anon fd a supervisor kept across a death.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from guest_scripts.contract import Event, Probe, ProbeOutcome
 from .evidence import LogEvent, OpenedCookies
 
-KINDS = (Probe.EPOLLIN, Probe.WAKEUP, Probe.STALE, Probe.REUSE, Probe.CLOSE_COPEN, Probe.LATE_WRITE)
+KINDS = (Probe.EPOLLIN, Probe.WAKEUP, Probe.STALE, Probe.REUSE, Probe.CLOSE_COPEN, Probe.LATE_WRITE, Probe.SECOND_FD)
 ON_REOPENS = (Probe.EPOLLIN, Probe.WAKEUP)  # decided only on reopens
 
 
@@ -69,7 +71,9 @@ def describe(e: LogEvent) -> str:
             ProbeOutcome.UNEXPECTED: f"a late {e.get('op')} answer was refused with errno {e.get('errno')}, not EINVAL "
                                      f"({e.get('origin')})",
             ProbeOutcome.REUSED: f"a msg_id answered before was delivered again, now for a {e.get('op')}",
-            ProbeOutcome.READ_ON_CLOSED: "a READ was delivered for an object whose anon fd was closed before its copen"}
+            ProbeOutcome.READ_ON_CLOSED: "a READ was delivered for an object whose anon fd was closed before its copen",
+            ProbeOutcome.SECOND_FD: f"an OPEN was delivered (a second anon fd) for an object held open through the "
+                                    f"inherited anon fd of object_id {e.get('held_object_id')}"}
     if e.get("probe") == Probe.LATE_WRITE:
         what[ProbeOutcome.UNEXPECTED] = (f"seek and write through the anon fd after its object's CLOSE were answered "
                                          f"{e.get('errnos')} (errnos; None: accepted), not ENOBUFS")

@@ -69,6 +69,7 @@ def _ledger_section(lg: ledger.Ledger, disagreements: list[str]) -> LedgerSectio
         "held_at_death": lg.held,
         "redelivered": lg.redelivered,
         "ended_by_kernel": sum(p.ended_by_kernel for p in lg.processes),
+        "taken_over": sum(p.taken_over for p in lg.processes),
         "held_without_restore": sum(p.no_restore for p in lg.processes),
         "most_overtaken": max((p.most_overtaken for p in lg.processes), default=0),
         "restores": len(lg.restores),
@@ -235,12 +236,16 @@ def _series_lines(prov: dict[str, Any] | None) -> list[str]:
             f" -> {(prov.get('head') or '?')[:12]}"]
 
 
+def _taken_over(lg: LedgerSection) -> str:
+    return f"{lg['taken_over']} answered by the next process before its restore, " if lg["taken_over"] else ""
+
+
 def _ledger_line(lg: LedgerSection) -> str:
     if not lg["available"]:
         return f"  kernel ledger: none ({lg['incomplete'] or 'no kprobe events in the trace'})"
     line = (f"  kernel ledger: {lg['requests']} requests delivered to {lg['processes']} daemon processes, "
             f"{lg['held_at_death']} held at a death, {lg['redelivered']} re-delivered after a restore, "
-            f"{lg['ended_by_kernel']} ended by the kernel, {lg['held_without_restore']} with no restore after "
+            f"{lg['ended_by_kernel']} ended by the kernel, {_taken_over(lg)}{lg['held_without_restore']} with no restore after "
             f"(one waited behind {lg['most_overtaken']} newer messages); "
             f"{sum(lg['violations'].values())} violations")
     held, nxt = lg["per_death"]["longest_held_wait_s"], lg["per_death"]["next_answer_s"]

@@ -79,6 +79,7 @@ class LedgerSection(TypedDict):
     held_at_death: int
     redelivered: int
     ended_by_kernel: int
+    taken_over: int  # answered by the next process before its restore (a supervisor kept the anon fd)
     held_without_restore: int
     most_overtaken: int  # the most messages delivered between a restore and a held request's re-delivery
     restores: int

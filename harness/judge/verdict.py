@@ -94,10 +94,12 @@ def failures(daemon: DaemonFacts, readers: ReaderFacts, ledger: Ledger, probed: 
     # asked at the protocol point, an OPEN read and not answered: the device must be quiet (patch
     # 4); its copen, on a reopen, must wake a thread asleep in poll()
     # the adversarial daemon's: a late answer refused (EINVAL), no msg_id reused, no READ for an
-    # object whose anon fd was closed around its copen, a write after an umount's CLOSE refused (ENOBUFS)
+    # object whose anon fd was closed around its copen, a write after an umount's CLOSE refused (ENOBUFS); the supervised daemon's: no OPEN for an
+    # object whose anon fd it holds
     for check, kind in ((Check.EPOLLIN_PROBE, Probe.EPOLLIN), (Check.WAKEUP_PROBE, Probe.WAKEUP),
                         (Check.STALE_PROBE, Probe.STALE), (Check.STALE_PROBE, Probe.REUSE),
-                        (Check.CLOSE_COPEN_PROBE, Probe.CLOSE_COPEN), (Check.LATE_WRITE_PROBE, Probe.LATE_WRITE)):
+                        (Check.CLOSE_COPEN_PROBE, Probe.CLOSE_COPEN), (Check.LATE_WRITE_PROBE, Probe.LATE_WRITE),
+                        (Check.SECOND_FD_PROBE, Probe.SECOND_FD)):
         if found := probed[kind].violations:
             reasons.append(Reason(check, f"{len(found)} probe(s): " + "; ".join(probes.describe(e) for e in found[:SHOWN])))
 

@@ -1,7 +1,8 @@
 """The misbehaving daemon's run judged (tests/fixtures/run-adversarial: `adversarial`, seed 3, the
 correct kernel), and each of its rules' negative controls: the run changed where a broken kernel
 would change it (a late answer accepted, a msg_id reused, a READ for an object whose fd was
-closed before its copen, a kill that did not land in its state) or a misbehaviour that never
+closed before its copen, a write after an umount's CLOSE accepted for good or refused otherwise than
+ENOBUFS, a kill that did not land in its state) or a misbehaviour that never
 reached the kernel."""
 import json
 import shutil
@@ -35,11 +36,12 @@ def rewrite(path: Path, change) -> None:
 def test_the_misbehaving_daemon_passes_on_the_correct_kernel_with_every_path_reached(run):
     r = judged(run)
     assert r["verdict"] == "PASS", r["reasons"] + r["missing_evidence"]
-    assert set(r["misbehaviours"]) == {"restore-live", "stale", "lockless-close", "close-copen"}
+    assert set(r["misbehaviours"]) == {"restore-live", "stale", "lockless-close", "close-copen", "late-close"}
     assert all(m["decided"] >= 3 for m in r["misbehaviours"].values()), r["misbehaviours"]
     assert set(r["state_kills"]) == set(KERNEL_STATES)
     assert all(s["confirmed"] >= 3 for s in r["state_kills"].values()), r["state_kills"]
     assert r["probes"]["stale"]["violations"] == 0 and r["probes"]["stale"]["decided"] > 0
+    assert r["probes"]["late-write"]["violations"] == 0 and r["probes"]["late-write"]["decided"] > 0
     assert r["read_errors"] == 0 and r["mismatches"] == 0
 
 
@@ -60,6 +62,8 @@ def probe_changed(run: Path, probe: str, outcome: str) -> None:
     ("stale", "accepted", "stale-answer-probe"),
     ("stale", "unexpected", "stale-answer-probe"),
     ("close-copen", "read-on-closed", "close-copen-probe"),
+    ("late-write", "writable", "late-write-probe"),
+    ("late-write", "unexpected", "late-write-probe"),
 ])
 def test_a_wrong_answer_to_a_misbehaviour_fails_by_its_probe(run, probe, outcome, check):
     probe_changed(run, probe, outcome)

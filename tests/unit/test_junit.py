@@ -112,7 +112,7 @@ def every_rule_broken() -> list[verdict.Reason]:
     probed = {kind: probes.ProbeCounts(1, 1, 0, ({"outcome": outcome},))
               for kind, outcome in (("epollin", "spin"), ("wakeup", "asleep"), ("stale", "accepted"),
                                     ("reuse", "reused"), ("close-copen", "read-on-closed"),
-                                    ("late-write", "writable"))}
+                                    ("late-write", "writable"), ("second-fd", "second-fd"))}
     end = EndOfRun({}, keeper_exited=False, device_reopen_error="Device or resource busy", d_state=[])
     finding = console.scan_file(WARNING_SPLAT)
     th = verdict.Thresholds(kills_requested=5, stall_bound_s=30, needs=Needs())

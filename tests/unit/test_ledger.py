@@ -73,16 +73,22 @@ def test_a_held_request_that_never_comes_back_is_named():
     assert len(broken) == 1 and f"msg_id {msg_id} " in broken[0].text
 
 
+def held_at_a_death() -> tuple[list[str], int, int, int, int]:
+    """The crash run's trace, and of its first request held at a death: msg_id, object, the line
+    of its holder's exit and the line of its re-delivery."""
+    text = lines(CRASH)
+    msg_id, again = first_redelivered(text)
+    first = next(i for i, line in enumerate(text) if f"msg_id={msg_id} " in line and "deliver:" in line)
+    holder = trace.parse(text[first])[0].tgid
+    died = next(i for i in range(first, again) if f"sched_process_exit: comm=python3 pid={holder} " in text[i])
+    return text, msg_id, _object_of(text, msg_id), died, again
+
+
 def test_a_held_request_whose_object_was_dropped_before_the_restore_was_ended_by_the_kernel():
     """The kernel's own end: the object withdrawn (its requests failed) before a restore could
     bring the request back. Dropped after the restore instead, it is no excuse: its reader waits
     on it, so on a correct kernel it comes back first (the negative control)."""
-    text = lines(CRASH)
-    msg_id, again = first_redelivered(text)
-    o = _object_of(text, msg_id)
-    first = next(i for i, line in enumerate(text) if f"msg_id={msg_id} " in line and "deliver:" in line)
-    holder = trace.parse(text[first])[0].tgid
-    died = next(i for i in range(first, again) if f"sched_process_exit: comm=python3 pid={holder} " in text[i])
+    text, msg_id, o, died, again = held_at_a_death()
     ts = trace.parse(text[died])[0].ts
     dropped_before = [*text[:died + 1], drop_line(ts + 0.000001, o), *text[died + 1:again], *text[again + 1:]]
     lg = build(dropped_before)
@@ -90,6 +96,27 @@ def test_a_held_request_whose_object_was_dropped_before_the_restore_was_ended_by
     dropped_after = [*text[:again], drop_line(trace.parse(text[again])[0].ts, o), *text[again + 1:]]
     broken = build(dropped_after).of_rule("held")
     assert len(broken) == 1 and f"msg_id {msg_id} " in broken[0].text
+
+
+def test_a_held_request_answered_before_the_restore_was_taken_over():
+    """A supervisor kept the anon fd across the death: the next process answers the held request
+    by its msg_id before its `restore`, and the request was never lost. Answered only after the
+    restore, and not delivered again, it is no excuse (the negative control: the restore must
+    bring it back, and did not)."""
+    text, msg_id, o, died, again = held_at_a_death()
+    restore = next(i for i in range(died, again) if "restore:" in text[i])
+    ts = trace.parse(text[died])[0].ts
+    answered = [*text[:died + 1], answer_line(ts + 0.000001, o, msg_id), *text[died + 1:again], *text[again + 1:]]
+    lg = build(answered)
+    assert lg.of_rule("held") == [] and sum(p.taken_over for p in lg.processes) == 1
+    late = trace.parse(text[restore])[0].ts + 0.000001
+    answered_late = [*text[:restore + 1], answer_line(late, o, msg_id), *text[restore + 1:again], *text[again + 1:]]
+    broken = build(answered_late).of_rule("held")
+    assert len(broken) == 1 and f"msg_id {msg_id} " in broken[0].text
+
+
+def answer_line(ts: float, o: int, msg_id: int) -> str:
+    return f"         python3-999     (    999) [001] .....    {ts:.6f}: cachefiles_ondemand_cread: o={o:08x} mid={msg_id:x}"
 
 
 def drop_line(ts: float, o: int) -> str:
@@ -189,3 +216,29 @@ def test_an_id_given_to_another_request_while_its_own_lives_is_named():
     other = text[i].replace(f"{ts:.6f}", f"{ts + 0.000001:.6f}").replace(f" a={fields['a']} ", f" a={fields['a'] + 4096} ")
     broken = build([*text[:i + 1], other, *text[i + 1:]]).of_rule("unanswered")
     assert len(broken) == 1 and f"READ msg_id {fields['msg_id']} " in broken[0].text and "given to another request" in broken[0].text
+
+
+def _line(pid: int, ts: float, rest: str) -> str:
+    return f"         python3-{pid}     (    {pid}) [001] .....    {ts:.6f}: {rest}"
+
+
+def _held_open_then(after_restore: list[str]) -> list[str]:
+    """An OPEN delivered to process 100, which dies holding it; process 101 writes `restore`."""
+    return [_line(100, 1.0, "cachefiles_ondemand_open: o=00000001 mid=0 oid=0 fd=7 f=0"),
+            _line(100, 1.1, "deliver: (vfs_read+0x84/0x14b <- cachefiles_ondemand_daemon_read) ret=55 msg_id=5 "
+                            "opcode=0 len=55 object_id=1 a=34359738383 b=7"),
+            _line(100, 2.0, "sched_process_exit: comm=python3 pid=100 prio=120"),
+            _line(101, 3.0, "restore: (cachefiles_ondemand_restore+0x4/0x14a)"), *after_restore]
+
+
+def test_a_held_open_refused_with_eexist_after_the_restore_was_delivered_again():
+    """A supervisor kept the OPEN's anon fd: the restore re-delivers it, and read() refuses it
+    (EEXIST; the message is not copied out, so no msg_id is seen). The refusal before the restore,
+    or none at all, is no excuse (the negative controls)."""
+    eexist = "deliver: (vfs_read+0x84/0x14b <- cachefiles_ondemand_daemon_read) ret=-17 msg_id=0 opcode=0 len=0 object_id=0 a=0 b=0"
+    lg = build(_held_open_then([_line(101, 3.5, eexist)]))
+    assert lg.violations == () and lg.redelivered == 1
+    assert [v.rule for v in build(_held_open_then([])).violations] == ["held", "unanswered"]
+    early = _held_open_then([])
+    early.insert(3, _line(101, 2.5, eexist))  # refused before the restore re-marked it: not this OPEN
+    assert "held" in [v.rule for v in build(early).violations]

@@ -136,10 +136,19 @@ def test_the_judge_counts_misbehaviours_and_a_redundant_answer_nobody_gave_is_an
         {"event": "probe", "probe": "close-copen", "outcome": "reopened"},
         {"event": "probe", "probe": "stale", "origin": "answered", "outcome": "refused"},
         {"event": "probe", "probe": "stale", "origin": "never-delivered", "outcome": "refused"},
+        {"event": "probe", "probe": "late-write", "outcome": "withdrawn", "accepted": 1},
+        # supervise_fds: two fds inherited by incarnation 2, one of them an OPEN it answered; a
+        # READ for the other comes to it (decided), one for the same object id to incarnation 3
+        # (which did not inherit it) does not count
+        {"event": "inherited", "object_id": 3, "answered": True, "copen_errno": None, "incarnation": 2},
+        {"event": "inherited", "object_id": 4, "answered": False, "copen_errno": None, "incarnation": 2},
+        {"event": "recv", "op": "READ", "msg_id": 30, "object_id": 3, "incarnation": 2},
+        {"event": "recv", "op": "READ", "msg_id": 31, "object_id": 3, "incarnation": 3},
     ]
     f = misbehaviour.facts(log)
     assert {n: (m.ran, m.decided) for n, m in f.by_name.items()} == {
-        "restore-live": (1, 1), "stale": (2, 1), "lockless-close": (2, 1), "close-copen": (1, 1), "late-close": (0, 0)}
+        "restore-live": (1, 1), "stale": (2, 1), "lockless-close": (2, 1), "close-copen": (1, 1), "late-close": (1, 1),
+        "supervised-fds": (2, 2)}
     assert [e["msg_id"] for e in f.unanswered_redundant] == [8]
     assert misbehaviour.expected({"restores_live": 3, "lockless": True, "fd_closes": 0}) == ("restore-live",)
 
@@ -196,3 +205,58 @@ def test_without_late_close_a_close_writes_nothing(make_daemon, tmp_path):
     d.handle(protocol.encode_close(12, 4))
     assert (tmp_path / "backing").read_bytes() == b""
     assert not [e for e in events(d, Event.PROBE) if e["probe"] == Probe.LATE_WRITE]
+
+
+class RecordingSupervisor:
+    """Stands in for the keeper's end of the channel (test_fd_handover has the real one)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def deposit(self, object_id, fd, cookie, msg_id):
+        self.calls.append(("deposit", object_id))
+
+    def answered(self, object_id):
+        self.calls.append(("answered", object_id))
+
+    def drop(self, object_id):
+        self.calls.append(("drop", object_id))
+
+
+def test_a_new_incarnation_takes_over_held_fds_answers_held_opens_and_asks_for_a_second_fd(make_daemon, tmp_path):
+    d = make_daemon(supervise_fds=True)
+    d.supervisor = RecordingSupervisor()
+    held = [({"object_id": 3, "cookie": "img0.0x3", "msg_id": 13, "answered": True}, anon(tmp_path, "a3")),
+            ({"object_id": 4, "cookie": "img0.0x4", "msg_id": 14, "answered": False}, anon(tmp_path, "a4"))]
+    d.take_over(held)
+    assert writes(d) == ["", f"14,{SIZE}"]  # only the OPEN the dead one had not answered, by its msg_id
+    assert sorted(d.objects) == [3, 4] and d.supervisor.calls == [("answered", 4)]
+    assert [(e["object_id"], e["answered"], e["copen_errno"]) for e in events(d, Event.INHERITED)] == [
+        (3, True, None), (4, False, None)]
+    d.handle(protocol.encode_read(20, 3, 0, 4096))  # the restore met object 3 still OPEN
+    assert (tmp_path / "a3").read_bytes() == open(tmp_path / "img0.erofs", "rb").read()[:4096]
+    probes = lambda: [e for e in events(d, Event.PROBE) if e["probe"] == Probe.SECOND_FD]
+    d.handle(protocol.encode_open(21, 9, "erofs,img0.0x5", b"img0.0x5", anon(tmp_path, "a9")))
+    assert not probes() and ("deposit", 9) in d.supervisor.calls
+    d.handle(protocol.encode_open(22, 10, "erofs,img0.0x3", b"img0.0x3", anon(tmp_path, "a10")))
+    [probe] = probes()  # an OPEN for the object held open: a second anon fd for it
+    assert (probe["outcome"], probe["held_object_id"]) == (ProbeOutcome.SECOND_FD, 3)
+    d.handle(protocol.encode_close(23, 4))
+    assert ("drop", 4) in d.supervisor.calls  # the keeper's copy goes before the daemon's
+
+
+def test_a_held_reopen_is_left_for_the_restore_to_be_refused_then_its_fd_closed(make_daemon, tmp_path):
+    d = make_daemon(supervise_fds=True)
+    d.supervisor = RecordingSupervisor()
+    fd = anon(tmp_path, "a7")
+    d.take_over([({"object_id": 7, "cookie": "img0.0x7", "msg_id": 17, "answered": False, "reopen": True}, fd)])
+    assert writes(d) == [] and 7 in d.objects  # no copen: the restore re-delivers it, EEXIST is asked for
+    [inherited] = events(d, Event.INHERITED)
+    assert inherited["awaiting_eexist"] is True
+    assert d.refused_second_fd() is True  # read() refused with EEXIST: as it must be
+    [probe] = [e for e in events(d, Event.PROBE) if e["probe"] == Probe.SECOND_FD]
+    assert (probe["outcome"], probe["closed"]) == (ProbeOutcome.REFUSED, [7])
+    assert 7 not in d.objects and ("drop", 7) in d.supervisor.calls
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed: the next READ reopens the object
+    assert d.refused_second_fd() is False  # an EEXIST nothing explains is a daemon error

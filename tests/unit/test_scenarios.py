@@ -21,7 +21,8 @@ def test_the_daemon_can_die_at_every_crash_point_of_the_contract():
 
 
 def test_every_scenario_of_the_issue_exists_and_asks_for_evidence():
-    assert set(scenarios.SCENARIOS) == {"crash", "close-fds", "combined", "crash-points", "adversarial", "no-failover"}
+    assert set(scenarios.SCENARIOS) == {"crash", "close-fds", "combined", "crash-points", "adversarial", "supervised",
+                                      "no-failover"}
     for name, s in scenarios.SCENARIOS.items():
         if name != "no-failover":
             assert s.needs != scenarios.Needs(), f"{name} would pass without proving anything"
@@ -29,7 +30,9 @@ def test_every_scenario_of_the_issue_exists_and_asks_for_evidence():
     combined = scenarios.SCENARIOS["combined"]
     assert combined.kills and combined.fd_closes and combined.threads > 1 and len(combined.domain_images) == 2
     adversarial = scenarios.SCENARIOS["adversarial"]
-    assert set(misbehaviour.expected(asdict(adversarial))) == set(misbehaviour.NAMES)
+    assert set(misbehaviour.expected(asdict(adversarial))) == set(misbehaviour.NAMES) - {misbehaviour.SUPERVISED}
+    supervised = scenarios.SCENARIOS["supervised"]
+    assert misbehaviour.expected(asdict(supervised)) == (misbehaviour.SUPERVISED,) and supervised.kills
     assert adversarial.needs.misbehaviours and adversarial.threads > 1 and adversarial.lockless
 
 

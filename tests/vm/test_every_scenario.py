@@ -39,6 +39,16 @@ def test_crash_points_each_visited_and_recovered(tmp_path):
             assert row["redelivered"] == row["held_requests"] > 0, point
 
 
+def test_supervised_fds_survive_deaths_and_are_taken_over(tmp_path):
+    """A supervisor keeps the anon fds: restore meets objects still OPEN, held OPENs are answered
+    by the next incarnation, and the kernel never hands out a second fd for an object held open."""
+    proc, r = run(tmp_path, "--scenario", "supervised")
+    assert proc.returncode == 0 and r["verdict"] == "PASS", r["reasons"] + r["missing_evidence"]
+    assert r["misbehaviours"]["supervised-fds"]["decided"] >= 3, r["misbehaviours"]
+    assert r["probes"]["second-fd"]["violations"] == 0
+    assert r["read_errors"] == 0 and r["mismatches"] == 0
+
+
 def test_no_failover_is_caught(default_run, tmp_path):
     """The negative control: without a surviving device fd the reads fail, and we say so."""
     proc, r = run(tmp_path, "--no-failover")
