@@ -82,8 +82,8 @@ def refused(call: Callable[..., object], *args: object) -> int | None:
 
 class Supervisor:
     """GuestConfig.supervise_fds: the daemon's end of the channel the keeper handed it the device
-    fd over. Every anon fd is deposited there as soon as its OPEN is read (the kernel may not
-    lose it to a death from then on), and taken back (`drop`, and its answer awaited) before the
+    fd over. Every anon fd is deposited there as soon as its OPEN is read (from then on a death
+    does not close it), and taken back (`drop`, and its answer awaited) before the
     daemon closes its own copy, so that the daemon's close is still the one that releases it."""
 
     def __init__(self, sock: socket.socket) -> None:
@@ -254,10 +254,9 @@ class Daemon:
         self.config = config
         self.supervisor = supervisor
         self.inherited: dict[int, str] = {}  # object id -> cookie: anon fds taken over (supervise_fds)
-        # ... of those, reopens a dead incarnation had not answered: re-delivered by the restore
-        # while their fd is held, each must be refused with EEXIST (Probe.SECOND_FD)
+        # ... of those, the reopen a dead incarnation had not answered: re-delivered by the
+        # restore while its fd is held, it must be refused with EEXIST (Probe.SECOND_FD)
         self.awaiting_eexist: dict[int, str] = {}
-        self.eexist_allowed = 0
         self.device_fd = device_fd
         self.incarnation = incarnation
         self.log = EventLog(config.daemon_log, who="daemon", incarnation=incarnation, pid=os.getpid())
@@ -392,7 +391,6 @@ class Daemon:
                 self.inherited[oid] = name
                 if awaiting:
                     self.awaiting_eexist[oid] = name
-                    self.eexist_allowed += 1
 
     def restore(self) -> None:
         """Re-mark every request the kernel still holds as new; only after the old one is gone."""
@@ -896,13 +894,11 @@ class Daemon:
 
     def refused_second_fd(self) -> bool:
         """read() refused with EEXIST: an OPEN re-delivered for an object whose fd we hold. True
-        if one of the reopens take_over left unanswered explains it: that OPEN failed, and its
-        object waits, REOPENING, on the fd we hold; closing those fds lets the next READ reopen
-        them (all at the first refusal: which OPEN was refused, read() does not say)."""
+        if the reopen take_over left unanswered explains it: that OPEN failed, and its object
+        waits, REOPENING, on the fd we hold; closing that fd lets the next READ reopen it."""
         with self.lock:
-            if self.eexist_allowed == 0:
+            if not self.awaiting_eexist:
                 return False
-            self.eexist_allowed -= 1
             pending, self.awaiting_eexist = self.awaiting_eexist, {}
         self.log.emit(Event.PROBE, probe=Probe.SECOND_FD, outcome=ProbeOutcome.REFUSED, closed=sorted(pending))
         for oid in pending:

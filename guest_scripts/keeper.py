@@ -91,6 +91,7 @@ class HeldFds:
             except (EOFError, OSError):
                 return
             oid = int(meta.get("object_id", -1))
+            old = None
             with self.lock:
                 if meta["op"] == "deposit" and fd is not None:
                     meta["reopen"] = meta.get("cookie") in self.cookies
@@ -99,8 +100,7 @@ class HeldFds:
                     self.fds[oid] = (fd, meta)
                 elif meta["op"] == "answered" and oid in self.fds:
                     self.fds[oid][1]["answered"] = True
-                    old = None
-                else:  # drop
+                elif meta["op"] == "drop":
                     old = self.fds.pop(oid, None)
             if old is not None:
                 os.close(old[0])

@@ -18,8 +18,9 @@ them as the evidence of its misbehaviours):
 - late-write: after a CLOSE (the cookie withdrawn by an umount), seeking and writing through the
   object's anon fd is refused with ENOBUFS once the cache file is dropped, nothing else, and
   within a stall bound;
-- second-fd (supervise_fds): logged only when an OPEN is delivered for a cookie whose object the
-  daemon holds open through an anon fd a supervisor kept across a death.
+- second-fd (supervise_fds): a held reopen's OPEN, re-delivered by the restore while a
+  supervisor keeps its anon fd, refused with EEXIST (as it must be); an OPEN delivered for a
+  cookie whose object the daemon holds open through an inherited fd is the violation.
 """
 from __future__ import annotations
 
