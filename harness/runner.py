@@ -87,7 +87,8 @@ class Run:
             threads=self.scenario.threads,
             lockless=self.scenario.lockless,
             close_during_copen=self.scenario.close_during_copen,
-            dawdle_s=self.scenario.dawdle_s,
+            # a step the kills at kernel states must land in: as much slower as every guest wait
+            dawdle_s=self.scenario.dawdle_s * timeouts.stall_bound / vm.Timeouts.for_accel("tcg").stall_bound,
             late_close=self.scenario.late_close,
             supervise_fds=self.scenario.supervise_fds,
             statekill_ctl=f"{GUEST_TMP}/statekill.ctl" if self.scenario.state_kills else "",
