@@ -20,9 +20,10 @@ The rules, each exact (no allowance; a correct kernel breaks none, README says w
   restore: the kernel ended it (its object dropped), or the next process answered it by msg_id
   (a supervisor kept its anon fd across the death: the request was never lost). An OPEN whose
   fd a supervisor kept, re-delivered by the restore, is refused (read() fails with EEXIST, and
-  no event names the OPEN: `_Builder.refused` matches it): that counts as delivered again. A drop after the restore does not excuse it: its
-  reader waits on it, so its object cannot go before it is answered, and a kernel that ended
-  it at the death (the reader retrying on its own) shows exactly that;
+  no event names the OPEN: `_Builder.refused` matches it): that counts as delivered again. A
+  drop after the restore does not excuse it: its reader waits on it, so its object cannot go
+  before it is answered, and a kernel that ended it at the death (the reader retrying on its
+  own) shows exactly that;
 - double: no lifetime is delivered twice without a `restore` between the two deliveries;
 - unanswered: by the end of the trace every lifetime has ended, and every READ the kernel queued
   (the `read` tracepoint) was delivered, unless its object was dropped;
@@ -244,7 +245,6 @@ class _Builder:
         if op == "CLOSE":
             lt.ended_ts, lt.ended_by = e.ts, "delivery"
             del self.live[msg_id]
-
 
     def refused(self, ts: float) -> None:
         """read() failed with EEXIST: an OPEN that a `restore` re-marked while its anon fd was
