@@ -29,6 +29,9 @@ class Event:
     BIND_FAILED: Final = "bind_failed"
     STARTED: Final = "started"  # keeper: an incarnation; reader: the reader itself
     HANDED_OVER: Final = "handed_over"  # supervise_fds: the anon fds held, given to a new incarnation
+    # Fault.CACHE_DEATH: the keeper closed its device fd (and any anon fd it held) and told the
+    # daemon to close its own: the last reference goes, and the cache dies with requests queued
+    CACHE_DEATH: Final = "cache_death"
     DIED: Final = "died"
     STOPPED: Final = "stopped"
     # daemon.jsonl
@@ -51,6 +54,12 @@ class Event:
     # supervise_fds: an anon fd the keeper held across a death, taken over by this incarnation (an
     # OPEN the dead one had not answered is answered now, by its msg_id, before the `restore`)
     INHERITED: Final = "inherited"
+    # Fault.CACHE_DEATH: the daemon let its device fd go (replaced by /dev/null, so that no other
+    # thread's fd number is reused under it) while its other threads poll, read and serve
+    DEVICE_CLOSED: Final = "device_closed"
+    # an answer refused after this daemon let the device go: the cache is dead and failed every
+    # request with EIO, so a READ_COMPLETE for one is refused (EINVAL). The fault's, not an error.
+    ORPHANED: Final = "orphaned"
     # reader-<id>.jsonl
     MOUNTED: Final = "mounted"
     FILE: Final = "file"
@@ -58,6 +67,7 @@ class Event:
     SLOW_READ: Final = "slow_read"
     STALL: Final = "stall"
     UMOUNT_FAILED: Final = "umount_failed"  # a plain umount failed (the mount was then detached)
+    READ_THROUGH: Final = "read_through"  # every file of a mount read, none failed
     FINISHED: Final = "finished"
 
 
@@ -139,6 +149,10 @@ class Fault:
     RESTORE_LIVE: Final = "restore_live"  # a thread of the live daemon writes `restore` while others serve
     STALE: Final = "stale"  # the daemon sends late answers (Probe.STALE)
     STATE_KILL: Final = "state_kill"  # statekill.py SIGKILLs the daemon when the kernel reaches a KernelState
+    # the keeper closes its device fd and tells the daemon to close its own: the cache dies with
+    # requests queued (its waiters get EIO); the keeper then binds a new cache, and the readers go
+    # on with fresh mounts
+    CACHE_DEATH: Final = "cache_death"
 
 
 class KernelState:
@@ -162,6 +176,9 @@ STATEKILL_LOG: Final = "statekill.jsonl"  # in the log directory: what statekill
 # signals by name, as the guest shell's `kill` takes them.
 FAULT_SIGNALS: Final = {Fault.KILL: "KILL", Fault.CLOSE: "USR1", Fault.RESTORE_LIVE: "RTMIN+1",
                         Fault.STALE: "RTMIN+2"}
+# ... and the keeper, for the faults it starts: it passes Fault.CACHE_DEATH on to the daemon
+KEEPER_SIGNALS: Final = {Fault.CACHE_DEATH: "USR2"}
+CACHE_DEATH_RT_OFFSET: Final = 3  # keeper -> daemon, SIGRTMIN + this: let the device fd go
 
 
 class CrashPoint:
@@ -283,6 +300,11 @@ def parse_daemon_state(text: str) -> tuple[int, int] | None:
 
 END_OF_RUN_FILE: Final = "end.json"  # in the log directory: endcheck.py's EndOfRun
 KMEMLEAK_FILE: Final = "kmemleak.txt"  # in the log directory: the debug flavour's leak report, whole
+# Written to trace_marker by the keeper after each bind, `failover_clock_ms=<time.time() in ms>`:
+# the trace's clock against the guest's wall clock, which the guest's logs are stamped with (the
+# cache-death judge puts the readers' errors and mounts on the kernel's clock with it).
+CLOCK_MARK: Final = "failover_clock_ms"
+TRACE_MARKER: Final = "/sys/kernel/tracing/trace_marker"
 # Written to trace_marker around the re-read (`failover_reread=1` before, `=0` after): the
 # kernel's trace then shows which requests the re-read caused.
 REREAD_MARK: Final = "failover_reread"
@@ -298,9 +320,17 @@ def round_domain(reader_id: int, round_no: int) -> str:
     return f"dom{reader_id}x{round_no}"
 
 
-# The round whose cache files the end check reads back: the first reader's first, which every run
-# completes (a reader stops only after a full round) while the failovers are under way.
-REREAD_ROUND: Final = (0, 0)  # (reader, round)
+def reread_rounds(reader_events: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
+    """Whose cache files the end check reads back: image -> (reader, round) of the first mount of
+    it that read every file (Event.READ_THROUGH), while the failovers were under way. A cache death
+    cuts rounds short: an image no reader read through is not read back."""
+    rounds: dict[str, tuple[float, int, int]] = {}
+    for e in reader_events:
+        if e.get("event") == Event.READ_THROUGH and "round" in e:
+            image, at = str(e.get("image")), float(e.get("t", 0))
+            if image not in rounds or at < rounds[image][0]:
+                rounds[image] = (at, int(e.get("reader", 0)), int(e["round"]))
+    return {image: (reader, round_no) for image, (_, reader, round_no) in rounds.items()}
 
 
 @dataclass(frozen=True)

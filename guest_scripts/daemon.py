@@ -8,6 +8,8 @@ is answered, so the host can tell which requests a killed incarnation was holdin
 Fault injection, all driven by the host: SIGUSR1 makes the daemon close the anon fd of a live
 object (the kernel must reopen it on the next READ); `crash_plan` names, per incarnation, a
 protocol point at which it SIGKILLs itself; `threads` > 1 serves the device from several threads.
+A cache death (Fault.CACHE_DEATH, from the keeper) makes it let the device go while its other
+threads poll, read and serve, finish what they were answering, and exit.
 
 Every serving thread blocks in poll() with no timeout, as the series' own demo daemon does: a
 kernel that forgets to wake the daemon for a request then leaves it asleep for good, and the
@@ -35,7 +37,8 @@ from typing import Any, Callable
 from dataclasses import dataclass
 
 import protocol
-from contract import CrashPoint, Event, Fault, GuestConfig, Probe, ProbeOutcome, RestoreWhy, StaleOrigin, daemon_serving
+from contract import (CACHE_DEATH_RT_OFFSET, CrashPoint, Event, Fault, GuestConfig, Probe, ProbeOutcome, RestoreWhy,
+                      StaleOrigin, daemon_serving)
 from eventlog import EventLog, write_atomically
 from keeper import recv_fd, recv_msg, send_msg
 
@@ -57,7 +60,7 @@ CRASH_ARMED_AFTER = 5
 # The faults the host asks of a live daemon by signal (contract.FAULT_SIGNALS), each served by
 # one thread
 REQUEST_SIGNALS: dict[int, str] = {signal.SIGUSR1: Fault.CLOSE, signal.SIGRTMIN + 1: Fault.RESTORE_LIVE,
-                   signal.SIGRTMIN + 2: Fault.STALE}
+                   signal.SIGRTMIN + 2: Fault.STALE, signal.SIGRTMIN + CACHE_DEATH_RT_OFFSET: Fault.CACHE_DEATH}
 WAKE_SIGNALS = (signal.SIGTERM, *REQUEST_SIGNALS)
 # Fault.STALE: late answers sent each time, the most recent ones and as many taken at random
 STALE_RECENT = 4
@@ -68,6 +71,10 @@ CLOSED_BY_FAULT = "fault"  # CacheObject.closed
 CLOSED_BY_REQUEST = "close-request"
 # An anon fd's object id once its fd is closed (CACHEFILES_ONDEMAND_ID_CLOSED, -1 as a u32)
 CLOSED_OBJECT_ID = 0xFFFFFFFF
+# A READ's answer once the device is let go (Fault.CACHE_DEATH): its request failed with the cache
+# (READ_COMPLETE: no such msg_id), or its reader, failed, unmounted and its object's file dropped
+# (the data write: ENOBUFS)
+ORPHANED_ERRORS = {("READ_COMPLETE", errno.EINVAL), ("pwrite", errno.ENOBUFS)}
 # Probe.LATE_WRITE: between tries, while the withdrawal goes on in the kernel's worker
 LATE_WRITE_PAUSE_S = 0.01
 
@@ -286,6 +293,7 @@ class Daemon:
         self.deliveries: collections.Counter[int] = collections.Counter()  # msg_id -> times delivered here
         self.closed_at_copen: dict[int, str] = {}  # object_id -> cookie: fd closed before its copen
         self.read_on_closed: set[int] = set()  # msg_ids of READs the close-copen probe found a violation in
+        self.device_dead = False  # Fault.CACHE_DEATH: the device fd let go (set before it goes)
 
     def remember_answer(self, op: str, msg_id: int, object_id: int, size: int = 0, by: str = StaleOrigin.ANSWERED) -> None:
         """An answer the kernel accepted (or a dead incarnation's, `by`="dead", seq 0)."""
@@ -305,8 +313,10 @@ class Daemon:
                 lines = f.read().splitlines()
         except OSError:
             return
+        # a cache that died took its msg_ids with it: the one bound since numbers from 0 again
+        since = max((i for i, line in enumerate(lines) if b'"device_closed"' in line), default=-1)
         asked: dict[tuple[int, int], str] = {}  # (incarnation, msg_id) of an OPEN -> its cookie
-        for line in lines:
+        for line in lines[since + 1:]:
             if b'"done"' not in line and b'"OPEN"' not in line:
                 continue
             try:
@@ -429,6 +439,9 @@ class Daemon:
                 self.gate.leave()
 
     def answer_open(self, req: protocol.OpenRequest) -> None:
+        if self.device_dead:
+            self.orphaned(req, "copen")
+            return
         name = protocol.blob_name(req.volume_key, req.cookie_key)
         blob = self.blob(name) if req.volume_key.startswith("erofs,") else None
         size = blob.size if blob else protocol.copen_error(errno.ENOENT)
@@ -446,6 +459,9 @@ class Daemon:
             return
         # The delivery lock from the probe to the copen: no other thread reads a request meanwhile.
         with self.delivery:
+            if self.device_dead:  # let go while this thread waited for the lock: no probe of /dev/null
+                self.orphaned(req, "copen")
+                return
             # A reopen this incarnation can tell (it opened the cookie before) also has its wake-up
             # probed, once nothing has come for QUIET_MS: every reader then waits on a request held
             # here, so nothing but this copen can make the device readable.
@@ -677,7 +693,9 @@ class Daemon:
             closed = obj.closed
             redelivered = self.deliveries[req.msg_id] > 1
         fields = dict(msg_id=req.msg_id, op="READ", object_id=req.object_id, errno=e.errno, error=e.strerror, call=call)
-        if redelivered and (closed or (call == "READ_COMPLETE" and e.errno == errno.EINVAL)):
+        if self.device_dead and (call, e.errno) in ORPHANED_ERRORS:
+            self.log.emit(Event.ORPHANED, **fields)  # the cache failed it with EIO when it died
+        elif redelivered and (closed or (call == "READ_COMPLETE" and e.errno == errno.EINVAL)):
             self.log.emit(Event.REDUNDANT, **fields)
         elif closed == CLOSED_BY_FAULT:  # its fd went to /dev/null under it (ENOTTY): restored once its last user is done
             obj.lost += 1
@@ -774,6 +792,45 @@ class Daemon:
             self.closed_ids.add(oid)
         if (dropped := self.drop_object(oid)) is not None:
             self.log.emit(Event.CLOSE_FD, object_id=oid, cookie=dropped[0], busy=dropped[1])
+
+    def let_device_go(self) -> None:
+        """Fault.CACHE_DEATH: the keeper's device fd is closed; ours is the last reference. It is
+        replaced by /dev/null (dup2), so that the fd number no other thread may be using is never
+        reused under it; the kernel releases the device once the last thread inside a read() or
+        poll() of it has returned, and fails every request queued or delivered with EIO. Then
+        every thread is woken to leave; those answering a request finish (the cache refuses their
+        READ_COMPLETEs: ORPHANED) and serve() waits for them. Without `lockless` the delivery lock
+        is taken first: no probe is left asking questions of /dev/null.
+
+        It waits (a third of the stall bound at most) for a READ being answered: the death then
+        finds a request delivered and unanswered, and its reader waiting, as the fault is meant to."""
+        deadline = time.monotonic() + self.config.stall_bound_s / 3
+        while not self.serving() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            if self.lockless:
+                self.device_dead = True
+                os.dup2(null, self.device_fd, inheritable=False)
+            else:
+                with self.delivery:
+                    self.device_dead = True
+                    os.dup2(null, self.device_fd, inheritable=False)
+        finally:
+            os.close(null)
+        self.log.emit(Event.DEVICE_CLOSED, serving=self.serving())
+        self.wake.request_stop()
+
+    def serving(self) -> int:
+        """READs being answered now (their objects pinned)."""
+        with self.lock:
+            return sum(obj.busy for obj in self.objects.values())
+
+    def orphaned(self, req: protocol.OpenRequest, call: str) -> None:
+        """An OPEN read before the device went: nothing to answer it to (the cache failed it)."""
+        self.let_go(req.object_id)
+        os.close(req.fd)
+        self.log.emit(Event.ORPHANED, msg_id=req.msg_id, op="OPEN", object_id=req.object_id, call=call)
 
     def drop_object(self, oid: int) -> tuple[str, int] | None:
         """An object's anon fd closed unasked, whoever uses it: its cookie, and the READs being
@@ -912,16 +969,17 @@ class Daemon:
             poller.register(fd, select.POLLIN)
         faults = {self.wake.requests[Fault.CLOSE]: (Fault.CLOSE, self.close_random_fd),
                   self.wake.requests[Fault.RESTORE_LIVE]: (Fault.RESTORE_LIVE, lambda: self.write_restore(RestoreWhy.LIVE)),
-                  self.wake.requests[Fault.STALE]: (Fault.STALE, self.stale_answers)}
+                  self.wake.requests[Fault.STALE]: (Fault.STALE, self.stale_answers),
+                  self.wake.requests[Fault.CACHE_DEATH]: (Fault.CACHE_DEATH, self.let_device_go)}
         while True:
             # No timeout: only the kernel (a request) or a signal handler (Wake) ends this wait.
             ready = {fd for fd, _ in poller.poll()}
-            if self.wake.stop in ready:
+            if self.wake.stop in ready or self.device_dead:
                 return 0
             for fd, (kind, act) in faults.items():
                 if fd in ready and self.wake.take(kind):
                     act()
-            if self.device_fd not in ready:
+            if self.device_fd not in ready or self.device_dead:
                 continue
             got = None
             self.gate.enter()
@@ -932,6 +990,8 @@ class Daemon:
                     got = self.accept(buf, answers_before) if buf else None
                 else:
                     with self.delivery:
+                        if self.device_dead:
+                            return 0
                         buf = os.read(self.device_fd, protocol.MAX_MSG_SIZE)
                         got = self.accept(buf, answers_before) if buf else None
             except OSError as e:
@@ -961,12 +1021,20 @@ class Daemon:
         # blocked from their first instruction, so none is ever delivered to a worker (whose
         # interrupted poll would not run the handler, and the main thread would sleep on).
         unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, WAKE_SIGNALS)
+        workers = [threading.Thread(target=self.loop, name=f"worker-{i}", daemon=True) for i in range(1, self.threads)]
         try:
-            for i in range(1, self.threads):
-                threading.Thread(target=self.loop, name=f"worker-{i}", daemon=True).start()
+            for worker in workers:
+                worker.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
-        return self.loop()
+        status = self.loop()
+        if self.device_dead:
+            # what they were answering meets the dead cache before the process (and its anon
+            # fds, which pin the cache) goes; a thread stuck in the kernel is the stall check's
+            deadline = time.monotonic() + self.config.stall_bound_s
+            for worker in workers:
+                worker.join(max(0.0, deadline - time.monotonic()))
+        return status
 
     def on_request(self, signum: int, _frame: object) -> None:
         self.wake.request(REQUEST_SIGNALS[signum])

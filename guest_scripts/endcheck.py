@@ -3,7 +3,7 @@
 Run by the host after it stopped the readers, with the daemon still serving. Writes one JSON
 object (contract.EndOfRun's fields):
 - the data the failovers wrote is read back from the cache files: the page cache dropped, every
-  image's first-round fsid (contract.REREAD_ROUND) mounted again and each file checksummed, with
+  image's first fsid read through (contract.reread_rounds) mounted again, each file checksummed, with
   marks in the kernel's trace around it (the host checks that no READ was needed: the cache file
   held it all);
 - then SIGTERM to the keeper, which stops the daemon and closes /dev/cachefiles;
@@ -20,6 +20,7 @@ behind in its own process.
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import json
 import os
@@ -30,12 +31,11 @@ import sys
 import tempfile
 import time
 
-from contract import (KMEMLEAK_FILE, REREAD_MARK, REREAD_ROUND, EndOfRun, GuestConfig, round_domain,
-                      round_fsid)
+from contract import KMEMLEAK_FILE, REREAD_MARK, EndOfRun, GuestConfig, reread_rounds, round_domain, round_fsid
+from eventlog import trace_mark
 from reader import CHUNK, files_under, mount_erofs
 
 KMEMLEAK = "/sys/kernel/debug/kmemleak"
-TRACE_MARKER = "/sys/kernel/tracing/trace_marker"
 
 
 def mounts_under(directory: str) -> list[str]:
@@ -121,11 +121,7 @@ def reopen_device() -> str | None:
 
 
 def mark(value: int) -> None:
-    try:
-        with open(TRACE_MARKER, "w") as f:
-            f.write(f"{REREAD_MARK}={value}\n")
-    except OSError:
-        pass  # no tracefs: the host finds no marks and says the re-read is unaccounted for
+    trace_mark(REREAD_MARK, value)  # no tracefs: the host finds no marks, the re-read unaccounted for
 
 
 def sha256_of(path: str) -> str:
@@ -137,7 +133,7 @@ def sha256_of(path: str) -> str:
 
 
 def reread_images(config: GuestConfig, bound_s: float) -> tuple[dict[str, dict[str, str]], list[str]]:
-    """The page cache dropped, each image's REREAD_ROUND fsid mounted again, every file read: what
+    """The page cache dropped, each image's first fsid read through mounted again, every file read: what
     the daemons wrote through their anon fds, failovers and all, from the cache files alone. The
     reading is done by a child with a bound (a read the kernel never completes must not hang
     the check), which leaves its results in a file."""
@@ -173,9 +169,20 @@ def reread_images(config: GuestConfig, bound_s: float) -> tuple[dict[str, dict[s
 def _reread(config: GuestConfig, bound_s: float) -> tuple[dict[str, dict[str, str]], list[str]]:
     sums: dict[str, dict[str, str]] = {}
     errors: list[str] = []
-    reader, round_no = REREAD_ROUND
+    events = []
+    for path in sorted(glob.glob(os.path.join(config.log_dir, "reader-*.jsonl"))):
+        with open(path) as f:
+            for line in f:
+                try:
+                    events.append(json.loads(line))
+                except ValueError:
+                    pass  # the reader was killed mid-line
+    rounds = reread_rounds(events)
     mark(1)
     for image in sorted(config.images):
+        if image not in rounds:
+            continue  # no reader read it through (cache deaths): nothing to read back
+        reader, round_no = rounds[image]
         fsid = round_fsid(image, reader, round_no)
         target = os.path.join(config.mount_dir, f"reread-{fsid}")
         os.makedirs(target, exist_ok=True)

@@ -12,6 +12,12 @@ says when it answered the OPEN, and asks for it back (`drop`) before it closes i
 death then leaves the objects OPEN, and the next incarnation is handed every fd still held, with
 what it was for, before it writes `restore` (HeldFds).
 
+A Fault.CACHE_DEATH (SIGUSR2 from the host) kills the cache instead of the daemon: the keeper
+closes its device fd (and every anon fd it holds) and tells the daemon to let its own go, which
+is then the last reference: the kernel fails every queued request with EIO. Once the daemon has
+exited (its anon fds, which pin the cache, closed with it) the keeper binds a new cache with the
+same tag and starts the next incarnation; the readers' fresh mounts use it.
+
 In `no_failover` mode the keeper gives its copy of the device fd away: when the daemon dies the
 cache dies with it (every queued request fails with EIO). That is the negative control.
 """
@@ -29,8 +35,8 @@ import threading
 import time
 from typing import Any
 
-from contract import KEEPER_BOUND, Event, GuestConfig, Mode
-from eventlog import EventLog, write_atomically
+from contract import CACHE_DEATH_RT_OFFSET, CLOCK_MARK, KEEPER_BOUND, Event, GuestConfig, Mode
+from eventlog import EventLog, trace_mark, write_atomically
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -129,9 +135,16 @@ class HeldFds:
 
 
 def open_cache(cache_dir: str, tag: str) -> int:
+    """/dev/cachefiles opened and bound. The kernel lets it be open once at a time: while the
+    last cache is not yet freed (its anon fds pin it) the open fails with EBUSY, and an fd left
+    open after a failed bind would refuse every later open."""
     fd = os.open("/dev/cachefiles", os.O_RDWR | os.O_CLOEXEC)
-    for command in (f"dir {cache_dir}", f"tag {tag}", "bind ondemand"):
-        os.write(fd, command.encode())
+    try:
+        for command in (f"dir {cache_dir}", f"tag {tag}", "bind ondemand"):
+            os.write(fd, command.encode())
+    except OSError:
+        os.close(fd)
+        raise
     return fd
 
 
@@ -149,10 +162,13 @@ class Keeper:
 
     def bind(self) -> None:
         self.device_fd = open_cache(self.config.cache_dir, self.config.tag)
+        trace_mark(CLOCK_MARK, round(time.time() * 1000))
         self.log.emit(Event.BOUND, cache_dir=self.config.cache_dir, mode=self.config.mode)
 
     def rebind(self) -> bool:
-        """no_failover: a naive restart opens the device anew; the old mounts stay dead."""
+        """A new cache after the old one died (Fault.CACHE_DEATH; no_failover: a naive restart, the
+        old mounts stay dead). Refused (EBUSY) until the old cache is freed: tried again every
+        second."""
         try:
             self.bind()
             return True
@@ -202,6 +218,7 @@ class Keeper:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
+        signal.signal(signal.SIGUSR2, self.kill_cache)
         self.bind()
         write_atomically(self.config.keeper_state_file, KEEPER_BOUND)
         while not self.stopping:
@@ -217,6 +234,20 @@ class Keeper:
             os.close(self.device_fd)
         self.log.emit(Event.STOPPED)
         return 0
+
+    def kill_cache(self, _signum: int, _frame: object) -> None:
+        """Fault.CACHE_DEATH: our references go first, so that the daemon's is the last."""
+        if self.device_fd < 0 or self.child is None:
+            return
+        if self.held is not None:
+            self.held.close_all()
+        os.close(self.device_fd)
+        self.device_fd = -1
+        self.log.emit(Event.CACHE_DEATH, incarnation=self.incarnation, pid=self.child.pid)
+        try:
+            self.child.send_signal(signal.SIGRTMIN + CACHE_DEATH_RT_OFFSET)
+        except ProcessLookupError:
+            pass  # dead already: its device fd went with it
 
     def _on_term(self, signum: int, _frame: object) -> None:
         self.stopping = True

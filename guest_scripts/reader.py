@@ -3,7 +3,9 @@
 Each round mounts every image under a fresh fsid (`<image>.<reader>x<round>`), so the kernel
 has no cached copy and every byte read becomes a READ request to the daemon: the daemon stays
 busy for as long as the kill loop runs. Per file: sha256, bytes, read count and worst latency;
-per failed read: the errno. A watchdog thread reports a read that has not returned within the
+per failed read: the errno, and how long the call waited. A failed read ends the reader's use of
+that mount (it goes on with the next image's fresh mount: after a cache's death, only a fresh
+mount can use the new cache); a failed mount is followed by a short pause. A watchdog thread reports a read that has not returned within the
 stall bound while it is still stuck, since a read waiting on a dead daemon may never return.
 """
 from __future__ import annotations
@@ -20,6 +22,7 @@ from contract import Event, GuestConfig, round_domain, round_fsid
 from eventlog import EventLog
 
 CHUNK = 128 * 1024
+MOUNT_RETRY_PAUSE_S = 0.2  # after a failed mount: no cache bound yet, the next one tries again
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -87,26 +90,35 @@ class Reader:
         self.slow_s = config.slow_read_s
         self.watchdog = Watchdog(self.log, config.stall_bound_s)
         self.rounds_done = 0
+        self.read_through: set[str] = set()  # images this reader read every file of, in one mount
+        self.stop_seen_round: int | None = None
         self.latencies: dict[str, int] = {}
         # images named here share one EROFS domain per round (volume `erofs,<domain>`)
         self.domain_images = set(config.domain_images)
 
     def stop_requested(self) -> bool:
-        """Asked to stop, and every file has been read at least once by this reader."""
-        return self.rounds_done >= 1 and os.path.exists(self.config.stop_file)
+        """Asked to stop, and every image read through once by this reader (a cache death cuts
+        mounts short), or a whole round read since the stop was asked (errors that never end)."""
+        if self.rounds_done < 1 or not os.path.exists(self.config.stop_file):
+            return False
+        if self.stop_seen_round is None:
+            self.stop_seen_round = self.rounds_done
+        return self.read_through >= set(self.config.images) or self.rounds_done > self.stop_seen_round
 
-    def read_file(self, image: str, fsid: str, root: str, rel: str) -> None:
+    def read_file(self, image: str, fsid: str, root: str, rel: str) -> bool:
+        """Read and checksum one file; False if a call failed (logged)."""
         digest = hashlib.sha256()
         total = reads = 0
         worst = 0.0
         error = None
         path = os.path.join(root, rel)
+        started = time.monotonic()
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
             self.log.emit(Event.READ_ERROR, image=image, fsid=fsid, path=rel, stage="open",
-                          errno=e.errno, error=e.strerror)
-            return
+                          errno=e.errno, error=e.strerror, waited_s=round(time.monotonic() - started, 4))
+            return False
         try:
             while True:
                 started = time.monotonic()
@@ -133,10 +145,11 @@ class Reader:
             os.close(fd)
         if error is not None:
             self.log.emit(Event.READ_ERROR, image=image, fsid=fsid, path=rel, stage="read", off=total,
-                          errno=error.errno, error=error.strerror)
-            return
+                          errno=error.errno, error=error.strerror, waited_s=round(time.monotonic() - started, 4))
+            return False
         self.log.emit(Event.FILE, image=image, fsid=fsid, path=rel, sha256=digest.hexdigest(),
                       bytes=total, reads=reads, max_latency_s=round(worst, 4))
+        return True
 
     def read_image(self, image: str, round_no: int) -> None:
         fsid = round_fsid(image, self.reader_id, round_no)
@@ -149,7 +162,9 @@ class Reader:
             mount_erofs(fsid, target, domain)
         except OSError as e:
             self.log.emit(Event.READ_ERROR, image=image, fsid=fsid, path="", stage="mount",
-                          errno=e.errno, error=e.strerror)
+                          errno=e.errno, error=e.strerror, waited_s=round(time.monotonic() - started, 4))
+            os.rmdir(target)
+            time.sleep(MOUNT_RETRY_PAUSE_S)
             return
         finally:
             self.watchdog.current = None
@@ -157,9 +172,10 @@ class Reader:
                       latency_s=round(time.monotonic() - started, 4))
         try:
             for rel in files_under(target):
-                if self.stop_requested():
+                if self.stop_requested() or not self.read_file(image, fsid, target, rel):
                     return
-                self.read_file(image, fsid, target, rel)
+            self.read_through.add(image)
+            self.log.emit(Event.READ_THROUGH, image=image, fsid=fsid, round=round_no)
         finally:
             if err := umount(target):
                 self.log.emit(Event.UMOUNT_FAILED, image=image, fsid=fsid, errno=err, error=os.strerror(err))

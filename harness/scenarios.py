@@ -11,11 +11,16 @@ The faults, each driven from the host at seeded moments:
   other threads serve (restore_live), sends late answers (stale), reads the device from several
   threads with no lock between them and closes anon fds other threads use (lockless), closes a
   reopen's anon fd before or while its copen is written (close_during_copen), and writes through
-  an anon fd after the CLOSE of its object's umount, racing the cache file's drop (late_close).
+  an anon fd after the CLOSE of its object's umount, racing the cache file's drop (late_close);
+- cache death (`cache-death`): the keeper closes its device fd and the daemon lets its own go
+  while its threads read and serve with no lock between them: the cache dies with requests queued.
 
 Each fault's expected outcome is the verdict's: readers see no error and no stall, the kernel
 refuses what it must (a late answer: EINVAL) and re-delivers what it must, and the daemon's
 errors are only those its faults explain (logged as `lost` and `redundant`, checked by the judge).
+A cache death is the one fault readers see: the reads and mounts waiting on that cache fail with
+EIO (harness/judge/cachedeath.py says which errors a death explains), nothing hangs, and once the
+keeper has bound a new cache the readers' fresh mounts read every file right again.
 """
 from __future__ import annotations
 
@@ -43,6 +48,9 @@ class Needs:
     reopen_probes: int = 0  # reopens on which the daemon asked the patch-4 question
     misbehaviours: int = 0  # each misbehaviour of the scenario's daemon ran and was decided this often
     state_kill_hits: int = 0  # every KernelState: kills the trace confirms landed in it
+    # cache deaths the trace confirms (a device release, then a new bind) that failed requests
+    # (queued or delivered) and after which a reader read a file right through a fresh mount
+    cache_deaths: int = 0
     end_checked: bool = True  # the end check's re-read marked in the trace; kmemleak scanned (debug)
 
 
@@ -63,6 +71,7 @@ class Scenario:
     lockless: bool = False  # GuestConfig.lockless
     close_during_copen: float = 0.0  # GuestConfig.close_during_copen
     state_kills: int = 0  # Fault.STATE_KILL at every KernelState, this many times each
+    cache_deaths: int = 0  # Fault.CACHE_DEATH sent by the host
     dawdle_s: float = 0.0  # GuestConfig.dawdle_s
     late_close: bool = False  # GuestConfig.late_close
     supervise_fds: bool = False  # GuestConfig.supervise_fds
@@ -77,8 +86,9 @@ class Scenario:
                        fd_closes=self.fd_closes if fd_closes is None else fd_closes)
 
     def misbehaviour_totals(self) -> dict[str, int]:
-        """The host's misbehaviour faults, by progress name."""
-        return {k: n for k, n in (("live restores", self.restores_live), ("stale answers", self.stale_answers)) if n}
+        """The host's misbehaviour faults and cache deaths, by progress name."""
+        return {k: n for k, n in (("live restores", self.restores_live), ("stale answers", self.stale_answers),
+                                  ("cache deaths", self.cache_deaths)) if n}
 
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
@@ -120,6 +130,14 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              kills=15, fd_closes=10, threads=2, supervise_fds=True, state_kills=3, dawdle_s=0.05,
              needs=Needs(in_flight_share=0.5, redelivered=1, fd_closes=3, reopens=3, misbehaviours=3,
                          state_kill_hits=3)),
+    # The cache dies under a daemon whose three threads read the device with no lock between them
+    # (CVE-2024-40900's shape: the last reference to the device goes while requests are queued and
+    # a thread is in read()): its waiters must get EIO at once, the cache must be withdrawn (a new
+    # bind with the same tag succeeds), and the readers go on with fresh mounts. Kills beside.
+    Scenario("cache-death", "the cache dies with requests queued while lockless threads read: waiters get EIO, "
+             "a new cache is bound, readers go on with fresh mounts; kills beside",
+             kills=6, cache_deaths=4, threads=3, lockless=True, dawdle_s=0.05,
+             needs=Needs(in_flight_share=0.5, redelivered=1, cache_deaths=3)),
     Scenario("no-failover", "negative control: the device fd dies with the daemon; must FAIL",
              kills=3, failover=False, expected_daemon_errnos=(errno.EIO,)),  # the cache dies: EIO, all of it
 )}
@@ -158,7 +176,8 @@ def schedule(scenario: Scenario, seed: int, interval_s: tuple[float, float], cra
     """The host's faults in order, with seeded delays: kills and closes shuffled together."""
     rng = random.Random(f"{seed}/schedule")
     kinds = ([Fault.KILL] * scenario.kills + [Fault.CLOSE] * scenario.fd_closes
-             + [Fault.RESTORE_LIVE] * scenario.restores_live + [Fault.STALE] * scenario.stale_answers)
+             + [Fault.RESTORE_LIVE] * scenario.restores_live + [Fault.STALE] * scenario.stale_answers
+             + [Fault.CACHE_DEATH] * scenario.cache_deaths)
     rng.shuffle(kinds)
     actions = [Action(k, rng.uniform(*interval_s)) for k in kinds]
     if scenario.state_kills:

@@ -100,3 +100,11 @@ def guest_config(guest_dir: Path, **fields: object) -> GuestConfig:
         "daemon_log": str(guest_dir / "daemon.jsonl"), "keeper_state_file": str(guest_dir / "keeper.state"),
         "daemon_state_file": str(guest_dir / "daemon.state"), "stop_file": str(guest_dir / "stop"),
         "stall_bound_s": 30.0, **fields})  # type: ignore[arg-type]
+
+
+def judged(run: Path) -> dict:
+    """A run directory judged anew (harness/judge/report.py), JUnit and mutate agreeing on it."""
+    from harness.judge import report
+    results = report.evaluate(run)
+    assert_reports_agree(results)
+    return results

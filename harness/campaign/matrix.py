@@ -19,7 +19,7 @@ from ..scenarios import SCENARIOS, Scenario
 
 # What a patch submission is tested with: every failover path, and not the negative control
 # (which proves the harness, not the kernel).
-DEFAULT_SCENARIOS = ("crash", "close-fds", "combined", "crash-points", "adversarial", "supervised")
+DEFAULT_SCENARIOS = ("crash", "close-fds", "combined", "crash-points", "adversarial", "supervised", "cache-death")
 
 # Estimates in seconds, used only to balance shards; measured on 2 cores under TCG (the worst
 # case a CI runner without KVM gives): a plain build from scratch about 9 minutes, a run about

@@ -9,8 +9,8 @@ say what it undoes and how to catch it:
     Mutant-Faults: 8
     Mutant-Expect: stall
 
-Mutant-Faults is the number of the scenario's own faults: SIGKILLs for crash, adversarial and
-supervised (whose other faults stay as the scenario has them), anon fd closes for close-fds, both for combined
+Mutant-Faults is the number of the scenario's own faults: SIGKILLs for crash, adversarial,
+supervised and cache-death (whose other faults stay as the scenario has them), anon fd closes for close-fds, both for combined
 (crash-points has its own plan and ignores it).
 
 `mutate` applies each mutant alone on the base (the series machinery: `git am` in the harness's
@@ -63,7 +63,8 @@ class Mutant:
 
 
 FLAVORS_COST = {"plain": 0, "debug": 1}
-SCENARIO_COST = {"crash": 0, "crash-points": 1, "close-fds": 1, "combined": 2, "adversarial": 2, "supervised": 2}
+SCENARIO_COST = {"crash": 0, "crash-points": 1, "close-fds": 1, "cache-death": 1, "combined": 2, "adversarial": 2,
+                 "supervised": 2}
 
 
 def parse(path: Path) -> Mutant:
@@ -144,7 +145,7 @@ def _execute(req: RunRequest) -> tuple[AnyResults, str | None, float]:
 
 def faulted(base: RunRequest, scenario: str, faults: int, flavor: str, series: Path | None) -> RunRequest:
     """The run for a scenario with `faults` of its own kind of fault."""
-    kills = faults if scenario in ("crash", "combined", "adversarial", "supervised") else None
+    kills = faults if scenario in ("crash", "combined", "adversarial", "supervised", "cache-death") else None
     fd_closes = faults if scenario in ("close-fds", "combined") else None
     return replace(base, scenario=scenario, kills=kills, fd_closes=fd_closes, flavor=flavor, series=series)
 

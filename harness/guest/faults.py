@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from guest_scripts.contract import FAULT_SIGNALS, Event, Fault, KernelState
+from guest_scripts.contract import FAULT_SIGNALS, KEEPER_SIGNALS, Event, Fault, KernelState
 from ..progress import Progress
 from ..scenarios import Action
 from .logs import GuestLogs
@@ -23,7 +23,7 @@ from .session import GuestHung, Session
 from .vm import Timeouts
 
 PROGRESS_COUNTS = {Fault.KILL: "kills", Fault.CLOSE: "closes", Fault.RESTORE_LIVE: "live restores",
-                   Fault.STALE: "stale answers", Fault.STATE_KILL: "state kills"}
+                   Fault.STALE: "stale answers", Fault.STATE_KILL: "state kills", Fault.CACHE_DEATH: "cache deaths"}
 
 STALLED = "a reader stalled; the faults stopped early"
 # Kernel states the readers reach only now and then, and the fault that brings one about: a live
@@ -78,13 +78,18 @@ class FaultLoop:
         incarnation the next fault goes to."""
         inc, pid = self.logs.wait_for_incarnation(incarnation, self.t.recovery)
         self.logs.clock.sleep(action.delay_s)
-        # the pid we waited for: if it died by itself meanwhile, the fault misses, and says so
-        r = self.session.run(f"kill -{FAULT_SIGNALS[action.kind]} {pid}", self.t.command)
+        if action.kind in KEEPER_SIGNALS:
+            # the keeper passes it on to the incarnation serving, which then exits
+            keeper = f"$(cat {shlex.quote(self.logs.config.log_dir)}/keeper.pid)"
+            r = self.session.run(f"kill -{KEEPER_SIGNALS[action.kind]} {keeper}", self.t.command)
+        else:
+            # the pid we waited for: if it died by itself meanwhile, the fault misses, and says so
+            r = self.session.run(f"kill -{FAULT_SIGNALS[action.kind]} {pid}", self.t.command)
         self.record(index=index, kind=action.kind, pid=pid, incarnation=inc, status=r.status)
         self.progress.count(PROGRESS_COUNTS[action.kind])
         self.logs.poll()
         self.progress.set("served", self.logs.served)
-        return inc + 1 if action.kind == Fault.KILL else inc
+        return inc + 1 if action.kind in (Fault.KILL, Fault.CACHE_DEATH) else inc
 
     def kill_at_state(self, index: int, action: Action, incarnation: int) -> int:
         """Arm statekill.py with the action's KernelState and wait for its kill; a state that does

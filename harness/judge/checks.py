@@ -68,6 +68,7 @@ class Check(Enum):
     CLOSE_COPEN_PROBE = ("close-copen-probe", "probe: an anon fd closed around its copen gets no READ")
     SECOND_FD_PROBE = ("second-fd-probe", "probe: no OPEN for an object whose anon fd is held open")
     LATE_WRITE_PROBE = ("late-write-probe", "probe: an anon fd written after its object's CLOSE is refused (ENOBUFS)")
+    CACHE_DEATH = ("cache-death", "cache: every death released the device and a new cache was bound")
     DAEMON_ERRORS = ("daemon-errors", "daemon: every answer accepted by the kernel")
     RUN_COMPLETED = ("run-completed", "run: completed")
     END_OF_RUN = ("end-of-run", "run: the end leaves nothing behind")
@@ -82,6 +83,8 @@ class Check(Enum):
     READS_AFTER_REOPEN = ("reads-after-reopen", "evidence: READs on reopened objects", "reads_after_reopen")
     CRASH_POINTS = ("crash-points", "evidence: every crash point reached", "crash_point_hits")
     REOPEN_PROBES = ("reopen-probes", "evidence: the patch-4 probe asked on reopens", "reopen_probes")
+    CACHE_DEATHS = ("cache-deaths", "evidence: cache deaths that failed requests, then fresh mounts read right",
+                    "cache_deaths")
     STATE_KILLS = ("state-kills", "evidence: kills at every kernel state, confirmed by the trace", "state_kill_hits")
     MISBEHAVIOURS = ("misbehaviours", "evidence: every misbehaviour of the daemon reached the kernel", "misbehaviours")
     END_CHECKED = ("end-checked", "evidence: the end of the run checked (re-read, kmemleak)", "end_checked")

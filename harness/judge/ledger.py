@@ -7,7 +7,10 @@ ended by its answer (`copen`/`cread` with its msg_id, or `copened`: a copen the 
 request out for and then failed; a CLOSE ends at its delivery) or by the
 kernel (`drop`: its object was withdrawn and its requests failed with EIO). `unbind` (the device
 closed for good) fails every request still queued: at the end of a run nothing is left by then
-(the readers are done), so what it fails was never answered. One end is not seen: a reader
+(the readers are done), so what it fails was never answered. An `unbind` followed by a new
+cache's `bind` is a cache that died mid-run (Fault.CACHE_DEATH): what it failed with EIO was
+ended by the kernel (`flushed`), and so were the READs queued on its objects and never
+delivered (CacheDeath, per death). One end is not seen: a reader
 killed while it waits gives its request up silently; readers are killed only when they stall,
 which the stall check fails already. Delivered again
 while it lives is either a re-delivery (a `restore` came between) or a violation (it did not).
@@ -57,7 +60,8 @@ class Lifetime:
     o: int | None  # the cachefiles object's debug id, where the trace tells it
     deliveries: list[Delivery] = field(default_factory=list)
     ended_ts: float | None = None
-    ended_by: str | None = None  # "answer", "delivery" (CLOSE), "drop", "refused" (EEXIST); unanswered: "unbind", "vanished"
+    ended_by: str | None = None  # "answer", "delivery" (CLOSE), "drop", "refused" (EEXIST), "flushed" (the cache
+    # died); unanswered: "unbind", "vanished"
     off: int | None = None  # a READ's range
     length: int | None = None
 
@@ -95,6 +99,16 @@ class ProcessAccount:
 
 
 @dataclass(frozen=True)
+class CacheDeath:
+    """A cache that died mid-run: its device released (`unbind`), then a new cache bound."""
+    ts: float
+    rebound_ts: float  # the next successful bind
+    refused_binds: int  # binds refused between the two (the tag's cache not yet withdrawn)
+    flushed_delivered: int  # requests delivered to the daemon and not answered, failed by the death
+    flushed_queued: int  # READs queued on the cache's objects and never delivered, failed by it
+
+
+@dataclass(frozen=True)
 class Ledger:
     available: bool  # the trace has `deliver` events: the kprobes were there
     processes: tuple[ProcessAccount, ...]
@@ -108,6 +122,7 @@ class Ledger:
     incomplete: str | None = None  # why the trace cannot make a ledger (events were lost)
     anon_fds_handed: int = 0  # OPENs delivered: each installs an anon fd in the daemon
     anon_fds_released: int = 0  # `fd_release`: each anon fd's last close
+    cache_deaths: tuple[CacheDeath, ...] = ()
 
     @classmethod
     def none(cls, why: str) -> "Ledger":
@@ -152,6 +167,8 @@ class _Builder:
         self.answers: list[float] = []  # when each copen/cread came, in order
         self.delivery_ts: list[float] = []  # when each message was delivered, in order
         self.violations: list[Violation] = []
+        self.unbinds: list[tuple[float, frozenset[int]]] = []  # each device release, the objects known then
+        self.binds: list[tuple[float, int]] = []  # each bind's (ts, ret)
 
     def feed(self, e: TraceEvent) -> None:
         f = e.fields
@@ -191,10 +208,14 @@ class _Builder:
                     del self.live[msg_id]
         elif e.event == "unbind":
             # the cache is dead: every request is failed with it, unanswered (the readers are
-            # done before the run closes the device; without failover, the device dies early)
+            # done before the run closes the device; without failover, the device dies early);
+            # `flushed` instead once a bind follows (death_accounts)
             for lt in self.live.values():
                 lt.ended_ts, lt.ended_by = e.ts, "unbind"
             self.live.clear()
+            self.unbinds.append((e.ts, frozenset(self.known_o)))
+        elif e.event == "bind":
+            self.binds.append((e.ts, f.get("ret", -1)))
         elif e.event == "restore":
             self.restores.append(e.ts)
         elif e.event == "exit":
@@ -269,6 +290,7 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None) -> Ledger
     b = _Builder()
     for e in events:
         b.feed(e)
+    deaths, dead_objects = _death_accounts(b)
     violations = list(b.violations)
     accounts = []
     for tgid in sorted(b.delivered.keys() | b.empty.keys()):
@@ -294,7 +316,7 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None) -> Ledger
                     # the kernel's read() searches from the last id delivered upwards: a request a
                     # restore marked again waits while newer ones keep coming
                     overtaken.append(_between(b.delivery_ts, restore, again) - 1)
-                elif lt.ended_by in ("drop", "unbind") and lt.ended_ts is not None and lt.ended_ts < restore:
+                elif lt.ended_by in ("drop", "unbind", "flushed") and lt.ended_ts is not None and lt.ended_ts < restore:
                     by_kernel += 1  # its object withdrawn, or the cache, before a restore could bring it back
                 elif lt.ended_by == "answer" and lt.ended_ts is not None and lt.ended_ts < restore:
                     taken_over += 1
@@ -316,7 +338,7 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None) -> Ledger
                                     f"to process {lt.deliveries[-1].tgid}, was never answered{how}"))
     available = bool(b.delivered or b.empty)
     for (o, off, length), n in sorted(b.queued.items()) if available else ():
-        if (missing := n - b.delivered_reads.get((o, off, length), 0)) > 0 and o not in b.dropped:
+        if (missing := n - b.delivered_reads.get((o, off, length), 0)) > 0 and o not in b.dropped and o not in dead_objects:
             violations.append(Violation("unanswered", f"{missing} READ(s) of object {o} off {off} len {length} "
                                         "queued by the kernel and never delivered"))
     return Ledger(
@@ -331,7 +353,31 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None) -> Ledger
         violations=tuple(violations),
         anon_fds_handed=b.fds_handed,
         anon_fds_released=b.fds_released,
+        cache_deaths=tuple(deaths),
     )
+
+
+def _death_accounts(b: _Builder) -> tuple[list[CacheDeath], set[int]]:
+    """The caches that died mid-run (a release, then a successful bind), with what each failed;
+    their lifetimes re-marked `flushed`; and the objects that died with them."""
+    deaths: list[CacheDeath] = []
+    dead: set[int] = set()
+    for ts, known in b.unbinds:
+        rebound = next((t for t, ret in b.binds if t > ts and ret == 0), None)
+        if rebound is None:
+            continue
+        delivered = 0
+        for lt in b.all:
+            if lt.ended_by == "unbind" and lt.ended_ts == ts:
+                lt.ended_by = "flushed"
+                delivered += 1
+        objects = known - dead
+        queued = sum(max(0, n - b.delivered_reads.get(key, 0)) for key, n in b.queued.items()
+                     if key[0] in objects and key[0] not in b.dropped)
+        dead |= objects
+        deaths.append(CacheDeath(ts, rebound, sum(1 for t, ret in b.binds if ts < t < rebound and ret != 0),
+                                 delivered, queued))
+    return deaths, dead
 
 
 def _between(times: list[float], start: float, end: float) -> int:

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from . import console, evidence, junit, ledger, markdown, misbehaviour, probes, reread, statekills, trace, verdict
+from . import cachedeath, console, evidence, junit, ledger, markdown, misbehaviour, probes, reread, statekills, trace, verdict
 from .checks import Status, slugs
-from .results import (RESULTS_SCHEMA_VERSION, AnyResults, CrashPointRow, DeathSpread, EndSection, LedgerSection, Results,
-                      Spread, error_results)
+from .results import (RESULTS_SCHEMA_VERSION, AnyResults, CacheDeathsSection, CrashPointRow, DeathSpread, EndSection,
+                      LedgerSection, Results, Spread, error_results)
 from guest_scripts.contract import EndOfRun, Event
 from ..scenarios import CRASH_POINTS, UNANSWERED_POINTS, Needs, expected_daemon_errnos
 
@@ -122,11 +122,14 @@ def evaluate(run_dir: Path) -> Results:
     state_hits = statekills.hits(logs.faults, trace_events) if th.state_kills else {}
     misbehaved = misbehaviour.facts(logs.daemon)
     read_back = reread.judge(logs.end_of_run, logs.manifest, trace_events)
+    # only the deaths the scenario asks for explain errors (no-failover's cache dies too: a FAIL)
+    cache = (cachedeath.judge(kernel_ledger.cache_deaths, trace_events, logs.readers, logs.keeper)
+             if scenario.get("cache_deaths") else None)
     aborted = meta.get("aborted")
     if aborted is None and readers.readers_finished < readers.readers_started:
         aborted = f"{readers.readers_started - readers.readers_finished} reader(s) never finished"
     v = verdict.decide(daemon, readers, kernel_trace, kernel_ledger, probed, reads_after_reopen, findings, th, aborted,
-                       logs.end_of_run, read_back, misbehaved, state_hits)
+                       logs.end_of_run, read_back, misbehaved, state_hits, cache)
     in_flight = verdict.kills_in_flight(daemon, kernel_ledger)
 
     kills = len(daemon.kills)
@@ -200,6 +203,10 @@ def evaluate(run_dir: Path) -> Results:
     }
     if meta.get("crash_plan"):
         results["crash_points"] = _crash_point_table(daemon)
+    if cache is not None:
+        results["cache_deaths"] = {"asked": cache.asked, "released": cache.released,
+                                   "errors_explained": len(cache.explained), "clock_offset_s": cache.clock_offset_s,
+                                   "deaths": [{**asdict(d), "ran": d.ran} for d in cache.deaths]}
     if aborted:
         results["console_tail"] = console.tail(run_dir / "console.log")
     write_outputs(run_dir, results, summary(results))
@@ -255,6 +262,17 @@ def _ledger_line(lg: LedgerSection) -> str:
     return line + "".join(f"\n    daemon log disagrees: {d}" for d in lg["daemon_log_disagrees"])
 
 
+def _cache_deaths_line(c: CacheDeathsSection) -> str:
+    deaths = c["deaths"]
+
+    def each(key: str, fmt: str = "{}") -> str:
+        return ", ".join(fmt.format(d[key]) for d in deaths)
+    return (f"  cache deaths: {c['asked']} asked, {c['released']} released by the kernel, {len(deaths)} rebound "
+            f"(after {each('rebound_s', '{:.2f}')} s); requests failed with them {each('flushed')}; "
+            f"reader errors they explain {each('explained')}; "
+            f"{sum(d['ran'] for d in deaths)} ran their course (requests failed, then a fresh mount read right)")
+
+
 def _end_line(end: EndSection | None) -> str:
     if end is None:
         return "  end of run: not checked (the run never got there)"
@@ -286,6 +304,7 @@ def summary(r: Results) -> str:
         *(["  kills at kernel states (tried/killed/confirmed by the trace): "
            + "; ".join(f"{state} {h['tried']}/{h['killed']}/{h['confirmed']}" for state, h in r["state_kills"].items())]
           if r["state_kills"] else []),
+        *([_cache_deaths_line(r["cache_deaths"])] if "cache_deaths" in r else []),
         _end_line(r["end_of_run"]),
         f"  reads: {rd['files_verified']} files verified ({rd['bytes_read'] / 1e6:.1f} MB), "
         f"{r['mismatches']} mismatches, {r['read_errors']} errors, max {_seconds(rd['max_latency_s'])}, "

@@ -148,8 +148,17 @@ class CrashPointRow(TypedDict):
     recovery_max_s: float | None
 
 
+class CacheDeathsSection(TypedDict):
+    asked: int
+    released: int
+    errors_explained: int
+    clock_offset_s: float | None
+    deaths: list[dict[str, Any]]  # cachedeath.DeathAccount, and whether it ran its course
+
+
 class _JudgedOptional(TypedDict, total=False):
     crash_points: dict[str, CrashPointRow]  # when the run had a crash plan
+    cache_deaths: CacheDeathsSection  # when the scenario has cache deaths
     console_tail: str  # when the run was aborted
 
 

@@ -1,6 +1,7 @@
 """Facts in, verdict out.
 
-FAIL when the kernel did something wrong: wrong data, a read error, a stall, a kill not
+FAIL when the kernel did something wrong: wrong data, a read error (but one a cache death the
+scenario asked for explains, cachedeath.py), a stall, a kill not
 recovered from, a request its ledger shows lost, delivered twice or delivered for a closed
 object, a probe answered wrong, an answer of the daemon refused, a splat. INCONCLUSIVE when
 nothing went wrong but a failover path the scenario exists for never ran (the run proves nothing
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .cachedeath import CacheDeathFacts
 from .checks import Check, Reason, Status
 from .console import Finding
 from .evidence import DaemonFacts, LogEvent, ReaderFacts
@@ -47,7 +49,8 @@ class Verdict:
 
 def failures(daemon: DaemonFacts, readers: ReaderFacts, ledger: Ledger, probed: dict[str, ProbeCounts],
              findings: list[Finding], th: Thresholds, aborted: str | None, end: EndOfRun | None = None,
-             reread: Reread | None = None, misbehaved: MisbehaviourFacts | None = None) -> list[Reason]:
+             reread: Reread | None = None, misbehaved: MisbehaviourFacts | None = None,
+             cache: CacheDeathFacts | None = None) -> list[Reason]:
     reasons: list[Reason] = []
     if aborted:
         reasons.append(Reason(Check.RUN_COMPLETED, f"run aborted: {aborted}"))
@@ -59,9 +62,10 @@ def failures(daemon: DaemonFacts, readers: ReaderFacts, ledger: Ledger, probed: 
         m = readers.mismatches[0]
         reasons.append(Reason(Check.CHECKSUM, f"{len(readers.mismatches)} checksum mismatch(es), "
                                              f"first {m.get('image')}/{m.get('path')}"))
-    if readers.read_errors:
-        e = readers.read_errors[0]
-        reasons.append(Reason(Check.READ_ERROR, f"{len(readers.read_errors)} read error(s), first {e.get('stage')} "
+    if wrong_errors := cache.unexplained(readers.read_errors) if cache else readers.read_errors:
+        e = wrong_errors[0]
+        beside = f" ({len(cache.explained)} more a cache death explains)" if cache and cache.explained else ""
+        reasons.append(Reason(Check.READ_ERROR, f"{len(wrong_errors)} read error(s){beside}, first {e.get('stage')} "
                               f"{e.get('fsid')}/{e.get('path')}: {e.get('error')} (errno {e.get('errno')})"))
     if readers.max_stall_s > th.stall_bound_s:
         reasons.append(Reason(Check.STALL, f"a read stalled {readers.max_stall_s:.1f}s (bound {th.stall_bound_s:.0f}s)"))
@@ -102,6 +106,10 @@ def failures(daemon: DaemonFacts, readers: ReaderFacts, ledger: Ledger, probed: 
                         (Check.SECOND_FD_PROBE, Probe.SECOND_FD)):
         if found := probed[kind].violations:
             reasons.append(Reason(check, f"{len(found)} probe(s): " + "; ".join(probes.describe(e) for e in found[:SHOWN])))
+
+    # a cache death: the device released as often as it was let go, and a new cache bound each time
+    if cache is not None and (wrong := cache.failures()):
+        reasons.append(Reason(Check.CACHE_DEATH, "; ".join(wrong)))
 
     # what the daemon did, the kernel must accept: a READ_COMPLETE, a copen, a read() of the device
     # refused (EEXIST: an OPEN re-delivered while its anon fd is still open), a request for an
@@ -150,7 +158,7 @@ def kills_in_flight(daemon: DaemonFacts, ledger: Ledger) -> int:
 def missing_evidence(daemon: DaemonFacts, trace: TraceFacts, ledger: Ledger, probed: dict[str, ProbeCounts],
                      reads_after_reopen: int, th: Thresholds, end: EndOfRun | None = None,
                      reread: Reread | None = None, misbehaved: MisbehaviourFacts | None = None,
-                     state_hits: dict[str, StateHits] | None = None) -> list[Reason]:
+                     state_hits: dict[str, StateHits] | None = None, cache: CacheDeathFacts | None = None) -> list[Reason]:
     needs = th.needs
     missing: list[Reason] = []
     if needs.end_checked and end is not None and reread is not None and not reread.ran:
@@ -195,6 +203,9 @@ def missing_evidence(daemon: DaemonFacts, trace: TraceFacts, ledger: Ledger, pro
                      if h.confirmed < needs.state_kill_hits]:
             missing.append(Reason(Check.STATE_KILLS, f"kills confirmed in their kernel state: {', '.join(short)}, "
                                                     f"need {needs.state_kill_hits} each"))
+    if needs.cache_deaths and cache is not None and (ran := sum(d.ran for d in cache.deaths)) < needs.cache_deaths:
+        missing.append(Reason(Check.CACHE_DEATHS, f"cache deaths that failed requests and after which a fresh mount "
+                                                  f"read a file right: {ran} of {len(cache.deaths)}, need {needs.cache_deaths}"))
     if needs.crash_point_hits and th.crash_points_planned:
         hits = daemon.crash_points()
         if never := [p for p in CRASH_POINTS if len(hits.get(p, [])) < needs.crash_point_hits]:
@@ -205,9 +216,10 @@ def missing_evidence(daemon: DaemonFacts, trace: TraceFacts, ledger: Ledger, pro
 def decide(daemon: DaemonFacts, readers: ReaderFacts, trace: TraceFacts, ledger: Ledger, probed: dict[str, ProbeCounts],
            reads_after_reopen: int, findings: list[Finding], th: Thresholds, aborted: str | None = None,
            end: EndOfRun | None = None, reread: Reread | None = None,
-           misbehaved: MisbehaviourFacts | None = None, state_hits: dict[str, StateHits] | None = None) -> Verdict:
-    reasons = failures(daemon, readers, ledger, probed, findings, th, aborted, end, reread, misbehaved)
+           misbehaved: MisbehaviourFacts | None = None, state_hits: dict[str, StateHits] | None = None,
+           cache: CacheDeathFacts | None = None) -> Verdict:
+    reasons = failures(daemon, readers, ledger, probed, findings, th, aborted, end, reread, misbehaved, cache)
     missing = missing_evidence(daemon, trace, ledger, probed, reads_after_reopen, th, end, reread, misbehaved,
-                               state_hits)
+                               state_hits, cache)
     status = Status.FAIL if reasons else Status.INCONCLUSIVE if missing else Status.PASS
     return Verdict(status, tuple(reasons), tuple(missing))

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from contract import KERNEL_STATES
-from harness.judge import report
-from helpers import FIXTURES, assert_reports_agree
+from helpers import FIXTURES, judged
 
 RUN = FIXTURES / "run-adversarial"
 
@@ -20,12 +19,6 @@ RUN = FIXTURES / "run-adversarial"
 @pytest.fixture
 def run(tmp_path) -> Path:
     return shutil.copytree(RUN, tmp_path / "run")
-
-
-def judged(run: Path) -> dict:
-    r = report.evaluate(run)
-    assert_reports_agree(r)
-    return r
 
 
 def rewrite(path: Path, change) -> None:

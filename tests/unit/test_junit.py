@@ -12,6 +12,7 @@ from harness.judge import console, junit, ledger, probes, report, verdict
 from harness.judge.checks import VERDICT_CHECKS, Check
 from harness.judge.evidence import DaemonFacts, Death, Kill, ReaderFacts
 from harness.judge.reread import Reread
+from harness.judge.cachedeath import CacheDeathFacts
 from harness.scenarios import Needs
 from helpers import FIXTURES
 
@@ -117,8 +118,9 @@ def every_rule_broken() -> list[verdict.Reason]:
     finding = console.scan_file(WARNING_SPLAT)
     th = verdict.Thresholds(kills_requested=5, stall_bound_s=30, needs=Needs())
     read_back = Reread(True, 1, ("i/p: not found",), (), 1, ("msg_id 9 object_id 1 off 0x0 len 0x1000",))
+    never_rebound = CacheDeathFacts(asked=2, released=1, deaths=(), never_rebound=9.0, explained=(), clock_offset_s=0.0)
     return verdict.failures(daemon, readers, broken_ledger, probed, finding, th, aborted="guest hung", end=end,
-                            reread=read_back)
+                            reread=read_back, cache=never_rebound)
 
 
 def test_every_reason_the_verdict_gives_has_its_check():

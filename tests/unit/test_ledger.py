@@ -242,3 +242,38 @@ def test_a_held_open_refused_with_eexist_after_the_restore_was_delivered_again()
     early = _held_open_then([])
     early.insert(3, _line(101, 2.5, eexist))  # refused before the restore re-marked it: not this OPEN
     assert "held" in [v.rule for v in build(early).violations]
+
+
+def _read_delivered_then_the_cache_dies(after: list[str]) -> list[str]:
+    """A READ queued and delivered to process 100 (the daemon), another queued and never
+    delivered; then the device's last reference goes (`unbind`)."""
+    return [_line(100, 1.0, "cachefiles_ondemand_open: o=00000001 mid=0 oid=0 fd=7 f=0"),
+            _line(100, 1.1, "deliver: (vfs_read+0x84/0x14b <- cachefiles_ondemand_daemon_read) ret=55 msg_id=1 "
+                            "opcode=0 len=55 object_id=1 a=34359738383 b=7"),
+            _line(100, 1.2, "cachefiles_ondemand_copen: o=00000001 mid=1 l=100000"),
+            _line(200, 1.3, "cachefiles_ondemand_read: o=00000001 mid=0 oid=0 s=0 l=1000"),
+            _line(200, 1.4, "cachefiles_ondemand_read: o=00000001 mid=0 oid=0 s=1000 l=1000"),
+            _line(100, 1.5, "deliver: (vfs_read+0x84/0x14b <- cachefiles_ondemand_daemon_read) ret=64 msg_id=2 "
+                            "opcode=2 len=64 object_id=1 a=0 b=4096"),
+            _line(100, 2.0, "unbind: (cachefiles_daemon_release+0x4/0x5c)"), *after]
+
+
+BIND = "bind: (cachefiles_daemon_write+0x142/0x16a <- cachefiles_daemon_bind) ret={ret}"
+
+
+def test_requests_a_cache_failed_when_it_died_mid_run_were_ended_by_the_kernel():
+    """A release followed by a new cache's bind is a death (Fault.CACHE_DEATH): the READ delivered
+    and the one queued were failed by it. The negative controls: no bind after the release, or
+    only a refused one (the tag still in use), and both are requests never answered."""
+    lg = build(_read_delivered_then_the_cache_dies([_line(300, 2.5, BIND.format(ret=-16)),
+                                                     _line(300, 3.0, BIND.format(ret=0))]))
+    assert lg.violations == ()
+    (death,) = lg.cache_deaths
+    assert (death.ts, death.rebound_ts, death.refused_binds, death.flushed_delivered, death.flushed_queued) == (
+        2.0, 3.0, 1, 1, 1)
+    for after in ([], [_line(300, 3.0, BIND.format(ret=-16))]):
+        lg = build(_read_delivered_then_the_cache_dies(after))
+        assert lg.cache_deaths == ()
+        broken = lg.of_rule("unanswered")
+        assert len(broken) == 2 and "READ msg_id 2 " in broken[0].text and "device was closed" in broken[0].text
+        assert "object 1 off 4096 len 4096 queued by the kernel and never delivered" in broken[1].text

@@ -22,7 +22,7 @@ def test_the_daemon_can_die_at_every_crash_point_of_the_contract():
 
 def test_every_scenario_of_the_issue_exists_and_asks_for_evidence():
     assert set(scenarios.SCENARIOS) == {"crash", "close-fds", "combined", "crash-points", "adversarial", "supervised",
-                                      "no-failover"}
+                                      "cache-death", "no-failover"}
     for name, s in scenarios.SCENARIOS.items():
         if name != "no-failover":
             assert s.needs != scenarios.Needs(), f"{name} would pass without proving anything"
@@ -34,6 +34,9 @@ def test_every_scenario_of_the_issue_exists_and_asks_for_evidence():
     supervised = scenarios.SCENARIOS["supervised"]
     assert misbehaviour.expected(asdict(supervised)) == (misbehaviour.SUPERVISED,) and supervised.kills
     assert adversarial.needs.misbehaviours and adversarial.threads > 1 and adversarial.lockless
+    dying = scenarios.SCENARIOS["cache-death"]
+    assert dying.cache_deaths >= dying.needs.cache_deaths > 0 and dying.threads > 1 and dying.lockless
+    assert [a.kind for a in scenarios.schedule(dying, 1, (1, 2), 60)].count("cache_death") == dying.cache_deaths
 
 
 def test_crash_plan_visits_every_point_and_never_restores_first():

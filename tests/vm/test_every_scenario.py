@@ -57,3 +57,13 @@ def test_no_failover_is_caught(default_run, tmp_path):
     assert any("read error" in reason for reason in r["reasons"])
     # the kernel the default run built is reused, not rebuilt
     assert r["timing"]["build_reused"] is True
+
+
+def test_cache_death_fails_its_waiters_and_the_readers_go_on(tmp_path):
+    """The cache dies with requests queued (the device's last reference let go while lockless
+    threads read): its waiters get EIO, a new cache is bound, fresh mounts read every file."""
+    proc, r = run(tmp_path, "--scenario", "cache-death")
+    assert proc.returncode == 0 and r["verdict"] == "PASS", r["reasons"] + r["missing_evidence"]
+    c = r["cache_deaths"]
+    assert c["asked"] == c["released"] == len(c["deaths"]) and sum(d["ran"] for d in c["deaths"]) >= 3
+    assert r["read_errors"] == c["errors_explained"] > 0 and r["mismatches"] == 0

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from harness.campaign import mutants
+from harness.judge import misbehaviour
 from helpers import harness
 
 pytestmark = pytest.mark.vm
@@ -42,8 +43,11 @@ def test_cheapest_mutant_of_a_2024_fix_is_killed_by_the_misbehaving_daemon(tmp_p
     r = json.loads(result_file.read_text())
     (baseline,) = [o for o in r["outcomes"] if o["kind"] == "baseline"]
     assert baseline["verdict"] == "PASS" and baseline["scenario"] == "adversarial"
-    misbehaved = json.loads((Path(baseline["run_dir"]) / "results.json").read_text())["misbehaviours"]
-    assert set(misbehaved) == {"restore-live", "stale", "lockless-close", "close-copen"}
+    run_dir = Path(baseline["run_dir"])
+    misbehaved = json.loads((run_dir / "results.json").read_text())["misbehaviours"]
+    # every misbehaviour the scenario has (as its run.json records it) is reported, and decided
+    scenario_has = misbehaviour.expected(json.loads((run_dir / "run.json").read_text())["scenario"])
+    assert set(misbehaved) == set(scenario_has) >= {"restore-live", "stale", "lockless-close", "close-copen"}
     assert all(v["decided"] >= 3 for v in misbehaved.values()), misbehaved
     (o,) = [o for o in r["outcomes"] if o["name"] == m.name]
     assert o["status"] == "killed" and m.expect in o["killed_by"], o
