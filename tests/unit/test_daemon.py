@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -300,3 +301,28 @@ def test_a_crash_point_fires_only_once_the_incarnation_has_served(daemon, tmp_pa
     daemon.crash_point, daemon.answered = "after_restore", 0
     daemon.point("after_restore")
     assert killed == [signal.SIGKILL, signal.SIGKILL]
+
+
+def test_a_cache_death_lets_the_device_go_and_what_was_read_is_orphaned(daemon, tmp_path):
+    """Fault.CACHE_DEATH: the device fd is replaced by /dev/null (its last reference goes: the
+    kernel's end of it sees the close), every thread is told to stop, an OPEN read before is
+    left unanswered (its anon fd closed), and only the cache's own refusals are `orphaned`: a
+    READ_COMPLETE refused otherwise (a regular file: ENOTTY) stays an error."""
+    daemon.config = replace(daemon.config, stall_bound_s=0.03)  # nothing is being served: no wait
+    backing = tmp_path / "backing"
+    anon = os.open(backing, os.O_RDWR | os.O_CREAT)
+    daemon.handle(protocol.encode_open(1, 4, "erofs,img0.0x0", b"img0.0x0", anon))
+    assert device_writes(daemon).startswith(b"copen 1,")
+    daemon.let_device_go()
+    assert os.read(daemon.test_device_reader, 10) == b""  # the device's end: closed
+    assert daemon.device_dead and os.path.samestat(os.fstat(daemon.device_fd), os.stat(os.devnull))
+    late = os.open(tmp_path / "late", os.O_RDWR | os.O_CREAT)
+    daemon.handle(protocol.encode_open(2, 5, "erofs,img0.0x1", b"img0.0x1", late))
+    with pytest.raises(OSError):
+        os.fstat(late)
+    daemon.handle(protocol.encode_read(3, 4, 0, 4096))
+    got = [(e["event"], e.get("msg_id"), e.get("call")) for e in events(daemon)[-5:]]
+    assert got == [("device_closed", None, None), ("recv", 2, None), ("orphaned", 2, "copen"), ("recv", 3, None),
+                   ("error", 3, "READ_COMPLETE")]
+    assert events(daemon)[-1]["errno"] == errno.ENOTTY
+    assert os.eventfd_read(daemon.wake.stop) == 1  # every thread told to leave

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import endcheck
-from guest_scripts.contract import REREAD_MARK, EndOfRun
+from guest_scripts.contract import REREAD_MARK, EndOfRun, reread_rounds
 from harness.judge import reread, trace
 from harness.judge.report import evaluate
 
@@ -175,3 +175,14 @@ def test_a_reread_whose_opens_the_trace_lacks_is_missing_evidence(tmp_path):
     r = evaluate(run)
     assert r["verdict"] == "INCONCLUSIVE" and r["missing_checks"] == ["end-checked"]
     assert "the re-read's OPENs are not in the kernel's trace" in r["missing_evidence"][0]
+
+
+def test_the_re_read_takes_each_image_s_first_mount_read_through():
+    """A cache death cuts mounts short: the re-read takes, per image, the earliest mount any
+    reader read every file of (here reader 2's, before reader 0's), and skips an image none did."""
+    logs = [json.loads(line) for path in sorted((FIXTURES / "run-cache-death" / "guest").glob("reader-*.jsonl"))
+            for line in path.read_text().splitlines()]
+    rounds = reread_rounds(logs)
+    assert rounds["img0"] == (2, 1) and set(rounds) == {"img0", "img1", "img2"}
+    cut = [e for e in logs if not (e["event"] == "read_through" and e["image"] == "img1")]
+    assert "img1" not in reread_rounds(cut)
