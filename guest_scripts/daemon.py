@@ -821,6 +821,20 @@ class Daemon:
         self.log.emit(Event.DEVICE_CLOSED, serving=self.serving())
         self.wake.request_stop()
 
+    def withdraw(self) -> None:
+        """After a cache death, every thread done: close the anon fds, the last one after saying
+        so (Event.WITHDRAWING and the withdrawing file). They pin the dead cache: the last close
+        withdraws it, here, in this thread, while the readers holding dead mounts unmount them."""
+        with self.lock:
+            fds = [obj.anon_fd for obj in self.objects.values() if not obj.closed]
+            self.objects.clear()
+        for fd in fds[:-1]:
+            os.close(fd)
+        write_atomically(self.config.withdrawing_file, f"{self.incarnation}\n")
+        self.log.emit(Event.WITHDRAWING, anon_fds=len(fds))
+        for fd in fds[-1:]:
+            os.close(fd)
+
     def serving(self) -> int:
         """READs being answered now (their objects pinned)."""
         with self.lock:
@@ -1068,7 +1082,10 @@ def main() -> int:
             threading.Thread(target=daemon.load_dead_answers, name="dead-answers", daemon=True).start()
     write_atomically(config.daemon_state_file, daemon_serving(args.incarnation, os.getpid()))
     daemon.log.emit(Event.SERVING)
-    return daemon.serve()
+    status = daemon.serve()
+    if daemon.device_dead:
+        daemon.withdraw()
+    return status
 
 
 if __name__ == "__main__":

@@ -5,15 +5,19 @@ has no cached copy and every byte read becomes a READ request to the daemon: the
 busy for as long as the kill loop runs. Per file: sha256, bytes, read count and worst latency;
 per failed read: the errno, and how long the call waited. A failed read ends the reader's use of
 that mount (it goes on with the next image's fresh mount: after a cache's death, only a fresh
-mount can use the new cache); a failed mount is followed by a short pause. A watchdog thread reports a read that has not returned within the
+mount can use the new cache); a failed mount is followed by a short pause. With
+`umount_at_withdrawal` the even readers keep a mount failed with EIO until the daemon starts
+withdrawing the dead cache, and unmount it a seeded moment later; the odd ones unmount at once. A watchdog thread reports a read that has not returned within the
 stall bound while it is still stuck, since a read waiting on a dead daemon may never return.
 """
 from __future__ import annotations
 
 import argparse
 import ctypes
+import errno
 import hashlib
 import os
+import random
 import sys
 import threading
 import time
@@ -23,6 +27,10 @@ from eventlog import EventLog
 
 CHUNK = 128 * 1024
 MOUNT_RETRY_PAUSE_S = 0.2  # after a failed mount: no cache bound yet, the next one tries again
+# umount_at_withdrawal: a held dead mount goes this long at most after the withdrawal begins
+# (seeded, uniform), so that the readers' umounts spread over the withdrawal's stages
+WITHDRAWAL_SPREAD_S = 0.4
+WITHDRAWAL_POLL_S = 0.002
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -92,6 +100,7 @@ class Reader:
         self.rounds_done = 0
         self.read_through: set[str] = set()  # images this reader read every file of, in one mount
         self.stop_seen_round: int | None = None
+        self.rng = random.Random(f"{config.seed}/reader-{reader_id}")
         self.latencies: dict[str, int] = {}
         # images named here share one EROFS domain per round (volume `erofs,<domain>`)
         self.domain_images = set(config.domain_images)
@@ -105,8 +114,8 @@ class Reader:
             self.stop_seen_round = self.rounds_done
         return self.read_through >= set(self.config.images) or self.rounds_done > self.stop_seen_round
 
-    def read_file(self, image: str, fsid: str, root: str, rel: str) -> bool:
-        """Read and checksum one file; False if a call failed (logged)."""
+    def read_file(self, image: str, fsid: str, root: str, rel: str) -> int | None:
+        """Read and checksum one file; the errno of a call that failed (logged), or None."""
         digest = hashlib.sha256()
         total = reads = 0
         worst = 0.0
@@ -118,7 +127,7 @@ class Reader:
         except OSError as e:
             self.log.emit(Event.READ_ERROR, image=image, fsid=fsid, path=rel, stage="open",
                           errno=e.errno, error=e.strerror, waited_s=round(time.monotonic() - started, 4))
-            return False
+            return e.errno
         try:
             while True:
                 started = time.monotonic()
@@ -146,10 +155,10 @@ class Reader:
         if error is not None:
             self.log.emit(Event.READ_ERROR, image=image, fsid=fsid, path=rel, stage="read", off=total,
                           errno=error.errno, error=error.strerror, waited_s=round(time.monotonic() - started, 4))
-            return False
+            return error.errno
         self.log.emit(Event.FILE, image=image, fsid=fsid, path=rel, sha256=digest.hexdigest(),
                       bytes=total, reads=reads, max_latency_s=round(worst, 4))
-        return True
+        return None
 
     def read_image(self, image: str, round_no: int) -> None:
         fsid = round_fsid(image, self.reader_id, round_no)
@@ -170,16 +179,46 @@ class Reader:
             self.watchdog.current = None
         self.log.emit(Event.MOUNTED, image=image, fsid=fsid, domain=domain,
                       latency_s=round(time.monotonic() - started, 4))
+        holds = self.config.umount_at_withdrawal and self.reader_id % 2 == 0
+        withdrawals = self.withdrawals() if holds else None
+        held = False
         try:
             for rel in files_under(target):
-                if self.stop_requested() or not self.read_file(image, fsid, target, rel):
+                if self.stop_requested():
+                    return
+                if (failed := self.read_file(image, fsid, target, rel)) is not None:
+                    held = failed == errno.EIO and withdrawals is not None
                     return
             self.read_through.add(image)
             self.log.emit(Event.READ_THROUGH, image=image, fsid=fsid, round=round_no)
         finally:
+            seen = held and self.await_withdrawal(str(withdrawals))
+            began, started = time.time(), time.monotonic()
             if err := umount(target):
                 self.log.emit(Event.UMOUNT_FAILED, image=image, fsid=fsid, errno=err, error=os.strerror(err))
+            if held:
+                self.log.emit(Event.HELD_UMOUNT, image=image, fsid=fsid, withdrawal_seen=seen, began=round(began, 6),
+                              took_s=round(time.monotonic() - started, 4))
             os.rmdir(target)
+
+    def withdrawals(self) -> str:
+        """The daemon's withdrawing file as it is now: it changes at every withdrawal."""
+        try:
+            with open(self.config.withdrawing_file) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def await_withdrawal(self, before: str) -> bool:
+        """Until the dead cache's withdrawal begins (a third of the stall bound at most), then a
+        seeded moment more; whether it began."""
+        deadline = time.monotonic() + self.config.stall_bound_s / 3
+        while self.withdrawals() == before:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(WITHDRAWAL_POLL_S)
+        time.sleep(self.rng.uniform(0, WITHDRAWAL_SPREAD_S))
+        return True
 
     def run(self) -> int:
         self.watchdog.start()

@@ -91,6 +91,7 @@ class Run:
             dawdle_s=self.scenario.dawdle_s * timeouts.stall_bound / vm.Timeouts.for_accel("tcg").stall_bound,
             late_close=self.scenario.late_close,
             supervise_fds=self.scenario.supervise_fds,
+            umount_at_withdrawal=self.scenario.umount_at_withdrawal,
             statekill_ctl=f"{GUEST_TMP}/statekill.ctl" if self.scenario.state_kills else "",
             crash_plan=self.crash_plan,
             domain_images=self.scenario.domain_images,

@@ -72,6 +72,7 @@ class Scenario:
     close_during_copen: float = 0.0  # GuestConfig.close_during_copen
     state_kills: int = 0  # Fault.STATE_KILL at every KernelState, this many times each
     cache_deaths: int = 0  # Fault.CACHE_DEATH sent by the host
+    umount_at_withdrawal: bool = False  # GuestConfig.umount_at_withdrawal
     dawdle_s: float = 0.0  # GuestConfig.dawdle_s
     late_close: bool = False  # GuestConfig.late_close
     supervise_fds: bool = False  # GuestConfig.supervise_fds
@@ -133,10 +134,12 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     # The cache dies under a daemon whose three threads read the device with no lock between them
     # (CVE-2024-40900's shape: the last reference to the device goes while requests are queued and
     # a thread is in read()): its waiters must get EIO at once, the cache must be withdrawn (a new
-    # bind with the same tag succeeds), and the readers go on with fresh mounts. Kills beside.
+    # bind with the same tag succeeds), and the readers go on with fresh mounts. The mounts a death
+    # failed are kept until the dead cache's withdrawal begins, then unmounted during it
+    # (CVE-2024-41057/41058's shape). Kills beside.
     Scenario("cache-death", "the cache dies with requests queued while lockless threads read: waiters get EIO, "
              "a new cache is bound, readers go on with fresh mounts; kills beside",
-             kills=6, cache_deaths=4, threads=3, lockless=True, dawdle_s=0.05,
+             kills=6, cache_deaths=4, threads=3, lockless=True, dawdle_s=0.05, umount_at_withdrawal=True,
              needs=Needs(in_flight_share=0.5, redelivered=1, cache_deaths=3)),
     Scenario("no-failover", "negative control: the device fd dies with the daemon; must FAIL",
              kills=3, failover=False, expected_daemon_errnos=(errno.EIO,)),  # the cache dies: EIO, all of it

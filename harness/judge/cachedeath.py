@@ -6,7 +6,8 @@ the `unbind` and `bind` probes); the keeper's clock mark after each bind (contra
 puts the readers' wall-clock stamps on the trace's clock. An error a reader saw is the death's,
 not the kernel's fault, when
 - its errno is the one a dead cache gives for the call (DEATH_ERRNOS: EIO, every waiter and
-  every call after; a mount while no cache is bound finds none: ENOBUFS),
+  every call after; ENOBUFS once its cookies are withdrawn, and for a mount while no cache is
+  bound),
 - the mount it used (or, for a mount, the mount itself) began before the next cache was bound:
   a mount begun after uses the new cache, which must serve it, and
 - it came after the death: nothing fails before the cache dies.
@@ -14,6 +15,12 @@ Every other error stays the read-error check's, as in any scenario. No margin is
 clocks: the mark is written just after the wall clock is read, so a stamp maps at most that
 write's latency later, which can only make an error look later (still after the death) and a
 mount begun just before a bind look begun after it (then its error counts against the kernel).
+
+With GuestConfig.umount_at_withdrawal the readers keep the mounts a death failed until the dead
+cache's withdrawal begins (the daemon closes its last anon fd, which pins it), then unmount them
+within WITHDRAWAL_SPREAD_S: each umount whose span overlaps the kernel's withdrawal (the
+`withdraw` probe, entry to return) raced the withdrawal of its volume and cookies, the shape of
+CVE-2024-41057/41058 (reported per death; the memory-safety of it is KASAN's to judge).
 
 A death ran its course when the kernel failed requests with it (delivered or queued: the ledger)
 and a reader then read a file right through a mount begun after the new bind. The cache-death
@@ -33,8 +40,10 @@ from .trace import TraceEvent
 
 # stage (reader.py's READ_ERROR `stage`) -> the errnos a dead or absent cache gives
 DEATH_ERRNOS: dict[str, frozenset[int]] = {
-    "read": frozenset({errno.EIO}),
-    "open": frozenset({errno.EIO}),
+    # a read that comes after the dead cache withdrew its cookie (a mount held across the
+    # withdrawal, or read from the page cache until then) finds no cache: ENOBUFS (seed 1)
+    "read": frozenset({errno.EIO, errno.ENOBUFS}),
+    "open": frozenset({errno.EIO, errno.ENOBUFS}),
     "mount": frozenset({errno.EIO, errno.ENOBUFS}),
 }
 
@@ -47,6 +56,8 @@ class DeathAccount:
     flushed: int  # requests the kernel failed with it: delivered and unanswered, or queued
     explained: int  # reader errors it explains
     remounted: bool  # a file read right through a mount begun after the new bind
+    withdrawal_s: float | None = None  # how long the dead cache's withdrawal took (None: not seen)
+    umounts_in_withdrawal: int = 0  # readers' held umounts whose span overlaps it
 
     @property
     def ran(self) -> bool:
@@ -100,6 +111,7 @@ def judge(deaths: tuple[CacheDeath, ...], events: list[TraceEvent], readers: lis
     mounted: dict[tuple[object, object], float] = {}  # (reader, fsid) -> when its mount began (trace clock)
     errors: list[LogEvent] = []
     files: list[LogEvent] = []
+    umounts: list[tuple[float, float]] = []  # held umounts' spans (trace clock)
     for log in readers:
         for e in log:
             kind = e.get("event")
@@ -109,6 +121,9 @@ def judge(deaths: tuple[CacheDeath, ...], events: list[TraceEvent], readers: lis
                 errors.append(e)
             elif kind == Event.FILE:
                 files.append(e)
+            elif kind == Event.HELD_UMOUNT:
+                umount_began = float(e["began"]) + offset
+                umounts.append((umount_began, umount_began + float(e.get("took_s", 0))))
     explained: dict[int, list[LogEvent]] = {i: [] for i in range(len(deaths))}
     for e in errors:
         at = float(e["t"]) + offset
@@ -126,11 +141,23 @@ def judge(deaths: tuple[CacheDeath, ...], events: list[TraceEvent], readers: lis
     accounts = []
     for i, d in enumerate(deaths):
         remounted = any(mounted.get((f.get("reader"), f.get("fsid")), -1.0) > d.rebound_ts for f in files)
-        accounts.append(_account(d, explained[i], remounted))
+        span = _withdrawal(events, d)
+        raced = sum(1 for began, ended in umounts if span and began < span[1] and ended > span[0])
+        accounts.append(_account(d, explained[i], remounted, span, raced))
     return CacheDeathFacts(asked, len(releases), tuple(accounts), never,
                            tuple(e for i in explained for e in explained[i]), offset)
 
 
-def _account(d: CacheDeath, explained: list[LogEvent], remounted: bool) -> DeathAccount:
+def _withdrawal(events: list[TraceEvent], d: CacheDeath) -> tuple[float, float] | None:
+    """The dead cache's withdrawal (entry, return of cachefiles_withdraw_cache): the first after
+    its release, before the new bind (the new cache's open waits for the old one to be freed)."""
+    start = next((e.ts for e in events if e.event == "withdraw" and d.ts < e.ts < d.rebound_ts), None)
+    end = next((e.ts for e in events if e.event == "withdrawn" and start is not None and e.ts > start), None)
+    return None if start is None or end is None else (start, end)
+
+
+def _account(d: CacheDeath, explained: list[LogEvent], remounted: bool,
+             withdrawal: tuple[float, float] | None = None, raced: int = 0) -> DeathAccount:
     return DeathAccount(d.ts, round(d.rebound_ts - d.ts, 4), d.refused_binds, d.flushed_delivered + d.flushed_queued,
-                        len(explained), remounted)
+                        len(explained), remounted, None if withdrawal is None else round(withdrawal[1] - withdrawal[0], 4),
+                        raced)

@@ -57,12 +57,15 @@ PROBES: dict[str, str] = {
     # a cache bound (ret 0) or refused (-EBUSY: the tag's cache not yet withdrawn): after a death,
     # the new cache the readers' fresh mounts use
     "bind": "r:{group}/bind cachefiles_daemon_bind ret=$retval:s32",
+    # a dead cache withdrawn (its last pin gone), from start to end: the readers' held umounts race it
+    "withdraw": "p:{group}/withdraw cachefiles_withdraw_cache",
+    "withdrawn": "r:{group}/withdrawn cachefiles_withdraw_cache",
 }
 TRACE_CLOCK = "global"  # one clock for every CPU: the ledger orders events across them
 TRACEPOINTS = ("cachefiles/cachefiles_ondemand_*", "sched/sched_process_exit")
 
 _LINE = re.compile(r"^\s*(?P<task>.+?)-(?P<pid>\d+)\s+(?:\(\s*(?P<tgid>[-\d]+)\)\s+)?\[(?P<cpu>\d+)\]\s+(?:\S+\s+)?"
-                   r"(?P<ts>\d+\.\d+):\s+(?P<event>cachefiles_ondemand_\w+|deliver|restore|copened|drop|unbind|bind|sched_process_exit|tracing_mark_write):"
+                   r"(?P<ts>\d+\.\d+):\s+(?P<event>cachefiles_ondemand_\w+|deliver|restore|copened|drop|unbind|bind|withdrawn|withdraw|sched_process_exit|tracing_mark_write):"
                    r"\s+(?:\([^)]*\)\s*)?(?P<args>.*)$")
 _DECIMAL = {"fd"}  # of the tracepoints' fields; the rest are hex
 _DECIMAL_EVENTS = {"deliver", "copened", "drop", "bind", "exit", "mark"}  # every field decimal (`drop`'s o too)
@@ -72,7 +75,8 @@ _RENAMED = {"sched_process_exit": "exit", "tracing_mark_write": "mark"}
 @dataclass(frozen=True)
 class TraceEvent:
     ts: float
-    event: str  # open, copen, close, read, cread, fd_write, fd_release; deliver, restore, drop, unbind, bind, exit;
+    event: str  # open, copen, close, read, cread, fd_write, fd_release; deliver, restore, drop, unbind, bind,
+    # withdraw, withdrawn, exit;
     # mark (a write to trace_marker: `key=value`)
     fields: dict[str, int]
     task: str
