@@ -58,6 +58,7 @@ class Timeline:
     crash_points: tuple[Marker, ...]  # incarnations that killed themselves at a protocol point
     other_deaths: tuple[Marker, ...]  # SIGKILLed by neither (the OOM killer, a stray signal)
     fd_closes: tuple[Marker, ...]
+    cache_deaths: tuple[Marker, ...]  # the keeper let the device go (Fault.CACHE_DEATH)
     restores: tuple[Marker, ...]
     restores_failed: tuple[Marker, ...]
     reopens: tuple[Marker, ...]  # from the kernel trace (mapped onto the guest clock)
@@ -282,7 +283,9 @@ def extract(run_dir: Path) -> Timeline:
         notes.append(f"missed kills placed by the host's clock ({hoff:+.2f} s), approximate")
     return Timeline(
         origin=t0, end=end, kills=kills, kills_missed=missed, crash_points=crash, other_deaths=other,
-        fd_closes=at(Event.CLOSE_FD), restores=at(Event.RESTORE, ok=True), restores_failed=at(Event.RESTORE, ok=False),
+        fd_closes=at(Event.CLOSE_FD),
+        cache_deaths=tuple(Marker(float(e["t"]) - t0) for e in logs.keeper if e.get("event") == Event.CACHE_DEATH),
+        restores=at(Event.RESTORE, ok=True), restores_failed=at(Event.RESTORE, ok=False),
         reopens=reopens, in_flight=occupancy(in_flight(logs.daemon, logs.keeper, t0), end, width),
         throughput=throughput(logs.readers, t0, width), bin_s=width,
         file_latency=tuple((float(e["t"]) - t0, float(e.get("max_latency_s", 0.0)))
@@ -308,6 +311,7 @@ _ROWS = (
     ("crash_points", "daemon died at a crash point", "X", "tab:purple"),
     ("other_deaths", "daemon SIGKILLed by something else", "x", "black"),
     ("fd_closes", "anon fd closed by the daemon", "|", "tab:orange"),
+    ("cache_deaths", "cache killed: the device let go (keeper)", "*", "magenta"),
     ("restores", "restore written by the next incarnation", "^", "tab:green"),
     ("restores_failed", "restore failed", "^", "black"),
     ("reopens", "object reopened (kernel trace)", "o", "tab:blue"),
