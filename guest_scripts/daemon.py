@@ -313,10 +313,18 @@ class Daemon:
                 lines = f.read().splitlines()
         except OSError:
             return
-        # a cache that died took its msg_ids with it: the one bound since numbers from 0 again
-        since = max((i for i, line in enumerate(lines) if b'"device_closed"' in line), default=-1)
+        # a cache that died took its msg_ids with it: the one bound since numbers from 0 again.
+        # What the incarnation that let it go logged is the old cache's, even a line written after
+        # its device_closed by another of its threads.
+        since, old_cache = 0, 0
+        for i, line in enumerate(lines):
+            if b'"device_closed"' in line:
+                try:
+                    since, old_cache = i, int(json.loads(line).get("incarnation", 0))
+                except ValueError:
+                    pass
         asked: dict[tuple[int, int], str] = {}  # (incarnation, msg_id) of an OPEN -> its cookie
-        for line in lines[since + 1:]:
+        for line in lines[since:]:
             if b'"done"' not in line and b'"OPEN"' not in line:
                 continue
             try:
@@ -324,7 +332,7 @@ class Daemon:
             except ValueError:
                 continue
             inc = e.get("incarnation", self.incarnation)
-            if inc >= self.incarnation or e.get("op") not in ("OPEN", "READ"):
+            if inc >= self.incarnation or inc <= old_cache or e.get("op") not in ("OPEN", "READ"):
                 continue
             if e.get("event") == Event.RECV and e["op"] == "OPEN":
                 asked[(inc, e.get("msg_id", -1))] = str(e.get("cookie"))

@@ -260,3 +260,20 @@ def test_a_held_reopen_is_left_for_the_restore_to_be_refused_then_its_fd_closed(
     with pytest.raises(OSError):
         os.fstat(fd)  # closed: the next READ reopens the object
     assert d.refused_second_fd() is False  # an EEXIST nothing explains is a daemon error
+
+
+def test_answers_given_to_a_cache_that_died_are_not_the_new_cache_s(make_daemon):
+    """A cache death: the cache bound after it numbers its msg_ids from 0 again, so the answers
+    logged by the incarnation that let the device go (even a line written after its
+    device_closed, by another of its threads) and by those before it are not loaded; the
+    answers of the incarnations after it are."""
+    d = make_daemon(lockless=True)
+    d.incarnation = 5  # the log below is its predecessors'
+    with open(d.config.daemon_log, "a") as f:
+        for e in ({"event": "done", "incarnation": 1, "op": "READ", "msg_id": 5, "object_id": 2},
+                  {"event": "device_closed", "incarnation": 2, "serving": 1},
+                  {"event": "done", "incarnation": 2, "op": "READ", "msg_id": 6, "object_id": 2},
+                  {"event": "done", "incarnation": 3, "op": "READ", "msg_id": 7, "object_id": 1}):
+            f.write(json.dumps(e) + "\n")
+    d.load_dead_answers()
+    assert d.answered_at == {7: 0}
