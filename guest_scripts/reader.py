@@ -5,8 +5,9 @@ has no cached copy and every byte read becomes a READ request to the daemon: the
 busy for as long as the kill loop runs. Per file: sha256, bytes, read count and worst latency;
 per failed read: the errno, and how long the call waited. A failed read ends the reader's use of
 that mount (it goes on with the next image's fresh mount: after a cache's death, only a fresh
-mount can use the new cache); a failed mount is followed by a short pause. A watchdog thread reports a read that has not returned within the
-stall bound while it is still stuck, since a read waiting on a dead daemon may never return.
+mount can use the new cache); a failed mount is followed by a short pause. A watchdog thread
+reports a read that has not returned within the stall bound while it is still stuck, since a
+read waiting on a dead daemon may never return.
 """
 from __future__ import annotations
 
