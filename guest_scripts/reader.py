@@ -7,12 +7,15 @@ per failed read: the errno, and how long the call waited. A failed read ends the
 that mount (it goes on with the next image's fresh mount: after a cache's death, only a fresh
 mount can use the new cache); a failed mount is followed by a short pause. With
 `umount_at_withdrawal` the even readers keep a mount failed with EIO until the daemon starts
-withdrawing the dead cache, and unmount it a seeded moment later; the odd ones unmount at once. A watchdog thread reports a read that has not returned within the
-stall bound while it is still stuck, since a read waiting on a dead daemon may never return.
+withdrawing the dead cache, and unmount it a seeded moment later; the odd ones unmount at once.
+A watchdog thread reports a call (mount, open, read, umount) that has not returned within the
+stall bound while it is still stuck, with the kernel stack it waits in, since a call waiting on
+a dead daemon may never return.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import errno
 import hashlib
@@ -21,6 +24,7 @@ import random
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 from contract import Event, GuestConfig, round_domain, round_fsid
 from eventlog import EventLog
@@ -72,12 +76,25 @@ def umount(target: str) -> int:
 
 
 class Watchdog(threading.Thread):
+    """Reports a call of the reader's that has not returned within the bound, once, while it is
+    still stuck, with the kernel stack its thread waits in (what a maintainer asks first)."""
+
     def __init__(self, log: EventLog, bound_s: float) -> None:
         super().__init__(daemon=True)
         self.log = log
         self.bound_s = bound_s
-        self.current: tuple[str, float] | None = None  # (what, monotonic start)
-        self.reported: tuple[str, float] | None = None
+        self.current: tuple[str, float, int] | None = None  # (what, monotonic start, native tid)
+        self.reported: tuple[str, float, int] | None = None
+
+    @contextlib.contextmanager
+    def watching(self, what: str) -> Iterator[float]:
+        """Watch the calls in the block; yields when it began (monotonic)."""
+        started = time.monotonic()
+        self.current = (what, started, threading.get_native_id())
+        try:
+            yield started
+        finally:
+            self.current = None
 
     def run(self) -> None:
         while True:
@@ -87,7 +104,17 @@ class Watchdog(threading.Thread):
                 waited = time.monotonic() - current[1]
                 if waited > self.bound_s:
                     self.reported = current
-                    self.log.emit(Event.STALL, what=current[0], waited_s=round(waited, 3))
+                    self.log.emit(Event.STALL, what=current[0], waited_s=round(waited, 3),
+                                  wchan=_read(f"/proc/self/task/{current[2]}/wchan"),
+                                  stack=_read(f"/proc/self/task/{current[2]}/stack").split())
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError as e:
+        return f"unreadable: {e.strerror}"
 
 
 class Reader:
@@ -121,24 +148,21 @@ class Reader:
         worst = 0.0
         error = None
         path = os.path.join(root, rel)
-        started = time.monotonic()
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            with self.watchdog.watching(f"open {fsid}:{rel}") as started:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
             self.log.emit(Event.READ_ERROR, image=image, fsid=fsid, path=rel, stage="open",
                           errno=e.errno, error=e.strerror, waited_s=round(time.monotonic() - started, 4))
             return e.errno
         try:
             while True:
-                started = time.monotonic()
-                self.watchdog.current = (f"{fsid}:{rel}@{total}", started)
                 try:
-                    chunk = os.read(fd, CHUNK)
+                    with self.watchdog.watching(f"read {fsid}:{rel}@{total}") as started:
+                        chunk = os.read(fd, CHUNK)
                 except OSError as e:
                     error = e
                     break
-                finally:
-                    self.watchdog.current = None
                 latency = time.monotonic() - started
                 self.latencies[bucket(latency)] = self.latencies.get(bucket(latency), 0) + 1
                 reads += 1
@@ -151,7 +175,8 @@ class Reader:
                 digest.update(chunk)
                 total += len(chunk)
         finally:
-            os.close(fd)
+            with self.watchdog.watching(f"close {fsid}:{rel}"):
+                os.close(fd)
         if error is not None:
             self.log.emit(Event.READ_ERROR, image=image, fsid=fsid, path=rel, stage="read", off=total,
                           errno=error.errno, error=error.strerror, waited_s=round(time.monotonic() - started, 4))
@@ -165,25 +190,24 @@ class Reader:
         domain = round_domain(self.reader_id, round_no) if image in self.domain_images else None
         target = os.path.join(self.config.mount_dir, fsid)
         os.makedirs(target, exist_ok=True)
-        started = time.monotonic()
-        self.watchdog.current = (f"mount {fsid}", started)
         try:
-            mount_erofs(fsid, target, domain)
+            with self.watchdog.watching(f"mount {fsid}") as started:
+                mount_erofs(fsid, target, domain)
         except OSError as e:
             self.log.emit(Event.READ_ERROR, image=image, fsid=fsid, path="", stage="mount",
                           errno=e.errno, error=e.strerror, waited_s=round(time.monotonic() - started, 4))
             os.rmdir(target)
             time.sleep(MOUNT_RETRY_PAUSE_S)
             return
-        finally:
-            self.watchdog.current = None
         self.log.emit(Event.MOUNTED, image=image, fsid=fsid, domain=domain,
                       latency_s=round(time.monotonic() - started, 4))
         holds = self.config.umount_at_withdrawal and self.reader_id % 2 == 0
         withdrawals = self.withdrawals() if holds else None
         held = False
         try:
-            for rel in files_under(target):
+            with self.watchdog.watching(f"walk {fsid}"):
+                files = files_under(target)
+            for rel in files:
                 if self.stop_requested():
                     return
                 if (failed := self.read_file(image, fsid, target, rel)) is not None:
@@ -193,13 +217,16 @@ class Reader:
             self.log.emit(Event.READ_THROUGH, image=image, fsid=fsid, round=round_no)
         finally:
             seen = held and self.await_withdrawal(str(withdrawals))
-            began, started = time.time(), time.monotonic()
-            if err := umount(target):
+            began = time.time()
+            with self.watchdog.watching(f"umount {fsid}") as started:
+                err = umount(target)
+            if err:
                 self.log.emit(Event.UMOUNT_FAILED, image=image, fsid=fsid, errno=err, error=os.strerror(err))
             if held:
                 self.log.emit(Event.HELD_UMOUNT, image=image, fsid=fsid, withdrawal_seen=seen, began=round(began, 6),
                               took_s=round(time.monotonic() - started, 4))
-            os.rmdir(target)
+            with self.watchdog.watching(f"rmdir {fsid}"):
+                os.rmdir(target)
 
     def withdrawals(self) -> str:
         """The daemon's withdrawing file as it is now: it changes at every withdrawal."""
@@ -212,6 +239,10 @@ class Reader:
     def await_withdrawal(self, before: str) -> bool:
         """Until the dead cache's withdrawal begins (a third of the stall bound at most), then a
         seeded moment more; whether it began."""
+        with self.watchdog.watching("the withdrawal"):
+            return self._await_withdrawal(before)
+
+    def _await_withdrawal(self, before: str) -> bool:
         deadline = time.monotonic() + self.config.stall_bound_s / 3
         while self.withdrawals() == before:
             if time.monotonic() > deadline:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, TextIO
 
-STAGES = ("source", "build", "boot", "faults", "drain")
+STAGES = ("source", "build", "boot", "ssh", "faults", "drain")  # ssh: with --transport ssh only
 # kbuild's quiet output: "  CC      fs/erofs/super.o", "  CC [M]  ...": one object compiled
 _COMPILED = re.compile(r"^\s+CC(?: \[M\])?\s+\S")
 # counter -> what it is called after its number

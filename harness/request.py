@@ -14,7 +14,7 @@ from . import run_options
 from .errors import InputError
 from .kernel.kconfig import FLAVORS
 from .kernel.source import DEFAULT_PACKAGE
-from .run_options import ACCELS
+from .run_options import ACCELS, TRANSPORTS
 from .scenarios import DEFAULT_SCENARIO, SCENARIOS, Scenario
 
 
@@ -56,6 +56,7 @@ class RunRequest:
     flavor: str = "plain"  # "debug": KASAN, lockdep and the lockup detectors (kconfigs/debug.config)
     kill_interval_s: tuple[float, float] = (0.5, 2.0)
     accel: str = "auto"
+    transport: str = "console"  # guest.session.Transport: how the host drives the guest
     jobs: int = field(default_factory=lambda: os.cpu_count() or 2)
     cache: Path = field(default_factory=default_cache)
 
@@ -79,6 +80,8 @@ class RunRequest:
             raise InputError(f"unknown flavor {self.flavor!r} (one of {', '.join(FLAVORS)})")
         if self.accel not in ACCELS:
             raise InputError(f"unknown accelerator {self.accel!r} (one of {', '.join(ACCELS)})")
+        if self.transport not in TRANSPORTS:
+            raise InputError(f"unknown transport {self.transport!r} (one of {', '.join(TRANSPORTS)})")
         if self.series is not None and not self.series.exists():
             raise InputError(f"--series {self.series}: no such file or directory")
         for what, path in (("output", self.output), ("cache", self.cache)):

@@ -14,14 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Collection, Literal, Mapping
 
+from .guest.session import Transport
 from .kernel.kconfig import FLAVORS
 from .scenarios import SCENARIOS
 
 ACCELS = ("auto", "kvm", "tcg")
+TRANSPORTS = tuple(t.value for t in Transport)
 
 # Which commands take an option. `mutate` runs its own mutants, not a scenario of the user's;
 # `_bisect-step` is always told its tree (the bisection's scratch worktree), never a package;
-# `submit` picks the kernel and flavour of its child runs, and their cache.
+# `submit` picks the kernel and flavour of its child runs, and their cache; `matrix` takes its
+# cells' kernels, flavours and scenarios as axes of its own, and only the transport from here.
 SCENARIO_COMMANDS = frozenset({"run", "bisect", "_bisect-step"})
 SOURCE_COMMANDS = frozenset({"run", "bisect", "mutate", "submit"})
 MACHINE_COMMANDS = frozenset({"run", "bisect", "_bisect-step", "mutate"})
@@ -67,6 +70,10 @@ OPTIONS: tuple[Option, ...] = (
            MACHINE_COMMANDS, type=int, reproduce="always"),
     Option("accel", "auto probes whether KVM really boots a guest (default %(default)s)", MACHINE_COMMANDS,
            choices=ACCELS),
+    # how the run reaches the guest is part of what it tested: said even at its default
+    Option("transport", "console: commands typed on the serial console (pexpect); ssh: over an sshd the guest "
+           "starts from the host's binaries (paramiko), the console still logging (default %(default)s)",
+           MACHINE_COMMANDS | {"submit", "matrix"}, choices=TRANSPORTS, reproduce="always"),
     Option("jobs", "make -j (default %(default)s)", MACHINE_COMMANDS, type=int, reproduce="never"),
     Option("output", "where run directories go (default %(default)s)", MACHINE_COMMANDS, type=Path,
            reproduce="never"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shlex
 import time
+from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -18,21 +19,23 @@ from .kernel import build, kconfig, series, source
 from .judge import console, report
 from .judge.checks import Status
 from .judge.results import AnyResults, Results
-from .guest import dataset, vm
+from .guest import dataset, ssh, vm
 from .errors import HarnessError, InputError, UntestableError
 from .guest.faults import FaultLoop
 from .guest.logs import GuestLogs
 from .guest.services import GUEST_TMP, GuestServices
-from .guest.session import GuestCommandFailed, GuestGone, GuestHung, GuestSession, Session
+from .guest.session import GuestCommandFailed, GuestGone, GuestHung, GuestSession, Session, Transport
 from .request import RunRequest, new_output_dir
 
 BUILD_TIMEOUT_S = 3600
 DEBUG_SLOWDOWN = 3  # KASAN and lockdep under TCG: every guest-side timeout this many times longer
 
 
-def preflight() -> None:
+def preflight(transport: str) -> None:
     """Every tool a run needs, checked before the first expensive step."""
     vm.vng_path()
+    if transport == Transport.SSH:
+        ssh.require_tools()
     for tool, package in (("mkfs.erofs", "erofs-utils"), ("make", "make"), ("gcc", "gcc"), ("git", "git"),
                           ("flex", "flex"), ("bison", "bison"), ("bc", "bc")):
         proc.require_tool(tool, package)
@@ -112,34 +115,48 @@ class Run:
         return config
 
     # -- the guest -------------------------------------------------------------------------------
-    def faults(self, session: Session, logs: GuestLogs, t: vm.Timeouts) -> None:
+    def faults(self, session: Session, logs: GuestLogs, t: vm.Timeouts, vm_started: float) -> None:
         actions = scenarios.schedule(self.scenario, self.req.seed, self.req.kill_interval_s, t.recovery)
         self.progress.stage("faults", totals={"kills": self.scenario.kills, "closes": self.scenario.fd_closes,
                                                     **self.scenario.misbehaviour_totals()})
         started = time.monotonic()
+        faults_log = self.dir / "faults.jsonl"
         try:
-            loop = FaultLoop(session, logs, actions, self.crash_plan, t, self.dir / "faults.jsonl", self.progress)
+            loop = FaultLoop(session, logs, actions, self.crash_plan, t, faults_log, self.progress)
             self.meta["aborted"] = loop.run()
         finally:
             self.meta["timing"]["fault_loop_s"] = round(time.monotonic() - started, 1)
+            first = first_fault_at(faults_log)
+            if first is not None:
+                self.meta["timing"]["boot_to_first_fault_s"] = round(first - vm_started, 1)
 
     def in_guest(self, bzimage: Path, accel: str, config: GuestConfig, t: vm.Timeouts) -> None:
-        spec = vm.VmSpec(bzimage, accel, (self.dir,), console_log=self.dir / "console.log")
-        (self.dir / "vng-command.txt").write_text(shlex.join(vm.vng_argv(spec)) + "\n")
-        con = proc.Interactive(vm.console_argv(spec, self.dir / "vng.log"), self.dir / "session.log",
-                               env=vm.vng_env(), cwd=self.dir)
-        try:
-            session = GuestSession(con)
+        # unwound in reverse: the ssh connection, then QEMU (reaped), then the port and the keys
+        with ExitStack() as stack:
+            link = stack.enter_context(ssh.link(self.dir / "ssh")) if self.req.transport == Transport.SSH else None
+            spec = vm.VmSpec(bzimage, accel, (self.dir,), console_log=self.dir / "console.log",
+                             ssh_port=link.port.port if link else None)
+            (self.dir / "vng-command.txt").write_text(shlex.join(vm.vng_argv(spec)) + "\n")
+            vm_started = time.time()  # wall clock, as faults.jsonl stamps the faults
+            con = proc.Interactive(vm.console_argv(spec, self.dir / "vng.log"), self.dir / "session.log",
+                                   env=vm.vng_env(), cwd=self.dir)
+            stack.callback(con.close)
+            console_session = GuestSession(con)
             self.progress.stage("boot")
             try:
-                self.meta["timing"]["boot_s"] = round(session.wait_for_shell(t.boot), 1)
+                self.meta["timing"]["boot_s"] = round(console_session.wait_for_shell(t.boot), 1)
             except (GuestHung, GuestGone) as e:
                 raise UntestableError(f"boot failed: {e}\n{console.tail(self.dir / 'console.log', 15)}") from e
+            session: Session = console_session
+            ssh_session: ssh.SshSession | None = None
+            if link is not None:
+                session = ssh_session = self.ssh_session(console_session, link, t)
+                stack.callback(ssh_session.close)
             logs = GuestLogs(session, config)
             services = GuestServices(session, logs, config, self.config_path, self.scenario.readers, t)
             try:
                 services.start()
-                self.faults(session, logs, t)
+                self.faults(session, logs, t, vm_started)
                 self.progress.stage("drain")
                 services.drain()
             except GuestCommandFailed as e:
@@ -147,11 +164,24 @@ class Run:
                 raise UntestableError(f"guest set-up failed: {e}") from e
             except (GuestHung, GuestGone) as e:
                 # the kernel stopped answering or died under test: a finding, not an infra error
-                self.meta["aborted"] = f"guest {'hung' if isinstance(e, GuestHung) else 'gone'}: {e}"
+                why = str(e)
+                if ssh_session is not None and ssh_session.lost and ssh_session.lost not in why:
+                    why += f" ({ssh_session.lost})"  # over ssh, a closed connection is the guest gone: say so
+                self.meta["aborted"] = f"guest {'hung' if isinstance(e, GuestHung) else 'gone'}: {why}"
             else:
                 session.shutdown(timeout_s=min(30.0, t.command))  # all is collected: no long wait
-        finally:
-            con.close()
+
+    def ssh_session(self, console_session: GuestSession, link: ssh.SshLink, t: vm.Timeouts) -> ssh.SshSession:
+        """The guest's sshd started over the console, its host key pinned, our key let in: the
+        session everything after boot uses. A guest whose sshd never lets us in is untestable."""
+        self.progress.stage("ssh")
+        started = time.monotonic()
+        try:
+            session = ssh.open_session(console_session, link, f"{GUEST_TMP}/ssh", t.command)
+        except (ssh.SshUnreachable, GuestCommandFailed, GuestHung, GuestGone) as e:
+            raise UntestableError(f"ssh to the guest failed: {e}\n{console.tail(self.dir / 'console.log', 15)}") from e
+        self.meta["timing"]["ssh_s"] = round(time.monotonic() - started, 1)
+        return session
 
     def execute_judged(self) -> AnyResults:
         """`execute`, except that a run that ended without a verdict on the kernel returns the
@@ -165,7 +195,7 @@ class Run:
 
     def execute(self) -> Results:
         try:
-            preflight()
+            preflight(self.req.transport)
             built = self.kernel()
             data = dataset.build(dataset.DatasetSpec(seed=self.req.seed, images=self.scenario.images), self.req.cache)
             accel = self.req.accel
@@ -186,3 +216,16 @@ class Run:
             self.meta["timing"]["total_s"] = round(time.monotonic() - self.started, 1)
             self.save_meta()
         return report.evaluate(self.dir)
+
+
+def first_fault_at(faults_log: Path) -> float | None:
+    """The wall-clock time of the first fault the host sent, if it sent one."""
+    try:
+        with open(faults_log) as f:
+            first = f.readline()
+    except FileNotFoundError:
+        return None
+    try:
+        return float(json.loads(first)["t"])
+    except (ValueError, KeyError, TypeError):
+        return None

@@ -6,8 +6,9 @@ run is exactly what a person reproduces with the command in the report. The chil
 streamed to the CI log as it comes.
 
     failover-harness matrix [--kernel K]... [--flavor F]... [--scenario S]... [--shard I/N]
-                            [--output DIR] [--list] [-- RUN OPTIONS]
-    failover-harness submit --mbox FILE --base REF [--tree DIR | --package NAME] [--output DIR]
+                            [--transport console|ssh] [--output DIR] [--list] [-- RUN OPTIONS]
+    failover-harness submit --mbox FILE --base REF [--tree DIR | --package NAME]
+                            [--transport console|ssh] [--output DIR]
 
 Both write DIR/junit.xml (every run's checks) and DIR/report.md (the Markdown report) and exit
 with the worst of the runs' codes: 1 if any FAILed, else 2 for bad usage, else 125 if any was
@@ -127,6 +128,7 @@ def add_matrix_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", type=Path, default=Path("runs"), help="where the runs and reports go (default %(default)s)")
     p.add_argument("--list", action="store_true", help="print the shard's cells and their commands, run nothing")
     p.add_argument("--title", default="failover-harness", help="the Markdown report's heading")
+    RunRequest.add_arguments(p, "matrix")  # how every cell's run reaches its guest
     p.add_argument("run_options", nargs=argparse.REMAINDER,
                    help="after --: options for every run (e.g. -- --seed 2 --accel kvm)")
 
@@ -147,7 +149,7 @@ def run_matrix(args: argparse.Namespace, runner: Runner = run_child) -> int:
                              args.flavors or ["plain"], args.scenarios or list(matrix.DEFAULT_SCENARIOS))
     i, n = matrix.parse_shard(args.shard)
     mine = matrix.shard(all_cells, i, n)
-    extra = _extra(args.run_options)
+    extra = (*RunRequest.from_args(args, "matrix").to_argv("run", ("transport",)), *_extra(args.run_options))
     print(f"shard {i}/{n}: {len(mine)} of {len(all_cells)} cells, about {matrix.estimated_s(mine) / 60:.0f} min", flush=True)
     if args.list:
         for cell in mine:
@@ -173,7 +175,7 @@ def submit_cells(args: argparse.Namespace) -> tuple[list[matrix.Cell], tuple[str
         raise InputError(f"--mbox {args.mbox}: no such file")
     req = replace(RunRequest.from_args(args, "submit"), ref=args.base, series=args.mbox.resolve())
     kernel = f"tree:{req.tree}" if req.tree else req.package
-    extra = tuple(req.to_argv("run", ("ref", "series", "cache")))
+    extra = tuple(req.to_argv("run", ("ref", "series", "transport", "cache")))
     return matrix.cells([kernel], [req.flavor], list(matrix.DEFAULT_SCENARIOS)), extra
 
 

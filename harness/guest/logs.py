@@ -112,7 +112,7 @@ class GuestLogs:
             if predicate():
                 return
             if not self.session.alive():
-                raise GuestGone(f"the guest exited while waiting for {what}")
+                raise GuestGone(f"the guest went away while waiting for {what}")  # exited, or its ssh closed
             if self.clock.now() > deadline:
                 raise GuestHung(f"{what}: not within {timeout_s:.0f}s")
             self.clock.sleep(POLL_S)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
+from enum import Enum
 from typing import Protocol
 
 import pexpect
@@ -17,8 +18,17 @@ import pexpect
 from .. import proc
 
 
+class Transport(str, Enum):
+    """How the host drives the guest: typing into its serial console (this module), or over ssh
+    (guest/ssh.py), the console then only keeping the guest's lifetime and its log."""
+
+    CONSOLE = "console"
+    SSH = "ssh"
+
+
 class GuestGone(Exception):
-    """The console closed: QEMU exited (a panic, a poweroff, a crash of QEMU itself)."""
+    """The console closed: QEMU exited (a panic, a poweroff, a crash of QEMU itself); or, over
+    ssh, the connection did (the guest's sshd died, or the guest with it)."""
 
 
 class GuestHung(Exception):
@@ -34,7 +44,8 @@ class CommandResult:
 
 
 class Session(Protocol):
-    """What driving a booted guest takes; the serial console is one transport, ssh could be another."""
+    """What driving a booted guest takes, whatever the Transport: the fault loop and the services
+    never know which one they use."""
 
     def run(self, command: str, timeout_s: float) -> CommandResult:
         """The command's status and output; GuestHung or GuestGone if no answer comes."""
@@ -44,6 +55,9 @@ class Session(Protocol):
 
     def alive(self) -> bool:
         """False once the guest is gone (a panic, a poweroff): waits on it end at once."""
+
+    def shutdown(self, timeout_s: float) -> bool:
+        """Power the guest off; True if it went away by itself within the timeout."""
 
 
 POKE_FIRST_S = 5.0

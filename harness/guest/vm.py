@@ -21,6 +21,12 @@ from .. import proc
 from ..errors import InputError
 
 
+# where the forward of --transport ssh goes: QEMU user networking's first guest address (guest/ssh.py
+# gives it to the guest's NIC) and sshd's port
+SSH_GUEST_ADDR = "10.0.2.15"
+SSH_GUEST_PORT = 22
+
+
 @dataclass(frozen=True)
 class Timeouts:
     """Seconds for each phase; KVM values are TCG's divided by the scale."""
@@ -48,6 +54,10 @@ class VmSpec:
     accel: str  # "kvm" or "tcg"
     rwdirs: tuple[Path, ...]
     console_log: Path | None = None
+    # --transport ssh: the guest's NIC, reached only through this port of the host's 127.0.0.1.
+    # virtme-ng's own --ssh does not fit: its host keys and client key are kept across runs in the
+    # user's cache, and its client trusts any host key (StrictHostKeyChecking no).
+    ssh_port: int | None = None
     cpus: int = 2
     memory: str = "2G"
     # vng boots with `quiet loglevel=1`: the console would hide every WARNING and BUG. An oops
@@ -84,12 +94,22 @@ def vng_argv(spec: VmSpec, *, exec_cmd: str | None = None) -> list[str]:
         path = str(spec.console_log).replace(",", ",,")  # QEMU's escape for a comma in a value
         qemu_opts += f" -chardev file,id=fhconsole,path={path} -serial chardev:fhconsole"
         append.append("console=ttyS1")  # the second port; ttyS0 is the shell's
+    if spec.ssh_port is not None:
+        qemu_opts += " " + ssh_netdev(spec.ssh_port)
     argv.append(f"--qemu-opts={qemu_opts}")
     for a in append:
         argv.append(f"--append={a}")
     if exec_cmd is not None:
         argv += ["--exec", exec_cmd]
     return argv
+
+
+def ssh_netdev(port: int) -> str:
+    """A NIC whose only way in is a forward from `port` of the host's loopback to the guest's sshd;
+    `restrict=on` keeps the guest from reaching the host or anything beyond (the forward still
+    works). The guest's address is the one QEMU's user network gives its first host."""
+    return (f"-netdev user,id=fhssh,restrict=on,hostfwd=tcp:127.0.0.1:{port}-{SSH_GUEST_ADDR}:{SSH_GUEST_PORT}"
+            " -device virtio-net-pci,netdev=fhssh")
 
 
 def console_argv(spec: VmSpec, vng_log: Path) -> list[str]:

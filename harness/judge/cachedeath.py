@@ -84,7 +84,8 @@ class CacheDeathFacts:
         return out
 
     def unexplained(self, errors: tuple[LogEvent, ...]) -> tuple[LogEvent, ...]:
-        return tuple(e for e in errors if not any(e is x for x in self.explained))
+        explained = {id(e) for e in self.explained}  # the same events: both come from the readers' logs
+        return tuple(e for e in errors if id(e) not in explained)
 
 
 def clock_offset(events: list[TraceEvent]) -> float | None:

@@ -68,7 +68,9 @@ def failures(daemon: DaemonFacts, readers: ReaderFacts, ledger: Ledger, probed: 
         reasons.append(Reason(Check.READ_ERROR, f"{len(wrong_errors)} read error(s){beside}, first {e.get('stage')} "
                               f"{e.get('fsid')}/{e.get('path')}: {e.get('error')} (errno {e.get('errno')})"))
     if readers.max_stall_s > th.stall_bound_s:
-        reasons.append(Reason(Check.STALL, f"a read stalled {readers.max_stall_s:.1f}s (bound {th.stall_bound_s:.0f}s)"))
+        stuck = max(readers.stalls, key=lambda e: float(e.get("waited_s", 0)), default=None)
+        where = f": {stuck.get('what')}, waiting in {stuck.get('wchan')}" if stuck and "wchan" in stuck else ""
+        reasons.append(Reason(Check.STALL, f"a call stalled {readers.max_stall_s:.1f}s (bound {th.stall_bound_s:.0f}s){where}"))
     if readers.never_verified:
         reasons.append(Reason(Check.CHECKSUM, f"{len(readers.never_verified)} file(s) never read back correctly, "
                                              f"first {readers.never_verified[0]}"))

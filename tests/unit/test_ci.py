@@ -87,7 +87,7 @@ def test_list_runs_nothing(tmp_path, capsys):
     assert fake.calls == []
     lines = capsys.readouterr().out.splitlines()
     assert lines[1] == ("linux-source-6.12/plain/crash\tfailover-harness run --scenario crash --flavor plain "
-                        "--package linux-source-6.12")
+                        "--package linux-source-6.12 --transport console")
 
 
 def test_a_submission_runs_the_default_scenarios_on_the_series(tmp_path):
@@ -103,7 +103,23 @@ def test_a_submission_runs_the_default_scenarios_on_the_series(tmp_path):
         assert a[a.index("--series") + 1] == str(mbox.resolve())
     md = (tmp_path / "runs" / "report.md").read_text()
     assert md.startswith("### failover-harness on v2.mbx: ✅ PASS")
-    assert f"```sh\nfailover-harness submit --mbox {mbox} --base v6.12 --tree /src/linux\n```" in md
+    assert f"```sh\nfailover-harness submit --mbox {mbox} --base v6.12 --tree /src/linux --transport console\n```" in md
+
+
+def test_the_transport_reaches_every_cell_and_every_submitted_run(tmp_path):
+    """--transport on matrix and submit: each child run is told it, and the submission's
+    reproducing command says it."""
+    fake = FakeHarness(tmp_path, {"crash": "run-crash-5-kills", "no-failover": "run-no-failover"})
+    ci.run_matrix(matrix_args(tmp_path, "--transport", "ssh", "--", "--seed", "2"), runner=fake)
+    assert fake.calls and all(a[a.index("--transport") + 1] == "ssh" for a in fake.calls)
+    mbox = tmp_path / "v2.mbx"
+    mbox.write_text("From x\nSubject: [PATCH 1/1] cachefiles: x\n\n")
+    args = cli.parser().parse_args(["submit", "--mbox", str(mbox), "--base", "v6.12", "--transport", "ssh",
+                                   "--output", str(tmp_path / "sub")])
+    fake = FakeHarness(tmp_path, {s: "run-crash-5-kills" for s in matrix.DEFAULT_SCENARIOS})
+    ci.run_submit(args, runner=fake)
+    assert all(a[a.index("--transport") + 1] == "ssh" for a in fake.calls)
+    assert ci.submit_command(args).endswith("--transport ssh")
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -82,11 +82,12 @@ def test_a_reproducing_command_gives_the_same_run_on_any_machine() -> None:
 def test_reproduce_states_what_is_tested_first_and_only_what_is_not_a_default() -> None:
     """Scenario, seed and read delay are said even at their defaults (what the run was, should a
     default change); the order is the matrix listing's: what is tested, then how hard."""
-    assert RunRequest().reproduce() == "failover-harness run --scenario crash --seed 1 --read-delay-ms 50"
+    assert RunRequest().reproduce() == ("failover-harness run --scenario crash --seed 1 --read-delay-ms 50 "
+                                        "--transport console")
     req = RunRequest(scenario="combined", kills=0, tree=Path("/src/linux"), ref="v6.12", flavor="debug",
-                     accel="kvm", package="ignored-with-a-tree", jobs=3)
+                     accel="kvm", package="ignored-with-a-tree", jobs=3, transport="ssh")
     assert req.reproduce() == ("failover-harness run --scenario combined --flavor debug --tree /src/linux "
-                               "--ref v6.12 --kills 0 --seed 1 --read-delay-ms 50 --accel kvm")
+                               "--ref v6.12 --kills 0 --seed 1 --read-delay-ms 50 --accel kvm --transport ssh")
     assert "--package linux-source-6.13" in RunRequest(package="linux-source-6.13").reproduce()
 
 
@@ -105,7 +106,7 @@ def test_the_bisect_step_parses_back_to_the_same_request(tmp_path: Path) -> None
 def test_the_default_package_is_the_sources_everywhere() -> None:
     submit = cli.parser().parse_args(["submit", "--mbox", "x.mbx", "--base", "v1"])
     assert RunRequest().package == submit.package == source.DEFAULT_PACKAGE
-    assert ci.submit_command(submit) == "failover-harness submit --mbox x.mbx --base v1"
+    assert ci.submit_command(submit) == "failover-harness submit --mbox x.mbx --base v1 --transport console"
 
 
 def test_each_command_takes_its_share_of_the_options() -> None:
@@ -113,6 +114,8 @@ def test_each_command_takes_its_share_of_the_options() -> None:
         return {o.flag for o in run_options.options_of(command)}
     assert {"--ref", "--series"} <= flags("run") and not {"--ref", "--series"} & flags("bisect")
     assert "--package" not in flags(bisect.STEP_COMMAND) and "--scenario" not in flags("mutate")
-    assert flags("submit") == {"--flavor", "--tree", "--package", "--cache"}
+    assert flags("submit") == {"--flavor", "--tree", "--package", "--transport", "--cache"}
+    assert flags("matrix") == {"--transport"}  # its kernels, flavours and scenarios are axes of its own
+    assert all("--transport" in flags(c) for c in ("run", "bisect", bisect.STEP_COMMAND, "mutate"))
     with pytest.raises(ValueError):
         run_options.options_of("report")
