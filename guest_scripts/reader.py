@@ -31,9 +31,10 @@ from eventlog import EventLog
 
 CHUNK = 128 * 1024
 MOUNT_RETRY_PAUSE_S = 0.2  # after a failed mount: no cache bound yet, the next one tries again
-# umount_at_withdrawal: a held dead mount goes this long at most after the withdrawal begins
-# (seeded, uniform), so that the readers' umounts spread over the withdrawal's stages
-WITHDRAWAL_SPREAD_S = 0.4
+# umount_at_withdrawal: a held dead mount goes this share of the stall bound at most after the
+# withdrawal begins (seeded, uniform), so that the readers' umounts spread over the withdrawal's
+# stages: 0.1 s under TCG, where a withdrawal takes 0.03-0.18 s (cache-death seeds 3-4)
+WITHDRAWAL_SPREAD_SHARE = 1 / 300
 WITHDRAWAL_POLL_S = 0.002
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -248,7 +249,7 @@ class Reader:
             if time.monotonic() > deadline:
                 return False
             time.sleep(WITHDRAWAL_POLL_S)
-        time.sleep(self.rng.uniform(0, WITHDRAWAL_SPREAD_S))
+        time.sleep(self.rng.uniform(0, WITHDRAWAL_SPREAD_SHARE * self.config.stall_bound_s))
         return True
 
     def run(self) -> int:

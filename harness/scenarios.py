@@ -51,6 +51,9 @@ class Needs:
     # cache deaths the trace confirms (a device release, then a new bind) that failed requests
     # (queued or delivered) and after which a reader read a file right through a fresh mount
     cache_deaths: int = 0
+    # umounts of mounts a death failed, held until the dead cache's withdrawal began, whose span
+    # overlaps the kernel's withdrawal (its probe, entry to return)
+    withdrawal_umounts: int = 0
     end_checked: bool = True  # the end check's re-read marked in the trace; kmemleak scanned (debug)
 
 
@@ -140,7 +143,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("cache-death", "the cache dies with requests queued while lockless threads read: waiters get EIO, "
              "a new cache is bound, readers go on with fresh mounts; kills beside",
              kills=6, cache_deaths=4, threads=3, lockless=True, dawdle_s=0.05, umount_at_withdrawal=True,
-             needs=Needs(in_flight_share=0.5, redelivered=1, cache_deaths=3)),
+             needs=Needs(in_flight_share=0.5, redelivered=1, cache_deaths=3, withdrawal_umounts=3)),
     Scenario("no-failover", "negative control: the device fd dies with the daemon; must FAIL",
              kills=3, failover=False, expected_daemon_errnos=(errno.EIO,)),  # the cache dies: EIO, all of it
 )}

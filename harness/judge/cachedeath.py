@@ -18,7 +18,7 @@ mount begun just before a bind look begun after it (then its error counts agains
 
 With GuestConfig.umount_at_withdrawal the readers keep the mounts a death failed until the dead
 cache's withdrawal begins (the daemon closes its last anon fd, which pins it), then unmount them
-within WITHDRAWAL_SPREAD_S: each umount whose span overlaps the kernel's withdrawal (the
+within reader.WITHDRAWAL_SPREAD_SHARE of the stall bound: each umount whose span overlaps the kernel's withdrawal (the
 `withdraw` probe, entry to return) raced the withdrawal of its volume and cookies, the shape of
 CVE-2024-41057/41058 (reported per death; the memory-safety of it is KASAN's to judge).
 

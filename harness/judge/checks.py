@@ -85,6 +85,8 @@ class Check(Enum):
     REOPEN_PROBES = ("reopen-probes", "evidence: the patch-4 probe asked on reopens", "reopen_probes")
     CACHE_DEATHS = ("cache-deaths", "evidence: cache deaths that failed requests, then fresh mounts read right",
                     "cache_deaths")
+    WITHDRAWAL_UMOUNTS = ("withdrawal-umounts", "evidence: umounts racing a dead cache's withdrawal",
+                          "withdrawal_umounts")
     STATE_KILLS = ("state-kills", "evidence: kills at every kernel state, confirmed by the trace", "state_kill_hits")
     MISBEHAVIOURS = ("misbehaviours", "evidence: every misbehaviour of the daemon reached the kernel", "misbehaviours")
     END_CHECKED = ("end-checked", "evidence: the end of the run checked (re-read, kmemleak)", "end_checked")

@@ -208,6 +208,10 @@ def missing_evidence(daemon: DaemonFacts, trace: TraceFacts, ledger: Ledger, pro
     if needs.cache_deaths and cache is not None and (ran := sum(d.ran for d in cache.deaths)) < needs.cache_deaths:
         missing.append(Reason(Check.CACHE_DEATHS, f"cache deaths that failed requests and after which a fresh mount "
                                                   f"read a file right: {ran} of {len(cache.deaths)}, need {needs.cache_deaths}"))
+    if needs.withdrawal_umounts and cache is not None and \
+            (raced := sum(d.umounts_in_withdrawal for d in cache.deaths)) < needs.withdrawal_umounts:
+        missing.append(Reason(Check.WITHDRAWAL_UMOUNTS, f"held umounts that raced a dead cache's withdrawal: {raced}, "
+                                                       f"need {needs.withdrawal_umounts}"))
     if needs.crash_point_hits and th.crash_points_planned:
         hits = daemon.crash_points()
         if never := [p for p in CRASH_POINTS if len(hits.get(p, [])) < needs.crash_point_hits]:
