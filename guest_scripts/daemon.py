@@ -838,7 +838,8 @@ class Daemon:
             self.objects.clear()
         for fd in fds[:-1]:
             os.close(fd)
-        write_atomically(self.config.withdrawing_file, f"{self.incarnation}\n")
+        if self.config.withdrawing_file:
+            write_atomically(self.config.withdrawing_file, f"{self.incarnation}\n")
         self.log.emit(Event.WITHDRAWING, anon_fds=len(fds))
         for fd in fds[-1:]:
             os.close(fd)

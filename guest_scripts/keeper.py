@@ -18,6 +18,12 @@ is then the last reference: the kernel fails every queued request with EIO. Once
 exited (its anon fds, which pin the cache, closed with it) the keeper binds a new cache with the
 same tag and starts the next incarnation; the readers' fresh mounts use it.
 
+A Fault.KILL_WAITER (SIGUSR1 from the host) asks whether a task waiting on a dead daemon can
+be killed: a waiter (waiter.py) mounts while the daemon serves, the keeper SIGKILLs the daemon,
+lets the waiter read data nobody can serve, SIGKILLs it as it waits and, before starting the next
+incarnation, waits (a sixth of the stall bound) for it to go. The judge asks the trace whether
+it went before the next `restore` (harness/judge/killable.py).
+
 In `no_failover` mode the keeper gives its copy of the device fd away: when the daemon dies the
 cache dies with it (every queued request fails with EIO). That is the negative control.
 """
@@ -27,6 +33,7 @@ import argparse
 import array
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -35,8 +42,10 @@ import threading
 import time
 from typing import Any
 
-from contract import CACHE_DEATH_RT_OFFSET, CLOCK_MARK, KEEPER_BOUND, Event, GuestConfig, Mode
+from contract import (CACHE_DEATH_RT_OFFSET, CLOCK_MARK, KEEPER_BOUND, WAITER_MOUNTED, WAITER_WCHAN, Event, GuestConfig,
+                      Mode)
 from eventlog import EventLog, trace_mark, write_atomically
+from reader import umount
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -159,6 +168,10 @@ class Keeper:
         self.incarnation = 0
         self.held = HeldFds(self.log) if config.supervise_fds else None
         self.supervision: tuple[socket.socket, threading.Thread] | None = None
+        self.waiters = 0  # Fault.KILL_WAITER: waiters started
+        self.killing_waiter: threading.Thread | None = None  # no next incarnation until it is done
+        self.killed_waiters: list[tuple[subprocess.Popen[str], str]] = []  # to unmount once a daemon serves
+        self.cleanups: list[threading.Thread] = []
 
     def bind(self) -> None:
         self.device_fd = open_cache(self.config.cache_dir, self.config.tag)
@@ -219,15 +232,22 @@ class Keeper:
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
         signal.signal(signal.SIGUSR2, self.kill_cache)
+        signal.signal(signal.SIGUSR1, self.kill_waiter)
         self.bind()
         write_atomically(self.config.keeper_state_file, KEEPER_BOUND)
         while not self.stopping:
             if self.device_fd < 0 and not self.rebind():
                 continue
             self.start_daemon()
+            self.clean_up_waiters()
             self.reap()
+            if self.killing_waiter is not None:
+                self.killing_waiter.join()
+                self.killing_waiter = None
             if not self.stopping:
                 time.sleep(self.config.restart_delay_s)
+        for thread in self.cleanups:
+            thread.join(self.config.stall_bound_s / 3)
         if self.held is not None:
             self.held.close_all()  # before the device: the cache is withdrawn when the last fd goes
         if self.device_fd >= 0:
@@ -249,10 +269,76 @@ class Keeper:
         except ProcessLookupError:
             pass  # dead already: its device fd went with it
 
+    def kill_waiter(self, _signum: int, _frame: object) -> None:
+        """Fault.KILL_WAITER, in a thread of its own (it waits on the waiter); the main loop
+        starts the next incarnation only once it is done."""
+        child = self.child
+        if child is None or child.poll() is not None or self.killing_waiter is not None:
+            self.log.emit(Event.WAITER_KILLED, pid=None, fsid=None, waiting_in=None, gone_s=None,
+                          missed="no daemon serving")
+            return
+        self.killing_waiter = threading.Thread(target=self._kill_a_waiter, args=(child,), name="waiter", daemon=True)
+        self.killing_waiter.start()
+
+    def _kill_a_waiter(self, child: subprocess.Popen[bytes]) -> None:
+        self.waiters += 1
+        images = sorted(self.config.images)
+        fsid = f"{images[self.waiters % len(images)]}.waiter{self.waiters}"
+        target = os.path.join(self.config.mount_dir, fsid)
+        os.makedirs(target, exist_ok=True)
+        bound = self.config.stall_bound_s / 6
+        waiter = subprocess.Popen([sys.executable, "-S", os.path.join(HERE, "waiter.py"), "--fsid", fsid,
+                                   "--target", target], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert waiter.stdin is not None and waiter.stdout is not None
+        ready, _, _ = select.select([waiter.stdout], [], [], bound)
+        mounted = bool(ready) and waiter.stdout.readline().startswith(WAITER_MOUNTED)
+        child.kill()  # the fault's kill, mounted or not: the host waits for the next incarnation
+        child.wait()
+        waiting_in = None
+        if mounted:
+            waiter.stdin.write("read\n")
+            waiter.stdin.flush()
+            deadline = time.monotonic() + bound
+            while (waiting_in := wchan(waiter.pid)) != WAITER_WCHAN and time.monotonic() < deadline \
+                    and waiter.poll() is None:
+                time.sleep(0.005)
+        waiter.kill()
+        killed = time.monotonic()
+        try:
+            waiter.wait(bound)
+            gone_s: float | None = round(time.monotonic() - killed, 4)
+        except subprocess.TimeoutExpired:
+            gone_s = None  # the next incarnation starts anyway: it will answer, and the waiter go
+        self.log.emit(Event.WAITER_KILLED, pid=waiter.pid, fsid=fsid, mounted=mounted, waiting_in=waiting_in,
+                      gone_s=gone_s)
+        self.killed_waiters.append((waiter, target))
+
+    def clean_up_waiters(self) -> None:
+        """The killed waiters' mounts go once a daemon serves (the umount's CLOSE waits for one)."""
+        for waiter, target in self.killed_waiters:
+            thread = threading.Thread(target=_unmount_after, args=(waiter, target), name="waiter-umount", daemon=True)
+            thread.start()
+            self.cleanups.append(thread)
+        self.killed_waiters = []
+
     def _on_term(self, signum: int, _frame: object) -> None:
         self.stopping = True
         if self.child is not None and self.child.poll() is None:
             self.child.terminate()
+
+
+def wchan(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/wchan") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _unmount_after(waiter: subprocess.Popen[str], target: str) -> None:
+    waiter.wait()
+    umount(target)
+    os.rmdir(target)
 
 
 def main() -> int:

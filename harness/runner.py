@@ -96,6 +96,7 @@ class Run:
             supervise_fds=self.scenario.supervise_fds,
             umount_at_withdrawal=self.scenario.umount_at_withdrawal,
             statekill_ctl=f"{GUEST_TMP}/statekill.ctl" if self.scenario.state_kills else "",
+            withdrawing_file=f"{GUEST_TMP}/withdrawing" if self.scenario.umount_at_withdrawal else "",
             crash_plan=self.crash_plan,
             domain_images=self.scenario.domain_images,
             cache_dir=f"{GUEST_TMP}/cache",

@@ -23,7 +23,8 @@ from .session import GuestHung, Session
 from .vm import Timeouts
 
 PROGRESS_COUNTS = {Fault.KILL: "kills", Fault.CLOSE: "closes", Fault.RESTORE_LIVE: "live restores",
-                   Fault.STALE: "stale answers", Fault.STATE_KILL: "state kills", Fault.CACHE_DEATH: "cache deaths"}
+                   Fault.STALE: "stale answers", Fault.STATE_KILL: "state kills", Fault.CACHE_DEATH: "cache deaths",
+                   Fault.KILL_WAITER: "killed waiters"}
 
 STALLED = "a reader stalled; the faults stopped early"
 # Kernel states the readers reach only now and then, and the fault that brings one about: a live
@@ -89,7 +90,7 @@ class FaultLoop:
         self.progress.count(PROGRESS_COUNTS[action.kind])
         self.logs.poll()
         self.progress.set("served", self.logs.served)
-        return inc + 1 if action.kind in (Fault.KILL, Fault.CACHE_DEATH) else inc
+        return inc + 1 if action.kind in (Fault.KILL, Fault.CACHE_DEATH, Fault.KILL_WAITER) else inc
 
     def kill_at_state(self, index: int, action: Action, incarnation: int) -> int:
         """Arm statekill.py with the action's KernelState and wait for its kill; a state that does

@@ -68,6 +68,8 @@ class Check(Enum):
     CLOSE_COPEN_PROBE = ("close-copen-probe", "probe: an anon fd closed around its copen gets no READ")
     SECOND_FD_PROBE = ("second-fd-probe", "probe: no OPEN for an object whose anon fd is held open")
     LATE_WRITE_PROBE = ("late-write-probe", "probe: an anon fd written after its object's CLOSE is refused (ENOBUFS)")
+    KILLABLE_PROBE = ("killable-probe", "probe: a task SIGKILLed while its READ waits on no daemon goes before the "
+                      "next daemon restores")
     CACHE_DEATH = ("cache-death", "cache: every death released the device and a new cache was bound")
     DAEMON_ERRORS = ("daemon-errors", "daemon: every answer accepted by the kernel")
     RUN_COMPLETED = ("run-completed", "run: completed")
@@ -87,6 +89,8 @@ class Check(Enum):
                     "cache_deaths")
     WITHDRAWAL_UMOUNTS = ("withdrawal-umounts", "evidence: umounts racing a dead cache's withdrawal",
                           "withdrawal_umounts")
+    KILLED_WAITERS = ("killed-waiters", "evidence: waiters SIGKILLed while their READ waited on no daemon",
+                      "killed_waiters")
     STATE_KILLS = ("state-kills", "evidence: kills at every kernel state, confirmed by the trace", "state_kill_hits")
     MISBEHAVIOURS = ("misbehaviours", "evidence: every misbehaviour of the daemon reached the kernel", "misbehaviours")
     END_CHECKED = ("end-checked", "evidence: the end of the run checked (re-read, kmemleak)", "end_checked")

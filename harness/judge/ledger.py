@@ -10,9 +10,10 @@ closed for good) fails every request still queued: at the end of a run nothing i
 (the readers are done), so what it fails was never answered. An `unbind` followed by a new
 cache's `bind` is a cache that died mid-run (Fault.CACHE_DEATH): what it failed with EIO was
 ended by the kernel (`flushed`), and so were the READs queued on its objects and never
-delivered (CacheDeath, per death). One end is not seen: a reader
-killed while it waits gives its request up silently; readers are killed only when they stall,
-which the stall check fails already. Delivered again
+delivered (CacheDeath, per death). A task killed while its READ waits, queued and not yet
+delivered, gives the READ up with no event of its own but its exit (a killable wait: the kernel
+takes the request out): such a READ is `abandoned` (Fault.KILL_WAITER's waiter; a reader killed
+at a stall). Delivered again
 while it lives is either a re-delivery (a `restore` came between) or a violation (it did not).
 The kernel reuses a msg_id once its request has ended, so a delivery of that msg_id after the end
 starts a new lifetime: nothing here matches by msg_id across lifetimes.
@@ -29,7 +30,7 @@ The rules, each exact (no allowance; a correct kernel breaks none, README says w
   own) shows exactly that;
 - double: no lifetime is delivered twice without a `restore` between the two deliveries;
 - unanswered: by the end of the trace every lifetime has ended, and every READ the kernel queued
-  (the `read` tracepoint) was delivered, unless its object was dropped;
+  (the `read` tracepoint) was delivered, unless its object was dropped or its task exited first;
 - closed: no READ is delivered for an object whose anon fd was released (`fd_release`) and not
   opened again since (`copen` of that object): patches 1 and 3.
 """
@@ -123,6 +124,7 @@ class Ledger:
     anon_fds_handed: int = 0  # OPENs delivered: each installs an anon fd in the daemon
     anon_fds_released: int = 0  # `fd_release`: each anon fd's last close
     cache_deaths: tuple[CacheDeath, ...] = ()
+    abandoned_reads: int = 0  # of the READs queued, given up by a task that exited before their delivery
 
     @classmethod
     def none(cls, why: str) -> "Ledger":
@@ -161,6 +163,8 @@ class _Builder:
         self.object_open: dict[int, bool] = {}  # o -> copened and not released since
         self.queued: Counter[tuple[int, int, int]] = Counter()  # (o, off, len) of READs queued
         self.delivered_reads: Counter[tuple[int, int, int]] = Counter()
+        self.waiting_reads: dict[int, tuple[int, int, int]] = {}  # task -> its READ queued, not yet delivered
+        self.abandoned: Counter[tuple[int, int, int]] = Counter()  # READs whose task exited before their delivery
         self.dropped: dict[int, float] = {}  # o -> when it was dropped
         self.known_o: set[int] = set()
         self.fds_handed = self.fds_released = 0
@@ -200,6 +204,7 @@ class _Builder:
             self.fds_released += 1
         elif e.event == "read" and o is not None:
             self.queued[(o, f.get("s", -1), f.get("l", -1))] += 1
+            self.waiting_reads[e.pid] = (o, f.get("s", -1), f.get("l", -1))
         elif e.event == "drop" and o is not None:
             self.dropped[o] = e.ts
             for msg_id, lt in list(self.live.items()):
@@ -220,6 +225,8 @@ class _Builder:
             self.restores.append(e.ts)
         elif e.event == "exit":
             self.exits[e.tgid if e.tgid >= 0 else e.pid] = e.ts
+            if (key := self.waiting_reads.pop(e.pid, None)) is not None:
+                self.abandoned[key] += 1
 
     def deliver(self, e: TraceEvent) -> None:
         f = e.fields
@@ -259,7 +266,10 @@ class _Builder:
             lt.off, lt.length = f.get("a"), f.get("b")
             if o is not None:
                 if len(lt.deliveries) == 1:
-                    self.delivered_reads[(o, f.get("a", -1), f.get("b", -1))] += 1
+                    key = (o, f.get("a", -1), f.get("b", -1))
+                    self.delivered_reads[key] += 1
+                    if (task := next((t for t, k in self.waiting_reads.items() if k == key), None)) is not None:
+                        del self.waiting_reads[task]
                 if not self.object_open.get(o, False):
                     self.violations.append(Violation("closed", f"{lt.describe()} delivered at {e.ts:.6f} while its "
                                                      "object was closed (anon fd released, no copen since)"))
@@ -338,7 +348,8 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None) -> Ledger
                                     f"to process {lt.deliveries[-1].tgid}, was never answered{how}"))
     available = bool(b.delivered or b.empty)
     for (o, off, length), n in sorted(b.queued.items()) if available else ():
-        if (missing := n - b.delivered_reads.get((o, off, length), 0)) > 0 and o not in b.dropped and o not in dead_objects:
+        missing = n - b.delivered_reads.get((o, off, length), 0) - b.abandoned.get((o, off, length), 0)
+        if missing > 0 and o not in b.dropped and o not in dead_objects:
             violations.append(Violation("unanswered", f"{missing} READ(s) of object {o} off {off} len {length} "
                                         "queued by the kernel and never delivered"))
     return Ledger(
@@ -348,6 +359,7 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None) -> Ledger
         lifetimes=len(b.all),
         by_op=dict(Counter(lt.op for lt in b.all)),
         queued_reads=sum(b.queued.values()),
+        abandoned_reads=sum(b.abandoned.values()),
         drops=len(b.dropped),
         unknown_drop_ids=sum(1 for o in b.dropped if o not in b.known_o),
         violations=tuple(violations),

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from . import cachedeath, console, evidence, junit, ledger, markdown, misbehaviour, probes, reread, statekills, trace, verdict
+from . import cachedeath, console, evidence, junit, killable, ledger, markdown, misbehaviour, probes, reread, statekills, trace, verdict
 from .checks import Status, slugs
 from .results import (RESULTS_SCHEMA_VERSION, AnyResults, CacheDeathsSection, CrashPointRow, DeathSpread, EndSection,
                       LedgerSection, Results, Spread, error_results)
@@ -66,6 +66,7 @@ def _ledger_section(lg: ledger.Ledger, disagreements: list[str]) -> LedgerSectio
         "requests": lg.lifetimes,
         "by_op": lg.by_op,
         "queued_reads": lg.queued_reads,
+        "abandoned_reads": lg.abandoned_reads,
         "held_at_death": lg.held,
         "redelivered": lg.redelivered,
         "ended_by_kernel": sum(p.ended_by_kernel for p in lg.processes),
@@ -125,11 +126,12 @@ def evaluate(run_dir: Path) -> Results:
     # only the deaths the scenario asks for explain errors (no-failover's cache dies too: a FAIL)
     cache = (cachedeath.judge(kernel_ledger.cache_deaths, trace_events, logs.readers, logs.keeper)
              if scenario.get("cache_deaths") else None)
+    waiters = killable.judge(logs.keeper, trace_events)
     aborted = meta.get("aborted")
     if aborted is None and readers.readers_finished < readers.readers_started:
         aborted = f"{readers.readers_started - readers.readers_finished} reader(s) never finished"
     v = verdict.decide(daemon, readers, kernel_trace, kernel_ledger, probed, reads_after_reopen, findings, th, aborted,
-                       logs.end_of_run, read_back, misbehaved, state_hits, cache)
+                       logs.end_of_run, read_back, misbehaved, state_hits, cache, waiters)
     in_flight = verdict.kills_in_flight(daemon, kernel_ledger)
 
     kills = len(daemon.kills)
@@ -207,6 +209,8 @@ def evaluate(run_dir: Path) -> Results:
         results["cache_deaths"] = {"asked": cache.asked, "released": cache.released,
                                    "errors_explained": len(cache.explained), "clock_offset_s": cache.clock_offset_s,
                                    "deaths": [{**asdict(d), "ran": d.ran} for d in cache.deaths]}
+    if waiters:
+        results["killed_waiters"] = [{**asdict(w), "decided": w.decided, "killable": w.killable} for w in waiters]
     if aborted:
         results["console_tail"] = console.tail(run_dir / "console.log")
     write_outputs(run_dir, results, summary(results))
@@ -274,6 +278,13 @@ def _cache_deaths_line(c: CacheDeathsSection) -> str:
             f"{sum(d['ran'] for d in deaths)} ran their course (requests failed, then a fresh mount read right)")
 
 
+def _waiters_line(waiters: list[dict[str, Any]]) -> str:
+    decided = [w for w in waiters if w["decided"]]
+    gone = [f"{w['restore_ts'] - w['exit_ts']:.2f}" for w in decided if w["killable"] and w["restore_ts"] is not None]
+    return (f"  waiters SIGKILLed on no daemon: {len(waiters)}, their READ queued {len(decided)}, gone before the next "
+            f"restore {sum(w['killable'] for w in decided)} (by {', '.join(gone) or '-'} s)")
+
+
 def _end_line(end: EndSection | None) -> str:
     if end is None:
         return "  end of run: not checked (the run never got there)"
@@ -306,6 +317,7 @@ def summary(r: Results) -> str:
            + "; ".join(f"{state} {h['tried']}/{h['killed']}/{h['confirmed']}" for state, h in r["state_kills"].items())]
           if r["state_kills"] else []),
         *([_cache_deaths_line(r["cache_deaths"])] if "cache_deaths" in r else []),
+        *([_waiters_line(r["killed_waiters"])] if "killed_waiters" in r else []),
         _end_line(r["end_of_run"]),
         f"  reads: {rd['files_verified']} files verified ({rd['bytes_read'] / 1e6:.1f} MB), "
         f"{r['mismatches']} mismatches, {r['read_errors']} errors, max {_seconds(rd['max_latency_s'])}, "

@@ -76,6 +76,7 @@ class LedgerSection(TypedDict):
     requests: int  # request lifetimes delivered
     by_op: dict[str, int]
     queued_reads: int
+    abandoned_reads: int
     held_at_death: int
     redelivered: int
     ended_by_kernel: int
@@ -159,6 +160,7 @@ class CacheDeathsSection(TypedDict):
 class _JudgedOptional(TypedDict, total=False):
     crash_points: dict[str, CrashPointRow]  # when the run had a crash plan
     cache_deaths: CacheDeathsSection  # when the scenario has cache deaths
+    killed_waiters: list[dict[str, Any]]  # Fault.KILL_WAITER: killable.Waiter, and whether it went in time
     console_tail: str  # when the run was aborted
 
 

@@ -16,6 +16,7 @@ from .cachedeath import CacheDeathFacts
 from .checks import Check, Reason, Status
 from .console import Finding
 from .evidence import DaemonFacts, LogEvent, ReaderFacts
+from .killable import Waiter
 from .ledger import Ledger
 from . import probes
 from .probes import ProbeCounts
@@ -50,7 +51,7 @@ class Verdict:
 def failures(daemon: DaemonFacts, readers: ReaderFacts, ledger: Ledger, probed: dict[str, ProbeCounts],
              findings: list[Finding], th: Thresholds, aborted: str | None, end: EndOfRun | None = None,
              reread: Reread | None = None, misbehaved: MisbehaviourFacts | None = None,
-             cache: CacheDeathFacts | None = None) -> list[Reason]:
+             cache: CacheDeathFacts | None = None, waiters: tuple[Waiter, ...] = ()) -> list[Reason]:
     reasons: list[Reason] = []
     if aborted:
         reasons.append(Reason(Check.RUN_COMPLETED, f"run aborted: {aborted}"))
@@ -113,6 +114,11 @@ def failures(daemon: DaemonFacts, readers: ReaderFacts, ledger: Ledger, probed: 
     if cache is not None and (wrong := cache.failures()):
         reasons.append(Reason(Check.CACHE_DEATH, "; ".join(wrong)))
 
+    # a task SIGKILLed while its READ waits on no daemon goes before the next daemon restores
+    if not_killed := [w for w in waiters if w.decided and not w.killable]:
+        reasons.append(Reason(Check.KILLABLE_PROBE, f"{len(not_killed)} of {sum(w.decided for w in waiters)} waiter(s): "
+                              + "; ".join(w.describe() for w in not_killed[:SHOWN])))
+
     # what the daemon did, the kernel must accept: a READ_COMPLETE, a copen, a read() of the device
     # refused (EEXIST: an OPEN re-delivered while its anon fd is still open), a request for an
     # object it never opened, a message that does not parse. The readers may never see it (the
@@ -160,7 +166,8 @@ def kills_in_flight(daemon: DaemonFacts, ledger: Ledger) -> int:
 def missing_evidence(daemon: DaemonFacts, trace: TraceFacts, ledger: Ledger, probed: dict[str, ProbeCounts],
                      reads_after_reopen: int, th: Thresholds, end: EndOfRun | None = None,
                      reread: Reread | None = None, misbehaved: MisbehaviourFacts | None = None,
-                     state_hits: dict[str, StateHits] | None = None, cache: CacheDeathFacts | None = None) -> list[Reason]:
+                     state_hits: dict[str, StateHits] | None = None, cache: CacheDeathFacts | None = None,
+                     waiters: tuple[Waiter, ...] = ()) -> list[Reason]:
     needs = th.needs
     missing: list[Reason] = []
     if needs.end_checked and end is not None and reread is not None and not reread.ran:
@@ -212,6 +219,9 @@ def missing_evidence(daemon: DaemonFacts, trace: TraceFacts, ledger: Ledger, pro
             (raced := sum(d.umounts_in_withdrawal for d in cache.deaths)) < needs.withdrawal_umounts:
         missing.append(Reason(Check.WITHDRAWAL_UMOUNTS, f"held umounts that raced a dead cache's withdrawal: {raced}, "
                                                        f"need {needs.withdrawal_umounts}"))
+    if needs.killed_waiters and (waited := sum(w.decided for w in waiters)) < needs.killed_waiters:
+        missing.append(Reason(Check.KILLED_WAITERS, f"waiters SIGKILLed while their READ waited on no daemon: "
+                                                   f"{waited} of {len(waiters)}, need {needs.killed_waiters}"))
     if needs.crash_point_hits and th.crash_points_planned:
         hits = daemon.crash_points()
         if never := [p for p in CRASH_POINTS if len(hits.get(p, [])) < needs.crash_point_hits]:
@@ -223,9 +233,9 @@ def decide(daemon: DaemonFacts, readers: ReaderFacts, trace: TraceFacts, ledger:
            reads_after_reopen: int, findings: list[Finding], th: Thresholds, aborted: str | None = None,
            end: EndOfRun | None = None, reread: Reread | None = None,
            misbehaved: MisbehaviourFacts | None = None, state_hits: dict[str, StateHits] | None = None,
-           cache: CacheDeathFacts | None = None) -> Verdict:
-    reasons = failures(daemon, readers, ledger, probed, findings, th, aborted, end, reread, misbehaved, cache)
+           cache: CacheDeathFacts | None = None, waiters: tuple[Waiter, ...] = ()) -> Verdict:
+    reasons = failures(daemon, readers, ledger, probed, findings, th, aborted, end, reread, misbehaved, cache, waiters)
     missing = missing_evidence(daemon, trace, ledger, probed, reads_after_reopen, th, end, reread, misbehaved,
-                               state_hits, cache)
+                               state_hits, cache, waiters)
     status = Status.FAIL if reasons else Status.INCONCLUSIVE if missing else Status.PASS
     return Verdict(status, tuple(reasons), tuple(missing))

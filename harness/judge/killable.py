@@ -1,0 +1,61 @@
+"""Fault.KILL_WAITER judged from the trace: can a task waiting on a dead daemon be killed?
+
+The keeper kills the daemon, lets a waiter (guest_scripts/waiter.py) queue a READ that no daemon
+can take, SIGKILLs the waiter and starts the next daemon only once the waiter is gone, or once
+its bound has passed. The kernel's events decide, exactly: the waiter's READ was queued (the
+`read` tracepoint, fired in the waiter's own task: it waited on the daemon) and its exit
+(`sched_process_exit`) came before the next `restore` after that READ. A kernel whose on-demand
+wait is killable ("cachefiles: make on-demand read killable") lets the waiter go at once; one that
+waits uninterruptibly keeps it until the next daemon has restored and answered, so its exit comes
+after that restore, or never. A waiter whose READ the trace lacks decided nothing (it never
+waited: its mount failed, or the keeper's bound passed first).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from guest_scripts.contract import Event
+from .evidence import LogEvent
+from .trace import TraceEvent
+
+
+@dataclass(frozen=True)
+class Waiter:
+    pid: int
+    fsid: str
+    queued_ts: float | None  # its READ queued (the `read` tracepoint in its task)
+    exit_ts: float | None  # its exit; None: alive when the trace ended
+    restore_ts: float | None  # the next `restore` after its READ; None: none came
+
+    @property
+    def decided(self) -> bool:
+        return self.queued_ts is not None
+
+    @property
+    def killable(self) -> bool:
+        """Gone before the next daemon's restore (nothing could have answered it by then)."""
+        return self.exit_ts is not None and (self.restore_ts is None or self.exit_ts < self.restore_ts)
+
+    def describe(self) -> str:
+        if self.exit_ts is None:
+            return f"waiter {self.pid} ({self.fsid}), SIGKILLed while its READ waited, never exited"
+        assert self.restore_ts is not None
+        return (f"waiter {self.pid} ({self.fsid}), SIGKILLed while its READ waited on no daemon, exited only "
+                f"{self.exit_ts - self.restore_ts:.3f} s after the next daemon's restore: the wait was not killable")
+
+
+def judge(keeper: list[LogEvent], events: list[TraceEvent]) -> tuple[Waiter, ...]:
+    pids = {int(e["pid"]): str(e.get("fsid")) for e in keeper
+            if e.get("event") == Event.WAITER_KILLED and e.get("pid") is not None}
+    queued: dict[int, float] = {}
+    exits: dict[int, float] = {}
+    restores = [e.ts for e in events if e.event == "restore"]
+    for e in events:
+        if e.pid in pids:
+            if e.event == "read" and e.pid not in queued:
+                queued[e.pid] = e.ts
+            elif e.event == "exit":
+                exits[e.pid] = e.ts
+    return tuple(Waiter(pid, fsid, queued.get(pid), exits.get(pid),
+                        next((r for r in restores if r > queued[pid]), None) if pid in queued else None)
+                 for pid, fsid in sorted(pids.items()))
