@@ -194,7 +194,9 @@ FAULT_SIGNALS: Final = {Fault.KILL: "KILL", Fault.CLOSE: "USR1", Fault.RESTORE_L
 # Fault.KILL_WAITER it carries out itself
 KEEPER_SIGNALS: Final = {Fault.CACHE_DEATH: "USR2", Fault.KILL_WAITER: "USR1"}
 WAITER_MOUNTED: Final = "mounted"  # waiter.py -> keeper: mounted, path of the file it will read
-WAITER_WCHAN: Final = "cachefiles_ondemand_send_req"  # where a waiter waits on its READ
+# where a waiter waits on its READ: cachefiles_ondemand_send_req, inlined (6.12's wchan names
+# cachefiles_ondemand_init_read_req, the symbol before it)
+WAITER_WCHAN_PREFIX: Final = "cachefiles_ondemand_"
 CACHE_DEATH_RT_OFFSET: Final = 3  # keeper -> daemon, SIGRTMIN + this: let the device fd go
 
 

@@ -42,8 +42,8 @@ import threading
 import time
 from typing import Any
 
-from contract import (CACHE_DEATH_RT_OFFSET, CLOCK_MARK, KEEPER_BOUND, WAITER_MOUNTED, WAITER_WCHAN, Event, GuestConfig,
-                      Mode)
+from contract import (CACHE_DEATH_RT_OFFSET, CLOCK_MARK, KEEPER_BOUND, WAITER_MOUNTED, WAITER_WCHAN_PREFIX, Event,
+                      GuestConfig, Mode)
 from eventlog import EventLog, trace_mark, write_atomically
 from reader import umount
 
@@ -299,8 +299,8 @@ class Keeper:
             waiter.stdin.write("read\n")
             waiter.stdin.flush()
             deadline = time.monotonic() + bound
-            while (waiting_in := wchan(waiter.pid)) != WAITER_WCHAN and time.monotonic() < deadline \
-                    and waiter.poll() is None:
+            while not (waiting_in := wchan(waiter.pid) or "").startswith(WAITER_WCHAN_PREFIX) \
+                    and time.monotonic() < deadline and waiter.poll() is None:
                 time.sleep(0.005)
         waiter.kill()
         killed = time.monotonic()
