@@ -333,6 +333,9 @@ KMEMLEAK_FILE: Final = "kmemleak.txt"  # in the log directory: the debug flavour
 # the trace's clock against the guest's wall clock, which the guest's logs are stamped with (the
 # cache-death judge puts the readers' errors and mounts on the kernel's clock with it).
 CLOCK_MARK: Final = "failover_clock_ms"
+# keeper: `waiter_go=<pid>` just before it lets a waiter read (Fault.KILL_WAITER; the daemon is
+# dead by then): the waiter's first READ after it is the one no daemon can take
+WAITER_GO_MARK: Final = "waiter_go"
 TRACE_MARKER: Final = "/sys/kernel/tracing/trace_marker"
 # Written to trace_marker around the re-read (`failover_reread=1` before, `=0` after): the
 # kernel's trace then shows which requests the re-read caused.

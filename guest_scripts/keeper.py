@@ -42,8 +42,8 @@ import threading
 import time
 from typing import Any
 
-from contract import (CACHE_DEATH_RT_OFFSET, CLOCK_MARK, KEEPER_BOUND, WAITER_MOUNTED, WAITER_WCHAN_PREFIX, Event,
-                      GuestConfig, Mode)
+from contract import (CACHE_DEATH_RT_OFFSET, CLOCK_MARK, KEEPER_BOUND, WAITER_GO_MARK, WAITER_MOUNTED, WAITER_WCHAN_PREFIX,
+                      Event, GuestConfig, Mode)
 from eventlog import EventLog, trace_mark, write_atomically
 from reader import umount
 
@@ -296,6 +296,7 @@ class Keeper:
         child.wait()
         waiting_in = None
         if mounted:
+            trace_mark(WAITER_GO_MARK, waiter.pid)
             waiter.stdin.write("read\n")
             waiter.stdin.flush()
             deadline = time.monotonic() + bound

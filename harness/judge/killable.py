@@ -3,7 +3,8 @@
 The keeper kills the daemon, lets a waiter (guest_scripts/waiter.py) queue a READ that no daemon
 can take, SIGKILLs the waiter and starts the next daemon only once the waiter is gone, or once
 its bound has passed. The kernel's events decide, exactly: the waiter's READ was queued (the
-`read` tracepoint, fired in the waiter's own task: it waited on the daemon) and its exit
+waiter's first `read` tracepoint, fired in its own task, after the keeper's mark that the daemon
+is dead and the waiter may read: the READs of its mount, before, were served) and its exit
 (`sched_process_exit`) came before the next `restore` after that READ. A kernel whose on-demand
 wait is killable ("cachefiles: make on-demand read killable") lets the waiter go at once; one that
 waits uninterruptibly keeps it until the next daemon has restored and answered, so its exit comes
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from guest_scripts.contract import Event
+from guest_scripts.contract import WAITER_GO_MARK, Event
 from .evidence import LogEvent
 from .trace import TraceEvent
 
@@ -47,11 +48,14 @@ class Waiter:
 def judge(keeper: list[LogEvent], events: list[TraceEvent]) -> tuple[Waiter, ...]:
     pids = {int(e["pid"]): str(e.get("fsid")) for e in keeper
             if e.get("event") == Event.WAITER_KILLED and e.get("pid") is not None}
+    going: set[int] = set()  # waiters the keeper has let read
     queued: dict[int, float] = {}
     exits: dict[int, float] = {}
     restores = [e.ts for e in events if e.event == "restore"]
     for e in events:
-        if e.pid in pids:
+        if e.event == "mark" and e.fields.get(WAITER_GO_MARK) in pids:
+            going.add(e.fields[WAITER_GO_MARK])
+        elif e.pid in going:
             if e.event == "read" and e.pid not in queued:
                 queued[e.pid] = e.ts
             elif e.event == "exit":
