@@ -1,4 +1,4 @@
-"""The misbehaving daemon's run judged (tests/fixtures/run-adversarial: `adversarial`, seed 3, the
+"""The misbehaving daemon's run judged (tests/fixtures/run-adversarial: `adversarial`, seed 1, the
 correct kernel), and each of its rules' negative controls: the run changed where a broken kernel
 would change it (a late answer accepted, a msg_id reused, a READ for an object whose fd was
 closed before its copen, a write after an umount's CLOSE accepted for good or refused otherwise than

@@ -193,6 +193,17 @@ def test_a_queued_read_never_delivered_is_named():
     assert len(broken) == 1 and "object 65535 off 125267968 len 4096" in broken[0].text
 
 
+def test_a_queued_read_whose_task_exited_before_its_delivery_was_abandoned():
+    """A task killed while its READ waits (a killable wait) gives the READ up: abandoned, not
+    unanswered. Its control: the same READ with the exit of another task is unanswered."""
+    read = "cachefiles_ondemand_read: o=0000ffff mid=0 oid=0 s=7777000 l=1000"
+    text = lines(CLOSE_FDS) + [_line(4242, 999.0, read)]
+    lg = build(text + [_line(4242, 999.5, "sched_process_exit: comm=python3 pid=4242 prio=120")])
+    assert lg.of_rule("unanswered") == [] and lg.abandoned_reads == 1
+    lg = build(text + [_line(4243, 999.5, "sched_process_exit: comm=python3 pid=4243 prio=120")])
+    assert len(lg.of_rule("unanswered")) == 1 and lg.abandoned_reads == 0
+
+
 def test_the_daemon_log_and_the_ledger_are_compared_per_process():
     lg = build(lines(CRASH))
     delivered = {p.tgid: p.delivered for p in lg.processes}
