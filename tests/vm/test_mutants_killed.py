@@ -49,5 +49,8 @@ def test_cheapest_mutant_of_a_2024_fix_is_killed_by_the_misbehaving_daemon(tmp_p
     scenario_has = misbehaviour.expected(json.loads((run_dir / "run.json").read_text())["scenario"])
     assert set(misbehaved) == set(scenario_has) >= {"restore-live", "stale", "lockless-close", "close-copen"}
     assert all(v["decided"] >= 3 for v in misbehaved.values()), misbehaved
+    # tasks waiting on no daemon, SIGKILLed: each whose READ was queued went before the next restore
+    waiters = [w for w in json.loads((run_dir / "results.json").read_text())["killed_waiters"] if w["decided"]]
+    assert len(waiters) >= 3 and all(w["killable"] for w in waiters), waiters
     (o,) = [o for o in r["outcomes"] if o["name"] == m.name]
     assert o["status"] == "killed" and m.expect in o["killed_by"], o
