@@ -62,7 +62,7 @@ class Event:
     # thread's fd number is reused under it) while its other threads poll, read and serve
     DEVICE_CLOSED: Final = "device_closed"
     # ... and, its threads done, closed its last anon fd: the last pin of the dead cache, whose
-    # withdrawal then begins (GuestConfig.umount_at_withdrawal: the held dead mounts go now)
+    # withdrawal then begins (GuestConfig.race_withdrawal: the held dead mounts go now)
     WITHDRAWING: Final = "withdrawing"
     # an answer refused after this daemon let the device go: the cache is dead and failed every
     # request with EIO, so a READ_COMPLETE for one is refused (EINVAL). The fault's, not an error.
@@ -75,7 +75,7 @@ class Event:
     STALL: Final = "stall"
     UMOUNT_FAILED: Final = "umount_failed"  # a plain umount failed (the mount was then detached)
     READ_THROUGH: Final = "read_through"  # every file of a mount read, none failed
-    # GuestConfig.umount_at_withdrawal: a mount its cache's death failed, held until the daemon
+    # GuestConfig.race_withdrawal: a mount its cache's death failed, held until the daemon
     # said the withdrawal begins, then unmounted (`began`: the wall clock; `took_s`)
     HELD_UMOUNT: Final = "held_umount"
     FINISHED: Final = "finished"
@@ -270,11 +270,12 @@ class GuestConfig:
     # supervise_fds: the keeper holds every anon fd beside the daemon, across its deaths, and
     # hands them to the next incarnation (keeper.HeldFds); Probe.SECOND_FD
     supervise_fds: bool = False
-    # umount_at_withdrawal: the even readers keep a mount a cache death failed until the daemon
+    # race_withdrawal: the even readers keep a mount a cache death failed until the daemon
     # closes its last anon fd (the dead cache's withdrawal begins), then unmount it a seeded
-    # moment later, racing the withdrawal of its volume and cookies (CVE-2024-41057/41058's
-    # shape); the odd ones unmount at once, as the death's flush goes on
-    umount_at_withdrawal: bool = False
+    # moment later, racing the withdrawal of its volume and cookies (CVE-2024-41058's shape); the
+    # odd ones unmount at once, as the death's flush goes on, and go on mounting, failing until
+    # the new cache is bound: cookies looked up as the cache withdraws (CVE-2024-41057's shape)
+    race_withdrawal: bool = False
     # rewritten by the daemon as it closes its last anon fd after a cache death, polled by the
     # readers: on the guest's own tmpfs, not in the log directory. Polling a file that is replaced
     # as it is read over the 9p root hung a reader in netfs_retry_reads (cache-death seed 1, 2 of 13

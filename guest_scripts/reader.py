@@ -6,8 +6,10 @@ busy for as long as the kill loop runs. Per file: sha256, bytes, read count and 
 per failed read: the errno, and how long the call waited. A failed read ends the reader's use of
 that mount (it goes on with the next image's fresh mount: after a cache's death, only a fresh
 mount can use the new cache); a failed mount is followed by a short pause. With
-`umount_at_withdrawal` the even readers keep a mount failed with EIO until the daemon starts
-withdrawing the dead cache, and unmount it a seeded moment later; the odd ones unmount at once.
+`race_withdrawal` the even readers keep a mount failed with EIO until the daemon starts
+withdrawing the dead cache, and unmount it a seeded moment later; the odd ones unmount at once
+and go on mounting (every 200 ms while mounts fail), which puts cookie lookups across the
+withdrawal.
 A watchdog thread reports a call (mount, open, read, umount) that has not returned within the
 stall bound while it is still stuck, with the kernel stack it waits in, since a call waiting on
 a dead daemon may never return.
@@ -31,7 +33,7 @@ from eventlog import EventLog
 
 CHUNK = 128 * 1024
 MOUNT_RETRY_PAUSE_S = 0.2  # after a failed mount: no cache bound yet, the next one tries again
-# umount_at_withdrawal: a held dead mount goes this share of the stall bound at most after the
+# race_withdrawal: a held dead mount goes this share of the stall bound at most after the
 # withdrawal begins (seeded, uniform), so that the readers' umounts spread over the withdrawal's
 # stages: 0.1 s under TCG, where a withdrawal takes 0.03-0.18 s (cache-death seeds 3-4)
 WITHDRAWAL_SPREAD_SHARE = 1 / 300
@@ -202,7 +204,7 @@ class Reader:
             return
         self.log.emit(Event.MOUNTED, image=image, fsid=fsid, domain=domain,
                       latency_s=round(time.monotonic() - started, 4))
-        holds = self.config.umount_at_withdrawal and self.reader_id % 2 == 0
+        holds = self.config.race_withdrawal and self.reader_id % 2 == 0
         withdrawals = self.withdrawals() if holds else None
         held = False
         try:

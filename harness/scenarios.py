@@ -78,7 +78,7 @@ class Scenario:
     state_kills: int = 0  # Fault.STATE_KILL at every KernelState, this many times each
     cache_deaths: int = 0  # Fault.CACHE_DEATH sent by the host
     kill_waiters: int = 0  # Fault.KILL_WAITER sent by the host
-    umount_at_withdrawal: bool = False  # GuestConfig.umount_at_withdrawal
+    race_withdrawal: bool = False  # GuestConfig.race_withdrawal
     dawdle_s: float = 0.0  # GuestConfig.dawdle_s
     late_close: bool = False  # GuestConfig.late_close
     supervise_fds: bool = False  # GuestConfig.supervise_fds
@@ -146,7 +146,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     # (CVE-2024-41057/41058's shape). Kills beside.
     Scenario("cache-death", "the cache dies with requests queued while lockless threads read: waiters get EIO, "
              "a new cache is bound, readers go on with fresh mounts; kills beside",
-             kills=6, cache_deaths=4, threads=3, lockless=True, dawdle_s=0.05, umount_at_withdrawal=True,
+             kills=6, cache_deaths=4, threads=3, lockless=True, dawdle_s=0.05, race_withdrawal=True,
              needs=Needs(in_flight_share=0.5, redelivered=1, cache_deaths=3, withdrawal_umounts=3)),
     Scenario("no-failover", "negative control: the device fd dies with the daemon; must FAIL",
              kills=3, failover=False, expected_daemon_errnos=(errno.EIO,)),  # the cache dies: EIO, all of it

@@ -16,11 +16,14 @@ clocks: the mark is written just after the wall clock is read, so a stamp maps a
 write's latency later, which can only make an error look later (still after the death) and a
 mount begun just before a bind look begun after it (then its error counts against the kernel).
 
-With GuestConfig.umount_at_withdrawal the readers keep the mounts a death failed until the dead
+With GuestConfig.race_withdrawal the even readers keep the mounts a death failed until the dead
 cache's withdrawal begins (the daemon closes its last anon fd, which pins it), then unmount them
-within reader.WITHDRAWAL_SPREAD_SHARE of the stall bound: each umount whose span overlaps the kernel's withdrawal (the
-`withdraw` probe, entry to return) raced the withdrawal of its volume and cookies, the shape of
-CVE-2024-41057/41058 (reported per death; the memory-safety of it is KASAN's to judge).
+within reader.WITHDRAWAL_SPREAD_SHARE of the stall bound: each umount whose span overlaps the
+kernel's withdrawal (the `withdraw` probe, entry to return) raced the withdrawal of its volume
+and cookies, CVE-2024-41058's shape (Needs.withdrawal_umounts). The odd ones go on mounting
+(every 200 ms while mounts fail): a mount overlapping the withdrawal looks a cookie up as the
+cache withdraws, CVE-2024-41057's shape (counted per death, any reader's).
+The memory-safety of both is KASAN's to judge.
 
 A death ran its course when the kernel failed requests with it (delivered or queued: the ledger)
 and a reader then read a file right through a mount begun after the new bind. The cache-death
@@ -58,6 +61,7 @@ class DeathAccount:
     remounted: bool  # a file read right through a mount begun after the new bind
     withdrawal_s: float | None = None  # how long the dead cache's withdrawal took (None: not seen)
     umounts_in_withdrawal: int = 0  # readers' held umounts whose span overlaps it
+    mounts_in_withdrawal: int = 0  # readers' mounts whose span overlaps it (a cookie looked up meanwhile)
 
     @property
     def ran(self) -> bool:
@@ -113,13 +117,17 @@ def judge(deaths: tuple[CacheDeath, ...], events: list[TraceEvent], readers: lis
     errors: list[LogEvent] = []
     files: list[LogEvent] = []
     umounts: list[tuple[float, float]] = []  # held umounts' spans (trace clock)
+    mounts: list[tuple[float, float]] = []  # every mount's span, failed or not (trace clock)
     for log in readers:
         for e in log:
             kind = e.get("event")
             if kind == Event.MOUNTED:
                 mounted[(e.get("reader"), e.get("fsid"))] = float(e["t"]) - float(e.get("latency_s", 0)) + offset
+                mounts.append((mounted[(e.get("reader"), e.get("fsid"))], float(e["t"]) + offset))
             elif kind == Event.READ_ERROR:
                 errors.append(e)
+                if e.get("stage") == "mount":
+                    mounts.append((float(e["t"]) - float(e.get("waited_s", 0)) + offset, float(e["t"]) + offset))
             elif kind == Event.FILE:
                 files.append(e)
             elif kind == Event.HELD_UMOUNT:
@@ -144,7 +152,8 @@ def judge(deaths: tuple[CacheDeath, ...], events: list[TraceEvent], readers: lis
         remounted = any(mounted.get((f.get("reader"), f.get("fsid")), -1.0) > d.rebound_ts for f in files)
         span = _withdrawal(events, d)
         raced = sum(1 for began, ended in umounts if span and began < span[1] and ended > span[0])
-        accounts.append(_account(d, explained[i], remounted, span, raced))
+        looked_up = sum(1 for began, ended in mounts if span and began < span[1] and ended > span[0])
+        accounts.append(_account(d, explained[i], remounted, span, raced, looked_up))
     return CacheDeathFacts(asked, len(releases), tuple(accounts), never,
                            tuple(e for i in explained for e in explained[i]), offset)
 
@@ -158,7 +167,7 @@ def _withdrawal(events: list[TraceEvent], d: CacheDeath) -> tuple[float, float] 
 
 
 def _account(d: CacheDeath, explained: list[LogEvent], remounted: bool,
-             withdrawal: tuple[float, float] | None = None, raced: int = 0) -> DeathAccount:
+             withdrawal: tuple[float, float] | None = None, raced: int = 0, looked_up: int = 0) -> DeathAccount:
     return DeathAccount(d.ts, round(d.rebound_ts - d.ts, 4), d.refused_binds, d.flushed_delivered + d.flushed_queued,
                         len(explained), remounted, None if withdrawal is None else round(withdrawal[1] - withdrawal[0], 4),
-                        raced)
+                        raced, looked_up)

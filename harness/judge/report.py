@@ -274,7 +274,7 @@ def _cache_deaths_line(c: CacheDeathsSection) -> str:
     return (f"  cache deaths: {c['asked']} asked, {c['released']} released by the kernel, {len(deaths)} rebound "
             f"(after {each('rebound_s', '{:.2f}')} s); requests failed with them {each('flushed')}; "
             f"reader errors they explain {each('explained')}; withdrawals took {each('withdrawal_s')} s, "
-            f"held umounts racing them {each('umounts_in_withdrawal')}; "
+            f"held umounts racing them {each('umounts_in_withdrawal')}, mounts {each('mounts_in_withdrawal')}; "
             f"{sum(d['ran'] for d in deaths)} ran their course (requests failed, then a fresh mount read right)")
 
 
