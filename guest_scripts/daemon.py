@@ -830,19 +830,21 @@ class Daemon:
         self.wake.request_stop()
 
     def withdraw(self) -> None:
-        """After a cache death, every thread done: close the anon fds, the last one after saying
-        so (Event.WITHDRAWING and the withdrawing file). They pin the dead cache: the last close
-        withdraws it, here, in this thread, while the readers holding dead mounts unmount them."""
+        """After a cache death, its threads done (or given up on): let the anon fds go, the last
+        one after saying so (Event.WITHDRAWING and the withdrawing file). They pin the dead cache:
+        the last one's release withdraws it, here, in this thread, while the readers holding dead
+        mounts unmount them. Each goes by dup2 of /dev/null, as the device did: a thread still in
+        its answer keeps a valid fd number, never one reused by the next open."""
         with self.lock:
             fds = [obj.anon_fd for obj in self.objects.values() if not obj.closed]
             self.objects.clear()
         for fd in fds[:-1]:
-            os.close(fd)
+            os.dup2(self.devnull, fd)
         if self.config.withdrawing_file:
             write_atomically(self.config.withdrawing_file, f"{self.incarnation}\n")
         self.log.emit(Event.WITHDRAWING, anon_fds=len(fds))
         for fd in fds[-1:]:
-            os.close(fd)
+            os.dup2(self.devnull, fd)
 
     def serving(self) -> int:
         """READs being answered now (their objects pinned)."""

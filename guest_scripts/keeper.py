@@ -45,7 +45,7 @@ from typing import Any
 from contract import (CACHE_DEATH_RT_OFFSET, CLOCK_MARK, KEEPER_BOUND, WAITER_GO_MARK, WAITER_MOUNTED, WAITER_WCHAN_PREFIX,
                       Event, GuestConfig, Mode)
 from eventlog import EventLog, trace_mark, write_atomically
-from reader import umount
+from reader import read_proc, umount
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -246,6 +246,7 @@ class Keeper:
                 self.killing_waiter = None
             if not self.stopping:
                 time.sleep(self.config.restart_delay_s)
+        self.clean_up_waiters()  # a waiter killed as the keeper stopped
         for thread in self.cleanups:
             thread.join(self.config.stall_bound_s / 3)
         if self.held is not None:
@@ -274,68 +275,71 @@ class Keeper:
         starts the next incarnation only once it is done."""
         child = self.child
         if child is None or child.poll() is not None or self.killing_waiter is not None:
-            self.log.emit(Event.WAITER_KILLED, pid=None, fsid=None, waiting_in=None, gone_s=None,
-                          missed="no daemon serving")
+            missed = "a waiter is being killed" if self.killing_waiter is not None else "no daemon serving"
+            self.log.emit(Event.WAITER_KILLED, pid=None, fsid=None, waiting_in=None, gone_s=None, missed=missed)
             return
         self.killing_waiter = threading.Thread(target=self._kill_a_waiter, args=(child,), name="waiter", daemon=True)
         self.killing_waiter.start()
 
     def _kill_a_waiter(self, child: subprocess.Popen[bytes]) -> None:
+        """Whatever fails here, the daemon is killed (the host waits for the next incarnation), the
+        waiter too, and its mount is left to clean_up_waiters."""
         self.waiters += 1
         images = sorted(self.config.images)
         fsid = f"{images[self.waiters % len(images)]}.waiter{self.waiters}"
         target = os.path.join(self.config.mount_dir, fsid)
-        os.makedirs(target, exist_ok=True)
-        # its mount, which the daemon serves, may queue behind a busy daemon's work: a third of the
-        # stall bound (a sixth, 5 s under TCG, missed one of 4 in adversarial seed 1 with a mutant)
         bound = self.config.stall_bound_s / 6
-        waiter = subprocess.Popen([sys.executable, "-S", os.path.join(HERE, "waiter.py"), "--fsid", fsid,
-                                   "--target", target], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert waiter.stdin is not None and waiter.stdout is not None
-        ready, _, _ = select.select([waiter.stdout], [], [], 2 * bound)
-        mounted = bool(ready) and waiter.stdout.readline().startswith(WAITER_MOUNTED)
-        child.kill()  # the fault's kill, mounted or not: the host waits for the next incarnation
-        child.wait()
-        waiting_in = None
-        if mounted:
-            trace_mark(WAITER_GO_MARK, waiter.pid)
-            waiter.stdin.write("read\n")
-            waiter.stdin.flush()
-            deadline = time.monotonic() + bound
-            while not (waiting_in := wchan(waiter.pid) or "").startswith(WAITER_WCHAN_PREFIX) \
-                    and time.monotonic() < deadline and waiter.poll() is None:
-                time.sleep(0.005)
-        waiter.kill()
-        killed = time.monotonic()
+        waiter: subprocess.Popen[str] | None = None
+        mounted, waiting_in, gone_s = False, None, None
         try:
-            waiter.wait(bound)
-            gone_s: float | None = round(time.monotonic() - killed, 4)
-        except subprocess.TimeoutExpired:
-            gone_s = None  # the next incarnation starts anyway: it will answer, and the waiter go
-        self.log.emit(Event.WAITER_KILLED, pid=waiter.pid, fsid=fsid, mounted=mounted, waiting_in=waiting_in,
-                      gone_s=gone_s)
-        self.killed_waiters.append((waiter, target))
+            os.makedirs(target, exist_ok=True)
+            waiter = subprocess.Popen([sys.executable, "-S", os.path.join(HERE, "waiter.py"), "--fsid", fsid,
+                                       "--target", target], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert waiter.stdin is not None and waiter.stdout is not None
+            # its mount, which the daemon serves, may queue behind a busy daemon's work: a third of
+            # the stall bound (a sixth, 5 s under TCG, missed one of 4 in adversarial seed 1)
+            ready, _, _ = select.select([waiter.stdout], [], [], 2 * bound)
+            mounted = bool(ready) and waiter.stdout.readline().startswith(WAITER_MOUNTED)
+            child.kill()  # the fault's kill, mounted or not
+            child.wait()
+            if mounted:
+                trace_mark(WAITER_GO_MARK, waiter.pid)
+                waiter.stdin.write("read\n")
+                waiter.stdin.flush()
+                deadline = time.monotonic() + bound
+                while not (waiting_in := read_proc(f"/proc/{waiter.pid}/wchan")).startswith(WAITER_WCHAN_PREFIX) \
+                        and time.monotonic() < deadline and waiter.poll() is None:
+                    time.sleep(0.005)
+            waiter.kill()
+            killed = time.monotonic()
+            try:
+                waiter.wait(bound)
+                gone_s = round(time.monotonic() - killed, 4)
+            except subprocess.TimeoutExpired:
+                pass  # the next incarnation starts anyway: it will answer, and the waiter go
+        finally:
+            child.kill()
+            if waiter is not None:
+                waiter.kill()
+                for pipe in (waiter.stdin, waiter.stdout):
+                    if pipe is not None:
+                        pipe.close()
+                self.killed_waiters.append((waiter, target))
+            self.log.emit(Event.WAITER_KILLED, pid=None if waiter is None else waiter.pid, fsid=fsid, mounted=mounted,
+                          waiting_in=waiting_in, gone_s=gone_s)
 
     def clean_up_waiters(self) -> None:
         """The killed waiters' mounts go once a daemon serves (the umount's CLOSE waits for one)."""
-        for waiter, target in self.killed_waiters:
+        pending, self.killed_waiters = self.killed_waiters, []
+        for waiter, target in pending:
             thread = threading.Thread(target=_unmount_after, args=(waiter, target), name="waiter-umount", daemon=True)
             thread.start()
             self.cleanups.append(thread)
-        self.killed_waiters = []
 
     def _on_term(self, signum: int, _frame: object) -> None:
         self.stopping = True
         if self.child is not None and self.child.poll() is None:
             self.child.terminate()
-
-
-def wchan(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/wchan") as f:
-            return f.read().strip()
-    except OSError:
-        return None
 
 
 def _unmount_after(waiter: subprocess.Popen[str], target: str) -> None:

@@ -35,7 +35,7 @@ CHUNK = 128 * 1024
 MOUNT_RETRY_PAUSE_S = 0.2  # after a failed mount: no cache bound yet, the next one tries again
 # race_withdrawal: a held dead mount goes this share of the stall bound at most after the
 # withdrawal begins (seeded, uniform), so that the readers' umounts spread over the withdrawal's
-# stages: 0.1 s under TCG, where a withdrawal takes 0.03-0.18 s (cache-death seeds 3-4)
+# stages: 0.1 s under TCG, where a withdrawal takes 0.02-0.25 s (cache-death, seeds 1-7)
 WITHDRAWAL_SPREAD_SHARE = 1 / 300
 WITHDRAWAL_POLL_S = 0.002
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -108,11 +108,12 @@ class Watchdog(threading.Thread):
                 if waited > self.bound_s:
                     self.reported = current
                     self.log.emit(Event.STALL, what=current[0], waited_s=round(waited, 3),
-                                  wchan=_read(f"/proc/self/task/{current[2]}/wchan"),
-                                  stack=_read(f"/proc/self/task/{current[2]}/stack").split())
+                                  wchan=read_proc(f"/proc/self/task/{current[2]}/wchan"),
+                                  stack=read_proc(f"/proc/self/task/{current[2]}/stack").splitlines())
 
 
-def _read(path: str) -> str:
+def read_proc(path: str) -> str:
+    """A /proc file's text, or why it could not be read (the task may be gone)."""
     try:
         with open(path) as f:
             return f.read().strip()

@@ -145,7 +145,8 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     # failed are kept until the dead cache's withdrawal begins, then unmounted during it
     # (CVE-2024-41057/41058's shape). Kills beside.
     Scenario("cache-death", "the cache dies with requests queued while lockless threads read: waiters get EIO, "
-             "a new cache is bound, readers go on with fresh mounts; kills beside",
+             "a new cache is bound, readers go on with fresh mounts; dead mounts unmounted, and fresh ones tried, "
+             "as the dead cache withdraws; kills beside",
              kills=6, cache_deaths=4, threads=3, lockless=True, dawdle_s=0.05, race_withdrawal=True,
              needs=Needs(in_flight_share=0.5, redelivered=1, cache_deaths=3, withdrawal_umounts=3)),
     Scenario("no-failover", "negative control: the device fd dies with the daemon; must FAIL",

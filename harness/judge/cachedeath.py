@@ -44,7 +44,8 @@ from .trace import TraceEvent
 # stage (reader.py's READ_ERROR `stage`) -> the errnos a dead or absent cache gives
 DEATH_ERRNOS: dict[str, frozenset[int]] = {
     # a read that comes after the dead cache withdrew its cookie (a mount held across the
-    # withdrawal, or read from the page cache until then) finds no cache: ENOBUFS (seed 1)
+    # withdrawal, or read from the page cache until then) finds no cache: ENOBUFS (seed 1), so
+    # ENOBUFS on a read or an open is the death's only once its withdrawal began
     "read": frozenset({errno.EIO, errno.ENOBUFS}),
     "open": frozenset({errno.EIO, errno.ENOBUFS}),
     "mount": frozenset({errno.EIO, errno.ENOBUFS}),
@@ -133,6 +134,7 @@ def judge(deaths: tuple[CacheDeath, ...], events: list[TraceEvent], readers: lis
             elif kind == Event.HELD_UMOUNT:
                 umount_began = float(e["began"]) + offset
                 umounts.append((umount_began, umount_began + float(e.get("took_s", 0))))
+    spans = [_withdrawal(events, d) for d in deaths]
     explained: dict[int, list[LogEvent]] = {i: [] for i in range(len(deaths))}
     for e in errors:
         at = float(e["t"]) + offset
@@ -146,11 +148,14 @@ def judge(deaths: tuple[CacheDeath, ...], events: list[TraceEvent], readers: lis
         which = next((i for i in reversed(range(len(deaths))) if deaths[i].ts < at and began < deaths[i].rebound_ts), None)
         if which is None:
             continue
+        if e.get("errno") == errno.ENOBUFS and e.get("stage") != "mount" and \
+                ((span := spans[which]) is None or at < span[0]):
+            continue
         explained[which].append(e)
     accounts = []
     for i, d in enumerate(deaths):
         remounted = any(mounted.get((f.get("reader"), f.get("fsid")), -1.0) > d.rebound_ts for f in files)
-        span = _withdrawal(events, d)
+        span = spans[i]
         raced = sum(1 for began, ended in umounts if span and began < span[1] and ended > span[0])
         looked_up = sum(1 for began, ended in mounts if span and began < span[1] and ended > span[0])
         accounts.append(_account(d, explained[i], remounted, span, raced, looked_up))

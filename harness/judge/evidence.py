@@ -197,7 +197,8 @@ class ReaderFacts:
 
     @property
     def max_stall_s(self) -> float:
-        """The longest a read was seen waiting: finished reads, and stuck ones from the watchdog."""
+        """The longest a read was seen waiting: finished reads, and stuck calls (any the reader
+        makes) from the watchdog."""
         return max([self.max_latency_s, *(float(s.get("waited_s", 0)) for s in self.stalls)])
 
 

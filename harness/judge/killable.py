@@ -9,7 +9,8 @@ is dead and the waiter may read: the READs of its mount, before, were served) an
 wait is killable ("cachefiles: make on-demand read killable") lets the waiter go at once; one that
 waits uninterruptibly keeps it until the next daemon has restored and answered, so its exit comes
 after that restore, or never. A waiter whose READ the trace lacks decided nothing (it never
-waited: its mount failed, or the keeper's bound passed first).
+waited: its mount failed, or the keeper's bound passed first), nor one with no restore after its
+READ (no next daemon came back).
 """
 from __future__ import annotations
 
@@ -30,17 +31,19 @@ class Waiter:
 
     @property
     def decided(self) -> bool:
-        return self.queued_ts is not None
+        """Its READ waited, and a next daemon restored: without a restore after it, an exit would
+        prove nothing (a run that ended with no daemon back)."""
+        return self.queued_ts is not None and self.restore_ts is not None
 
     @property
     def killable(self) -> bool:
         """Gone before the next daemon's restore (nothing could have answered it by then)."""
-        return self.exit_ts is not None and (self.restore_ts is None or self.exit_ts < self.restore_ts)
+        return self.exit_ts is not None and self.restore_ts is not None and self.exit_ts < self.restore_ts
 
     def describe(self) -> str:
+        assert self.restore_ts is not None
         if self.exit_ts is None:
             return f"waiter {self.pid} ({self.fsid}), SIGKILLed while its READ waited, never exited"
-        assert self.restore_ts is not None
         return (f"waiter {self.pid} ({self.fsid}), SIGKILLed while its READ waited on no daemon, exited only "
                 f"{self.exit_ts - self.restore_ts:.3f} s after the next daemon's restore: the wait was not killable")
 

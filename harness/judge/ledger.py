@@ -207,6 +207,8 @@ class _Builder:
             self.waiting_reads[e.pid] = (o, f.get("s", -1), f.get("l", -1))
         elif e.event == "drop" and o is not None:
             self.dropped[o] = e.ts
+            # its queued READs were failed (EIO): a task that exits later gave nothing up
+            self.waiting_reads = {t: k for t, k in self.waiting_reads.items() if k[0] != o}
             for msg_id, lt in list(self.live.items()):
                 if lt.o == o:
                     lt.ended_ts, lt.ended_by = e.ts, "drop"
@@ -218,6 +220,7 @@ class _Builder:
             for lt in self.live.values():
                 lt.ended_ts, lt.ended_by = e.ts, "unbind"
             self.live.clear()
+            self.waiting_reads.clear()
             self.unbinds.append((e.ts, frozenset(self.known_o)))
         elif e.event == "bind":
             self.binds.append((e.ts, f.get("ret", -1)))

@@ -67,7 +67,7 @@ class Timeline:
     bin_s: float
     file_latency: tuple[tuple[float, float], ...]  # (x, slowest read of the file just verified)
     slow_reads: tuple[tuple[float, float], ...]  # (x, latency) of every read slower than SLOW_READ_S
-    stalls: tuple[tuple[float, float], ...]  # (x, waited) of the watchdog's reports of a stuck read
+    stalls: tuple[tuple[float, float], ...]  # (x, waited) of the watchdog's reports of a stuck call
     read_errors: tuple[Marker, ...]
     mismatches: tuple[Marker, ...]
     findings: tuple[Marker, ...]  # kernel console findings placed on the guest clock

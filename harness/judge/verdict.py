@@ -69,7 +69,7 @@ def failures(daemon: DaemonFacts, readers: ReaderFacts, ledger: Ledger, probed: 
         reasons.append(Reason(Check.READ_ERROR, f"{len(wrong_errors)} read error(s){beside}, first {e.get('stage')} "
                               f"{e.get('fsid')}/{e.get('path')}: {e.get('error')} (errno {e.get('errno')})"))
     if readers.max_stall_s > th.stall_bound_s:
-        stuck = max(readers.stalls, key=lambda e: float(e.get("waited_s", 0)), default=None)
+        stuck = readers.stalls[0] if readers.stalls else None  # the watchdog reports each call once, at the bound
         where = f": {stuck.get('what')}, waiting in {stuck.get('wchan')}" if stuck and "wchan" in stuck else ""
         reasons.append(Reason(Check.STALL, f"a call stalled {readers.max_stall_s:.1f}s (bound {th.stall_bound_s:.0f}s){where}"))
     if readers.never_verified:
