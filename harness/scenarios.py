@@ -148,7 +148,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              "a new cache is bound, readers go on with fresh mounts; dead mounts unmounted, and fresh ones tried, "
              "as the dead cache withdraws; kills beside",
              kills=6, cache_deaths=4, threads=3, lockless=True, dawdle_s=0.05, race_withdrawal=True,
-             needs=Needs(in_flight_share=0.5, redelivered=1, cache_deaths=3, withdrawal_umounts=3)),
+             needs=Needs(in_flight_share=0.5, redelivered=1, cache_deaths=3, withdrawal_umounts=1)),
     Scenario("no-failover", "negative control: the device fd dies with the daemon; must FAIL",
              kills=3, failover=False, expected_daemon_errnos=(errno.EIO,)),  # the cache dies: EIO, all of it
 )}
