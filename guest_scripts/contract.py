@@ -36,6 +36,12 @@ class Event:
     # its wchan when killed; `gone_s`: how soon it went, None if not within the keeper's bound,
     # after which the next daemon is started anyway)
     WAITER_KILLED: Final = "waiter_killed"
+    # Fault.UMOUNT_REOPEN: a waiter's mount unmounted (detached, the waiter SIGKILLed) as the
+    # kernel reopens its object (`pid`, `fsid`, `at`: UmountAt; `reached`: the keeper saw that
+    # point before it unmounted; `gone_s`: the waiter's exit; `dropped_s`: its cookie dropped
+    # (NETFS_COOKIES) after it, None if not within the keeper's bound; `missed`: why no waiter
+    # was started)
+    REOPEN_UMOUNTED: Final = "reopen_umounted"
     DIED: Final = "died"
     STOPPED: Final = "stopped"
     # daemon.jsonl
@@ -67,6 +73,11 @@ class Event:
     # an answer refused after this daemon let the device go: the cache is dead and failed every
     # request with EIO, so a READ_COMPLETE for one is refused (EINVAL). The fault's, not an error.
     ORPHANED: Final = "orphaned"
+    # Fault.UMOUNT_REOPEN: the reopen's OPEN of the object the keeper named, held unanswered
+    # while the keeper unmounts its mount; then answered late (DONE if the kernel took the copen;
+    # DROPPED: refused with EINVAL, the drop ended the request, as it must)
+    HELD_OPEN: Final = "held_open"
+    DROPPED: Final = "dropped"
     # reader-<id>.jsonl
     MOUNTED: Final = "mounted"
     FILE: Final = "file"
@@ -167,6 +178,26 @@ class Fault:
     # nobody can serve now (waiter.py), and waits for that process to go: killable, it goes at
     # once; uninterruptible, only once the next daemon answers its READ (Event.WAITER_KILLED)
     KILL_WAITER: Final = "kill_waiter"
+    # the keeper has a waiter mount a fresh fsid, the daemon close that object's anon fd and hold
+    # its next OPEN (the reopen's), lets the waiter read (its READ finds the object closed: the
+    # kernel's reopen work starts) and unmounts the mount (detached; the waiter SIGKILLed) at a
+    # UmountAt point; the object's drop must end the reopen's OPEN and wait for the reopen work
+    # (harness/judge/reopenumount.py), and the held copen, late, is refused
+    UMOUNT_REOPEN: Final = "umount_reopen"
+
+
+class UmountAt:
+    """Fault.UMOUNT_REOPEN: where the keeper unmounts, taken in turn (UMOUNT_AT)."""
+
+    # the waiter's READ queued on the closed object (its wchan), the umount of a mount with a
+    # request pending: the READ ends with the waiter (EINTR), mostly before any daemon thread has
+    # passed it over, so the drop meets no reopen work
+    READ: Final = "read"
+    OPEN: Final = "open"  # the reopen's OPEN delivered and held by the daemon: the work waits on its copen
+
+
+# the reopen work is what the rule judges: two OPENs to a READ (6 faults in `adversarial`: 4 and 2)
+UMOUNT_AT: Final = (UmountAt.OPEN, UmountAt.READ, UmountAt.OPEN)
 
 
 class KernelState:
@@ -192,12 +223,26 @@ FAULT_SIGNALS: Final = {Fault.KILL: "KILL", Fault.CLOSE: "USR1", Fault.RESTORE_L
                         Fault.STALE: "RTMIN+2"}
 # ... and the keeper, for the faults it starts: it passes Fault.CACHE_DEATH on to the daemon;
 # Fault.KILL_WAITER it carries out itself
-KEEPER_SIGNALS: Final = {Fault.CACHE_DEATH: "USR2", Fault.KILL_WAITER: "USR1"}
+KEEPER_SIGNALS: Final = {Fault.CACHE_DEATH: "USR2", Fault.KILL_WAITER: "USR1", Fault.UMOUNT_REOPEN: "RTMIN+4"}
 WAITER_MOUNTED: Final = "mounted"  # waiter.py -> keeper: mounted, path of the file it will read
 # where a waiter waits on its READ: cachefiles_ondemand_send_req, inlined (6.12's wchan names
 # cachefiles_ondemand_init_read_req, the symbol before it)
 WAITER_WCHAN_PREFIX: Final = "cachefiles_ondemand_"
 CACHE_DEATH_RT_OFFSET: Final = 3  # keeper -> daemon, SIGRTMIN + this: let the device fd go
+# host -> keeper and keeper -> daemon, SIGRTMIN + this: Fault.UMOUNT_REOPEN (the daemon closes the
+# fd of the cookie named in GuestConfig.reopen_file and holds its next OPEN while that file is there)
+UMOUNT_REOPEN_RT_OFFSET: Final = 4
+# the daemon -> the keeper, in GuestConfig.reopen_state_file: the fd closed (`closed <object_id>`),
+# no live object of that cookie (`none`), the reopen's OPEN held (`held <msg_id>`)
+REOPEN_CLOSED: Final = "closed"
+REOPEN_NONE: Final = "none"
+REOPEN_HELD: Final = "held"
+# where a kernel's fscache lists its cookies: the debug id, the volume's, three counts, the state
+# (one of "-LCAIFUWRD": D is dropped, the withdrawal, and so the drop of its object, done), the
+# flags and the key in hex (an EROFS blob's: its fsid). A dropped cookie may stay listed while
+# something pins its object (the anon fd of a held OPEN does).
+NETFS_COOKIES: Final = "/proc/fs/netfs/cookies"
+COOKIE_DROPPED: Final = "D"
 
 
 class CrashPoint:
@@ -281,6 +326,13 @@ class GuestConfig:
     # as it is read over the 9p root hung a reader in netfs_retry_reads (cache-death seed 1, 2 of 13
     # runs), a hang of the guest's transport, not of the kernel under test.
     withdrawing_file: str = ""
+    # Fault.UMOUNT_REOPEN, on the guest's tmpfs: the keeper writes the cookie (fsid) there and
+    # removes it to end the hold; the daemon answers in reopen_state_file
+    reopen_file: str = ""
+
+    @property
+    def reopen_state_file(self) -> str:
+        return self.reopen_file + ".state"
 
     @property
     def end_check_file(self) -> str:
@@ -337,6 +389,9 @@ CLOCK_MARK: Final = "failover_clock_ms"
 # keeper: `waiter_go=<pid>` just before it lets a waiter read (Fault.KILL_WAITER; the daemon is
 # dead by then): the waiter's first READ after it is the one no daemon can take
 WAITER_GO_MARK: Final = "waiter_go"
+# keeper: `reopen_go=<pid>` just before it lets a Fault.UMOUNT_REOPEN waiter read (its object's
+# anon fd is closed by then): the waiter's first READ after it is the one that finds it closed
+REOPEN_GO_MARK: Final = "reopen_go"
 TRACE_MARKER: Final = "/sys/kernel/tracing/trace_marker"
 # Written to trace_marker around the re-read (`failover_reread=1` before, `=0` after): the
 # kernel's trace then shows which requests the re-read caused.

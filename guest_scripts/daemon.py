@@ -37,8 +37,8 @@ from typing import Any, Callable
 from dataclasses import dataclass
 
 import protocol
-from contract import (CACHE_DEATH_RT_OFFSET, CrashPoint, Event, Fault, GuestConfig, Probe, ProbeOutcome, RestoreWhy,
-                      StaleOrigin, daemon_serving)
+from contract import (CACHE_DEATH_RT_OFFSET, REOPEN_CLOSED, REOPEN_HELD, REOPEN_NONE, UMOUNT_REOPEN_RT_OFFSET, CrashPoint,
+                      Event, Fault, GuestConfig, Probe, ProbeOutcome, RestoreWhy, StaleOrigin, daemon_serving)
 from eventlog import EventLog, write_atomically
 from keeper import recv_fd, recv_msg, send_msg
 
@@ -60,7 +60,8 @@ CRASH_ARMED_AFTER = 5
 # The faults the host asks of a live daemon by signal (contract.FAULT_SIGNALS), each served by
 # one thread
 REQUEST_SIGNALS: dict[int, str] = {signal.SIGUSR1: Fault.CLOSE, signal.SIGRTMIN + 1: Fault.RESTORE_LIVE,
-                   signal.SIGRTMIN + 2: Fault.STALE, signal.SIGRTMIN + CACHE_DEATH_RT_OFFSET: Fault.CACHE_DEATH}
+                   signal.SIGRTMIN + 2: Fault.STALE, signal.SIGRTMIN + CACHE_DEATH_RT_OFFSET: Fault.CACHE_DEATH,
+                   signal.SIGRTMIN + UMOUNT_REOPEN_RT_OFFSET: Fault.UMOUNT_REOPEN}
 WAKE_SIGNALS = (signal.SIGTERM, *REQUEST_SIGNALS)
 # Fault.STALE: late answers sent each time, the most recent ones and as many taken at random
 STALE_RECENT = 4
@@ -77,6 +78,9 @@ CLOSED_OBJECT_ID = 0xFFFFFFFF
 ORPHANED_ERRORS = {("READ_COMPLETE", errno.EINVAL), ("pwrite", errno.ENOBUFS)}
 # Probe.LATE_WRITE: between tries, while the withdrawal goes on in the kernel's worker
 LATE_WRITE_PAUSE_S = 0.01
+# Fault.UMOUNT_REOPEN: how long a held OPEN waits for the keeper, as a share of the stall bound
+# (the keeper's own waits are a sixth of it, and it ends the hold whatever happened)
+HOLD_SHARE = 1 / 3
 
 def refused(call: Callable[..., object], *args: object) -> int | None:
     """The errno `call` failed with; None if it did not."""
@@ -294,6 +298,7 @@ class Daemon:
         self.closed_at_copen: dict[int, str] = {}  # object_id -> cookie: fd closed before its copen
         self.read_on_closed: set[int] = set()  # msg_ids of READs the close-copen probe found a violation in
         self.device_dead = False  # Fault.CACHE_DEATH: the device fd let go (set before it goes)
+        self.holding: str | None = None  # Fault.UMOUNT_REOPEN: the cookie whose next OPEN is held
 
     def remember_answer(self, op: str, msg_id: int, object_id: int, size: int = 0, by: str = StaleOrigin.ANSWERED) -> None:
         """An answer the kernel accepted (or a dead incarnation's, `by`="dead", seq 0)."""
@@ -453,6 +458,9 @@ class Daemon:
         name = protocol.blob_name(req.volume_key, req.cookie_key)
         blob = self.blob(name) if req.volume_key.startswith("erofs,") else None
         size = blob.size if blob else protocol.copen_error(errno.ENOENT)
+        if name == self.holding and size >= 0 and os.path.exists(self.config.reopen_file):
+            self.hold_open(req, size, name, blob)
+            return
         self.point(CrashPoint.OPEN_BEFORE_COPEN)
         self.dawdle()
         # Not once the end check began: its re-read mounts first-round cookies again, new objects
@@ -501,9 +509,11 @@ class Daemon:
                 self.opened(req, size, name, blob)
         self.serve_all(held)
 
-    def copen(self, req: protocol.OpenRequest, size: int, name: str, blob: Blob | None) -> None:
+    def copen(self, req: protocol.OpenRequest, size: int, name: str, blob: Blob | None, held: bool = False) -> None:
         """Lockless: the object is known before its copen is written, as real daemons do it: the
-        moment the copen is in, another thread may be handed a READ for it."""
+        moment the copen is in, another thread may be handed a READ for it. `held`: an OPEN held
+        while its mount was unmounted (hold_open), whose refusal with EINVAL is the kernel's
+        right answer (DROPPED), not an error."""
         if blob is not None:
             with self.lock:
                 self.objects[req.object_id] = CacheObject(req.fd, blob, name)
@@ -514,10 +524,26 @@ class Daemon:
                 self.objects.pop(req.object_id, None)
             self.let_go(req.object_id)
             os.close(req.fd)
-            self.log.emit(Event.ERROR, msg_id=req.msg_id, op="OPEN", object_id=req.object_id,
-                          errno=e.errno, error=e.strerror, call="copen")
+            self.log.emit(Event.DROPPED if held and e.errno == errno.EINVAL else Event.ERROR, msg_id=req.msg_id,
+                          op="OPEN", object_id=req.object_id, errno=e.errno, error=e.strerror, call="copen")
             return
         self.opened(req, size, name, blob)
+
+    def hold_open(self, req: protocol.OpenRequest, size: int, name: str, blob: Blob | None) -> None:
+        """Fault.UMOUNT_REOPEN: the reopen's OPEN of the object close_for_umount closed, held
+        unanswered (the kernel's reopen work waits on it) until the keeper has unmounted its
+        mount and ends the hold, then answered: late, after the drop, so the kernel must refuse
+        it. Lockless or not, no lock is held meanwhile: the other threads serve on."""
+        self.holding = None
+        write_atomically(self.config.reopen_state_file, f"{REOPEN_HELD} {req.msg_id}\n")
+        self.log.emit(Event.HELD_OPEN, msg_id=req.msg_id, object_id=req.object_id, cookie=name)
+        deadline = time.monotonic() + self.config.stall_bound_s * HOLD_SHARE
+        while os.path.exists(self.config.reopen_file) and time.monotonic() < deadline and not self.device_dead:
+            time.sleep(0.005)
+        if self.device_dead:
+            self.orphaned(req, "copen")
+            return
+        self.copen(req, size, name, blob, held=True)
 
     def opened(self, req: protocol.OpenRequest, size: int, name: str, blob: Blob | None) -> None:
         """The copen was accepted."""
@@ -801,6 +827,25 @@ class Daemon:
         if (dropped := self.drop_object(oid)) is not None:
             self.log.emit(Event.CLOSE_FD, object_id=oid, cookie=dropped[0], busy=dropped[1])
 
+    def close_for_umount(self) -> None:
+        """Fault.UMOUNT_REOPEN, from the keeper: close the anon fd of the cookie it names (a
+        waiter's fresh mount, idle) and hold that cookie's next OPEN, the reopen the waiter's
+        READ will cause (hold_open). Says which in the reopen state file."""
+        try:
+            with open(self.config.reopen_file) as f:
+                fsid = f.read().strip()
+        except OSError:
+            return  # the keeper gave up already
+        with self.lock:
+            oids = sorted(oid for oid, o in self.objects.items() if o.name == fsid)
+            self.closed_ids.update(oids)
+            if oids:
+                self.holding = fsid
+        closed = [oid for oid in oids if self.drop_object(oid) is not None]
+        for oid in closed:
+            self.log.emit(Event.CLOSE_FD, object_id=oid, cookie=fsid, fault=Fault.UMOUNT_REOPEN)
+        write_atomically(self.config.reopen_state_file, f"{REOPEN_CLOSED} {closed[0]}\n" if closed else f"{REOPEN_NONE}\n")
+
     def let_device_go(self) -> None:
         """Fault.CACHE_DEATH: the keeper's device fd is closed; ours is the last reference. It is
         replaced by /dev/null (dup2), so that the fd number no other thread may be using is never
@@ -995,7 +1040,8 @@ class Daemon:
         faults = {self.wake.requests[Fault.CLOSE]: (Fault.CLOSE, self.close_random_fd),
                   self.wake.requests[Fault.RESTORE_LIVE]: (Fault.RESTORE_LIVE, lambda: self.write_restore(RestoreWhy.LIVE)),
                   self.wake.requests[Fault.STALE]: (Fault.STALE, self.stale_answers),
-                  self.wake.requests[Fault.CACHE_DEATH]: (Fault.CACHE_DEATH, self.let_device_go)}
+                  self.wake.requests[Fault.CACHE_DEATH]: (Fault.CACHE_DEATH, self.let_device_go),
+                  self.wake.requests[Fault.UMOUNT_REOPEN]: (Fault.UMOUNT_REOPEN, self.close_for_umount)}
         while True:
             # No timeout: only the kernel (a request) or a signal handler (Wake) ends this wait.
             ready = {fd for fd, _ in poller.poll()}

@@ -24,6 +24,14 @@ lets the waiter read data nobody can serve, SIGKILLs it as it waits and, before 
 incarnation, waits (a sixth of the stall bound) for it to go. The judge asks the trace whether
 it went before the next `restore` (harness/judge/killable.py).
 
+A Fault.UMOUNT_REOPEN (SIGRTMIN+4 from the host) unmounts a mount while the kernel reopens its
+object: a waiter mounts a fresh fsid while the daemon serves, the daemon closes that object's
+anon fd and holds its next OPEN, the waiter reads (its READ finds the object closed: the kernel's
+reopen work sends that OPEN), and the keeper detaches the mount and SIGKILLs the waiter at a
+UmountAt point, taken in turn: its READ queued, or the reopen's OPEN held. The waiter's exit
+drops the object under the reopen work; once the volume is gone the keeper ends the hold, and the
+daemon answers the OPEN late (harness/judge/reopenumount.py).
+
 In `no_failover` mode the keeper gives its copy of the device fd away: when the daemon dies the
 cache dies with it (every queued request fails with EIO). That is the negative control.
 """
@@ -42,10 +50,11 @@ import threading
 import time
 from typing import Any
 
-from contract import (CACHE_DEATH_RT_OFFSET, CLOCK_MARK, KEEPER_BOUND, WAITER_GO_MARK, WAITER_MOUNTED, WAITER_WCHAN_PREFIX,
-                      Event, GuestConfig, Mode)
+from contract import (CACHE_DEATH_RT_OFFSET, CLOCK_MARK, COOKIE_DROPPED, KEEPER_BOUND, NETFS_COOKIES, REOPEN_CLOSED,
+                      REOPEN_GO_MARK, REOPEN_HELD, UMOUNT_AT, UMOUNT_REOPEN_RT_OFFSET, WAITER_GO_MARK, WAITER_MOUNTED,
+                      WAITER_WCHAN_PREFIX, Event, GuestConfig, Mode, UmountAt)
 from eventlog import EventLog, trace_mark, write_atomically
-from reader import read_proc, umount
+from reader import detach, read_proc, umount
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -172,6 +181,10 @@ class Keeper:
         self.killing_waiter: threading.Thread | None = None  # no next incarnation until it is done
         self.killed_waiters: list[tuple[subprocess.Popen[str], str]] = []  # to unmount once a daemon serves
         self.cleanups: list[threading.Thread] = []
+        self.unmounts_asked = 0  # Fault.UMOUNT_REOPEN: signals taken
+        self.reopen_umounts = 0  # ... and carried out (or missed)
+        self.unmounting: threading.Thread | None = None
+        self.unmount_lock = threading.RLock()  # taken by a signal handler, which a second signal may re-enter
 
     def bind(self) -> None:
         self.device_fd = open_cache(self.config.cache_dir, self.config.tag)
@@ -233,6 +246,7 @@ class Keeper:
         signal.signal(signal.SIGINT, self._on_term)
         signal.signal(signal.SIGUSR2, self.kill_cache)
         signal.signal(signal.SIGUSR1, self.kill_waiter)
+        signal.signal(signal.SIGRTMIN + UMOUNT_REOPEN_RT_OFFSET, self.umount_in_reopen)
         self.bind()
         write_atomically(self.config.keeper_state_file, KEEPER_BOUND)
         while not self.stopping:
@@ -247,6 +261,8 @@ class Keeper:
             if not self.stopping:
                 time.sleep(self.config.restart_delay_s)
         self.clean_up_waiters()  # a waiter killed as the keeper stopped
+        if (unmounting := self.unmounting) is not None:
+            unmounting.join(self.config.stall_bound_s / 2)
         for thread in self.cleanups:
             thread.join(self.config.stall_bound_s / 3)
         if self.held is not None:
@@ -292,14 +308,8 @@ class Keeper:
         waiter: subprocess.Popen[str] | None = None
         mounted, waiting_in, gone_s = False, None, None
         try:
-            os.makedirs(target, exist_ok=True)
-            waiter = subprocess.Popen([sys.executable, "-S", os.path.join(HERE, "waiter.py"), "--fsid", fsid,
-                                       "--target", target], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            assert waiter.stdin is not None and waiter.stdout is not None
-            # its mount, which the daemon serves, may queue behind a busy daemon's work: a third of
-            # the stall bound (a sixth, 5 s under TCG, missed one of 4 in adversarial seed 1)
-            ready, _, _ = select.select([waiter.stdout], [], [], 2 * bound)
-            mounted = bool(ready) and waiter.stdout.readline().startswith(WAITER_MOUNTED)
+            waiter = start_waiter(fsid, target)
+            mounted = waiter_mounted(waiter, 2 * bound)
             child.kill()  # the fault's kill, mounted or not
             child.wait()
             if mounted:
@@ -307,26 +317,84 @@ class Keeper:
                 waiter.stdin.write("read\n")
                 waiter.stdin.flush()
                 deadline = time.monotonic() + bound
-                while not (waiting_in := read_proc(f"/proc/{waiter.pid}/wchan")).startswith(WAITER_WCHAN_PREFIX) \
-                        and time.monotonic() < deadline and waiter.poll() is None:
-                    time.sleep(0.005)
-            waiter.kill()
-            killed = time.monotonic()
-            try:
-                waiter.wait(bound)
-                gone_s = round(time.monotonic() - killed, 4)
-            except subprocess.TimeoutExpired:
-                pass  # the next incarnation starts anyway: it will answer, and the waiter go
+                waiting_in = waiting_on_request(waiter, deadline)
+            # the next incarnation starts anyway if it has not gone: it will answer, and the waiter go
+            gone_s = kill_and_wait(waiter, bound)
         finally:
             child.kill()
             if waiter is not None:
-                waiter.kill()
-                for pipe in (waiter.stdin, waiter.stdout):
-                    if pipe is not None:
-                        pipe.close()
+                end_waiter(waiter)
                 self.killed_waiters.append((waiter, target))
             self.log.emit(Event.WAITER_KILLED, pid=None if waiter is None else waiter.pid, fsid=fsid, mounted=mounted,
                           waiting_in=waiting_in, gone_s=gone_s)
+
+    def umount_in_reopen(self, _signum: int, _frame: object) -> None:
+        """Fault.UMOUNT_REOPEN, in a thread of its own (it waits on the waiter and the daemon),
+        one at a time: one asked for while another is under way waits its turn. The daemon
+        serves on meanwhile."""
+        with self.unmount_lock:
+            self.unmounts_asked += 1
+            if self.unmounting is not None and self.unmounting.is_alive():
+                return
+            self.unmounting = thread = threading.Thread(target=self._umount_in_reopen_all, name="reopen-umount",
+                                                        daemon=True)
+        thread.start()
+
+    def _umount_in_reopen_all(self) -> None:
+        while not self.stopping:
+            with self.unmount_lock:
+                if self.reopen_umounts == self.unmounts_asked:
+                    self.unmounting = None  # the next signal starts a thread again
+                    return
+                self.reopen_umounts += 1
+            child = self.child
+            if child is None or child.poll() is not None:
+                self.log.emit(Event.REOPEN_UMOUNTED, pid=None, fsid=None, at=None, missed="no daemon serving")
+                continue
+            self._umount_in_reopen(child, UMOUNT_AT[(self.reopen_umounts - 1) % len(UMOUNT_AT)])
+
+    def _umount_in_reopen(self, child: subprocess.Popen[bytes], at: str) -> None:
+        """Whatever fails here, the hold is ended, the waiter killed and its mount let go."""
+        n = self.reopen_umounts
+        images = sorted(self.config.images)
+        fsid = f"{images[n % len(images)]}.reopen{n}"
+        target = os.path.join(self.config.mount_dir, fsid)
+        bound = self.config.stall_bound_s / 6
+        waiter: subprocess.Popen[str] | None = None
+        closed, reached, detached, gone_s, dropped_s = "", False, None, None, None
+        try:
+            waiter = start_waiter(fsid, target)
+            if waiter_mounted(waiter, 2 * bound):
+                for stale in (self.config.reopen_state_file, self.config.reopen_file):
+                    remove(stale)
+                write_atomically(self.config.reopen_file, fsid + "\n")
+                child.send_signal(signal.SIGRTMIN + UMOUNT_REOPEN_RT_OFFSET)
+                closed = wait_for_file(self.config.reopen_state_file, "", time.monotonic() + bound)
+            if closed.startswith(REOPEN_CLOSED) and waiter is not None and waiter.stdin is not None:
+                trace_mark(REOPEN_GO_MARK, waiter.pid)
+                waiter.stdin.write("read\n")
+                waiter.stdin.flush()
+                deadline = time.monotonic() + bound
+                if at == UmountAt.READ:
+                    reached = waiting_on_request(waiter, deadline).startswith(WAITER_WCHAN_PREFIX)
+                else:
+                    reached = wait_for_file(self.config.reopen_state_file, REOPEN_HELD, deadline).startswith(REOPEN_HELD)
+                # detached first: the mount goes with the waiter's last file, as it dies
+                detached = detach(target)
+            if waiter is not None:
+                gone_s = kill_and_wait(waiter, bound)
+            if detached == 0:
+                dropped_s = cookie_dropped(fsid, bound)
+        finally:
+            remove(self.config.reopen_file)  # the hold ends
+            if waiter is not None:
+                end_waiter(waiter)
+            thread = threading.Thread(target=_unmount_after, args=(waiter, target), name="reopen-umount-end", daemon=True)
+            thread.start()
+            self.cleanups.append(thread)
+            self.log.emit(Event.REOPEN_UMOUNTED, pid=None if waiter is None else waiter.pid, fsid=fsid, at=at,
+                          closed=closed.strip() or None, reached=reached, detached=detached, gone_s=gone_s,
+                          dropped_s=dropped_s)
 
     def clean_up_waiters(self) -> None:
         """The killed waiters' mounts go once a daemon serves (the umount's CLOSE waits for one)."""
@@ -342,10 +410,92 @@ class Keeper:
             self.child.terminate()
 
 
-def _unmount_after(waiter: subprocess.Popen[str], target: str) -> None:
-    waiter.wait()
-    umount(target)
-    os.rmdir(target)
+def _unmount_after(waiter: subprocess.Popen[str] | None, target: str) -> None:
+    if waiter is not None:
+        waiter.wait()
+    umount(target)  # EINVAL if detached already, or never mounted
+    try:
+        os.rmdir(target)
+    except OSError:
+        pass
+
+
+def start_waiter(fsid: str, target: str) -> subprocess.Popen[str]:
+    os.makedirs(target, exist_ok=True)
+    return subprocess.Popen([sys.executable, "-S", os.path.join(HERE, "waiter.py"), "--fsid", fsid, "--target", target],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def waiter_mounted(waiter: subprocess.Popen[str], bound_s: float) -> bool:
+    """Whether the waiter said it mounted within the bound. Its mount, which the daemon serves,
+    may queue behind a busy daemon's work: a third of the stall bound (a sixth, 5 s under TCG,
+    missed one of 4 in adversarial seed 1)."""
+    assert waiter.stdout is not None
+    ready, _, _ = select.select([waiter.stdout], [], [], bound_s)
+    return bool(ready) and waiter.stdout.readline().startswith(WAITER_MOUNTED)
+
+
+def waiting_on_request(waiter: subprocess.Popen[str], deadline: float) -> str:
+    """The waiter's wchan once it waits on an on-demand request, or the last one seen by the deadline."""
+    while not (waiting_in := read_proc(f"/proc/{waiter.pid}/wchan")).startswith(WAITER_WCHAN_PREFIX) \
+            and time.monotonic() < deadline and waiter.poll() is None:
+        time.sleep(0.005)
+    return waiting_in
+
+
+def kill_and_wait(waiter: subprocess.Popen[str], bound_s: float) -> float | None:
+    """SIGKILL; how soon it went, None if not within the bound."""
+    waiter.kill()
+    killed = time.monotonic()
+    try:
+        waiter.wait(bound_s)
+    except subprocess.TimeoutExpired:
+        return None
+    return round(time.monotonic() - killed, 4)
+
+
+def end_waiter(waiter: subprocess.Popen[str]) -> None:
+    waiter.kill()
+    for pipe in (waiter.stdin, waiter.stdout):
+        if pipe is not None:
+            pipe.close()
+
+
+def wait_for_file(path: str, prefix: str, deadline: float) -> str:
+    """The file's text once it starts with `prefix` (any text, for ""), or what it says by the deadline."""
+    while True:
+        text = text_of(path) or ""
+        if text and text.startswith(prefix) or time.monotonic() >= deadline:
+            return text
+        time.sleep(0.005)
+
+
+def cookie_dropped(fsid: str, bound_s: float) -> float | None:
+    """How soon the mount's cookie (its key: the fsid) was dropped or gone from the kernel's
+    list: withdrawn, its object dropped. None if not within the bound."""
+    start = time.monotonic()
+    key = fsid.encode().hex()
+    while (cookies := text_of(NETFS_COOKIES)) is None or any(
+            len(f := row.split()) > 7 and f[7].rstrip(",") == key and f[5] != COOKIE_DROPPED for row in cookies.splitlines()):
+        if time.monotonic() - start > bound_s:
+            return None
+        time.sleep(0.005)
+    return round(time.monotonic() - start, 4)
+
+
+def text_of(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def main() -> int:

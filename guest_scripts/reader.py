@@ -74,8 +74,13 @@ def umount(target: str) -> int:
     if _libc.umount2(target.encode(), 0) == 0:
         return 0
     err = ctypes.get_errno()
-    _libc.umount2(target.encode(), 2)  # MNT_DETACH: never leave the reader stuck here
+    detach(target)  # never leave the reader stuck here
     return err
+
+
+def detach(target: str) -> int:
+    """umount -l (MNT_DETACH): 0, or the errno. The filesystem goes when its last file does."""
+    return 0 if _libc.umount2(target.encode(), 2) == 0 else ctypes.get_errno()
 
 
 class Watchdog(threading.Thread):

@@ -97,6 +97,7 @@ class Run:
             race_withdrawal=self.scenario.race_withdrawal,
             statekill_ctl=f"{GUEST_TMP}/statekill.ctl" if self.scenario.state_kills else "",
             withdrawing_file=f"{GUEST_TMP}/withdrawing" if self.scenario.race_withdrawal else "",
+            reopen_file=f"{GUEST_TMP}/reopen" if self.scenario.umount_reopens else "",
             crash_plan=self.crash_plan,
             domain_images=self.scenario.domain_images,
             cache_dir=f"{GUEST_TMP}/cache",

@@ -56,6 +56,9 @@ class Needs:
     withdrawal_umounts: int = 0
     # Fault.KILL_WAITER: waiters whose READ the trace shows queued while no daemon served
     killed_waiters: int = 0
+    # Fault.UMOUNT_REOPEN: objects whose drop (the waiter's mount gone) met their reopen work
+    # running or its OPEN delivered and unanswered (reopenumount.RACED)
+    reopen_umounts: int = 0
     end_checked: bool = True  # the end check's re-read marked in the trace; kmemleak scanned (debug)
 
 
@@ -78,6 +81,7 @@ class Scenario:
     state_kills: int = 0  # Fault.STATE_KILL at every KernelState, this many times each
     cache_deaths: int = 0  # Fault.CACHE_DEATH sent by the host
     kill_waiters: int = 0  # Fault.KILL_WAITER sent by the host
+    umount_reopens: int = 0  # Fault.UMOUNT_REOPEN sent by the host
     race_withdrawal: bool = False  # GuestConfig.race_withdrawal
     dawdle_s: float = 0.0  # GuestConfig.dawdle_s
     late_close: bool = False  # GuestConfig.late_close
@@ -95,7 +99,8 @@ class Scenario:
     def misbehaviour_totals(self) -> dict[str, int]:
         """The host's misbehaviour faults and cache deaths, by progress name."""
         return {k: n for k, n in (("live restores", self.restores_live), ("stale answers", self.stale_answers),
-                                  ("cache deaths", self.cache_deaths), ("killed waiters", self.kill_waiters)) if n}
+                                  ("cache deaths", self.cache_deaths), ("killed waiters", self.kill_waiters),
+                                  ("reopen umounts", self.umount_reopens)) if n}
 
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
@@ -124,11 +129,12 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("adversarial", "a daemon that misbehaves as real ones do: live restores, late answers, "
              "lockless threads closing fds in use, fds closed around copen; kills and closes beside; "
              "tasks waiting on a dead daemon killed",
-             kills=6, fd_closes=20, restores_live=10, stale_answers=10, kill_waiters=4, readers=4, images=4,
+             kills=6, fd_closes=20, restores_live=10, stale_answers=10, kill_waiters=4, umount_reopens=6,
+             readers=4, images=4,
              domain_images=("img0", "img1"), threads=3, lockless=True, close_during_copen=0.3,
              state_kills=4, dawdle_s=0.05, late_close=True,
              needs=Needs(in_flight_share=0.5, redelivered=1, fd_closes=5, reopens=5, reads_after_reopen=5,
-                         misbehaviours=3, state_kill_hits=3, killed_waiters=3)),
+                         misbehaviours=3, state_kill_hits=3, killed_waiters=3, reopen_umounts=3)),
     # A supervisor (the keeper) keeps the daemon's anon fds across its deaths, as nydusd's does:
     # a death leaves the objects OPEN; the next incarnation takes the fds over, answers the OPENs
     # the dead one held by their msg_id, then writes `restore`, which re-delivers READs of objects
@@ -188,7 +194,8 @@ def schedule(scenario: Scenario, seed: int, interval_s: tuple[float, float], cra
     rng = random.Random(f"{seed}/schedule")
     kinds = ([Fault.KILL] * scenario.kills + [Fault.CLOSE] * scenario.fd_closes
              + [Fault.RESTORE_LIVE] * scenario.restores_live + [Fault.STALE] * scenario.stale_answers
-             + [Fault.CACHE_DEATH] * scenario.cache_deaths + [Fault.KILL_WAITER] * scenario.kill_waiters)
+             + [Fault.CACHE_DEATH] * scenario.cache_deaths + [Fault.KILL_WAITER] * scenario.kill_waiters
+             + [Fault.UMOUNT_REOPEN] * scenario.umount_reopens)
     rng.shuffle(kinds)
     actions = [Action(k, rng.uniform(*interval_s)) for k in kinds]
     if scenario.state_kills:

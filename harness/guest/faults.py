@@ -24,7 +24,7 @@ from .vm import Timeouts
 
 PROGRESS_COUNTS = {Fault.KILL: "kills", Fault.CLOSE: "closes", Fault.RESTORE_LIVE: "live restores",
                    Fault.STALE: "stale answers", Fault.STATE_KILL: "state kills", Fault.CACHE_DEATH: "cache deaths",
-                   Fault.KILL_WAITER: "killed waiters"}
+                   Fault.KILL_WAITER: "killed waiters", Fault.UMOUNT_REOPEN: "reopen umounts"}
 
 STALLED = "a reader stalled; the faults stopped early"
 # Kernel states the readers reach only now and then, and the fault that brings one about: a live

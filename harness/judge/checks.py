@@ -70,6 +70,8 @@ class Check(Enum):
     LATE_WRITE_PROBE = ("late-write-probe", "probe: an anon fd written after its object's CLOSE is refused (ENOBUFS)")
     KILLABLE_PROBE = ("killable-probe", "probe: a task SIGKILLed while its READ waits on no daemon goes before the "
                       "next daemon restores")
+    REOPEN_UMOUNT_PROBE = ("reopen-umount-probe", "probe: an object dropped under its reopen work ends its OPEN and "
+                           "waits for the work")
     CACHE_DEATH = ("cache-death", "cache: every death released the device and a new cache was bound")
     DAEMON_ERRORS = ("daemon-errors", "daemon: every answer accepted by the kernel")
     RUN_COMPLETED = ("run-completed", "run: completed")
@@ -91,6 +93,8 @@ class Check(Enum):
                           "withdrawal_umounts")
     KILLED_WAITERS = ("killed-waiters", "evidence: waiters SIGKILLed while their READ waited on no daemon",
                       "killed_waiters")
+    REOPEN_UMOUNTS = ("reopen-umounts", "evidence: mounts unmounted while the kernel reopened their object",
+                      "reopen_umounts")
     STATE_KILLS = ("state-kills", "evidence: kills at every kernel state, confirmed by the trace", "state_kill_hits")
     MISBEHAVIOURS = ("misbehaviours", "evidence: every misbehaviour of the daemon reached the kernel", "misbehaviours")
     END_CHECKED = ("end-checked", "evidence: the end of the run checked (re-read, kmemleak)", "end_checked")

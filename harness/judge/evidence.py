@@ -127,7 +127,7 @@ def _death(inc: int, pid: int, died_t: float, cause: str, by_inc: dict[int, list
     next incarnation must restore; in a chain of crashes the re-delivery and the first answer
     may come from a later one."""
     events = by_inc.get(inc, [])
-    finished = {e["msg_id"] for e in events if e.get("event") in (Event.DONE, Event.ERROR) and "msg_id" in e}
+    finished = {e["msg_id"] for e in events if e.get("event") in (Event.DONE, Event.ERROR, Event.DROPPED) and "msg_id" in e}
     held = {e["msg_id"]: _identity(e) for e in events if e.get("event") == Event.RECV and e["msg_id"] not in finished}
     point = next((e.get("point") for e in events if e.get("event") == Event.CRASH_POINT), None)
     later = [e for i in sorted(by_inc) if i > inc for e in by_inc[i]]

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from . import cachedeath, console, evidence, junit, killable, ledger, markdown, misbehaviour, probes, reread, statekills, trace, verdict
+from . import (cachedeath, console, evidence, junit, killable, ledger, markdown, misbehaviour, probes, reopenumount, reread,
+               statekills, trace, verdict)
 from .checks import Status, slugs
 from .results import (RESULTS_SCHEMA_VERSION, AnyResults, CacheDeathsSection, CrashPointRow, DeathSpread, EndSection,
                       LedgerSection, Results, Spread, error_results)
@@ -127,11 +128,12 @@ def evaluate(run_dir: Path) -> Results:
     cache = (cachedeath.judge(kernel_ledger.cache_deaths, trace_events, logs.readers, logs.keeper)
              if scenario.get("cache_deaths") else None)
     waiters = killable.judge(logs.keeper, trace_events)
+    unmounted = reopenumount.judge(logs.keeper, trace_events)
     aborted = meta.get("aborted")
     if aborted is None and readers.readers_finished < readers.readers_started:
         aborted = f"{readers.readers_started - readers.readers_finished} reader(s) never finished"
     v = verdict.decide(daemon, readers, kernel_trace, kernel_ledger, probed, reads_after_reopen, findings, th, aborted,
-                       logs.end_of_run, read_back, misbehaved, state_hits, cache, waiters)
+                       logs.end_of_run, read_back, misbehaved, state_hits, cache, waiters, unmounted)
     in_flight = verdict.kills_in_flight(daemon, kernel_ledger)
 
     kills = len(daemon.kills)
@@ -211,6 +213,9 @@ def evaluate(run_dir: Path) -> Results:
                                    "deaths": [{**asdict(d), "ran": d.ran} for d in cache.deaths]}
     if waiters:
         results["killed_waiters"] = [{**asdict(w), "decided": w.decided, "killable": w.killable} for w in waiters]
+    if unmounted:
+        results["reopen_umounts"] = [{**asdict(u), "violations": list(u.violations), "decided": u.decided}
+                                     for u in unmounted]
     if aborted:
         results["console_tail"] = console.tail(run_dir / "console.log")
     write_outputs(run_dir, results, summary(results))
@@ -285,6 +290,15 @@ def _waiters_line(waiters: list[dict[str, Any]]) -> str:
             f"restore {sum(w['killable'] for w in decided)} (by {', '.join(gone) or '-'} s)")
 
 
+def _reopen_umounts_line(unmounted: list[dict[str, Any]]) -> str:
+    states = Counter(u["state"] for u in unmounted)
+    took = [f"{u['drop_end'] - u['drop_start']:.3f}" for u in unmounted if u["decided"]]
+    return (f"  mounts unmounted as their object reopened: {len(unmounted)}; the drop met "
+            + ", ".join(f"{state} {n}" for state, n in sorted(states.items()))
+            + f"; drops that raced the reopen took {', '.join(took) or '-'} s; "
+            f"{sum(len(u['violations']) for u in unmounted)} violations")
+
+
 def _end_line(end: EndSection | None) -> str:
     if end is None:
         return "  end of run: not checked (the run never got there)"
@@ -318,6 +332,7 @@ def summary(r: Results) -> str:
           if r["state_kills"] else []),
         *([_cache_deaths_line(r["cache_deaths"])] if "cache_deaths" in r else []),
         *([_waiters_line(r["killed_waiters"])] if "killed_waiters" in r else []),
+        *([_reopen_umounts_line(r["reopen_umounts"])] if "reopen_umounts" in r else []),
         _end_line(r["end_of_run"]),
         f"  reads: {rd['files_verified']} files verified ({rd['bytes_read'] / 1e6:.1f} MB), "
         f"{r['mismatches']} mismatches, {r['read_errors']} errors, max {_seconds(rd['max_latency_s'])}, "

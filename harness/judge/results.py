@@ -161,6 +161,7 @@ class _JudgedOptional(TypedDict, total=False):
     crash_points: dict[str, CrashPointRow]  # when the run had a crash plan
     cache_deaths: CacheDeathsSection  # when the scenario has cache deaths
     killed_waiters: list[dict[str, Any]]  # Fault.KILL_WAITER: killable.Waiter, and whether it went in time
+    reopen_umounts: list[dict[str, Any]]  # Fault.UMOUNT_REOPEN: reopenumount.ReopenUmount, and whether it decided
     console_tail: str  # when the run was aborted
 
 

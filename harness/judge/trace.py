@@ -60,23 +60,31 @@ PROBES: dict[str, str] = {
     # a dead cache withdrawn (its last pin gone), from start to end: the readers' held umounts race it
     "withdraw": "p:{group}/withdraw cachefiles_withdraw_cache",
     "withdrawn": "r:{group}/withdrawn cachefiles_withdraw_cache",
+    # the reopen work (Fault.UMOUNT_REOPEN), a kworker's, from start to return; the object it
+    # reopens is the one its cachefiles_ondemand_init_object names (at a cookie's lookup that
+    # function runs outside any reopen work: not counted). `dropped`: the return of `drop`
+    "reopen_work": "p:{group}/reopen_work ondemand_object_worker",
+    "reopen_worked": "r:{group}/reopen_worked ondemand_object_worker",
+    "init_object": "p:{group}/init_object cachefiles_ondemand_init_object o=+48($arg1):s32",
+    "dropped": "r:{group}/dropped cachefiles_ondemand_clean_object",
 }
 TRACE_CLOCK = "global"  # one clock for every CPU: the ledger orders events across them
 TRACEPOINTS = ("cachefiles/cachefiles_ondemand_*", "sched/sched_process_exit")
 
 _LINE = re.compile(r"^\s*(?P<task>.+?)-(?P<pid>\d+)\s+(?:\(\s*(?P<tgid>[-\d]+)\)\s+)?\[(?P<cpu>\d+)\]\s+(?:\S+\s+)?"
-                   r"(?P<ts>\d+\.\d+):\s+(?P<event>cachefiles_ondemand_\w+|deliver|restore|copened|drop|unbind|bind|withdrawn|withdraw|sched_process_exit|tracing_mark_write):"
+                   r"(?P<ts>\d+\.\d+):\s+(?P<event>cachefiles_ondemand_\w+|deliver|restore|copened|dropped|drop|unbind|bind|withdrawn|withdraw|reopen_worked|"
+                   r"reopen_work|init_object|sched_process_exit|tracing_mark_write):"
                    r"\s+(?:\([^)]*\)\s*)?(?P<args>.*)$")
 _DECIMAL = {"fd"}  # of the tracepoints' fields; the rest are hex
-_DECIMAL_EVENTS = {"deliver", "copened", "drop", "bind", "exit", "mark"}  # every field decimal (`drop`'s o too)
+_DECIMAL_EVENTS = {"deliver", "copened", "drop", "init_object", "bind", "exit", "mark"}  # every field decimal (`drop`'s o too)
 _RENAMED = {"sched_process_exit": "exit", "tracing_mark_write": "mark"}
 
 
 @dataclass(frozen=True)
 class TraceEvent:
     ts: float
-    event: str  # open, copen, close, read, cread, fd_write, fd_release; deliver, restore, drop, unbind, bind,
-    # withdraw, withdrawn, exit;
+    event: str  # open, copen, close, read, cread, fd_write, fd_release; deliver, restore, drop, dropped, unbind,
+    # bind, withdraw, withdrawn, reopen_work, reopen_worked, init_object, exit;
     # mark (a write to trace_marker: `key=value`)
     fields: dict[str, int]
     task: str

@@ -17,6 +17,7 @@ from .checks import Check, Reason, Status
 from .console import Finding
 from .evidence import DaemonFacts, LogEvent, ReaderFacts
 from .killable import Waiter
+from .reopenumount import ReopenUmount
 from .ledger import Ledger
 from . import probes
 from .probes import ProbeCounts
@@ -51,7 +52,8 @@ class Verdict:
 def failures(daemon: DaemonFacts, readers: ReaderFacts, ledger: Ledger, probed: dict[str, ProbeCounts],
              findings: list[Finding], th: Thresholds, aborted: str | None, end: EndOfRun | None = None,
              reread: Reread | None = None, misbehaved: MisbehaviourFacts | None = None,
-             cache: CacheDeathFacts | None = None, waiters: tuple[Waiter, ...] = ()) -> list[Reason]:
+             cache: CacheDeathFacts | None = None, waiters: tuple[Waiter, ...] = (),
+             reopen_umounts: tuple[ReopenUmount, ...] = ()) -> list[Reason]:
     reasons: list[Reason] = []
     if aborted:
         reasons.append(Reason(Check.RUN_COMPLETED, f"run aborted: {aborted}"))
@@ -119,6 +121,12 @@ def failures(daemon: DaemonFacts, readers: ReaderFacts, ledger: Ledger, probed: 
         reasons.append(Reason(Check.KILLABLE_PROBE, f"{len(not_killed)} of {sum(w.decided for w in waiters)} waiter(s): "
                               + "; ".join(w.describe() for w in not_killed[:SHOWN])))
 
+    # an object dropped while the kernel reopens it: the drop ends the reopen's OPEN (its late
+    # copen refused) and returns only once the reopen work is done; no reopen work after it
+    if dropped_badly := [v for u in reopen_umounts for v in u.violations]:
+        reasons.append(Reason(Check.REOPEN_UMOUNT_PROBE, f"{len(dropped_badly)} violation(s): "
+                              + "; ".join(dropped_badly[:SHOWN])))
+
     # what the daemon did, the kernel must accept: a READ_COMPLETE, a copen, a read() of the device
     # refused (EEXIST: an OPEN re-delivered while its anon fd is still open), a request for an
     # object it never opened, a message that does not parse. The readers may never see it (the
@@ -167,7 +175,7 @@ def missing_evidence(daemon: DaemonFacts, trace: TraceFacts, ledger: Ledger, pro
                      reads_after_reopen: int, th: Thresholds, end: EndOfRun | None = None,
                      reread: Reread | None = None, misbehaved: MisbehaviourFacts | None = None,
                      state_hits: dict[str, StateHits] | None = None, cache: CacheDeathFacts | None = None,
-                     waiters: tuple[Waiter, ...] = ()) -> list[Reason]:
+                     waiters: tuple[Waiter, ...] = (), reopen_umounts: tuple[ReopenUmount, ...] = ()) -> list[Reason]:
     needs = th.needs
     missing: list[Reason] = []
     if needs.end_checked and end is not None and reread is not None and not reread.ran:
@@ -222,6 +230,10 @@ def missing_evidence(daemon: DaemonFacts, trace: TraceFacts, ledger: Ledger, pro
     if needs.killed_waiters and (waited := sum(w.decided for w in waiters)) < needs.killed_waiters:
         missing.append(Reason(Check.KILLED_WAITERS, f"waiters SIGKILLed while their READ waited on no daemon: "
                                                    f"{waited} of {len(waiters)}, need {needs.killed_waiters}"))
+    if needs.reopen_umounts and (raced := sum(u.decided for u in reopen_umounts)) < needs.reopen_umounts:
+        missing.append(Reason(Check.REOPEN_UMOUNTS, f"mounts unmounted while the kernel reopened their object (the "
+                                                   f"work running or its OPEN held): {raced} of {len(reopen_umounts)}, "
+                                                   f"need {needs.reopen_umounts}"))
     if needs.crash_point_hits and th.crash_points_planned:
         hits = daemon.crash_points()
         if never := [p for p in CRASH_POINTS if len(hits.get(p, [])) < needs.crash_point_hits]:
@@ -233,9 +245,11 @@ def decide(daemon: DaemonFacts, readers: ReaderFacts, trace: TraceFacts, ledger:
            reads_after_reopen: int, findings: list[Finding], th: Thresholds, aborted: str | None = None,
            end: EndOfRun | None = None, reread: Reread | None = None,
            misbehaved: MisbehaviourFacts | None = None, state_hits: dict[str, StateHits] | None = None,
-           cache: CacheDeathFacts | None = None, waiters: tuple[Waiter, ...] = ()) -> Verdict:
-    reasons = failures(daemon, readers, ledger, probed, findings, th, aborted, end, reread, misbehaved, cache, waiters)
+           cache: CacheDeathFacts | None = None, waiters: tuple[Waiter, ...] = (),
+           reopen_umounts: tuple[ReopenUmount, ...] = ()) -> Verdict:
+    reasons = failures(daemon, readers, ledger, probed, findings, th, aborted, end, reread, misbehaved, cache, waiters,
+                       reopen_umounts)
     missing = missing_evidence(daemon, trace, ledger, probed, reads_after_reopen, th, end, reread, misbehaved,
-                               state_hits, cache, waiters)
+                               state_hits, cache, waiters, reopen_umounts)
     status = Status.FAIL if reasons else Status.INCONCLUSIVE if missing else Status.PASS
     return Verdict(status, tuple(reasons), tuple(missing))

@@ -14,6 +14,7 @@ from harness.judge.evidence import DaemonFacts, Death, Kill, ReaderFacts
 from harness.judge.reread import Reread
 from harness.judge.cachedeath import CacheDeathFacts
 from harness.judge.killable import Waiter
+from harness.judge.reopenumount import ReopenUmount
 from harness.scenarios import Needs
 from helpers import FIXTURES
 
@@ -121,8 +122,10 @@ def every_rule_broken() -> list[verdict.Reason]:
     read_back = Reread(True, 1, ("i/p: not found",), (), 1, ("msg_id 9 object_id 1 off 0x0 len 0x1000",))
     never_rebound = CacheDeathFacts(asked=2, released=1, deaths=(), never_rebound=9.0, explained=(), clock_offset_s=0.0)
     unkillable = Waiter(300, "img0.waiter1", queued_ts=10.0, exit_ts=12.5, restore_ts=12.0)
+    outlived = ReopenUmount(301, "img1.reopen1", "open", 7, "open-delivered", 20.0, 20.1,
+                            ("the reopen work on object 00000007 returned 0.010 s after the drop did",))
     return verdict.failures(daemon, readers, broken_ledger, probed, finding, th, aborted="guest hung", end=end,
-                            reread=read_back, cache=never_rebound, waiters=(unkillable,))
+                            reread=read_back, cache=never_rebound, waiters=(unkillable,), reopen_umounts=(outlived,))
 
 
 def test_every_reason_the_verdict_gives_has_its_check():

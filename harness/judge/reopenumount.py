@@ -1,0 +1,164 @@
+"""Fault.UMOUNT_REOPEN judged from the trace: an object dropped while the kernel reopens it.
+
+The keeper has a waiter mount a fresh fsid, the daemon close that object's anon fd and hold its
+next OPEN, lets the waiter read (after its mark `reopen_go=<pid>`: the waiter's first `read`
+tracepoint, in its own task, names the object `o`), and detaches the mount and SIGKILLs the
+waiter; the waiter's exit drops the object (`drop`, cachefiles_ondemand_clean_object, to
+`dropped`, its return). Meanwhile the READ that found the object closed has queued the reopen
+work (`reopen_work` to `reopen_worked`, ondemand_object_worker; `init_object` in it names the
+object), which sends the reopen's OPEN (`open` tracepoint for `o`, then `deliver` in the same
+daemon thread: its msg_id) and waits for its copen.
+
+What the kernel must do (the fixes "cachefiles: cancel all requests for the object that is being
+dropped" and "cachefiles: wait for ondemand_object_worker to finish when dropping object",
+CVE-2024-41051): the drop ends the reopen's OPEN (its late copen is refused) and returns only once
+the reopen work is done, and no reopen work starts on the object after it. The state the drop met
+is the fault's hit: the work running with its OPEN not yet delivered, or the OPEN delivered and
+held; a drop that met no reopen (the READ went with the waiter first) or a finished one (the copen
+was in) decides nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from guest_scripts.contract import REOPEN_GO_MARK, Event
+from .evidence import LogEvent
+from .trace import TraceEvent
+
+
+class DropState:
+    """What the object's drop met (ReopenUmount.state)."""
+
+    NONE = "no-reopen"  # no reopen work had begun on the object
+    RUNNING = "reopen-running"  # the reopen work had begun; its OPEN not delivered yet
+    DELIVERED = "open-delivered"  # the reopen's OPEN delivered, not answered
+    ANSWERED = "open-answered"  # the reopen's copen taken: nothing left to race
+    NO_DROP = "no-drop"  # no drop of the object in the trace (or no READ of the waiter's)
+
+
+RACED = (DropState.RUNNING, DropState.DELIVERED)
+
+
+@dataclass(frozen=True)
+class Work:
+    """One run of the reopen work (ondemand_object_worker) in a kworker."""
+
+    pid: int
+    start: float
+    end: float | None  # None: still running when the trace ended
+    object_ts: float | None = None  # its init_object
+    debug_id: int | None = None  # the object init_object was given
+
+
+@dataclass(frozen=True)
+class ReopenUmount:
+    pid: int  # the waiter's
+    fsid: str
+    at: str  # contract.UmountAt
+    debug_id: int | None  # the object its READ found closed
+    state: str  # DropState
+    drop_start: float | None
+    drop_end: float | None
+    violations: tuple[str, ...]
+
+    @property
+    def decided(self) -> bool:
+        return self.state in RACED and self.drop_end is not None
+
+
+def works(events: list[TraceEvent]) -> list[Work]:
+    running: dict[int, Work] = {}  # kworker pid -> its work so far
+    done = []
+    for e in events:
+        if e.event == "reopen_work":
+            running[e.pid] = Work(e.pid, e.ts, None)
+        elif e.event == "init_object" and e.pid in running and running[e.pid].object_ts is None:
+            w = running[e.pid]
+            running[e.pid] = Work(w.pid, w.start, None, e.ts, e.fields.get("o"))
+        elif e.event == "reopen_worked" and e.pid in running:
+            w = running.pop(e.pid)
+            done.append(Work(w.pid, w.start, e.ts, w.object_ts, w.debug_id))
+    return sorted(done + list(running.values()), key=lambda w: w.start)
+
+
+def drops(events: list[TraceEvent]) -> dict[int, list[tuple[float, float | None]]]:
+    """Object debug id -> its drops, from entry to return (None: never returned)."""
+    entered: dict[int, tuple[int, float]] = {}  # pid -> (object, entry)
+    spans: dict[int, list[tuple[float, float | None]]] = {}
+    for e in events:
+        if e.event == "drop" and "o" in e.fields:
+            entered[e.pid] = (e.fields["o"], e.ts)
+        elif e.event == "dropped" and e.pid in entered:
+            o, start = entered.pop(e.pid)
+            spans.setdefault(o, []).append((start, e.ts))
+    for o, start in entered.values():
+        spans.setdefault(o, []).append((start, None))
+    return spans
+
+
+def judge(keeper: list[LogEvent], events: list[TraceEvent]) -> tuple[ReopenUmount, ...]:
+    faults = {int(e["pid"]): e for e in keeper if e.get("event") == Event.REOPEN_UMOUNTED and e.get("pid") is not None}
+    marked: dict[int, float] = {}
+    reads: dict[int, TraceEvent] = {}
+    for e in events:
+        if e.event == "mark" and e.fields.get(REOPEN_GO_MARK) in faults:
+            marked[e.fields[REOPEN_GO_MARK]] = e.ts
+        elif e.event == "read" and e.pid in marked and e.pid not in reads:
+            reads[e.pid] = e
+    all_works, all_drops = works(events), drops(events)
+    return tuple(_one(pid, str(fault.get("fsid")), str(fault.get("at")), reads.get(pid), events, all_works, all_drops)
+                 for pid, fault in sorted(faults.items()))
+
+
+def _one(pid: int, fsid: str, at: str, read: TraceEvent | None, events: list[TraceEvent], all_works: list[Work],
+         all_drops: dict[int, list[tuple[float, float | None]]]) -> ReopenUmount:
+    if read is None or "o" not in read.fields:
+        return ReopenUmount(pid, fsid, at, None, DropState.NO_DROP, None, None, ())
+    o = read.fields["o"]
+    drop = next(((s, e) for s, e in all_drops.get(o, []) if s > read.ts), None)
+    if drop is None:
+        return ReopenUmount(pid, fsid, at, o, DropState.NO_DROP, None, None, ())
+    start, end = drop
+    mine = [w for w in all_works if w.debug_id == o and w.start > read.ts]
+    msg_id, delivered_ts = _reopen_delivery(events, o, read.ts)
+    answered_ts = next((e.ts for e in events if e.event == "copened" and msg_id is not None
+                        and e.fields.get("id") == msg_id and e.fields.get("ret") == 0), None)
+    if answered_ts is not None and answered_ts < start:
+        state = DropState.ANSWERED
+    elif delivered_ts is not None and delivered_ts < start:
+        state = DropState.DELIVERED
+    elif any(w.start < start for w in mine):
+        state = DropState.RUNNING
+    else:
+        state = DropState.NONE
+    violations = []
+    if end is None:
+        violations.append(f"the drop of object {o:08x} never returned")
+    else:
+        for w in mine:
+            assert w.object_ts is not None
+            if w.object_ts > end:
+                violations.append(f"a reopen work began on object {o:08x} {w.object_ts - end:.3f} s after its drop "
+                                  f"returned (the drop did not cancel it)")
+            elif w.end is None or w.end > end:
+                outlived = "never returned" if w.end is None else f"returned {w.end - end:.3f} s after the drop did"
+                violations.append(f"the reopen work on object {o:08x} {outlived} (the drop did not wait for it)")
+        if answered_ts is not None and answered_ts > end:
+            violations.append(f"the reopen's OPEN (msg_id {msg_id}) of object {o:08x}, held, was answered "
+                              f"{answered_ts - end:.3f} s after the drop returned, and the kernel took the copen")
+    return ReopenUmount(pid, fsid, at, o, state, start, end, tuple(violations))
+
+
+def _reopen_delivery(events: list[TraceEvent], o: int, after: float) -> tuple[int | None, float | None]:
+    """The msg_id and delivery of the first OPEN for object `o` after `after`: its `open`
+    tracepoint, then the `deliver` return in the same daemon thread."""
+    opened_in: int | None = None
+    opened_ts = 0.0
+    for e in events:
+        if e.ts <= after:
+            continue
+        if opened_in is None and e.event == "open" and e.fields.get("o") == o:
+            opened_in, opened_ts = e.pid, e.ts
+        elif opened_in is not None and e.event == "deliver" and e.pid == opened_in:
+            return e.fields.get("msg_id"), opened_ts
+    return None, None
