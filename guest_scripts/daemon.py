@@ -37,8 +37,8 @@ from typing import Any, Callable
 from dataclasses import dataclass
 
 import protocol
-from contract import (CACHE_DEATH_RT_OFFSET, REOPEN_CLOSED, REOPEN_HELD, REOPEN_NONE, UMOUNT_REOPEN_RT_OFFSET, CrashPoint,
-                      Event, Fault, GuestConfig, Probe, ProbeOutcome, RestoreWhy, StaleOrigin, daemon_serving)
+from contract import (CACHE_DEATH_RT_OFFSET, REOPEN_CLOSED, REOPEN_HELD, REOPEN_NONE, UMOUNT_REOPEN_RT_OFFSET,
+                      CrashPoint, Event, Fault, GuestConfig, Probe, ProbeOutcome, RestoreWhy, StaleOrigin, daemon_serving)
 from eventlog import EventLog, write_atomically
 from keeper import recv_fd, recv_msg, send_msg
 
@@ -830,7 +830,8 @@ class Daemon:
     def close_for_umount(self) -> None:
         """Fault.UMOUNT_REOPEN, from the keeper: close the anon fd of the cookie it names (a
         waiter's fresh mount, idle) and hold that cookie's next OPEN, the reopen the waiter's
-        READ will cause (hold_open). Says which in the reopen state file."""
+        READ will cause (hold_open). Says which in the reopen state file: none open here means
+        that the incarnation which opened it is dead, and its anon fd closed with it."""
         try:
             with open(self.config.reopen_file) as f:
                 fsid = f.read().strip()
@@ -839,12 +840,12 @@ class Daemon:
         with self.lock:
             oids = sorted(oid for oid, o in self.objects.items() if o.name == fsid)
             self.closed_ids.update(oids)
-            if oids:
-                self.holding = fsid
+            self.holding = fsid
         closed = [oid for oid in oids if self.drop_object(oid) is not None]
         for oid in closed:
             self.log.emit(Event.CLOSE_FD, object_id=oid, cookie=fsid, fault=Fault.UMOUNT_REOPEN)
-        write_atomically(self.config.reopen_state_file, f"{REOPEN_CLOSED} {closed[0]}\n" if closed else f"{REOPEN_NONE}\n")
+        state = f"{REOPEN_CLOSED} {closed[0]}" if closed else REOPEN_NONE
+        write_atomically(self.config.reopen_state_file, state + "\n")
 
     def let_device_go(self) -> None:
         """Fault.CACHE_DEATH: the keeper's device fd is closed; ours is the last reference. It is

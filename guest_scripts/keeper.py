@@ -51,8 +51,8 @@ import time
 from typing import Any
 
 from contract import (CACHE_DEATH_RT_OFFSET, CLOCK_MARK, COOKIE_DROPPED, KEEPER_BOUND, NETFS_COOKIES, REOPEN_CLOSED,
-                      REOPEN_GO_MARK, REOPEN_HELD, UMOUNT_AT, UMOUNT_REOPEN_RT_OFFSET, WAITER_GO_MARK, WAITER_MOUNTED,
-                      WAITER_WCHAN_PREFIX, Event, GuestConfig, Mode, UmountAt)
+                      REOPEN_GO_MARK, REOPEN_HELD, REOPEN_NONE, UMOUNT_AT, UMOUNT_REOPEN_RT_OFFSET, WAITER_GO_MARK,
+                      WAITER_MOUNTED, WAITER_WCHAN_PREFIX, Event, GuestConfig, Mode, UmountAt)
 from eventlog import EventLog, trace_mark, write_atomically
 from reader import detach, read_proc, umount
 
@@ -347,13 +347,9 @@ class Keeper:
                     self.unmounting = None  # the next signal starts a thread again
                     return
                 self.reopen_umounts += 1
-            child = self.child
-            if child is None or child.poll() is not None:
-                self.log.emit(Event.REOPEN_UMOUNTED, pid=None, fsid=None, at=None, missed="no daemon serving")
-                continue
-            self._umount_in_reopen(child, UMOUNT_AT[(self.reopen_umounts - 1) % len(UMOUNT_AT)])
+            self._umount_in_reopen(UMOUNT_AT[(self.reopen_umounts - 1) % len(UMOUNT_AT)])
 
-    def _umount_in_reopen(self, child: subprocess.Popen[bytes], at: str) -> None:
+    def _umount_in_reopen(self, at: str) -> None:
         """Whatever fails here, the hold is ended, the waiter killed and its mount let go."""
         n = self.reopen_umounts
         images = sorted(self.config.images)
@@ -368,9 +364,12 @@ class Keeper:
                 for stale in (self.config.reopen_state_file, self.config.reopen_file):
                     remove(stale)
                 write_atomically(self.config.reopen_file, fsid + "\n")
-                child.send_signal(signal.SIGRTMIN + UMOUNT_REOPEN_RT_OFFSET)
-                closed = wait_for_file(self.config.reopen_state_file, "", time.monotonic() + bound)
-            if closed.startswith(REOPEN_CLOSED) and waiter is not None and waiter.stdin is not None:
+                # the incarnation serving now (the one that served the mount may have died since:
+                # its anon fds closed with it, and this one is told to hold the reopen)
+                if (child := self.child) is not None and child.poll() is None:
+                    child.send_signal(signal.SIGRTMIN + UMOUNT_REOPEN_RT_OFFSET)
+                    closed = wait_for_file(self.config.reopen_state_file, "", time.monotonic() + bound)
+            if closed.startswith((REOPEN_CLOSED, REOPEN_NONE)) and waiter is not None and waiter.stdin is not None:
                 trace_mark(REOPEN_GO_MARK, waiter.pid)
                 waiter.stdin.write("read\n")
                 waiter.stdin.flush()
