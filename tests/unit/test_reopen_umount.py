@@ -89,6 +89,13 @@ def test_a_late_copen_the_kernel_takes_after_the_drop_fails():
     assert "msg_id 77" in v and "the kernel took the copen" in v
 
 
+def test_a_drop_that_leaves_the_open_outstanding_until_its_copen_fails():
+    """A drop that does not end the held OPEN waits on the work, which waits on the copen: the
+    copen is taken during the drop, and the drop returns after it."""
+    (v,) = judge(MARK, READ, *work(10.2, 15.51), *delivered(10.3), *drop(10.5, 15.52), copened(15.5, 0)).violations
+    assert "still there to answer 5.000 s later: the drop did not end it" in v
+
+
 def test_a_drop_that_never_returns_fails():
     (v,) = judge(MARK, READ, *work(10.2, 10.52), *delivered(10.3), *drop(10.5, None)).violations
     assert v == "the drop of object 0000002a never returned"
