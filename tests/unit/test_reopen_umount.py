@@ -1,9 +1,18 @@
 """Fault.UMOUNT_REOPEN judged (harness/judge/reopenumount.py): what the object's drop met, and the
-rule's negative controls. The trace lines are in the kernel's format (the kprobes as
-harness/judge/trace.py defines them), parsed as a run's are; the captured adversarial run is
-judged in test_adversarial_verdict.py."""
+rule's negative controls: first on trace lines in the kernel's format (the kprobes as
+harness/judge/trace.py defines them), parsed as a run's are; then on the captured adversarial run
+(seed 1, the correct kernel), changed where a kernel that does not wait for the reopen work, or
+does not end its OPEN, changes it."""
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
 from harness.judge import reopenumount, trace
 from harness.judge.reopenumount import DropState
+from helpers import FIXTURES, judged
 
 WAITER = 400
 KEEPER = [{"event": "reopen_umounted", "pid": WAITER, "fsid": "img1.reopen1", "at": "open"}]
@@ -119,3 +128,84 @@ def test_no_read_of_the_waiters_or_no_drop_decides_nothing():
     # a READ before the mark is its mount's, served: not the one that found the object closed
     early = line("python3", WAITER, 9.0, "cachefiles_ondemand_read", f"o={O:08x} mid=0 oid=0 s=0 l=1000")
     assert judge(early, MARK, *drop(10.5, 10.53)).state == DropState.NO_DROP
+
+
+# -- the captured run (tests/fixtures/run-adversarial: seed 1, the correct kernel) -------------
+
+RUN = FIXTURES / "run-adversarial"
+
+
+@pytest.fixture
+def run(tmp_path) -> Path:
+    return shutil.copytree(RUN, tmp_path / "run")
+
+
+def trace_lines(run: Path) -> list[str]:
+    return (run / "guest" / "trace.txt").read_text().splitlines()
+
+
+def set_trace(run: Path, lines: list[str]) -> None:
+    (run / "guest" / "trace.txt").write_text("\n".join(lines) + "\n")
+
+
+def decided(r: dict) -> list[dict]:
+    return [u for u in r["reopen_umounts"] if u["decided"]]
+
+
+def test_every_held_reopen_met_by_its_drop_is_ended_and_waited_for(run):
+    r = judged(run)
+    assert r["verdict"] == "PASS", r["reasons"] + r["missing_evidence"]
+    unmounted = r["reopen_umounts"]
+    assert len(decided(r)) >= 3 and not any(u["violations"] for u in unmounted), unmounted
+    assert all(u["state"] == DropState.DELIVERED for u in unmounted if u["at"] == "open"), unmounted
+    # the daemon's late answer to each held OPEN was refused: the drop had ended it
+    daemon = [json.loads(line) for line in (run / "guest" / "daemon.jsonl").read_text().splitlines()]
+    assert sum(e["event"] == "dropped" and e["errno"] == 22 for e in daemon) >= len(decided(r))
+
+
+def test_a_reopen_work_that_returns_after_its_drop_fails(run):
+    """The worker's return moved to just after the drop's: the drop did not wait for it."""
+    u = decided(judged(run))[0]
+    lines = trace_lines(run)
+    (worked,) = [i for i, s in enumerate(lines) if " reopen_worked: " in s and u["drop_start"] - 5 < ts(s) < u["drop_end"]
+                 and worker_of(lines, i, u["debug_id"])]
+    line = lines.pop(worked)
+    (dropped,) = [i for i, s in enumerate(lines) if " dropped: " in s and ts(s) == u["drop_end"]]
+    lines.insert(dropped + 1, line.replace(f" {ts(line):.6f}: ", f" {u['drop_end'] + 0.000001:.6f}: "))
+    set_trace(run, lines)
+    r = judged(run)
+    assert r["verdict"] == "FAIL" and r["failed_checks"] == ["reopen-umount-probe"], r["reasons"]
+    assert "the drop did not wait for it" in r["reasons"][0]
+
+
+def test_a_held_open_the_kernel_takes_after_its_drop_fails(run):
+    """The held OPEN's late copen, refused (ret=-22), made accepted: the drop left it outstanding."""
+    lines = trace_lines(run)
+    first = decided(judged(run))[0]
+    refused = [i for i, s in enumerate(lines) if " copened: " in s and "ret=-22" in s and ts(s) > first["drop_end"]]
+    lines[refused[0]] = lines[refused[0]].replace("ret=-22", "ret=0")
+    set_trace(run, lines)
+    r = judged(run)
+    assert r["verdict"] == "FAIL" and "reopen-umount-probe" in r["failed_checks"], r["reasons"]
+    assert "the drop did not end it" in " ".join(r["reasons"])
+
+
+def test_without_the_drops_nothing_is_decided(run):
+    set_trace(run, [s for s in trace_lines(run) if " dropped: " not in s])
+    r = judged(run)
+    assert r["verdict"] == "INCONCLUSIVE" and "reopen-umounts" in r["missing_checks"], r["missing_evidence"]
+    assert not decided(r)
+
+
+def ts(line: str) -> float:
+    m = re.search(r" (\d+\.\d+): ", line)
+    return float(m.group(1)) if m else -1.0
+
+
+def worker_of(lines: list[str], at: int, debug_id: int) -> bool:
+    """Whether the reopen_worked line at `at` ends a work whose init_object named `debug_id`."""
+    pid = re.match(r"\s*\S+-(\d+)", lines[at]).group(1)
+    for s in reversed(lines[:at]):
+        if re.match(rf"\s*\S+-{pid}\s", s) and " init_object: " in s:
+            return s.endswith(f" o={debug_id}")
+    return False
