@@ -37,10 +37,11 @@ class Event:
     # after which the next daemon is started anyway)
     WAITER_KILLED: Final = "waiter_killed"
     # Fault.UMOUNT_REOPEN: a waiter's mount unmounted (detached, the waiter SIGKILLed) as the
-    # kernel reopens its object (`pid`, `fsid`, `at`: UmountAt; `reached`: the keeper saw that
-    # point before it unmounted; `gone_s`: the waiter's exit; `dropped_s`: its cookie dropped
-    # (NETFS_COOKIES) after it, None if not within the keeper's bound; `missed`: why no waiter
-    # was started)
+    # kernel reopens its object (`pid`, `fsid`, `at`: UmountAt; `closed`: what the daemon said of
+    # the object's fd (REOPEN_CLOSED or REOPEN_NONE); `reached`: the keeper saw that point before
+    # it unmounted; `detached`: 0 or the umount's errno; `gone_s`: the waiter's exit; `dropped_s`:
+    # its cookie dropped (NETFS_COOKIES) after it, None if not within the keeper's bound; or,
+    # with no pid, `missed`: why it was not carried out)
     REOPEN_UMOUNTED: Final = "reopen_umounted"
     DIED: Final = "died"
     STOPPED: Final = "stopped"

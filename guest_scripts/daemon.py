@@ -298,7 +298,6 @@ class Daemon:
         self.closed_at_copen: dict[int, str] = {}  # object_id -> cookie: fd closed before its copen
         self.read_on_closed: set[int] = set()  # msg_ids of READs the close-copen probe found a violation in
         self.device_dead = False  # Fault.CACHE_DEATH: the device fd let go (set before it goes)
-        self.holding: str | None = None  # Fault.UMOUNT_REOPEN: the cookie whose next OPEN is held
 
     def remember_answer(self, op: str, msg_id: int, object_id: int, size: int = 0, by: str = StaleOrigin.ANSWERED) -> None:
         """An answer the kernel accepted (or a dead incarnation's, `by`="dead", seq 0)."""
@@ -458,7 +457,7 @@ class Daemon:
         name = protocol.blob_name(req.volume_key, req.cookie_key)
         blob = self.blob(name) if req.volume_key.startswith("erofs,") else None
         size = blob.size if blob else protocol.copen_error(errno.ENOENT)
-        if name == self.holding and size >= 0 and os.path.exists(self.config.reopen_file):
+        if size >= 0 and name == self.cookie_to_hold():
             self.hold_open(req, size, name, blob)
             return
         self.point(CrashPoint.OPEN_BEFORE_COPEN)
@@ -529,16 +528,29 @@ class Daemon:
             return
         self.opened(req, size, name, blob)
 
+    def cookie_to_hold(self) -> str | None:
+        """Fault.UMOUNT_REOPEN: the cookie whose OPENs are held, while the keeper's file names it.
+        Read afresh at each OPEN: a later incarnation holds the reopen too (its predecessor died
+        holding it, and the restore delivered it again)."""
+        if not self.config.reopen_file:
+            return None
+        try:
+            with open(self.config.reopen_file) as f:
+                return f.read().strip() or None
+        except OSError:
+            return None
+
     def hold_open(self, req: protocol.OpenRequest, size: int, name: str, blob: Blob | None) -> None:
         """Fault.UMOUNT_REOPEN: the reopen's OPEN of the object close_for_umount closed, held
         unanswered (the kernel's reopen work waits on it) until the keeper has unmounted its
         mount and ends the hold, then answered: late, after the drop, so the kernel must refuse
-        it. Lockless or not, no lock is held meanwhile: the other threads serve on."""
-        self.holding = None
+        it. No lock of ours is held meanwhile, but the restore gate is (an OPEN delivered holds
+        it until answered, or a restore would deliver it again into EEXIST): a live restore waits
+        for the hold, and the threads with it. The hold is bounded, and ends with the device."""
         write_atomically(self.config.reopen_state_file, f"{REOPEN_HELD} {req.msg_id}\n")
         self.log.emit(Event.HELD_OPEN, msg_id=req.msg_id, object_id=req.object_id, cookie=name)
         deadline = time.monotonic() + self.config.stall_bound_s * HOLD_SHARE
-        while os.path.exists(self.config.reopen_file) and time.monotonic() < deadline and not self.device_dead:
+        while self.cookie_to_hold() == name and time.monotonic() < deadline and not self.device_dead:
             time.sleep(0.005)
         if self.device_dead:
             self.orphaned(req, "copen")
@@ -843,7 +855,6 @@ class Daemon:
         with self.lock:
             oids = sorted(oid for oid, o in self.objects.items() if o.name == fsid)
             self.closed_ids.update(oids)
-            self.holding = fsid
         closed = [oid for oid in oids if self.drop_object(oid) is not None]
         for oid in closed:
             self.log.emit(Event.CLOSE_FD, object_id=oid, cookie=fsid, fault=Fault.UMOUNT_REOPEN)

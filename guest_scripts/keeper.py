@@ -52,7 +52,7 @@ from typing import Any
 
 from contract import (CACHE_DEATH_RT_OFFSET, CLOCK_MARK, COOKIE_DROPPED, KEEPER_BOUND, NETFS_COOKIES, REOPEN_CLOSED,
                       REOPEN_GO_MARK, REOPEN_HELD, REOPEN_NONE, UMOUNT_AT, UMOUNT_REOPEN_RT_OFFSET, WAITER_GO_MARK,
-                      WAITER_MOUNTED, WAITER_WCHAN_PREFIX, Event, GuestConfig, Mode, UmountAt)
+                      WAITER_MOUNTED, WAITER_WCHAN_PREFIX, Event, GuestConfig, Mode, UmountAt, parse_daemon_state)
 from eventlog import EventLog, trace_mark, write_atomically
 from reader import detach, read_proc, umount
 
@@ -261,8 +261,8 @@ class Keeper:
             if not self.stopping:
                 time.sleep(self.config.restart_delay_s)
         self.clean_up_waiters()  # a waiter killed as the keeper stopped
-        if (unmounting := self.unmounting) is not None:
-            unmounting.join(self.config.stall_bound_s / 2)
+        if (unmounting := self.unmounting) is not None:  # stopping: it takes no further one
+            unmounting.join(self.config.stall_bound_s)
         for thread in self.cleanups:
             thread.join(self.config.stall_bound_s / 3)
         if self.held is not None:
@@ -334,20 +334,22 @@ class Keeper:
         serves on meanwhile."""
         with self.unmount_lock:
             self.unmounts_asked += 1
-            if self.unmounting is not None and self.unmounting.is_alive():
-                return
-            self.unmounting = thread = threading.Thread(target=self._umount_in_reopen_all, name="reopen-umount",
-                                                        daemon=True)
-        thread.start()
+            if self.unmounting is None:
+                self.unmounting = threading.Thread(target=self._umount_in_reopen_all, name="reopen-umount", daemon=True)
+                self.unmounting.start()
 
     def _umount_in_reopen_all(self) -> None:
-        while not self.stopping:
+        while True:
             with self.unmount_lock:
-                if self.reopen_umounts == self.unmounts_asked:
+                if self.reopen_umounts == self.unmounts_asked or self.stopping:
                     self.unmounting = None  # the next signal starts a thread again
                     return
                 self.reopen_umounts += 1
-            self._umount_in_reopen(UMOUNT_AT[(self.reopen_umounts - 1) % len(UMOUNT_AT)])
+            at = UMOUNT_AT[(self.reopen_umounts - 1) % len(UMOUNT_AT)]
+            try:
+                self._umount_in_reopen(at)
+            except Exception as e:  # noqa: BLE001 - logged; the next one goes on
+                self.log.emit(Event.REOPEN_UMOUNTED, pid=None, fsid=None, at=at, missed=f"{type(e).__name__}: {e}")
 
     def _umount_in_reopen(self, at: str) -> None:
         """Whatever fails here, the hold is ended, the waiter killed and its mount let go."""
@@ -365,9 +367,10 @@ class Keeper:
                     remove(stale)
                 write_atomically(self.config.reopen_file, fsid + "\n")
                 # the incarnation serving now (the one that served the mount may have died since:
-                # its anon fds closed with it, and this one is told to hold the reopen)
-                if (child := self.child) is not None and child.poll() is None:
-                    child.send_signal(signal.SIGRTMIN + UMOUNT_REOPEN_RT_OFFSET)
+                # its anon fds closed with it, and this one is told to hold the reopen), once it
+                # says so: before, its handler may not be there, and the signal would kill it
+                if (pid := self.serving_pid(time.monotonic() + bound)) is not None:
+                    os.kill(pid, signal.SIGRTMIN + UMOUNT_REOPEN_RT_OFFSET)
                     closed = wait_for_file(self.config.reopen_state_file, "", time.monotonic() + bound)
             if closed.startswith((REOPEN_CLOSED, REOPEN_NONE)) and waiter is not None and waiter.stdin is not None:
                 trace_mark(REOPEN_GO_MARK, waiter.pid)
@@ -386,6 +389,7 @@ class Keeper:
                 dropped_s = cookie_dropped(fsid, bound)
         finally:
             remove(self.config.reopen_file)  # the hold ends
+            remove(self.config.reopen_state_file)
             if waiter is not None:
                 end_waiter(waiter)
             thread = threading.Thread(target=_unmount_after, args=(waiter, target), name="reopen-umount-end", daemon=True)
@@ -394,6 +398,17 @@ class Keeper:
             self.log.emit(Event.REOPEN_UMOUNTED, pid=None if waiter is None else waiter.pid, fsid=fsid, at=at,
                           closed=closed.strip() or None, reached=reached, detached=detached, gone_s=gone_s,
                           dropped_s=dropped_s)
+
+    def serving_pid(self, deadline: float) -> int | None:
+        """The pid of the incarnation that says it serves (daemon.state), if it is our child's."""
+        while True:
+            child = self.child
+            said = parse_daemon_state(text_of(self.config.daemon_state_file) or "")
+            if child is not None and child.poll() is None and said is not None and said[1] == child.pid:
+                return child.pid
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.01)
 
     def clean_up_waiters(self) -> None:
         """The killed waiters' mounts go once a daemon serves (the umount's CLOSE waits for one)."""

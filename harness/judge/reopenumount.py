@@ -20,7 +20,7 @@ was in) decides nothing.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from guest_scripts.contract import REOPEN_GO_MARK, Event
 from .evidence import LogEvent
@@ -97,7 +97,9 @@ def drops(events: list[TraceEvent]) -> dict[int, list[tuple[float, float | None]
     return spans
 
 
-def judge(keeper: list[LogEvent], events: list[TraceEvent]) -> tuple[ReopenUmount, ...]:
+def judge(keeper: list[LogEvent], events: list[TraceEvent], complete: bool = True) -> tuple[ReopenUmount, ...]:
+    """`complete`: no event was lost (ring buffer, kprobe misses). Without that, a missing
+    return reads as "never returned": nothing is decided, and nothing is a violation."""
     faults = {int(e["pid"]): e for e in keeper if e.get("event") == Event.REOPEN_UMOUNTED and e.get("pid") is not None}
     marked: dict[int, float] = {}
     reads: dict[int, TraceEvent] = {}
@@ -107,8 +109,9 @@ def judge(keeper: list[LogEvent], events: list[TraceEvent]) -> tuple[ReopenUmoun
         elif e.event == "read" and e.pid in marked and e.pid not in reads:
             reads[e.pid] = e
     all_works, all_drops = works(events), drops(events)
-    return tuple(_one(pid, str(fault.get("fsid")), str(fault.get("at")), reads.get(pid), events, all_works, all_drops)
-                 for pid, fault in sorted(faults.items()))
+    judged = tuple(_one(pid, str(fault.get("fsid")), str(fault.get("at")), reads.get(pid), events, all_works, all_drops)
+                   for pid, fault in sorted(faults.items()))
+    return judged if complete else tuple(replace(u, drop_end=None, violations=()) for u in judged)
 
 
 def _one(pid: int, fsid: str, at: str, read: TraceEvent | None, events: list[TraceEvent], all_works: list[Work],
@@ -122,13 +125,13 @@ def _one(pid: int, fsid: str, at: str, read: TraceEvent | None, events: list[Tra
     start, end = drop
     mine = [w for w in all_works if w.debug_id == o and w.start > read.ts]
     msg_id, delivered_ts = _reopen_delivery(events, o, read.ts)
-    answered_ts = next((e.ts for e in events if e.event == "copened" and msg_id is not None
-                        and e.fields.get("id") == msg_id and e.fields.get("ret") == 0), None)
+    answered_ts = next((e.ts for e in events if e.event == "copened" and delivered_ts is not None
+                        and e.ts > delivered_ts and e.fields.get("id") == msg_id and e.fields.get("ret") == 0), None)
     if answered_ts is not None and answered_ts < start:
         state = DropState.ANSWERED
     elif delivered_ts is not None and delivered_ts < start:
         state = DropState.DELIVERED
-    elif any(w.start < start for w in mine):
+    elif any(w.start < start and (w.end is None or w.end > start) for w in mine):
         state = DropState.RUNNING
     else:
         state = DropState.NONE
@@ -144,14 +147,16 @@ def _one(pid: int, fsid: str, at: str, read: TraceEvent | None, events: list[Tra
             elif w.end is None or w.end > end:
                 outlived = "never returned" if w.end is None else f"returned {w.end - end:.3f} s after the drop did"
                 violations.append(f"the reopen work on object {o:08x} {outlived} (the drop did not wait for it)")
-        # The daemon holds the OPEN until the keeper sees the cookie dropped (the drop returned), so
-        # a copen taken once the drop had begun is one the drop left outstanding. (A daemon that
-        # answered in the instant between the drop's entry and its flush would be taken rightly:
-        # ours never does.)
+        # The daemon holds the OPEN (every incarnation, while the keeper's file names the cookie)
+        # until the keeper sees the cookie dropped (the drop returned), so a copen taken once the
+        # drop had begun is one the drop left outstanding. (A daemon that answered in the instant
+        # between the drop's entry and its flush would be taken rightly: ours never does.)
         if state == DropState.DELIVERED and answered_ts is not None and answered_ts > start:
             violations.append(f"the reopen's OPEN (msg_id {msg_id}) of object {o:08x}, held, outstanding when the "
                               f"drop began, was still there to answer {answered_ts - start:.3f} s later: the drop "
                               f"did not end it (the kernel took the copen)")
+        if (late := next((e.ts for e in events if e.event == "open" and e.fields.get("o") == o and e.ts > end), None)):
+            violations.append(f"an OPEN for object {o:08x} was delivered {late - end:.3f} s after its drop returned")
     return ReopenUmount(pid, fsid, at, o, state, start, end, tuple(violations))
 
 

@@ -128,7 +128,7 @@ def evaluate(run_dir: Path) -> Results:
     cache = (cachedeath.judge(kernel_ledger.cache_deaths, trace_events, logs.readers, logs.keeper)
              if scenario.get("cache_deaths") else None)
     waiters = killable.judge(logs.keeper, trace_events)
-    unmounted = reopenumount.judge(logs.keeper, trace_events)
+    unmounted = reopenumount.judge(logs.keeper, trace_events, complete=not lost)
     aborted = meta.get("aborted")
     if aborted is None and readers.readers_finished < readers.readers_started:
         aborted = f"{readers.readers_started - readers.readers_finished} reader(s) never finished"

@@ -116,6 +116,25 @@ def test_a_drop_that_met_no_reopen_or_a_finished_one_decides_nothing():
     assert (answered.state, answered.decided, answered.violations) == (DropState.ANSWERED, False, ())
 
 
+def test_an_open_for_the_object_after_its_drop_returned_fails():
+    u = judge(MARK, READ, *work(10.2, 10.55, init_at=10.52), *drop(10.5, 10.56), *delivered(10.7))
+    assert u.violations == ("an OPEN for object 0000002a was delivered 0.140 s after its drop returned",)
+
+
+def test_a_work_that_ended_before_the_drop_is_not_one_it_met():
+    u = judge(MARK, READ, *work(10.2, 10.3), *drop(10.5, 10.53))
+    assert (u.state, u.decided) == (DropState.NONE, False)
+
+
+def test_an_incomplete_trace_decides_nothing_and_finds_nothing():
+    """A lost return (ring buffer, a kprobe's miss) would read as a work or a drop never returned."""
+    lines = (MARK, READ, *work(10.2, None), *delivered(10.3), *drop(10.5, 10.53))
+    events = trace.parse("\n".join(lines))
+    assert judge(*lines).violations
+    (u,) = reopenumount.judge(KEEPER, events, complete=False)
+    assert (u.state, u.decided, u.violations) == (DropState.DELIVERED, False, ())
+
+
 def test_other_objects_works_and_drops_are_not_the_waiters():
     u = judge(MARK, READ, *work(10.2, 10.9, obj=O + 1, kworker=51), *drop(10.4, 10.41, obj=O + 1),
               *work(10.25, 10.52), *delivered(10.3), *drop(10.5, 10.53))
