@@ -151,6 +151,8 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)
+        if args.command == "matrix":  # its runs' options (after --), refused once here rather than by every cell
+            parser().parse_args(["run", *ci.extra_run_options(args.run_options)])
     except SystemExit as e:  # --help, --version, or a usage error already said in one line
         return int(e.code or 0)
     args.command_line = ["failover-harness", *(argv or sys.argv[1:])]  # what run.json records as typed

@@ -63,8 +63,10 @@ class RunRequest:
     def validate(self) -> "RunRequest":
         if self.scenario not in SCENARIOS:
             raise InputError(f"unknown scenario {self.scenario!r} (one of {', '.join(SCENARIOS)})")
-        if self.kills is not None and self.kills < 0:
-            raise InputError(f"--kills must be 0 or more (got {self.kills})")
+        if self.kills is not None and self.kills < 1:  # as the parser refuses it (run_options.one_or_more)
+            raise InputError(f"--kills must be 1 or more (got {self.kills})")
+        if self.jobs < 1:
+            raise InputError(f"--jobs must be 1 or more (got {self.jobs})")
         if self.fd_closes is not None and self.fd_closes < 0:
             raise InputError(f"--fd-closes must be 0 or more (got {self.fd_closes})")
         if self.readers is not None and not 1 <= self.readers <= 16:

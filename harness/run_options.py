@@ -30,6 +30,21 @@ SOURCE_COMMANDS = frozenset({"run", "bisect", "mutate", "submit"})
 MACHINE_COMMANDS = frozenset({"run", "bisect", "_bisect-step", "mutate"})
 
 
+def one_or_more(text: str) -> int:
+    """An int of 1 or more, refused while the command line is parsed. For --kills: a scenario
+    whose kills are its evidence (crash, combined, adversarial, supervised, cache-death) run
+    without them can only be INCONCLUSIVE, and the negative control (no-failover) has nothing
+    to FAIL; the scenarios without kills of their own (close-fds, crash-points) have 0 when it
+    is left out, so no scenario needs it said. For --jobs: `make -j0` is no build."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more (got {value})")
+    return value
+
+
 @dataclass(frozen=True)
 class Option:
     field: str  # the RunRequest field; the flag is its name with dashes
@@ -60,7 +75,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("package", "Debian source package (default %(default)s)", SOURCE_COMMANDS, group="source"),
     Option("ref", "the commit to build (of --tree's repository, or of the package's)", frozenset({"run"})),
     Option("series", "an mbox or a directory of patches, applied on top with git am", frozenset({"run"}), type=Path),
-    Option("kills", "SIGKILLs to send (default: the scenario's, 50 for crash)", SCENARIO_COMMANDS, type=int),
+    Option("kills", "SIGKILLs to send (default: the scenario's, 50 for crash)", SCENARIO_COMMANDS, type=one_or_more),
     Option("fd_closes", "anon fds the daemon closes (default: the scenario's, 40 for close-fds)", SCENARIO_COMMANDS,
            type=int),
     Option("readers", "reader processes (default: the scenario's)", SCENARIO_COMMANDS, type=int),
@@ -74,7 +89,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("transport", "console: commands typed on the serial console (pexpect); ssh: over an sshd the guest "
            "starts from the host's binaries (paramiko), the console still logging (default %(default)s)",
            MACHINE_COMMANDS | {"submit", "matrix"}, choices=TRANSPORTS, reproduce="always"),
-    Option("jobs", "make -j (default %(default)s)", MACHINE_COMMANDS, type=int, reproduce="never"),
+    Option("jobs", "make -j (default %(default)s)", MACHINE_COMMANDS, type=one_or_more, reproduce="never"),
     Option("output", "where run directories go (default %(default)s)", MACHINE_COMMANDS, type=Path,
            reproduce="never"),
     Option("cache", "downloads, sources, builds (default %(default)s)", MACHINE_COMMANDS | {"submit"}, type=Path,

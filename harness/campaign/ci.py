@@ -140,7 +140,8 @@ def add_submit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", type=Path, default=Path("runs"), help="where the runs and report go (default %(default)s)")
 
 
-def _extra(options: list[str]) -> tuple[str, ...]:
+def extra_run_options(options: list[str]) -> tuple[str, ...]:
+    """What the matrix gives every cell's `failover-harness run`: its arguments after --."""
     return tuple(options[1:] if options[:1] == ["--"] else options)
 
 
@@ -149,7 +150,8 @@ def run_matrix(args: argparse.Namespace, runner: Runner = run_child) -> int:
                              args.flavors or ["plain"], args.scenarios or list(matrix.DEFAULT_SCENARIOS))
     i, n = matrix.parse_shard(args.shard)
     mine = matrix.shard(all_cells, i, n)
-    extra = (*RunRequest.from_args(args, "matrix").to_argv("run", ("transport",)), *_extra(args.run_options))
+    extra = (*RunRequest.from_args(args, "matrix").to_argv("run", ("transport",)),
+             *extra_run_options(args.run_options))
     print(f"shard {i}/{n}: {len(mine)} of {len(all_cells)} cells, about {matrix.estimated_s(mine) / 60:.0f} min", flush=True)
     if args.list:
         for cell in mine:

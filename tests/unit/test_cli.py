@@ -33,7 +33,7 @@ def test_a_missing_tree(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--kills", "-1"], "--kills must be 0 or more"),
+    (["--kills", "-1"], "argument --kills: must be 1 or more (got -1)"),
     (["--scenario", "nonsense"], "unknown scenario 'nonsense'"),
     (["--readers", "0"], "--readers must be 1..16"),
     (["--accel", "xen"], "invalid choice"),
@@ -42,6 +42,25 @@ def test_a_missing_tree(tmp_path):
 def test_bad_options(args, message, tmp_path):
     p = cli("run", *args, "--output", str(tmp_path))
     assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr
+
+
+# what each command needs besides the option under test, so that only that option can be refused
+REQUIRED = {"bisect": ["--good", "a", "--bad", "b"], "_bisect-step": ["--steps", "steps.jsonl", "--tree", "linux"]}
+
+
+@pytest.mark.parametrize("flag", ["--kills", "--jobs"])
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_no_kills_and_no_make_jobs_are_refused_by_every_command_that_takes_them(flag, value, monkeypatch, capsys):
+    """While the command line is parsed, before any command starts: each command that takes the
+    option, and the matrix, which gives its cells' runs the options after -- (once, not per cell)."""
+    from harness import cli, run_options
+    monkeypatch.setattr(cli, "HANDLERS", {})  # a command that started would be a KeyError
+    takers = sorted(c for c in run_options.COMMANDS if flag in {o.flag for o in run_options.options_of(c)})
+    assert {"run", "bisect"} <= set(takers) and ("mutate" in takers) == (flag == "--jobs")
+    for argv in [[c, *REQUIRED.get(c, []), flag, value] for c in takers] + [["matrix", "--", flag, value]]:
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count(f"argument {flag}: must be 1 or more (got {value})") == 1 and "Traceback" not in err, argv
 
 
 def test_an_output_path_under_a_file(tmp_path):

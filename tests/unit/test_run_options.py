@@ -24,8 +24,10 @@ def a_value(rng: random.Random, option: run_options.Option) -> Any:
         return rng.choice(option.choices)
     if option.field == "scenario":
         return rng.choice(list(SCENARIOS))
+    if option.type is run_options.one_or_more:  # --kills (None: the scenario's own number), --jobs
+        return rng.choice([None, 1, 7, 16, 123456]) if option.field == "kills" else rng.randint(1, 999)
     if option.type is int:
-        return rng.choice([None, 0, 1, 7, 16, 123456]) if option.field in ("kills", "fd_closes", "readers",
+        return rng.choice([None, 0, 1, 7, 16, 123456]) if option.field in ("fd_closes", "readers",
                                                                            "daemon_threads") else rng.randint(0, 999)
     if option.type is Path:
         return rng.choice([None, *PATHS]) if option.field in ("tree", "series") else rng.choice(PATHS)
@@ -84,10 +86,10 @@ def test_reproduce_states_what_is_tested_first_and_only_what_is_not_a_default() 
     default change); the order is the matrix listing's: what is tested, then how hard."""
     assert RunRequest().reproduce() == ("failover-harness run --scenario crash --seed 1 --read-delay-ms 50 "
                                         "--transport console")
-    req = RunRequest(scenario="combined", kills=0, tree=Path("/src/linux"), ref="v6.12", flavor="debug",
+    req = RunRequest(scenario="combined", kills=5, tree=Path("/src/linux"), ref="v6.12", flavor="debug",
                      accel="kvm", package="ignored-with-a-tree", jobs=3, transport="ssh")
     assert req.reproduce() == ("failover-harness run --scenario combined --flavor debug --tree /src/linux "
-                               "--ref v6.12 --kills 0 --seed 1 --read-delay-ms 50 --accel kvm --transport ssh")
+                               "--ref v6.12 --kills 5 --seed 1 --read-delay-ms 50 --accel kvm --transport ssh")
     assert "--package linux-source-6.13" in RunRequest(package="linux-source-6.13").reproduce()
 
 
