@@ -32,6 +32,7 @@ from ..judge.results import AnyResults, error_results
 from . import matrix
 from .. import proc
 from ..errors import EXIT_FAIL, EXIT_PASS, EXIT_UNTESTABLE, EXIT_USAGE, InputError
+from ..kernel import series
 from ..kernel.kconfig import FLAVORS
 from ..kernel.source import DEFAULT_PACKAGE
 from ..request import RunRequest
@@ -175,6 +176,7 @@ def submit_cells(args: argparse.Namespace) -> tuple[list[matrix.Cell], tuple[str
     """The default scenarios on base + series: the cells, and the options every run gets."""
     if not args.mbox.is_file():
         raise InputError(f"--mbox {args.mbox}: no such file")
+    series.load(args.mbox)  # a file that holds no patch is said once, here, not by each cell's run
     req = replace(RunRequest.from_args(args, "submit"), ref=args.base, series=args.mbox.resolve())
     kernel = f"tree:{req.tree}" if req.tree else req.package
     extra = tuple(req.to_argv("run", ("ref", "series", "transport", "cache")))
