@@ -145,14 +145,24 @@ def _first_bad(output: str) -> str | None:
     return None
 
 
+def ends(repo: Path, good_ref: str, bad_ref: str) -> tuple[str, str]:
+    """The commits --good and --bad name in `repo`; InputError, before any build, unless the
+    good one is an older ancestor of the bad one (the same commit would cost its build and boot
+    to end in "--good fails the scenario")."""
+    good, bad = git.resolve(repo, good_ref), git.resolve(repo, bad_ref)
+    if good == bad:
+        raise InputError(f"--good {good_ref} and --bad {bad_ref} are the same commit {good[:12]}: nothing to bisect")
+    if not git.is_ancestor(repo, good, bad):
+        raise InputError(f"--good {good_ref} is not an ancestor of --bad {bad_ref}: nothing to bisect between them")
+    return good, bad
+
+
 def bisect(breq: BisectRequest) -> dict[str, Any]:
     """Check the ends, run `git bisect run`, and write bisect.json, summary and replay file."""
     started = time.monotonic()
     req = breq.run
     wt = source.work_tree(req.cache, req.package, req.tree)
-    good, bad = wt.resolve(breq.good), wt.resolve(breq.bad)
-    if not git.is_ancestor(wt.path, good, bad):
-        raise InputError(f"--good {breq.good} is not an ancestor of --bad {breq.bad}")
+    good, bad = ends(wt.repo, breq.good, breq.bad)
     out = new_output_dir(req.output, "bisect")
     steps_log = out / "steps.jsonl"
     step_req = replace(req, tree=wt.path, package=RunRequest.package)

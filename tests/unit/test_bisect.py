@@ -3,9 +3,9 @@ command's refusals (exit 2) before any build."""
 import pytest
 
 from harness.campaign import bisect
-from harness.errors import EXIT_USAGE
+from harness.errors import EXIT_USAGE, InputError
 from harness.request import RunRequest
-from helpers import harness
+from helpers import git, harness
 
 
 @pytest.mark.parametrize("verdicts, result", [
@@ -64,3 +64,50 @@ def test_bisect_on_a_tree_that_is_not_a_repository_exits_2(tmp_path):
     proc = harness("bisect", "--tree", str(tree), "--good", "a", "--bad", "b", "--output", str(tmp_path),
                    "--cache", str(tmp_path / "cache"), timeout=60)
     assert proc.returncode == EXIT_USAGE and "need a git repository" in proc.stderr
+
+
+@pytest.fixture
+def history(tmp_path):
+    """A kernel tree (as the harness recognises one) in a repository: v1, then HEAD on main; a
+    side branch from v1 beside it."""
+    repo = tmp_path / "linux"
+    (repo / "arch").mkdir(parents=True)
+    (repo / "Kconfig").write_text("")
+    (repo / "Makefile").write_text("VERSION = 6\nPATCHLEVEL = 12\n")
+    git(repo, "init", "--quiet", "--initial-branch", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "--quiet", "-m", "base")
+    git(repo, "tag", "v1")
+    for branch in ("main", "side"):
+        git(repo, "checkout", "--quiet", "-B", branch, "v1")
+        (repo / "Kconfig").write_text(f"# {branch}\n")
+        git(repo, "commit", "--quiet", "-am", branch)
+    git(repo, "checkout", "--quiet", "main")
+    return repo
+
+
+@pytest.mark.parametrize("good, bad, message", [
+    ("v1", "v1", "--good v1 and --bad v1 are the same commit"),
+    ("main~1", "v1", "--good main~1 and --bad v1 are the same commit"),  # two names of one commit
+    ("main", "v1", "--good main is not an ancestor of --bad v1"),  # the ends swapped
+    ("side", "main", "--good side is not an ancestor of --bad main"),  # another branch
+    ("v1", "nowhere", "'nowhere' is not a commit"),
+])
+def test_ends_that_leave_nothing_to_bisect_are_refused(history, good, bad, message):
+    with pytest.raises(InputError, match=message):
+        bisect.ends(history, good, bad)
+
+
+def test_ends_are_the_commits_they_name(history):
+    assert bisect.ends(history, "v1", "main") == (git(history, "rev-parse", "v1"), git(history, "rev-parse", "main"))
+
+
+@pytest.mark.parametrize("good, bad, message", [
+    ("HEAD", "main", "are the same commit"), ("main", "v1", "is not an ancestor of --bad v1")])
+def test_bisect_refuses_such_ends_in_one_line_before_any_build(history, tmp_path, good, bad, message):
+    proc = harness("bisect", "--tree", str(history), "--good", good, "--bad", bad, "--output", str(tmp_path / "runs"),
+                   "--cache", str(tmp_path / "cache"), timeout=60)
+    assert proc.returncode == EXIT_USAGE and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("failover-harness: ") and message in proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and proc.stdout == ""
+    assert list((tmp_path / "runs").iterdir()) == []  # no bisection directory, no step run
