@@ -1,7 +1,7 @@
 """Mutation testing: kernels broken on purpose, each of which a scenario must catch.
 
-A mutant is a patch (`tests/mutants/NAME.patch`, as `git format-patch` writes it) whose trailers
-say what it undoes and how to catch it:
+A mutant is a patch (`tests/mutants/NAME.patch`, as `git format-patch` writes it, or any one mail
+`git am` takes) whose trailers say what it undoes and how to catch it:
 
     Mutant-Undoes: cachefiles: add restore command to recover inflight ondemand read requests
     Mutant-Scenario: crash
@@ -21,8 +21,6 @@ without it.
 """
 from __future__ import annotations
 
-import email
-import email.policy
 import json
 import time
 from dataclasses import asdict, dataclass, replace
@@ -32,6 +30,7 @@ from typing import Any
 from ..errors import InputError
 from ..judge.checks import VERDICT_CHECKS, Status
 from ..judge.results import AnyResults, is_judged
+from ..kernel import series
 from ..kernel.kconfig import FLAVORS
 from ..request import RunRequest, new_output_dir
 from ..scenarios import SCENARIOS
@@ -68,13 +67,16 @@ SCENARIO_COST = {"crash": 0, "crash-points": 1, "close-fds": 1, "cache-death": 1
 
 
 def parse(path: Path) -> Mutant:
-    """One mutant patch; InputError names the file and what is missing or wrong."""
-    msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.compat32)
-    body = msg.get_payload(decode=False)
-    if not isinstance(body, str) or "\ndiff --git " not in body:
-        raise InputError(f"{path}: not a patch made by `git format-patch`")
+    """One mutant patch; InputError names the file and what is missing or wrong.
+
+    Read as the series it is applied as (`git am`'s reading): a mail as `git format-patch`
+    writes it, or a plain one (From: and Subject:, the message, then a git or unified diff)."""
+    patches = series.load(path)
+    if len(patches) != 1:
+        raise InputError(f"{path}: {len(patches)} patches; a mutant is one")
+    (patch,) = patches
     trailers: dict[str, str] = {}
-    for line in body.split("\n---\n", 1)[0].splitlines():
+    for line in series.commit_message(patch.text).splitlines():
         key, sep, value = line.partition(":")
         if sep and key.startswith("Mutant-"):
             trailers[key.removeprefix("Mutant-")] = value.strip()
@@ -89,8 +91,7 @@ def parse(path: Path) -> Mutant:
         raise InputError(f"{path}: Mutant-Expect {trailers['Expect']!r} is not one of {', '.join(EXPECTABLE)}")
     if not trailers["Faults"].isdigit():
         raise InputError(f"{path}: Mutant-Faults {trailers['Faults']!r} is not a number")
-    subject = " ".join(str(msg.get("Subject", "")).split()).removeprefix("[PATCH] ")
-    return Mutant(path.stem, path, subject, trailers["Undoes"], trailers["Scenario"], trailers["Flavor"],
+    return Mutant(path.stem, path, patch.subject, trailers["Undoes"], trailers["Scenario"], trailers["Flavor"],
                   int(trailers["Faults"]), trailers["Expect"])
 
 

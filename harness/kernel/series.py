@@ -21,6 +21,12 @@ from ..errors import InputError
 
 PATCH_FILE_SUFFIXES = (".patch", ".diff", ".mbox", ".eml")
 _SUBJECT_TAG = re.compile(r"^\s*((re|fwd?):\s*)*(\[[^\]]*\]\s*)*", re.I)
+# git's own readings (mailinfo.c, am.c, apply.c): where a mail's commit message ends and its
+# patch begins; a header line; the file a plain unified diff (`diff -u`, no `diff --git`) changes
+_PATCH_BREAK = re.compile(r"^(diff -|Index: |---[ \t]*$|--- \S)", re.M)
+_HEADER = re.compile(rb"[!-9;-~]+:")
+_GIT_DIFF = re.compile(r"^diff --git a/\S+ b/(\S+)$", re.M)
+_UNIFIED_DIFF = re.compile(r"^--- (\S+).*\n\+\+\+ (\S+).*\n@@ ", re.M)
 
 
 @dataclass(frozen=True)
@@ -63,7 +69,17 @@ def _header(msg: email.message.Message, name: str) -> str:
 
 
 def _diff_files(body: str) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(m.group(1) for m in re.finditer(r"^diff --git a/\S+ b/(\S+)$", body, re.M)))
+    """The files a git diff or a plain unified diff changes, as `git am` (-p1) names them."""
+    unified = (new if new != "/dev/null" else old for old, new in _UNIFIED_DIFF.findall(body))
+    return tuple(dict.fromkeys([*_GIT_DIFF.findall(body), *(name.partition("/")[2] or name for name in unified)]))
+
+
+def commit_message(raw: bytes) -> str:
+    """A patch mail's body up to its patch, where `git am` ends the commit message."""
+    payload = email.message_from_bytes(raw, policy=email.policy.compat32).get_payload(decode=False)
+    body = payload if isinstance(payload, str) else ""
+    found = _PATCH_BREAK.search(body)
+    return body[:found.start()] if found else body
 
 
 def _to_patch(index: int, raw: bytes) -> Patch | None:
@@ -78,15 +94,27 @@ def _to_patch(index: int, raw: bytes) -> Patch | None:
                  files=files, text=raw)
 
 
+def _is_mail(raw: bytes) -> bool:
+    """git am's test (is_mail): a block of header lines, folded ones indented, up to a blank line."""
+    lines = raw.lstrip(b"\r\n").split(b"\n\n", 1)[0].splitlines()
+    return bool(lines) and _HEADER.match(lines[0]) is not None and \
+        all(_HEADER.match(line) or line[:1] in (b" ", b"\t") for line in lines[1:])
+
+
 def _messages(path: Path) -> list[bytes]:
     box = mailbox.mbox(str(path), create=False)
     try:
         found = [m.as_bytes(unixfrom=True) for m in box]
     finally:
         box.close()
-    if not found and path.read_bytes().lstrip().startswith(b"diff --git"):
+    if found:
+        return found
+    raw = path.read_bytes()
+    if _is_mail(raw):  # without an mbox's From_ line: one mail, which `git am` takes too
+        return [raw]
+    if raw.lstrip().startswith(b"diff --git"):
         raise SeriesError(f"{path}: a bare diff, not a mail; make patches with `git format-patch` or `b4 am`")
-    return found
+    return []
 
 
 def load(path: Path) -> tuple[Patch, ...]:

@@ -1,10 +1,13 @@
 """Mutation testing's pure parts: reading mutant patches, naming the check that killed one, the
 command's verdict (a survivor, or a baseline that does not pass, fails it)."""
+import re
 import shutil
+from dataclasses import replace
 
 import pytest
 
 from harness.campaign import mutants
+from harness.kernel import series
 from harness.judge import report
 from harness.errors import InputError
 from harness.campaign.mutants import Outcome
@@ -47,6 +50,53 @@ def test_mutant_trailers_are_read(tmp_path):
 def test_a_mutant_with_wrong_trailers_is_refused(tmp_path, bad, message):
     directory = write_mutant(tmp_path, "broken", bad)
     with pytest.raises(InputError, match=message):
+        mutants.load(directory)
+
+
+def plain(patch: str, unified: bool = False) -> str:
+    """A `git format-patch` mail as a person writes one: no mbox From_ line, no --- and diffstat,
+    and with `unified` no git header either (a `diff -u`)."""
+    mail = patch.split("\n", 1)[1]
+    mail = re.sub(r"\n---\n.*?\n\n(?=diff --git )", "\n", mail, count=1, flags=re.S)
+    return re.sub(r"^(diff --git|index) .*\n", "", mail, flags=re.M) if unified else mail
+
+
+@pytest.mark.parametrize("unified", [False, True])
+def test_a_plain_mail_mutant_is_read_and_applied_as_git_am_takes_it(tmp_path, unified):
+    """A shipped mutant made plain is the same mutant; a small one made plain applies as the
+    one-patch series `mutate` makes of it."""
+    shipped = mutants.parse(mutants.MUTANT_DIR / "restore-noop.patch")
+    mine = tmp_path / "restore-noop.patch"
+    mine.write_text(plain(shipped.path.read_text(), unified))
+    assert mutants.parse(mine) == replace(shipped, path=mine)
+    directory = write_mutant(tmp_path, "small")
+    text = plain((directory / "small.patch").read_text(), unified)
+    assert not text.startswith("From ") and "\n---\n" not in text and ("diff --git" in text) != unified
+    (directory / "small.patch").write_text(text)
+    (m,) = mutants.load(directory)
+    repo = tmp_path / "repo"
+    git(repo, "checkout", "--quiet", "--detach", "HEAD~1")
+    (result,) = series.apply(repo, series.load(m.path), tmp_path)
+    assert (result.status, result.files) == ("applied", ("ondemand.c",))
+    assert git(repo, "log", "-1", "--format=%s") == m.subject == "mutant: small"
+
+
+@pytest.mark.parametrize("content, message", [
+    ("diff --git a/a.c b/a.c\n--- a/a.c\n+++ b/a.c\n@@ -1 +1 @@\n-a\n+b\n", "a bare diff, not a mail"),
+    ("From: x <x@example.org>\nSubject: mutant: words only\n\n" + TRAILERS, "no patch in it"),
+    ("Subject words\nFrom: x\n\n--- a/a.c\n+++ b/a.c\n@@ -1 +1 @@\n-a\n+b\n", "no patch in it"),  # not a mail
+])
+def test_what_git_am_refuses_is_no_mutant(tmp_path, content, message):
+    (tmp_path / "m.patch").write_text(content)
+    with pytest.raises(InputError, match=message):
+        mutants.load(tmp_path)
+
+
+def test_a_mutant_is_one_patch(tmp_path):
+    directory = write_mutant(tmp_path, "twice")
+    write_mutant(tmp_path, "twice")
+    (directory / "twice.patch").write_text(git(tmp_path / "repo", "format-patch", "--stdout", "-2", strip=False))
+    with pytest.raises(InputError, match="twice.patch: 2 patches; a mutant is one"):
         mutants.load(directory)
 
 
