@@ -741,11 +741,13 @@ class Daemon:
         fields = dict(msg_id=req.msg_id, op="READ", object_id=req.object_id, errno=e.errno, error=e.strerror, call=call)
         if self.device_dead and (call, e.errno) in ORPHANED_ERRORS:
             self.log.emit(Event.ORPHANED, **fields)  # the cache failed it with EIO when it died
-        elif redelivered and (closed or (call == "READ_COMPLETE" and e.errno == errno.EINVAL)):
-            self.log.emit(Event.REDUNDANT, **fields)
         elif closed == CLOSED_BY_FAULT:  # its fd went to /dev/null under it (ENOTTY): restored once its last user is done
+            # (also when it was a re-delivery: lost twice, it is nobody's answer yet; seen in
+            # adversarial seed 3, where calling it redundant made it a daemon error)
             obj.lost += 1
             self.log.emit(Event.LOST, **fields)
+        elif redelivered and (closed or (call == "READ_COMPLETE" and e.errno == errno.EINVAL)):
+            self.log.emit(Event.REDUNDANT, **fields)
         else:
             self.log.emit(Event.ERROR, **fields)
 
