@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Callable
 
 from . import __version__, proc
-from .campaign import bisect, ci, mutants
+from .campaign import bisect, ci, mutants, submit
 from .judge import report, timeline
 from .campaign.bisect import BisectRequest
-from .errors import EXIT_FAIL, EXIT_PASS, EXIT_UNTESTABLE, EXIT_USAGE, HarnessError, InputError
+from .errors import EXIT_PASS, EXIT_UNTESTABLE, EXIT_USAGE, HarnessError, InputError
 from .judge.checks import Status
 from .judge.results import Results
 from .request import RunRequest
@@ -60,7 +60,7 @@ def parser() -> argparse.ArgumentParser:
                      help="the directory of mutant patches (default %(default)s)")
 
     ci.add_matrix_arguments(sub.add_parser("matrix", help="a shard of kernels x flavours x scenarios, one report (CI)"))
-    ci.add_submit_arguments(sub.add_parser("submit", help="a patch series (an mbox) on a base, the default scenarios"))
+    submit.add_submit_arguments(sub.add_parser("submit", help="a patch series (an mbox) on a base, the default scenarios"))
 
     rep = sub.add_parser("report", help="judge a saved run directory again")
     rep.add_argument("run_dir", type=Path)
@@ -81,8 +81,7 @@ def _interrupt(_signum: int, _frame: object) -> None:
 
 
 def exit_code(verdict: str) -> int:
-    """INCONCLUSIVE is neither good nor bad: what `git bisect run` skips, like UNTESTABLE."""
-    return {Status.PASS: EXIT_PASS, Status.FAIL: EXIT_FAIL}.get(Status(verdict), EXIT_UNTESTABLE)
+    return Status(verdict).exit_code
 
 
 def _summarise(results: Results) -> int:
@@ -144,7 +143,7 @@ def _mutate(args: argparse.Namespace) -> int:
 # Each command's handler returns the exit code; HarnessError and interrupts are main's.
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _run, "bisect": _bisect, bisect.STEP_COMMAND: _bisect_step, "mutate": _mutate,
-    "matrix": ci.run_matrix, "submit": ci.run_submit, "report": _report,
+    "matrix": ci.run_matrix, "submit": submit.run_submit, "report": _report,
 }
 
 

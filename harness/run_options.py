@@ -23,7 +23,7 @@ TRANSPORTS = tuple(t.value for t in Transport)
 
 # Which commands take an option. `mutate` runs its own mutants, not a scenario of the user's;
 # `_bisect-step` is always told its tree (the bisection's scratch worktree), never a package;
-# `submit` picks the kernel and flavour of its child runs, and their cache; `matrix` takes its
+# `submit` picks the kernel, flavour and seed of its child runs, and their cache; `matrix` takes its
 # cells' kernels, flavours and scenarios as axes of its own, and only the transport from here.
 SCENARIO_COMMANDS = frozenset({"run", "bisect", "_bisect-step"})
 SOURCE_COMMANDS = frozenset({"run", "bisect", "mutate", "submit"})
@@ -80,7 +80,8 @@ OPTIONS: tuple[Option, ...] = (
            type=int),
     Option("readers", "reader processes (default: the scenario's)", SCENARIO_COMMANDS, type=int),
     Option("daemon_threads", "threads serving /dev/cachefiles (default: the scenario's)", SCENARIO_COMMANDS, type=int),
-    Option("seed", "dataset and kill timing (default %(default)s)", MACHINE_COMMANDS, type=int, reproduce="always"),
+    Option("seed", "dataset and kill timing (default %(default)s)", MACHINE_COMMANDS | {"submit"}, type=int,
+           reproduce="always"),
     Option("read_delay_ms", "the daemon's delay per READ, keeps requests in flight (default %(default)s)",
            MACHINE_COMMANDS, type=int, reproduce="always"),
     Option("accel", "auto probes whether KVM really boots a guest (default %(default)s)", MACHINE_COMMANDS,

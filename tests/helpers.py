@@ -31,6 +31,17 @@ def git(repo: Path, *args: str, env: dict | None = None, input: str | None = Non
     return out.strip() if strip else out
 
 
+def init_repo(path: Path, files: dict[str, str], message: str = "base") -> Path:
+    """A new git repository at `path` with one commit of `files` ({name: text})."""
+    path.mkdir()
+    git(path, "init", "--quiet")
+    for name, text in files.items():
+        (path / name).write_text(text)
+    git(path, "add", *files)
+    git(path, "commit", "--quiet", "-m", message)
+    return path
+
+
 def commit_on(repo: Path, parent: str, message: str, edits: dict) -> str:
     """A commit on `parent` changing files by `edits` ({path: old text -> new text}), made with
     plumbing and a private index: the repository's checkout and index are not touched."""

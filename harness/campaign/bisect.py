@@ -23,6 +23,7 @@ from ..kernel import git, source
 from ..errors import EXIT_FAIL, EXIT_PASS, EXIT_UNTESTABLE, InputError, UntestableError
 from ..judge.checks import Status
 from ..judge.results import AnyResults, is_judged
+from ..judge.sides import good_confidence
 from ..request import RunRequest, new_output_dir
 
 BISECT_TIMEOUT_S = 24 * 3600  # the whole `git bisect run`; each step's stages have their own timeouts
@@ -118,7 +119,7 @@ def confidence(steps: list[dict[str, Any]], repeat: int) -> dict[str, Any]:
     rate = failures / len(bad_runs) if bad_runs else None
     return {"failure_rate_on_bad": None if rate is None else round(rate, 3),
             "runs_on_bad": len(bad_runs), "failures_on_bad": failures, "repeat": repeat,
-            "good_is_good": None if rate is None else round(1 - (1 - rate) ** repeat, 4)}
+            "good_is_good": None if rate is None else round(good_confidence(rate, repeat), 4)}
 
 
 STEP_COMMAND = "_bisect-step"  # the hidden command `git bisect run` runs

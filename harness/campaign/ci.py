@@ -1,4 +1,5 @@
-"""What CI runs: a shard of the matrix, or a patch submission, with one report for all its runs.
+"""What CI runs: a shard of the matrix with one report for all its runs, and the child runs
+that `submit` (campaign/submit.py) is made of.
 
 Each cell is a `failover-harness run` of its own, in a child process with its own output
 directory: one cell's crash, timeout or Ctrl-C cannot take the others' results with it, and a
@@ -7,12 +8,10 @@ streamed to the CI log as it comes.
 
     failover-harness matrix [--kernel K]... [--flavor F]... [--scenario S]... [--shard I/N]
                             [--transport console|ssh] [--output DIR] [--list] [-- RUN OPTIONS]
-    failover-harness submit --mbox FILE --base REF [--tree DIR | --package NAME]
-                            [--transport console|ssh] [--output DIR]
 
-Both write DIR/junit.xml (every run's checks) and DIR/report.md (the Markdown report) and exit
-with the worst of the runs' codes: 1 if any FAILed, else 2 for bad usage, else 125 if any was
-untestable or inconclusive, else 0.
+It writes DIR/junit.xml (every run's checks) and DIR/report.md (the Markdown report) and exits
+with the worst of the runs' codes (errors.worst): 1 if any FAILed, else 2 for bad usage, else
+125 if any was untestable or inconclusive, else 0.
 """
 from __future__ import annotations
 
@@ -22,37 +21,21 @@ import os
 import re
 import shlex
 import sys
-from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 from ..judge import junit, markdown
 from ..judge.checks import Status
 from ..judge.results import AnyResults, error_results
 from . import matrix
 from .. import proc
-from ..errors import EXIT_FAIL, EXIT_PASS, EXIT_UNTESTABLE, EXIT_USAGE, InputError
-from ..kernel import series
+from ..errors import EXIT_PASS, EXIT_UNTESTABLE, EXIT_USAGE, worst
 from ..kernel.kconfig import FLAVORS
 from ..kernel.source import DEFAULT_PACKAGE
 from ..request import RunRequest
 from ..scenarios import SCENARIOS
 
 CELL_TIMEOUT_S = 4 * 3600  # the run has its own timeouts for every phase: this is a last resort
-
-
-def worst(codes: Sequence[int]) -> int:
-    """The exit code of a set of runs: a kernel at fault first, then bad usage (the CI set-up
-    must be fixed), then anything unexpected (an interrupt), then untestable, then pass."""
-    codes = list(codes)
-    if not codes:
-        return EXIT_USAGE
-    for code in (EXIT_FAIL, EXIT_USAGE):
-        if code in codes:
-            return code
-    if other := [c for c in codes if c not in (EXIT_PASS, EXIT_UNTESTABLE)]:
-        return other[0]
-    return EXIT_UNTESTABLE if EXIT_UNTESTABLE in codes else EXIT_PASS
 
 
 def _slug(text: str) -> str:
@@ -87,20 +70,27 @@ def run_child(argv: list[str], log: Path) -> tuple[int, str]:
     return (EXIT_UNTESTABLE if r.timed_out else r.returncode), r.tail(5)
 
 
+def run_cell(runner: Runner, cell: matrix.Cell, argv: list[str], where: Path, heading: str,
+             out: Callable[[str], None] = print) -> tuple[int, AnyResults]:
+    """One child run of `cell` with its output under `where`: its exit code and results."""
+    where.mkdir(parents=True, exist_ok=True)
+    argv = argv + ["--output", str(where)]
+    out(f"::group::{heading}" if _github() else f"== {heading}")
+    out(f"failover-harness {shlex.join(argv)}")
+    code, tail = runner(argv, where / "harness.log")
+    results = results_of(where, cell, code, tail)
+    if _github():
+        out("::endgroup::")
+    out(f"== {heading}: {results.get('verdict')} (exit {code})")
+    return code, results
+
+
 def run_cells(cells: list[matrix.Cell], output: Path, extra: tuple[str, ...], runner: Runner = run_child,
               out: Callable[[str], None] = print) -> list[tuple[matrix.Cell, int, AnyResults]]:
     done = []
     for i, cell in enumerate(cells, 1):
-        where = cell_dir(output, i, cell)
-        where.mkdir(parents=True, exist_ok=True)
-        argv = cell.argv(extra) + ["--output", str(where)]
-        out(f"::group::[{i}/{len(cells)}] {cell.label}" if _github() else f"== [{i}/{len(cells)}] {cell.label}")
-        out(f"failover-harness {shlex.join(argv)}")
-        code, tail = runner(argv, where / "harness.log")
-        results = results_of(where, cell, code, tail)
-        if _github():
-            out("::endgroup::")
-        out(f"== [{i}/{len(cells)}] {cell.label}: {results.get('verdict')} (exit {code})")
+        code, results = run_cell(runner, cell, cell.argv(extra), cell_dir(output, i, cell),
+                                 f"[{i}/{len(cells)}] {cell.label}", out)
         done.append((cell, code, results))
     return done
 
@@ -134,13 +124,6 @@ def add_matrix_arguments(p: argparse.ArgumentParser) -> None:
                    help="after --: options for every run (e.g. -- --seed 2 --accel kvm)")
 
 
-def add_submit_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mbox", type=Path, required=True, help="the series, as b4 am or a mailing-list bot saves it")
-    p.add_argument("--base", required=True, help="the commit the series applies to")
-    RunRequest.add_arguments(p, "submit")  # the kernel (--tree holds --base), flavour and cache of every run
-    p.add_argument("--output", type=Path, default=Path("runs"), help="where the runs and report go (default %(default)s)")
-
-
 def extra_run_options(options: list[str]) -> tuple[str, ...]:
     """What the matrix gives every cell's `failover-harness run`: its arguments after --."""
     return tuple(options[1:] if options[:1] == ["--"] else options)
@@ -163,29 +146,4 @@ def run_matrix(args: argparse.Namespace, runner: Runner = run_child) -> int:
         return EXIT_PASS
     done = run_cells(mine, args.output, extra, runner)
     write_reports(args.output, [r for _, _, r in done], f"{args.title} (shard {i}/{n})" if n > 1 else args.title)
-    return worst([code for _, code, _ in done])
-
-
-def submit_command(args: argparse.Namespace) -> str:
-    """The one command that reproduces a submission locally."""
-    return shlex.join(["failover-harness", "submit", "--mbox", str(args.mbox), "--base", args.base,
-                       *RunRequest.from_args(args, "submit").to_argv("submit")])
-
-
-def submit_cells(args: argparse.Namespace) -> tuple[list[matrix.Cell], tuple[str, ...]]:
-    """The default scenarios on base + series: the cells, and the options every run gets."""
-    if not args.mbox.is_file():
-        raise InputError(f"--mbox {args.mbox}: no such file")
-    series.load(args.mbox)  # a file that holds no patch is said once, here, not by each cell's run
-    req = replace(RunRequest.from_args(args, "submit"), ref=args.base, series=args.mbox.resolve())
-    kernel = f"tree:{req.tree}" if req.tree else req.package
-    extra = tuple(req.to_argv("run", ("ref", "series", "transport", "cache")))
-    return matrix.cells([kernel], [req.flavor], list(matrix.DEFAULT_SCENARIOS)), extra
-
-
-def run_submit(args: argparse.Namespace, runner: Runner = run_child) -> int:
-    cells, extra = submit_cells(args)
-    done = run_cells(cells, args.output, extra, runner)
-    title = f"failover-harness on {args.mbox.name}"
-    write_reports(args.output, [r for _, _, r in done], title, reproduce=submit_command(args))
     return worst([code for _, code, _ in done])

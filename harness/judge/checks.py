@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Iterable
 
+from ..errors import EXIT_FAIL, EXIT_PASS, EXIT_UNTESTABLE
+
 
 class Status(str, Enum):
     """A run's verdict. PASS, FAIL and INCONCLUSIVE judge the kernel; ERROR (bad input) and
@@ -30,6 +32,11 @@ class Status(str, Enum):
     def judged(self) -> bool:
         """Whether the kernel was judged (the run completed enough to have evidence)."""
         return self in JUDGED
+
+    @property
+    def exit_code(self) -> int:
+        """INCONCLUSIVE is neither good nor bad: what `git bisect run` skips, like UNTESTABLE."""
+        return {Status.PASS: EXIT_PASS, Status.FAIL: EXIT_FAIL}.get(self, EXIT_UNTESTABLE)
 
 
 JUDGED = frozenset({Status.PASS, Status.FAIL, Status.INCONCLUSIVE})

@@ -152,10 +152,11 @@ def render(results: AnyResults) -> str:
     return render_many([results])
 
 
-def render_many(runs: list[AnyResults], name: str = "failover-harness") -> str:
-    """Several runs (a matrix, a shard, a submission) in one file."""
+def render_many(runs: list[AnyResults], name: str = "failover-harness", names: list[str] | None = None) -> str:
+    """Several runs (a matrix, a shard, a submission) in one file; `names` the suites' (default:
+    the scenarios, told apart by kernel and flavour, then numbered)."""
     top = ET.Element("testsuites", {"name": name})
-    for results, suite_label in zip(runs, _names(runs)):
+    for results, suite_label in zip(runs, names or _names(runs), strict=True):
         top.append(testsuite(results, suite_label))
     for key in ("tests", "failures", "errors", "skipped"):
         top.set(key, str(sum(int(s.get(key, "0")) for s in top)))

@@ -12,7 +12,9 @@ from collections import Counter
 from typing import Any
 
 from .checks import Status
+from .known import note
 from .results import AnyResults, is_judged, scenario_of
+from .sides import CheckState, Side, Submission, submission_method
 
 VERDICT_MARK = {Status.PASS: "✅ PASS", Status.FAIL: "❌ FAIL", Status.INCONCLUSIVE: "⚠️ INCONCLUSIVE",
                 Status.UNTESTABLE: "⚠️ UNTESTABLE", Status.ERROR: "⛔ ERROR"}
@@ -47,8 +49,8 @@ def _kernel(r: AnyResults) -> str:
     return " ".join(x for x in (k.get("version") or "?", f"({flavor})" if flavor else "") if x)
 
 
-def _row(r: AnyResults, with_kernel: bool) -> str:
-    head = [_scenario(r)] + ([_kernel(r)] if with_kernel else []) + [VERDICT_MARK[Status(r["verdict"])]]
+def _row(r: AnyResults, with_kernel: bool, label: str | None = None) -> str:
+    head = [label or _scenario(r)] + ([_kernel(r)] if with_kernel else []) + [VERDICT_MARK[Status(r["verdict"])]]
     if not is_judged(r):  # ERROR or UNTESTABLE: no run to count
         reason = (r.get("reasons") or [""])[0].splitlines()[0] if r.get("reasons") else ""
         return "| " + " | ".join(_cell(x) for x in head + [reason[:80]] + ["–"] * 4) + " |"
@@ -116,28 +118,70 @@ def render(runs: list[AnyResults], *, title: str = "failover-harness", reproduce
                 f"{', harness ' + built[0]['harness_version'] if built[0].get('harness_version') else ''}.", ""]
     if prov := _provenance(runs):
         out += prov + [""]
-    head = ["scenario"] + (["kernel"] if with_kernel else []) + ["verdict", "faults", "failover", "reads",
-                                                                "max stall / bound", "findings"]
-    out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    out += [_row(r, with_kernel) for r in runs]
-    out.append("")
+    out += _run_table(runs, with_kernel, "scenario", [_scenario(r) for r in runs])
+    out += _problems(runs, [_scenario(r) + (f" ({_kernel(r)})" if with_kernel else "") for r in runs])
+    if findings := _findings(runs):
+        out += [FINDINGS_HEADING, ""] + findings + [""]
+    return "\n".join(out + _reproduce([reproduce] if reproduce else [r.get("reproduce", "") for r in runs]))
 
+
+FINDINGS_HEADING = "**Kernel findings** (title, fingerprint: the same bug has the same fingerprint)"
+
+
+def _run_table(runs: list[AnyResults], with_kernel: bool, what: str, labels: list[str]) -> list[str]:
+    """A row a run, named by `labels`, under a header whose first column is `what`."""
+    head = [what] + (["kernel"] if with_kernel else []) + ["verdict", "faults", "failover", "reads",
+                                                          "max stall / bound", "findings"]
+    return (["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            + [_row(r, with_kernel, label) for r, label in zip(runs, labels)] + [""])
+
+
+def _problems(runs: list[AnyResults], labels: list[str]) -> list[str]:
+    """Why each run that did not PASS did not: its reasons and the evidence it missed."""
     problems = []
-    for r in runs:
-        label = _scenario(r) + (f" ({_kernel(r)})" if with_kernel else "")
+    for r, label in zip(runs, labels):
         for reason in r.get("reasons", []):
             problems.append(f"- {label}: {_cell(reason.splitlines()[0] if reason else reason)}")
         for missing in r["missing_evidence"] if is_judged(r) else []:
             problems.append(f"- {label}: missing evidence: {_cell(missing)}")
-    if problems:
-        out += ["**Why**", ""] + problems + [""]
-    if findings := _findings(runs):
-        out += ["**Kernel findings** (title, fingerprint: the same bug has the same fingerprint)", ""] + findings + [""]
+    return ["**Why**", ""] + problems + [""] if problems else []
 
-    out += ["**Reproduce**", "", "```sh"]
-    if reproduce:
-        out.append(reproduce)
-    else:
-        out += list(dict.fromkeys(r.get("reproduce", "") for r in runs if r.get("reproduce")))
-    out += ["```", ""]
-    return "\n".join(out)
+
+def _reproduce(commands: list[str]) -> list[str]:
+    return ["**Reproduce**", "", "```sh", *dict.fromkeys(c for c in commands if c), "```", ""]
+
+
+# -- a submission: each scenario on the base and on the series (judge/sides.py) ---------------------
+
+STATE_MARK = {CheckState.SUCCESS: "✅", CheckState.WARNING: "⚠️", CheckState.FAIL: "❌"}
+
+
+def render_submission(sub: Submission, *, title: str, reproduce: str, max_runs: int) -> str:
+    """The report of a two-sided submission: a row a scenario (both sides, the outcome, why), the
+    findings labelled by the known issues, every run, and the one command that reproduces it all."""
+    out = [f"### {title}: {STATE_MARK[sub.worst_state]} {sub.headline}", ""]
+    runs = sub.labelled_runs()
+    if prov := _provenance([r.results for _, side, r in runs if side is Side.SERIES]):
+        out += prov + [""]
+    out += [submission_method(max_runs)]
+    if reused := sum(c.base.reused for c in sub.comparisons):
+        out[-1] += f" {reused} base run(s) were reused from an earlier submission's cache."
+    out += ["", "| scenario | base | series | outcome | why |", "|---|---|---|---|---|"]
+    for c in sub.comparisons:
+        known = " (known)" if sub.is_known(c) else ""
+        out.append("| " + " | ".join(_cell(x) for x in (c.scenario, c.base.cell, c.series.cell,
+                                                         f"{STATE_MARK[sub.state(c)]} {c.outcome}{known}",
+                                                         c.explanation())) + " |")
+    out.append("")
+    if findings := sub.findings():
+        out += [FINDINGS_HEADING, ""]
+        for f in findings:
+            said = note(f.label, f.issue)
+            out.append(f"- **{_cell(f.title)}** ({_code(f.fingerprint)}), {f.where_text}" + (f"; {said}" if said else ""))
+        out.append("")
+    if checks := sub.checks_labelled():
+        out += ["**Known issues met** (failed checks)", ""]
+        out += [f"- {_code(slug)}: {note(label, issue)}" for slug, label, issue in checks] + [""]
+    labels, results = [label for label, _, _ in runs], [r.results for _, _, r in runs]
+    out += ["**Every run**", ""] + _run_table(results, False, "run", labels) + _problems(results, labels)
+    return "\n".join(out + _reproduce([reproduce]))

@@ -117,8 +117,12 @@ def _messages(path: Path) -> list[bytes]:
     return []
 
 
-def load(path: Path) -> tuple[Patch, ...]:
-    """The patches of an mbox file or of a directory of patch files (in name order)."""
+def _no_patch(path: Path) -> SeriesError:
+    return SeriesError(f"{path}: no patch in it (an mbox as `git format-patch --stdout` or `b4 am` writes)")
+
+
+def _all_messages(path: Path) -> list[bytes]:
+    """The messages of an mbox file or of a directory of patch files (in name order)."""
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in PATCH_FILE_SUFFIXES)
         if not files:
@@ -127,12 +131,50 @@ def load(path: Path) -> tuple[Patch, ...]:
         files = [path]
     else:
         raise SeriesError(f"{path}: no such file or directory")
-    raws = [raw for f in files for raw in _messages(f)]
+    return [raw for f in files for raw in _messages(f)]
+
+
+def load(path: Path) -> tuple[Patch, ...]:
+    """The patches of an mbox file or of a directory of patch files (in name order)."""
+    raws = _all_messages(path)
     patches = [p for p in (_to_patch(i, raw) for i, raw in enumerate(raws, 1)) if p is not None]
     if not patches:
-        raise SeriesError(f"{path}: no patch in it (an mbox as `git format-patch --stdout` or `b4 am` writes)")
+        raise _no_patch(path)
     # renumber without the cover letter, as the series' own n/m does
     return tuple(Patch(i, p.subject, p.message_id, p.author, p.files, p.text) for i, p in enumerate(patches, 1))
+
+
+@dataclass(frozen=True)
+class ThreadRoot:
+    """The message a reply to the series answers: its cover letter, or without one its first
+    patch. Headers as sent (decoded), Message-Id and References without their angle brackets."""
+    subject: str
+    message_id: str | None
+    references: tuple[str, ...]
+    sender: str  # From: whom a reply goes to
+    recipients: tuple[str, ...]  # To and Cc: whom a reply copies
+
+
+_COVER_TAG = re.compile(r"^\s*\[[^\]]*\b0+/\d+\]")  # [PATCH v2 0/3]; a reply's "Re: [PATCH 0/3]" is not it
+_MSGID = re.compile(r"<([^<>\s]+)>")
+
+
+def _addresses(msg: email.message.Message, *names: str) -> tuple[str, ...]:
+    return tuple(a for name in names for a in (x.strip() for x in _header(msg, name).split(",")) if a)
+
+
+def thread_root(path: Path) -> ThreadRoot:
+    """The cover letter of the series at `path` (an mbox or a directory), or its first patch."""
+    raws = _all_messages(path)
+    msgs = [email.message_from_bytes(raw, policy=email.policy.compat32) for raw in raws]
+    cover = next((m for m in msgs if _COVER_TAG.match(_header(m, "Subject"))), None)
+    root = cover or next((m for m, raw in zip(msgs, raws) if _diff_files(raw.decode("utf-8", errors="replace"))), None)
+    if root is None:
+        raise _no_patch(path)
+    ids = _MSGID.findall(_header(root, "Message-Id"))
+    return ThreadRoot(subject=_header(root, "Subject") or "(no subject)", message_id=ids[0] if ids else None,
+                      references=tuple(_MSGID.findall(_header(root, "References"))),
+                      sender=_header(root, "From"), recipients=_addresses(root, "To", "Cc"))
 
 
 def _abort_am(tree: Path) -> None:

@@ -28,7 +28,7 @@ from typing import Any, Iterator
 
 from . import git, series
 from .. import proc
-from ..errors import InputError, UntestableError
+from ..errors import HarnessError, InputError, UntestableError
 
 DEFAULT_PACKAGE = "linux-source-6.12"
 MARKER = ".harness-unpacked"
@@ -132,15 +132,20 @@ def _make_repo(tree: Path, name: str) -> None:
     git.check(tree, "tag", "--force", base_tag(name))
 
 
+def unpacked_tree(cache: Path, package: str) -> Path | None:
+    """The package's tree if it is unpacked in the cache already (nothing is downloaded)."""
+    markers = sorted((cache / "src").glob(f"{package}_*/{MARKER}"))
+    return markers[0].parent / "linux" if markers else None
+
+
 def debian_package(cache: Path, package: str = DEFAULT_PACKAGE) -> KernelSource:
     """The package's tree in the cache, a git repository; its HEAD is wherever the last run left it."""
     src_root = cache / "src"
-    for marker in sorted(src_root.glob(f"{package}_*/{MARKER}")):
-        tree = marker.parent / "linux"
+    if (tree := unpacked_tree(cache, package)) is not None:
         if not (tree / ".git").exists():  # unpacked by a harness from before trees were repositories
-            with locked(marker.parent / "lock", f"the {package} tree"):
-                _make_repo(tree, marker.parent.name)
-        return KernelSource(tree, f"debian:{marker.parent.name}", kernel_version(tree))
+            with locked(tree.parent / "lock", f"the {package} tree"):
+                _make_repo(tree, tree.parent.name)
+        return KernelSource(tree, f"debian:{tree.parent.name}", kernel_version(tree))
 
     apt = proc.require_tool("apt-get", "apt")
     downloads = cache / "downloads"
@@ -227,6 +232,18 @@ def work_tree(cache: Path, package: str, tree: Path | None) -> WorkTree:
         scratch = scratch_worktree(cache, top)
     # the user's HEAD, resolved in the user's checkout: the scratch worktree has a HEAD of its own
     return WorkTree(scratch, lock, f"tree:{top}", top, git.resolve(top, "HEAD"))
+
+
+def known_commit(cache: Path, package: str, tree: Path | None, ref: str) -> str | None:
+    """The commit `ref` names, when that can be told without downloading or unpacking anything:
+    in the user's repository, or in the package's if it is unpacked already; None otherwise."""
+    repo = tree if tree is not None else unpacked_tree(cache, package)
+    if repo is None or not repo.is_dir():
+        return None
+    try:
+        return git.resolve(repo, ref)
+    except HarnessError:
+        return None
 
 
 @contextlib.contextmanager

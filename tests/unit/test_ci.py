@@ -36,10 +36,6 @@ class FakeHarness:
         return cli.exit_code(results["verdict"]), ""
 
 
-PATCH_MAIL = ("From x\nSubject: [PATCH 1/1] cachefiles: x\n\n---\ndiff --git a/fs/x.c b/fs/x.c\n--- a/fs/x.c\n"
-              "+++ b/fs/x.c\n@@ -1 +1 @@\n-a\n+b\n")
-
-
 def matrix_args(tmp_path: Path, *extra: str) -> object:
     return cli.parser().parse_args(["matrix", "--scenario", "crash", "--scenario", "no-failover",
                                    "--output", str(tmp_path / "runs"), *extra])
@@ -94,47 +90,11 @@ def test_list_runs_nothing(tmp_path, capsys):
                         "--package linux-source-6.12 --transport console")
 
 
-def test_a_submission_runs_the_default_scenarios_on_the_series(tmp_path):
-    mbox = tmp_path / "v2.mbx"
-    mbox.write_text(PATCH_MAIL)
-    args = cli.parser().parse_args(["submit", "--mbox", str(mbox), "--base", "v6.12", "--tree", "/src/linux",
-                                   "--output", str(tmp_path / "runs")])
-    fake = FakeHarness(tmp_path, {s: "run-crash-5-kills" for s in matrix.DEFAULT_SCENARIOS})
-    assert ci.run_submit(args, runner=fake) == 0
-    assert [a[2] for a in fake.calls] == list(matrix.DEFAULT_SCENARIOS)
-    for a in fake.calls:
-        assert a[a.index("--tree") + 1] == "/src/linux" and a[a.index("--ref") + 1] == "v6.12"
-        assert a[a.index("--series") + 1] == str(mbox.resolve())
-    md = (tmp_path / "runs" / "report.md").read_text()
-    assert md.startswith("### failover-harness on v2.mbx: ✅ PASS")
-    assert f"```sh\nfailover-harness submit --mbox {mbox} --base v6.12 --tree /src/linux --transport console\n```" in md
-
-
-def test_the_transport_reaches_every_cell_and_every_submitted_run(tmp_path):
-    """--transport on matrix and submit: each child run is told it, and the submission's
-    reproducing command says it."""
+def test_the_transport_reaches_every_cell(tmp_path):
+    """--transport on matrix: each child run is told it (submit: test_submit.py)."""
     fake = FakeHarness(tmp_path, {"crash": "run-crash-5-kills", "no-failover": "run-no-failover"})
     ci.run_matrix(matrix_args(tmp_path, "--transport", "ssh", "--", "--seed", "2"), runner=fake)
     assert fake.calls and all(a[a.index("--transport") + 1] == "ssh" for a in fake.calls)
-    mbox = tmp_path / "v2.mbx"
-    mbox.write_text(PATCH_MAIL)
-    args = cli.parser().parse_args(["submit", "--mbox", str(mbox), "--base", "v6.12", "--transport", "ssh",
-                                   "--output", str(tmp_path / "sub")])
-    fake = FakeHarness(tmp_path, {s: "run-crash-5-kills" for s in matrix.DEFAULT_SCENARIOS})
-    ci.run_submit(args, runner=fake)
-    assert all(a[a.index("--transport") + 1] == "ssh" for a in fake.calls)
-    assert ci.submit_command(args).endswith("--transport ssh")
-
-
-@pytest.mark.parametrize("content", ["", "From x\nSubject: [PATCH 0/1] cover\n\nwords only\n"])
-def test_a_submission_without_a_patch_is_refused_once_before_any_run(content, tmp_path, monkeypatch, capsys):
-    mbox = tmp_path / "empty.mbx"
-    mbox.write_text(content)
-    monkeypatch.setattr(ci, "run_cells", lambda *a, **kw: pytest.fail("a cell ran"))
-    assert cli.main(["submit", "--mbox", str(mbox), "--base", "v6.12", "--output", str(tmp_path / "runs")]) == 2
-    err = capsys.readouterr().err
-    assert err == (f"failover-harness: {mbox}: no patch in it "
-                   "(an mbox as `git format-patch --stdout` or `b4 am` writes)\n")
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -163,11 +163,16 @@ def test_github_series_step(tree, expect, tmp_path, fake_python):
     (venv / "python").symlink_to(fake_python)
     out = tmp_path / "github_output"
     env = {**workflow_env(), "FAKE_CODE": "125", "GITHUB_OUTPUT": str(out), "BASE": "v6.12",
-           "TREE_REPOSITORY": tree, "GITHUB_WORKSPACE": "WS"}
+           "TREE_REPOSITORY": tree, "GITHUB_WORKSPACE": "WS", "TARGET_URL": "https://github.com/o/r/actions/runs/1",
+           "TESTED_BY": "Tess Ter <tess@example.org>" if tree else ""}
     r = run_bash(step("Test the series", "series"), env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr and out.read_text() == "code=125\n"
     argv = (tmp_path / "argv").read_text().split("\n")
     assert argv[:5] == ["-m", "harness.cli", "submit", "--mbox", "series.mbox"] and argv[7:7 + len(expect)] == expect
+    rest = argv[7 + len(expect):]
+    assert rest[:4] == ["--known-issues", "ci/known-issues.json", "--target-url", env["TARGET_URL"]]
+    assert (rest[4:6] == ["--tested-by", "Tess Ter <tess@example.org>"]) is bool(tree)  # only when it is set
+    assert ("--tested-by" in rest) is bool(tree)
 
 
 @pytest.mark.parametrize("code", [0, 1, 125, 2])

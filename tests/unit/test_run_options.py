@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from harness import cli, run_options
-from harness.campaign import bisect, ci
+from harness.campaign import bisect, submit
 from harness.kernel import source
 from harness.request import RunRequest
 from harness.scenarios import SCENARIOS
@@ -106,9 +106,9 @@ def test_the_bisect_step_parses_back_to_the_same_request(tmp_path: Path) -> None
 
 
 def test_the_default_package_is_the_sources_everywhere() -> None:
-    submit = cli.parser().parse_args(["submit", "--mbox", "x.mbx", "--base", "v1"])
-    assert RunRequest().package == submit.package == source.DEFAULT_PACKAGE
-    assert ci.submit_command(submit) == "failover-harness submit --mbox x.mbx --base v1 --transport console"
+    args = cli.parser().parse_args(["submit", "--mbox", "x.mbx", "--base", "v1"])
+    assert RunRequest().package == args.package == source.DEFAULT_PACKAGE
+    assert submit.submit_command(args) == "failover-harness submit --mbox x.mbx --base v1 --seed 1 --transport console"
 
 
 def test_each_command_takes_its_share_of_the_options() -> None:
@@ -116,7 +116,7 @@ def test_each_command_takes_its_share_of_the_options() -> None:
         return {o.flag for o in run_options.options_of(command)}
     assert {"--ref", "--series"} <= flags("run") and not {"--ref", "--series"} & flags("bisect")
     assert "--package" not in flags(bisect.STEP_COMMAND) and "--scenario" not in flags("mutate")
-    assert flags("submit") == {"--flavor", "--tree", "--package", "--transport", "--cache"}
+    assert flags("submit") == {"--flavor", "--tree", "--package", "--seed", "--transport", "--cache"}
     assert flags("matrix") == {"--transport"}  # its kernels, flavours and scenarios are axes of its own
     assert all("--transport" in flags(c) for c in ("run", "bisect", bisect.STEP_COMMAND, "mutate"))
     with pytest.raises(ValueError):

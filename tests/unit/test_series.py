@@ -4,17 +4,12 @@ import pytest
 
 from harness.kernel import series
 from harness.kernel.series import SeriesError
-from helpers import git
+from helpers import git, init_repo
 
 
 @pytest.fixture
 def repo(tmp_path):
-    r = tmp_path / "repo"
-    r.mkdir()
-    git(r, "init", "--quiet")
-    (r / "a.c").write_text("int a;\n")
-    git(r, "add", "a.c")
-    git(r, "commit", "--quiet", "-m", "base")
+    r = init_repo(tmp_path / "repo", {"a.c": "int a;\n"})
     for n, subject in ((1, "a: add b"), (2, "a: add c =?and ünïcode")):
         (r / "a.c").write_text((r / "a.c").read_text() + f"int x{n};\n")
         (r / f"f{n}.c").write_text("int f;\n")
@@ -32,6 +27,25 @@ def test_mbox_with_cover_letter_and_message_ids(repo, tmp_path):
     assert all(p.message_id and not p.message_id.startswith("<") for p in patches)
     assert patches[0].files == ("a.c", "f1.c")
     assert patches[0].author.startswith("Test Author")
+
+
+def test_the_thread_root_is_the_cover_letter_or_the_first_patch(repo, tmp_path):
+    mbox = tmp_path / "s.mbox"
+    mbox.write_text(git(repo, "format-patch", "--stdout", "--cover-letter", "--thread", "-v2", "HEAD~2",
+                        "--to", "list@example.org", "--cc", "Maint Ainer <maint@example.org>", strip=False))
+    text = mbox.read_text()
+    reply = ("From reply Mon Sep 17 00:00:00 2001\nFrom: Someone <someone@example.org>\n"
+             "Subject: Re: [PATCH v2 0/2] *** SUBJECT HERE ***\nMessage-Id: <reply@example.org>\n\nLooks good.\n\n")
+    mbox.write_text(reply + text)  # lore's t.mbox holds the replies too, in any order
+    root = series.thread_root(mbox)
+    assert root.subject == "[PATCH v2 0/2] *** SUBJECT HERE ***"
+    assert root.message_id and not root.message_id.startswith("<") and root.message_id != "reply@example.org"
+    assert root.sender.startswith("Test Author") and root.references == ()
+    assert root.recipients == ("list@example.org", "Maint Ainer <maint@example.org>")
+    single = tmp_path / "one.mbox"
+    single.write_text(git(repo, "format-patch", "--stdout", "--thread", "-1", "HEAD", strip=False))
+    root = series.thread_root(single)
+    assert root.subject == "[PATCH] a: add c =?and ünïcode" and root.message_id
 
 
 def test_directory_of_patch_files_in_name_order(repo, tmp_path):
