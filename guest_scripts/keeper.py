@@ -368,8 +368,11 @@ class Keeper:
                 write_atomically(self.config.reopen_file, fsid + "\n")
                 # the incarnation serving now (the one that served the mount may have died since:
                 # its anon fds closed with it, and this one is told to hold the reopen), once it
-                # says so: before, its handler may not be there, and the signal would kill it
-                if (pid := self.serving_pid(time.monotonic() + bound)) is not None:
+                # says so: before, its handler may not be there, and the signal would kill it. As
+                # long as the mount may take: a daemon killed meanwhile is restarted, and a new
+                # incarnation under the debug flavour took longer than a sixth of the stall bound
+                # to serve (adversarial debug seed 1)
+                if (pid := self.serving_pid(time.monotonic() + 2 * bound)) is not None:
                     os.kill(pid, signal.SIGRTMIN + UMOUNT_REOPEN_RT_OFFSET)
                     closed = wait_for_file(self.config.reopen_state_file, "", time.monotonic() + bound)
             if closed.startswith((REOPEN_CLOSED, REOPEN_NONE)) and waiter is not None and waiter.stdin is not None:
