@@ -48,7 +48,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from contract import (CACHE_DEATH_RT_OFFSET, CLOCK_MARK, COOKIE_DROPPED, KEEPER_BOUND, NETFS_COOKIES, REOPEN_CLOSED,
                       REOPEN_GO_MARK, REOPEN_HELD, REOPEN_NONE, UMOUNT_AT, UMOUNT_REOPEN_RT_OFFSET, WAITER_GO_MARK,
@@ -374,7 +374,13 @@ class Keeper:
                 # to serve (adversarial debug seed 1)
                 if (pid := self.serving_pid(time.monotonic() + 2 * bound)) is not None:
                     os.kill(pid, signal.SIGRTMIN + UMOUNT_REOPEN_RT_OFFSET)
-                    closed = wait_for_file(self.config.reopen_state_file, "", time.monotonic() + bound)
+                    replaced = lambda: self.child is None or self.child.pid != pid  # noqa: E731
+                    closed = wait_for_file(self.config.reopen_state_file, "", time.monotonic() + bound, gone=replaced)
+                    if not closed and replaced():
+                        # killed before it said (adversarial debug seed 2: it had closed the fd,
+                        # then nothing for 1.5 s, then the host's kill): its anon fds went with
+                        # it, and the next incarnation holds the reopen (the file names the cookie)
+                        closed = REOPEN_NONE
             if closed.startswith((REOPEN_CLOSED, REOPEN_NONE)) and waiter is not None and waiter.stdin is not None:
                 trace_mark(REOPEN_GO_MARK, waiter.pid)
                 waiter.stdin.write("read\n")
@@ -478,12 +484,15 @@ def end_waiter(waiter: subprocess.Popen[str]) -> None:
             pipe.close()
 
 
-def wait_for_file(path: str, prefix: str, deadline: float) -> str:
-    """The file's text once it starts with `prefix` (any text, for ""), or what it says by the deadline."""
+def wait_for_file(path: str, prefix: str, deadline: float, gone: Callable[[], bool] = lambda: False) -> str:
+    """The file's text once it starts with `prefix` (any text, for ""), or what it says by the
+    deadline, or once whoever was to write it is `gone` ("" if it had not)."""
     while True:
         text = text_of(path) or ""
         if text and text.startswith(prefix) or time.monotonic() >= deadline:
             return text
+        if gone():
+            return text_of(path) or ""
         time.sleep(0.005)
 
 
