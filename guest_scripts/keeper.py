@@ -29,8 +29,8 @@ object: a waiter mounts a fresh fsid while the daemon serves, the daemon closes 
 anon fd and holds its next OPEN, the waiter reads (its READ finds the object closed: the kernel's
 reopen work sends that OPEN), and the keeper detaches the mount and SIGKILLs the waiter at a
 UmountAt point, taken in turn: its READ queued, or the reopen's OPEN held. The waiter's exit
-drops the object under the reopen work; once the volume is gone the keeper ends the hold, and the
-daemon answers the OPEN late (harness/judge/reopenumount.py).
+drops the object under the reopen work; once its cookie is dropped the keeper ends the hold, and
+the daemon answers the OPEN late (harness/judge/reopenumount.py).
 
 In `no_failover` mode the keeper gives its copy of the device fd away: when the daemon dies the
 cache dies with it (every queued request fails with EIO). That is the negative control.
