@@ -849,10 +849,7 @@ class Daemon:
         waiter's fresh mount, idle) and hold that cookie's next OPEN, the reopen the waiter's
         READ will cause (hold_open). Says which in the reopen state file: none open here means
         that the incarnation which opened it is dead, and its anon fd closed with it."""
-        try:
-            with open(self.config.reopen_file) as f:
-                fsid = f.read().strip()
-        except OSError:
+        if (fsid := self.cookie_to_hold()) is None:
             return  # the keeper gave up already
         with self.lock:
             oids = sorted(oid for oid, o in self.objects.items() if o.name == fsid)
