@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 
 from guest_scripts.contract import REOPEN_GO_MARK, Event
 from .evidence import LogEvent
-from .trace import TraceEvent
+from .trace import TraceEvent, first_reads_after_marks
 
 
 class DropState:
@@ -101,13 +101,7 @@ def judge(keeper: list[LogEvent], events: list[TraceEvent], complete: bool = Tru
     """`complete`: no event was lost (ring buffer, kprobe misses). Without that, a missing
     return reads as "never returned": nothing is decided, and nothing is a violation."""
     faults = {int(e["pid"]): e for e in keeper if e.get("event") == Event.REOPEN_UMOUNTED and e.get("pid") is not None}
-    marked: dict[int, float] = {}
-    reads: dict[int, TraceEvent] = {}
-    for e in events:
-        if e.event == "mark" and e.fields.get(REOPEN_GO_MARK) in faults:
-            marked[e.fields[REOPEN_GO_MARK]] = e.ts
-        elif e.event == "read" and e.pid in marked and e.pid not in reads:
-            reads[e.pid] = e
+    reads = first_reads_after_marks(events, REOPEN_GO_MARK, set(faults))
     all_works, all_drops = works(events), drops(events)
     judged = tuple(_one(pid, str(fault.get("fsid")), str(fault.get("at")), reads.get(pid), events, all_works, all_drops)
                    for pid, fault in sorted(faults.items()))

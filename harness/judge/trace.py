@@ -92,6 +92,19 @@ class TraceEvent:
     tgid: int = -1  # its process, where record-tgid was on
 
 
+def first_reads_after_marks(events: list[TraceEvent], mark: str, pids: set[int]) -> dict[int, TraceEvent]:
+    """pid -> the first `read` tracepoint in that task after the keeper's `mark=<pid>`: the READ a
+    waiter queued once let go (the READs of its mount, before, were served)."""
+    going: set[int] = set()
+    reads: dict[int, TraceEvent] = {}
+    for e in events:
+        if e.event == "mark" and e.fields.get(mark) in pids:
+            going.add(e.fields[mark])
+        elif e.event == "read" and e.pid in going and e.pid not in reads:
+            reads[e.pid] = e
+    return reads
+
+
 def parse(text: str) -> list[TraceEvent]:
     events = []
     for line in text.splitlines():
