@@ -79,6 +79,9 @@ class Event:
     # DROPPED: refused with EINVAL, the drop ended the request, as it must)
     HELD_OPEN: Final = "held_open"
     DROPPED: Final = "dropped"
+    # ... at UmountAt.RESTORE: the incarnation after the holder's death waited, after its restore,
+    # for the keeper's go (`waited_s`)
+    RESTORE_GATE: Final = "restore_gate"
     # reader-<id>.jsonl
     MOUNTED: Final = "mounted"
     FILE: Final = "file"
@@ -195,10 +198,16 @@ class UmountAt:
     # passed it over, so the drop meets no reopen work
     READ: Final = "read"
     OPEN: Final = "open"  # the reopen's OPEN delivered and held by the daemon: the work waits on its copen
+    # the reopen's OPEN held, the daemon that holds it SIGKILLed, and the mount unmounted as the
+    # next incarnation's `restore` has marked that OPEN new again: the keeper lets the incarnation
+    # read on (REOPEN_RESTORED) and SIGKILLs the waiter at once, so that the drop races the restored
+    # OPEN's re-delivery (taken by a read() before the drop, or cancelled by the drop before it)
+    RESTORE: Final = "restore"
 
 
-# the reopen work is what the rule judges: two OPENs to a READ (6 faults in `adversarial`: 4 and 2)
-UMOUNT_AT: Final = (UmountAt.OPEN, UmountAt.READ, UmountAt.OPEN)
+# the reopen work is what the rule judges: OPEN and RESTORE meet it, READ mostly not (8 faults in
+# `adversarial`: RESTORE 4, OPEN 2, READ 2)
+UMOUNT_AT: Final = (UmountAt.OPEN, UmountAt.RESTORE, UmountAt.READ, UmountAt.RESTORE)
 
 
 class KernelState:
@@ -234,10 +243,13 @@ CACHE_DEATH_RT_OFFSET: Final = 3  # keeper -> daemon, SIGRTMIN + this: let the d
 # fd of the cookie named in GuestConfig.reopen_file and holds its next OPEN while that file is there)
 UMOUNT_REOPEN_RT_OFFSET: Final = 4
 # the daemon -> the keeper, in GuestConfig.reopen_state_file: the fd closed (`closed <object_id>`),
-# no live object of that cookie (`none`), the reopen's OPEN held (`held <msg_id>`)
+# no live object of that cookie (`none`), the reopen's OPEN held (`held <msg_id>`); UmountAt.RESTORE:
+# an incarnation has written `restore` and waits before it reads (`restored <pid>`) until the
+# keeper's file no longer says UmountAt.RESTORE
 REOPEN_CLOSED: Final = "closed"
 REOPEN_NONE: Final = "none"
 REOPEN_HELD: Final = "held"
+REOPEN_RESTORED: Final = "restored"
 # where a kernel's fscache lists its cookies: the debug id, the volume's, three counts, the state
 # (one of "-LCAIFUWRD": D is dropped, the withdrawal, and so the drop of its object, done), the
 # flags and the key in hex (an EROFS blob's: its fsid). A dropped cookie may stay listed while
@@ -327,8 +339,9 @@ class GuestConfig:
     # as it is read over the 9p root hung a reader in netfs_retry_reads (cache-death seed 1, 2 of 13
     # runs), a hang of the guest's transport, not of the kernel under test.
     withdrawing_file: str = ""
-    # Fault.UMOUNT_REOPEN, on the guest's tmpfs: the keeper writes the cookie (fsid) there and
-    # removes it to end the hold; the daemon answers in reopen_state_file
+    # Fault.UMOUNT_REOPEN, on the guest's tmpfs: the keeper writes the cookie (fsid) there, and on
+    # a second line UmountAt.RESTORE once the incarnation that holds the OPEN is to die, and removes
+    # it to end the hold; the daemon answers in reopen_state_file
     reopen_file: str = ""
 
     @property

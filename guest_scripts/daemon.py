@@ -37,8 +37,9 @@ from typing import Any, Callable
 from dataclasses import dataclass
 
 import protocol
-from contract import (CACHE_DEATH_RT_OFFSET, REOPEN_CLOSED, REOPEN_HELD, REOPEN_NONE, UMOUNT_REOPEN_RT_OFFSET,
-                      CrashPoint, Event, Fault, GuestConfig, Probe, ProbeOutcome, RestoreWhy, StaleOrigin, daemon_serving)
+from contract import (CACHE_DEATH_RT_OFFSET, REOPEN_CLOSED, REOPEN_HELD, REOPEN_NONE, REOPEN_RESTORED,
+                      UMOUNT_REOPEN_RT_OFFSET, CrashPoint, Event, Fault, GuestConfig, Probe, ProbeOutcome, RestoreWhy,
+                      StaleOrigin, UmountAt, daemon_serving)
 from eventlog import EventLog, write_atomically
 from keeper import recv_fd, recv_msg, send_msg
 
@@ -417,7 +418,21 @@ class Daemon:
     def restore(self) -> None:
         """Re-mark every request the kernel still holds as new; only after the old one is gone."""
         self.write_restore(RestoreWhy.START)
+        self.wait_for_umount_at_restore()
         self.point(CrashPoint.AFTER_RESTORE)
+
+    def wait_for_umount_at_restore(self) -> None:
+        """Fault.UMOUNT_REOPEN at UmountAt.RESTORE: the keeper killed the incarnation that held the
+        reopen's OPEN; this one's restore has marked it new again. Nothing is read until the
+        keeper says go (it takes the line UmountAt.RESTORE out of its file, and unmounts the
+        mount at once), so that the drop races the OPEN's re-delivery; bounded, as every hold."""
+        if self.umount_at() != UmountAt.RESTORE:
+            return
+        write_atomically(self.config.reopen_state_file, f"{REOPEN_RESTORED} {os.getpid()}\n")
+        start = time.monotonic()
+        while self.umount_at() == UmountAt.RESTORE and time.monotonic() - start < self.config.stall_bound_s * HOLD_SHARE:
+            time.sleep(0.001)
+        self.log.emit(Event.RESTORE_GATE, waited_s=round(time.monotonic() - start, 4))
 
     def write_restore(self, why: str) -> None:
         """`why`: start (what a dead incarnation held), live (Fault.RESTORE_LIVE: while other
@@ -532,13 +547,21 @@ class Daemon:
         """Fault.UMOUNT_REOPEN: the cookie whose OPENs are held, while the keeper's file names it.
         Read afresh at each OPEN: a later incarnation holds the reopen too (its predecessor died
         holding it, and the restore delivered it again)."""
+        return self._reopen_line(0)
+
+    def umount_at(self) -> str | None:
+        """Fault.UMOUNT_REOPEN: UmountAt.RESTORE once the keeper is to kill the OPEN's holder."""
+        return self._reopen_line(1)
+
+    def _reopen_line(self, n: int) -> str | None:
         if not self.config.reopen_file:
             return None
         try:
             with open(self.config.reopen_file) as f:
-                return f.read().strip() or None
+                lines = f.read().splitlines()
         except OSError:
             return None
+        return lines[n].strip() or None if len(lines) > n else None
 
     def hold_open(self, req: protocol.OpenRequest, size: int, name: str, blob: Blob | None) -> None:
         """Fault.UMOUNT_REOPEN: the reopen's OPEN of the object close_for_umount closed, held

@@ -28,9 +28,11 @@ A Fault.UMOUNT_REOPEN (SIGRTMIN+4 from the host) unmounts a mount while the kern
 object: a waiter mounts a fresh fsid while the daemon serves, the daemon closes that object's
 anon fd and holds its next OPEN, the waiter reads (its READ finds the object closed: the kernel's
 reopen work sends that OPEN), and the keeper detaches the mount and SIGKILLs the waiter at a
-UmountAt point, taken in turn: its READ queued, or the reopen's OPEN held. The waiter's exit
-drops the object under the reopen work; once its cookie is dropped the keeper ends the hold, and
-the daemon answers the OPEN late (harness/judge/reopenumount.py).
+UmountAt point, taken in turn: its READ queued, the reopen's OPEN held, or (RESTORE) that OPEN's
+holder SIGKILLed and the next incarnation's `restore` written (it waits for the keeper's word, and
+reads on as the keeper unmounts). The waiter's exit drops the object under the reopen work; once
+its cookie is dropped the keeper ends the hold, and the daemon answers the OPEN late
+(harness/judge/reopenumount.py).
 
 In `no_failover` mode the keeper gives its copy of the device fd away: when the daemon dies the
 cache dies with it (every queued request fails with EIO). That is the negative control.
@@ -51,8 +53,8 @@ import time
 from typing import Any, Callable
 
 from contract import (CACHE_DEATH_RT_OFFSET, CLOCK_MARK, COOKIE_DROPPED, KEEPER_BOUND, NETFS_COOKIES, REOPEN_CLOSED,
-                      REOPEN_GO_MARK, REOPEN_HELD, REOPEN_NONE, UMOUNT_AT, UMOUNT_REOPEN_RT_OFFSET, WAITER_GO_MARK,
-                      WAITER_MOUNTED, WAITER_WCHAN_PREFIX, Event, GuestConfig, Mode, UmountAt, parse_daemon_state)
+                      REOPEN_GO_MARK, REOPEN_HELD, REOPEN_NONE, REOPEN_RESTORED, UMOUNT_AT, UMOUNT_REOPEN_RT_OFFSET,
+                      WAITER_GO_MARK, WAITER_MOUNTED, WAITER_WCHAN_PREFIX, Event, GuestConfig, Mode, UmountAt, parse_daemon_state)
 from eventlog import EventLog, trace_mark, write_atomically
 from reader import detach, read_proc, umount
 
@@ -390,6 +392,8 @@ class Keeper:
                     reached = waiting_on_request(waiter, deadline).startswith(WAITER_WCHAN_PREFIX)
                 else:
                     reached = wait_for_file(self.config.reopen_state_file, REOPEN_HELD, deadline).startswith(REOPEN_HELD)
+                if at == UmountAt.RESTORE and reached:
+                    reached = self._kill_holder_until_restored(fsid, bound)
                 # detached first: the mount goes with the waiter's last file, as it dies
                 detached = detach(target)
             if waiter is not None:
@@ -407,6 +411,20 @@ class Keeper:
             self.log.emit(Event.REOPEN_UMOUNTED, pid=None if waiter is None else waiter.pid, fsid=fsid, at=at,
                           closed=closed.strip() or None, reached=reached, detached=detached, gone_s=gone_s,
                           dropped_s=dropped_s)
+
+    def _kill_holder_until_restored(self, fsid: str, bound: float) -> bool:
+        """UmountAt.RESTORE: SIGKILL the incarnation that holds the reopen's OPEN (or its
+        successor, which holds it again), wait until the next one has written `restore` (it then
+        waits), and let it read on: the caller unmounts at once. Whether an incarnation said so."""
+        write_atomically(self.config.reopen_file, f"{fsid}\n{UmountAt.RESTORE}\n")
+        remove(self.config.reopen_state_file)
+        if (child := self.child) is not None:
+            child.kill()
+        restored = wait_for_file(self.config.reopen_state_file, REOPEN_RESTORED,
+                                 time.monotonic() + self.config.restart_delay_s + 2 * bound)
+        # go: the hold goes on (the file names the cookie); no later incarnation waits
+        write_atomically(self.config.reopen_file, fsid + "\n")
+        return restored.startswith(REOPEN_RESTORED)
 
     def serving_pid(self, deadline: float) -> int | None:
         """The pid of the incarnation that says it serves (daemon.state), if it is our child's."""

@@ -59,6 +59,9 @@ class Needs:
     # Fault.UMOUNT_REOPEN: objects whose drop (the waiter's mount gone) met their reopen work
     # running or its OPEN delivered and unanswered (reopenumount.RACED)
     reopen_umounts: int = 0
+    # ... of those, drops that came after a restore had marked the reopen's OPEN again, its holder
+    # dead (UmountAt.RESTORE)
+    restore_umounts: int = 0
     end_checked: bool = True  # the end check's re-read marked in the trace; kmemleak scanned (debug)
 
 
@@ -129,12 +132,13 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("adversarial", "a daemon that misbehaves as real ones do: live restores, late answers, "
              "lockless threads closing fds in use, fds closed around copen; kills and closes beside; "
              "tasks waiting on a dead daemon killed",
-             kills=6, fd_closes=20, restores_live=10, stale_answers=10, kill_waiters=4, umount_reopens=6,
+             kills=6, fd_closes=20, restores_live=10, stale_answers=10, kill_waiters=4, umount_reopens=8,
              readers=4, images=4,
              domain_images=("img0", "img1"), threads=3, lockless=True, close_during_copen=0.3,
              state_kills=4, dawdle_s=0.05, late_close=True,
              needs=Needs(in_flight_share=0.5, redelivered=1, fd_closes=5, reopens=5, reads_after_reopen=5,
-                         misbehaviours=3, state_kill_hits=3, killed_waiters=3, reopen_umounts=3)),
+                         misbehaviours=3, state_kill_hits=3, killed_waiters=3, reopen_umounts=3,
+                         restore_umounts=3)),
     # A supervisor (the keeper) keeps the daemon's anon fds across its deaths, as nydusd's does:
     # a death leaves the objects OPEN; the next incarnation takes the fds over, answers the OPENs
     # the dead one held by their msg_id, then writes `restore`, which re-delivers READs of objects

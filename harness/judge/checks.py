@@ -102,6 +102,8 @@ class Check(Enum):
                       "killed_waiters")
     REOPEN_UMOUNTS = ("reopen-umounts", "evidence: mounts unmounted while the kernel reopened their object",
                       "reopen_umounts")
+    RESTORE_UMOUNTS = ("restore-umounts", "evidence: mounts unmounted as a restore marked their reopen's OPEN again",
+                       "restore_umounts")
     STATE_KILLS = ("state-kills", "evidence: kills at every kernel state, confirmed by the trace", "state_kill_hits")
     MISBEHAVIOURS = ("misbehaviours", "evidence: every misbehaviour of the daemon reached the kernel", "misbehaviours")
     END_CHECKED = ("end-checked", "evidence: the end of the run checked (re-read, kmemleak)", "end_checked")

@@ -27,7 +27,9 @@ The rules, each exact (no allowance; a correct kernel breaks none, README says w
   no event names the OPEN: `_Builder.refused` matches it): that counts as delivered again. A
   drop after the restore does not excuse it: its reader waits on it, so its object cannot go
   before it is answered, and a kernel that ended it at the death (the reader retrying on its
-  own) shows exactly that;
+  own) shows exactly that. Except for the objects in `unmounted`, whose waiter the keeper
+  SIGKILLed and whose mount it unmounted on purpose (Fault.UMOUNT_REOPEN at UmountAt.RESTORE):
+  there the drop after the restore is the fault, and reopenumount.py judges what it ended;
 - double: no lifetime is delivered twice without a `restore` between the two deliveries;
 - unanswered: by the end of the trace every lifetime has ended, and every READ the kernel queued
   (the `read` tracepoint) was delivered, unless its object was dropped or its task exited first;
@@ -295,7 +297,7 @@ class _Builder:
             del self.live[lt.msg_id]
 
 
-def build(events: Iterable[TraceEvent], incomplete: str | None = None) -> Ledger:
+def build(events: Iterable[TraceEvent], incomplete: str | None = None, unmounted: frozenset[int] = frozenset()) -> Ledger:
     """The ledger of a whole trace; none (unavailable, `incomplete` says why) from a trace that
     lost events, whose rules would read a lost event as a lost request."""
     if incomplete:
@@ -331,6 +333,8 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None) -> Ledger
                     overtaken.append(_between(b.delivery_ts, restore, again) - 1)
                 elif lt.ended_by in ("drop", "unbind", "flushed") and lt.ended_ts is not None and lt.ended_ts < restore:
                     by_kernel += 1  # its object withdrawn, or the cache, before a restore could bring it back
+                elif lt.ended_by == "drop" and lt.o is not None and lt.o in unmounted:
+                    by_kernel += 1  # its reader unmounted on purpose after the restore: reopenumount judges it
                 elif lt.ended_by == "answer" and lt.ended_ts is not None and lt.ended_ts < restore:
                     taken_over += 1
                 elif lt.ended_by == "refused" and lt.ended_ts is not None and lt.ended_ts > restore:

@@ -9,14 +9,19 @@ work (`reopen_work` to `reopen_worked`, ondemand_object_worker; `init_object` in
 object), which sends the reopen's OPEN (`open` tracepoint for `o`, then `deliver` in the same
 daemon thread: its msg_id) and waits for its copen.
 
+At UmountAt.RESTORE the daemon that holds the OPEN is SIGKILLed first, and the drop comes as
+the next incarnation's `restore` has marked the OPEN new again: it races the OPEN's re-delivery
+(a read() that took it before the drop, or the drop cancelling it first).
+
 What the kernel must do (the fixes "cachefiles: cancel all requests for the object that is being
 dropped" and "cachefiles: wait for ondemand_object_worker to finish when dropping object",
 CVE-2024-41051): the drop ends the reopen's OPEN outstanding when it begins (its late copen is
-refused) and returns only once the reopen work is done, and no reopen work starts on the object
-after it. The state the drop met
-is the fault's hit: the work running with its OPEN not yet delivered, or the OPEN delivered and
-held; a drop that met no reopen (the READ went with the waiter first) or a finished one (the copen
-was in) decides nothing.
+refused), delivered or marked new by a restore, and returns only once the reopen work is done;
+no reopen work starts on the object after it, and no read() that begins after it delivers an OPEN
+for the object (`read_begin`, the device's read() entered). The state the drop met is the
+fault's hit: the work running with its OPEN not yet delivered, the OPEN delivered and held, or
+marked new by a restore after its holder died; a drop that met no reopen (the READ went with the
+waiter first) or a finished one (the copen was in) decides nothing.
 """
 from __future__ import annotations
 
@@ -33,11 +38,14 @@ class DropState:
     NONE = "no-reopen"  # no reopen work had begun on the object
     RUNNING = "reopen-running"  # the reopen work had begun; its OPEN not delivered yet
     DELIVERED = "open-delivered"  # the reopen's OPEN delivered, not answered
+    # the reopen's OPEN delivered to a daemon that died holding it, and marked new by the next
+    # incarnation's restore: not delivered again when the drop began
+    RESTORED = "open-restored"
     ANSWERED = "open-answered"  # the reopen's copen taken: nothing left to race
     NO_DROP = "no-drop"  # no drop of the object in the trace (or no READ of the waiter's)
 
 
-RACED = (DropState.RUNNING, DropState.DELIVERED)
+RACED = (DropState.RUNNING, DropState.DELIVERED, DropState.RESTORED)
 
 
 @dataclass(frozen=True)
@@ -61,10 +69,17 @@ class ReopenUmount:
     drop_start: float | None
     drop_end: float | None
     violations: tuple[str, ...]
+    # a restore came between the reopen's OPEN's first delivery and the drop (UmountAt.RESTORE)
+    restored: bool = False
 
     @property
     def decided(self) -> bool:
         return self.state in RACED and self.drop_end is not None
+
+    @property
+    def decided_in_restore(self) -> bool:
+        """The drop raced the re-delivery of an OPEN that a restore had marked new."""
+        return self.decided and self.restored
 
 
 def works(events: list[TraceEvent]) -> list[Work]:
@@ -121,8 +136,17 @@ def _one(pid: int, fsid: str, at: str, read: TraceEvent | None, events: list[Tra
     msg_id, delivered_ts = _reopen_delivery(events, o, read.ts)
     answered_ts = next((e.ts for e in events if e.event == "copened" and delivered_ts is not None
                         and e.ts > delivered_ts and e.fields.get("id") == msg_id and e.fields.get("ret") == 0), None)
+    # the last restore before the drop, after the OPEN's first delivery, and the OPEN's last
+    # delivery before the drop (a re-delivery after that restore, or the first)
+    restore = max((e.ts for e in events if e.event == "restore" and delivered_ts is not None
+                   and delivered_ts < e.ts < start), default=None)
+    last_delivery = max((e.ts for e in events if e.event == "deliver" and delivered_ts is not None
+                         and delivered_ts <= e.ts < start and e.fields.get("msg_id") == msg_id
+                         and e.fields.get("opcode") == 0 and e.fields.get("ret", 0) > 0), default=delivered_ts)
     if answered_ts is not None and answered_ts < start:
         state = DropState.ANSWERED
+    elif restore is not None and last_delivery is not None and last_delivery < restore:
+        state = DropState.RESTORED
     elif delivered_ts is not None and delivered_ts < start:
         state = DropState.DELIVERED
     elif any(w.start < start and (w.end is None or w.end > start) for w in mine):
@@ -145,13 +169,28 @@ def _one(pid: int, fsid: str, at: str, read: TraceEvent | None, events: list[Tra
         # until the keeper sees the cookie dropped (the drop returned), so a copen taken once the
         # drop had begun is one the drop left outstanding. (A daemon that answered in the instant
         # between the drop's entry and its flush would be taken rightly: ours never does.)
-        if state == DropState.DELIVERED and answered_ts is not None and answered_ts > start:
-            violations.append(f"the reopen's OPEN (msg_id {msg_id}) of object {o:08x}, held, outstanding when the "
-                              f"drop began, was still there to answer {answered_ts - start:.3f} s later: the drop "
-                              f"did not end it (the kernel took the copen)")
-        if (late := next((e.ts for e in events if e.event == "open" and e.fields.get("o") == o and e.ts > end), None)):
-            violations.append(f"an OPEN for object {o:08x} was delivered {late - end:.3f} s after its drop returned")
-    return ReopenUmount(pid, fsid, at, o, state, start, end, tuple(violations))
+        if state in (DropState.DELIVERED, DropState.RESTORED) and answered_ts is not None and answered_ts > start:
+            violations.append(f"the reopen's OPEN (msg_id {msg_id}) of object {o:08x}, {state.removeprefix('open-')}, "
+                              f"outstanding when the drop began, was still there to answer {answered_ts - start:.3f} s "
+                              f"later: the drop did not end it (the kernel took the copen)")
+        if (late := _open_read_after(events, o, end)) is not None:
+            violations.append(f"an OPEN for object {o:08x} was delivered by a read() of the device that began "
+                              f"{late:.3f} s after its drop returned")
+    return ReopenUmount(pid, fsid, at, o, state, start, end, tuple(violations), restore is not None)
+
+
+def _open_read_after(events: list[TraceEvent], o: int, end: float) -> float | None:
+    """How long after `end` began the first read() of the device that delivered an OPEN for
+    object `o` (its `open` tracepoint, fired inside that read(), after the thread's last
+    `read_begin`), if one began after `end`. A read() that began before may have taken the
+    request before the drop cancelled it: the drop does not wait for it."""
+    began: dict[int, float] = {}  # thread -> its read()'s entry
+    for e in events:
+        if e.event == "read_begin":
+            began[e.pid] = e.ts
+        elif e.event == "open" and e.fields.get("o") == o and e.ts > end and began.get(e.pid, 0.0) > end:
+            return round(began[e.pid] - end, 4)
+    return None
 
 
 def _reopen_delivery(events: list[TraceEvent], o: int, after: float) -> tuple[int | None, float | None]:

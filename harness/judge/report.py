@@ -108,7 +108,9 @@ def evaluate(run_dir: Path) -> Results:
     # rules would read a lost event as a lost request
     lost = [what for what, n in (("the ring buffer overran", logs.trace_lost),
                                  (f"the kprobes missed {logs.kprobe_missed} hit(s)", logs.kprobe_missed)) if n]
-    kernel_ledger = ledger.build(trace_events, "; ".join(lost) or None)
+    unmounted = reopenumount.judge(logs.keeper, trace_events, complete=not lost)
+    kernel_ledger = ledger.build(trace_events, "; ".join(lost) or None,
+                                 frozenset(u.debug_id for u in unmounted if u.debug_id is not None))
     probed = probes.probe_counts(logs.daemon)
     recv_by_pid = Counter(e.get("pid", -1) for e in logs.daemon if e.get("event") == Event.RECV)
     reads_after_reopen = trace.reads_after_reopens(logs.daemon)
@@ -128,7 +130,6 @@ def evaluate(run_dir: Path) -> Results:
     cache = (cachedeath.judge(kernel_ledger.cache_deaths, trace_events, logs.readers, logs.keeper)
              if scenario.get("cache_deaths") else None)
     waiters = killable.judge(logs.keeper, trace_events)
-    unmounted = reopenumount.judge(logs.keeper, trace_events, complete=not lost)
     aborted = meta.get("aborted")
     if aborted is None and readers.readers_finished < readers.readers_started:
         aborted = f"{readers.readers_started - readers.readers_finished} reader(s) never finished"
@@ -293,9 +294,10 @@ def _waiters_line(waiters: list[dict[str, Any]]) -> str:
 def _reopen_umounts_line(unmounted: list[dict[str, Any]]) -> str:
     states = Counter(u["state"] for u in unmounted)
     took = [f"{u['drop_end'] - u['drop_start']:.3f}" for u in unmounted if u["decided"]]
+    in_restore = sum(u["decided"] and u["restored"] for u in unmounted)
     return (f"  mounts unmounted as their object reopened: {len(unmounted)}; the drop met "
             + ", ".join(f"{state} {n}" for state, n in sorted(states.items()))
-            + f"; drops that raced the reopen took {', '.join(took) or '-'} s; "
+            + f" ({in_restore} after a restore); drops that raced the reopen took {', '.join(took) or '-'} s; "
             f"{sum(len(u['violations']) for u in unmounted)} violations")
 
 

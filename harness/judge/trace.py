@@ -67,13 +67,16 @@ PROBES: dict[str, str] = {
     "reopen_worked": "r:{group}/reopen_worked ondemand_object_worker",
     "init_object": "p:{group}/init_object cachefiles_ondemand_init_object o=+48($arg1):s32",
     "dropped": "r:{group}/dropped cachefiles_ondemand_clean_object",
+    # a read() of the device begins: a request it delivers was taken after this (reopenumount:
+    # an OPEN for a dropped object delivered by a read() begun after the drop returned)
+    "read_begin": "p:{group}/read_begin cachefiles_ondemand_daemon_read",
 }
 TRACE_CLOCK = "global"  # one clock for every CPU: the ledger orders events across them
 TRACEPOINTS = ("cachefiles/cachefiles_ondemand_*", "sched/sched_process_exit")
 
 _LINE = re.compile(r"^\s*(?P<task>.+?)-(?P<pid>\d+)\s+(?:\(\s*(?P<tgid>[-\d]+)\)\s+)?\[(?P<cpu>\d+)\]\s+(?:\S+\s+)?"
                    r"(?P<ts>\d+\.\d+):\s+(?P<event>cachefiles_ondemand_\w+|deliver|restore|copened|dropped|drop|unbind|bind|withdrawn|withdraw|reopen_worked|"
-                   r"reopen_work|init_object|sched_process_exit|tracing_mark_write):"
+                   r"reopen_work|init_object|read_begin|sched_process_exit|tracing_mark_write):"
                    r"\s+(?:\([^)]*\)\s*)?(?P<args>.*)$")
 _DECIMAL = {"fd"}  # of the tracepoints' fields; the rest are hex
 _DECIMAL_EVENTS = {"deliver", "copened", "drop", "init_object", "bind", "exit", "mark"}  # every field decimal (`drop`'s o too)
@@ -84,7 +87,7 @@ _RENAMED = {"sched_process_exit": "exit", "tracing_mark_write": "mark"}
 class TraceEvent:
     ts: float
     event: str  # open, copen, close, read, cread, fd_write, fd_release; deliver, restore, drop, dropped, unbind,
-    # bind, withdraw, withdrawn, reopen_work, reopen_worked, init_object, exit;
+    # bind, withdraw, withdrawn, reopen_work, reopen_worked, init_object, read_begin, exit;
     # mark (a write to trace_marker: `key=value`)
     fields: dict[str, int]
     task: str

@@ -24,7 +24,7 @@ from .probes import ProbeCounts
 from .misbehaviour import MisbehaviourFacts
 from .reread import Reread
 from .statekills import StateHits
-from guest_scripts.contract import EndOfRun, Probe
+from guest_scripts.contract import EndOfRun, Probe, UmountAt
 from ..scenarios import CRASH_POINTS, Needs
 from .trace import TraceFacts
 
@@ -234,6 +234,10 @@ def missing_evidence(daemon: DaemonFacts, trace: TraceFacts, ledger: Ledger, pro
         missing.append(Reason(Check.REOPEN_UMOUNTS, f"mounts unmounted while the kernel reopened their object (the "
                                                    f"work running or its OPEN held): {raced} of {len(reopen_umounts)}, "
                                                    f"need {needs.reopen_umounts}"))
+    if needs.restore_umounts and (raced := sum(u.decided_in_restore for u in reopen_umounts)) < needs.restore_umounts:
+        asked = sum(u.at == UmountAt.RESTORE for u in reopen_umounts)
+        missing.append(Reason(Check.RESTORE_UMOUNTS, f"mounts unmounted as a restore marked their reopen's OPEN "
+                                                    f"again: {raced} of {asked}, need {needs.restore_umounts}"))
     if needs.crash_point_hits and th.crash_points_planned:
         hits = daemon.crash_points()
         if never := [p for p in CRASH_POINTS if len(hits.get(p, [])) < needs.crash_point_hits]:

@@ -37,10 +37,17 @@ def work(start: float, end: float | None, obj: int = O, init_at: float | None = 
     return lines
 
 
-def delivered(ts: float, msg_id: int = 77) -> list[str]:
-    return [line("python3", 210, ts, "cachefiles_ondemand_open", f"o={O:08x} mid=0 oid=0 fd=12 f=0"),
-            line("python3", 210, ts + 0.0005, "deliver", f"(vfs_read+0x1/0x2 <- cachefiles_ondemand_daemon_read) ret=53 "
-                 f"msg_id={msg_id} opcode=0 len=53 object_id=9 a=0 b=0")]
+def delivered(ts: float, msg_id: int = 77, began: float | None = None, thread: int = 210) -> list[str]:
+    """The OPEN for O delivered by a read() of the device that began at `began` (just before)."""
+    return [line("python3", thread, ts - 0.0005 if began is None else began, "read_begin",
+                 "(cachefiles_daemon_read+0x1/0x2)"),
+            line("python3", thread, ts, "cachefiles_ondemand_open", f"o={O:08x} mid=0 oid=0 fd=12 f=0"),
+            line("python3", thread, ts + 0.0005, "deliver", f"(vfs_read+0x1/0x2 <- cachefiles_ondemand_daemon_read) "
+                 f"ret=53 msg_id={msg_id} opcode=0 len=53 object_id=9 a=0 b=0")]
+
+
+def restore(ts: float, pid: int = 220) -> str:
+    return line("python3", pid, ts, "restore", "(cachefiles_daemon_write+0x1/0x2)")
 
 
 def copened(ts: float, ret: int, msg_id: int = 77) -> str:
@@ -116,9 +123,41 @@ def test_a_drop_that_met_no_reopen_or_a_finished_one_decides_nothing():
     assert (answered.state, answered.decided, answered.violations) == (DropState.ANSWERED, False, ())
 
 
-def test_an_open_for_the_object_after_its_drop_returned_fails():
-    u = judge(MARK, READ, *work(10.2, 10.55, init_at=10.52), *drop(10.5, 10.56), *delivered(10.7))
-    assert u.violations == ("an OPEN for object 0000002a was delivered 0.140 s after its drop returned",)
+def test_an_open_for_the_object_by_a_read_begun_after_its_drop_returned_fails():
+    u = judge(MARK, READ, *work(10.2, 10.55, init_at=10.52), *drop(10.5, 10.56), *delivered(10.7, began=10.6))
+    assert u.violations == ("an OPEN for object 0000002a was delivered by a read() of the device that began "
+                            "0.040 s after its drop returned",)
+
+
+def test_an_open_taken_by_a_read_begun_before_the_drop_may_come_out_after_it():
+    """The read() took the OPEN before the drop cancelled it, and was slow to hand it out: the
+    drop does not wait for a read(), and the late copen is refused."""
+    u = judge(MARK, READ, *work(10.2, 10.55), *delivered(10.7, began=10.49), *drop(10.5, 10.56), copened(10.8, -22))
+    assert (u.state, u.decided, u.violations) == (DropState.RUNNING, True, ())
+
+
+def test_a_drop_after_a_restore_marked_the_held_open_again():
+    """UmountAt.RESTORE: the holder died, the next incarnation's restore came, the drop came
+    before any read() took the OPEN again."""
+    u = judge(MARK, READ, *work(10.2, 10.56), *delivered(10.3), restore(10.45), *drop(10.5, 10.57), copened(10.9, -22))
+    assert (u.state, u.decided, u.restored, u.decided_in_restore, u.violations) == \
+        (DropState.RESTORED, True, True, True, ())
+
+
+def test_a_drop_after_the_restored_open_was_delivered_again():
+    u = judge(MARK, READ, *work(10.2, 10.56), *delivered(10.3), restore(10.45), *delivered(10.48, thread=221),
+              *drop(10.5, 10.57), copened(10.9, -22))
+    assert (u.state, u.decided_in_restore, u.violations) == (DropState.DELIVERED, True, ())
+    no_restore = judge(MARK, READ, *work(10.2, 10.56), *delivered(10.3), *drop(10.5, 10.57))
+    assert (no_restore.state, no_restore.restored, no_restore.decided_in_restore) == (DropState.DELIVERED, False, False)
+
+
+def test_a_restored_open_the_drop_left_outstanding_fails():
+    """The drop did not cancel the OPEN the restore marked again: the next incarnation read it
+    after the drop began, and the kernel took its copen."""
+    (v,) = judge(MARK, READ, *work(10.2, 10.8), *delivered(10.3), restore(10.45), *drop(10.5, 10.81),
+                 *delivered(10.6, thread=221), copened(10.7, 0)).violations
+    assert "msg_id 77" in v and "restored, outstanding when the drop began" in v and "took the copen" in v
 
 
 def test_a_work_that_ended_before_the_drop_is_not_one_it_met():
