@@ -320,12 +320,12 @@ class Keeper:
                 waiter.stdin.flush()
                 deadline = time.monotonic() + bound
                 waiting_in = waiting_on_request(waiter, deadline)
-            # the next incarnation starts anyway if it has not gone: it will answer, and the waiter go
-            gone_s = kill_and_wait(waiter, bound)
+                # the next incarnation starts anyway if it has not gone: it will answer, and the waiter go
+                gone_s = kill_and_wait(waiter, bound)
         finally:
             child.kill()
             if waiter is not None:
-                end_waiter(waiter)
+                end_waiter(waiter, mounted)
                 self.killed_waiters.append((waiter, target))
             self.log.emit(Event.WAITER_KILLED, pid=None if waiter is None else waiter.pid, fsid=fsid, mounted=mounted,
                           waiting_in=waiting_in, gone_s=gone_s)
@@ -361,10 +361,11 @@ class Keeper:
         target = os.path.join(self.config.mount_dir, fsid)
         bound = self.config.stall_bound_s / 6
         waiter: subprocess.Popen[str] | None = None
-        closed, reached, detached, gone_s, dropped_s = "", False, None, None, None
+        mounted, closed, reached, detached, gone_s, dropped_s = False, "", False, None, None, None
         try:
             waiter = start_waiter(fsid, target)
-            if waiter_mounted(waiter, 2 * bound):
+            # as long as a daemon's restart may take (4.5-5 s under TCG, adversarial seed 1) and the mount after it
+            if mounted := waiter_mounted(waiter, 3 * bound):
                 for stale in (self.config.reopen_state_file, self.config.reopen_file):
                     remove(stale)
                 write_atomically(self.config.reopen_file, fsid + "\n")
@@ -387,16 +388,19 @@ class Keeper:
                 trace_mark(REOPEN_GO_MARK, waiter.pid)
                 waiter.stdin.write("read\n")
                 waiter.stdin.flush()
-                deadline = time.monotonic() + bound
                 if at == UmountAt.READ:
-                    reached = waiting_on_request(waiter, deadline).startswith(WAITER_WCHAN_PREFIX)
+                    reached = waiting_on_request(waiter, time.monotonic() + bound).startswith(WAITER_WCHAN_PREFIX)
                 else:
-                    reached = wait_for_file(self.config.reopen_state_file, REOPEN_HELD, deadline).startswith(REOPEN_HELD)
+                    # the daemon that closed the fd may die before the OPEN comes: the next one
+                    # holds it, once started (adversarial seed 1: killed 0.5 s after the close, its
+                    # successor read the device 4.5 s later)
+                    reached = wait_for_file(self.config.reopen_state_file, REOPEN_HELD,
+                                            time.monotonic() + 2 * bound).startswith(REOPEN_HELD)
                 if at == UmountAt.RESTORE and reached:
                     reached = self._kill_holder_until_restored(fsid, bound)
                 # detached first: the mount goes with the waiter's last file, as it dies
                 detached = detach(target)
-            if waiter is not None:
+            if waiter is not None and mounted:
                 gone_s = kill_and_wait(waiter, bound)
             if detached == 0:
                 dropped_s = cookie_dropped(fsid, bound)
@@ -404,7 +408,7 @@ class Keeper:
             remove(self.config.reopen_file)  # the hold ends
             remove(self.config.reopen_state_file)
             if waiter is not None:
-                end_waiter(waiter)
+                end_waiter(waiter, mounted)
             thread = threading.Thread(target=_unmount_after, args=(waiter, target), name="reopen-umount-end", daemon=True)
             thread.start()
             self.cleanups.append(thread)
@@ -495,8 +499,12 @@ def kill_and_wait(waiter: subprocess.Popen[str], bound_s: float) -> float | None
     return round(time.monotonic() - killed, 4)
 
 
-def end_waiter(waiter: subprocess.Popen[str]) -> None:
-    waiter.kill()
+def end_waiter(waiter: subprocess.Popen[str], mounted: bool) -> None:
+    """Killed once mounted. A waiter still mounting is left to finish and leave on its own (its
+    stdin closed): a SIGKILL would end its mount's requests, which the daemon was given, and
+    refuse the daemon's answers (adversarial seed 1: a READ_COMPLETE refused, a daemon error)."""
+    if mounted:
+        waiter.kill()
     for pipe in (waiter.stdin, waiter.stdout):
         if pipe is not None:
             pipe.close()

@@ -132,7 +132,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("adversarial", "a daemon that misbehaves as real ones do: live restores, late answers, "
              "lockless threads closing fds in use, fds closed around copen; kills and closes beside; "
              "tasks waiting on a dead daemon killed",
-             kills=6, fd_closes=20, restores_live=10, stale_answers=10, kill_waiters=4, umount_reopens=8,
+             kills=6, fd_closes=20, restores_live=10, stale_answers=10, kill_waiters=4, umount_reopens=10,
              readers=4, images=4,
              domain_images=("img0", "img1"), threads=3, lockless=True, close_during_copen=0.3,
              state_kills=4, dawdle_s=0.05, late_close=True,
