@@ -46,7 +46,13 @@ def parser() -> argparse.ArgumentParser:
     RunRequest.add_arguments(bis, "bisect")
     bis.add_argument("--good", required=True, help="a commit that passes")
     bis.add_argument("--bad", required=True, help="a later commit that fails")
-    bis.add_argument("--repeat", type=int, default=1, help="runs per commit; any FAIL is bad (default %(default)s)")
+    bis.add_argument("--repeat", type=int, default=1, metavar="N",
+                     help="the most runs per commit: a FAIL is repeated until the commit is bad (max(2, n/6) of "
+                          "its n runs failed), else it is flaky (a skip); passes go on until a good is "
+                          f"{bisect.CONFIDENCE_TARGET * 100:.0f}%% sure (default %(default)s: one run, a FAIL is bad)")
+    bis.add_argument(bisect.NO_SKIP_UNCHANGED, action="store_true",
+                     help="build and run every step, even one whose fs/cachefiles, fs/erofs, fs/netfs, headers, "
+                          "config and version are those of a commit already tested")
 
     step = sub.add_parser(bisect.STEP_COMMAND)  # what `git bisect run` runs: not for people
     RunRequest.add_arguments(step, bisect.STEP_COMMAND)
@@ -113,7 +119,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _bisect(args: argparse.Namespace) -> int:
-    breq = BisectRequest(RunRequest.from_args(args, "bisect"), args.good, args.bad, args.repeat).validate()
+    breq = BisectRequest(RunRequest.from_args(args, "bisect"), args.good, args.bad, args.repeat,
+                         skip_unchanged=not args.no_skip_unchanged).validate()
     found = bisect.bisect(breq)
     print(bisect.summary(found), end="")
     return EXIT_PASS if found["first_bad"] else EXIT_UNTESTABLE
@@ -122,7 +129,7 @@ def _bisect(args: argparse.Namespace) -> int:
 def _bisect_step(args: argparse.Namespace) -> int:
     try:
         step = bisect.run_step(RunRequest.from_args(args, bisect.STEP_COMMAND).validate(), args.repeat, "bisect",
-                               args.steps)
+                               args.steps, skip_unchanged=not args.no_skip_unchanged)
     except (HarnessError, KeyboardInterrupt):
         raise
     except Exception:  # a harness bug must not blame the commit: exit 1 would mean "bad"

@@ -6,7 +6,7 @@ fixed identity and dates, so the same input gives the same commit ids on every m
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, Iterable, TypedDict
 
 from .. import proc
 from ..errors import InputError, UntestableError
@@ -87,3 +87,22 @@ def checkout(tree: Path, commit: str) -> None:
 
 def is_ancestor(tree: Path, older: str, newer: str) -> bool:
     return run(tree, "merge-base", "--is-ancestor", older, newer, timeout_s=120).ok
+
+
+def object_ids(tree: Path, commit: str, paths: Iterable[str]) -> dict[str, str]:
+    """The tree or blob id of each of `paths` (relative to the top, no trailing slash) at
+    `commit`, in one `git ls-tree`; a path the commit does not have is not in the result."""
+    wanted = list(paths)
+    out = check(tree, "ls-tree", "-z", "--full-tree", commit, "--", *wanted, timeout_s=60)
+    ids: dict[str, str] = {}
+    for entry in out.split("\0"):
+        if "\t" in entry:  # (the output is stdout and stderr: a warning line has no tab)
+            meta, path = entry.split("\t", 1)
+            ids[path] = meta.split()[-1]
+    return {p: ids[p] for p in wanted if p in ids}
+
+
+def file_at(tree: Path, commit: str, path: str) -> str | None:
+    """The text of `path` at `commit`; None when the commit has no such file."""
+    r = run(tree, "cat-file", "blob", f"{commit}:{path}", timeout_s=60)
+    return r.output if r.ok else None
