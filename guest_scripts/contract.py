@@ -199,16 +199,24 @@ class UmountAt:
     READ: Final = "read"
     OPEN: Final = "open"  # the reopen's OPEN delivered and held by the daemon: the work waits on its copen
     # the reopen's OPEN held, the daemon that holds it SIGKILLed, and the mount unmounted as the
-    # next incarnation's `restore` has marked that OPEN new again: the keeper lets the incarnation
-    # read on (REOPEN_RESTORED) and SIGKILLs the waiter at once, so that the drop races the restored
-    # OPEN's re-delivery (taken by a read() before the drop, or cancelled by the drop before it)
+    # next incarnation's `restore` has marked that OPEN new again: the incarnation waits after its
+    # restore (REOPEN_RESTORED) until the keeper lets it go on and SIGKILLs the waiter at once: the
+    # drop comes as the incarnation starts its threads (it won 6 of 6 at seed 1: cancelled the
+    # OPEN before any read() took it) ...
     RESTORE: Final = "restore"
+    # ... or once the incarnation says it serves, its threads reading: a read() takes the restored
+    # OPEN before the drop ends it, or the drop wins; the race of "cachefiles: fix
+    # slab-use-after-free in cachefiles_ondemand_daemon_read()" (CVE-2024-39510) with the drop as
+    # the request's completer
+    REDELIVER: Final = "redeliver"
 
 
-# the reopen work is what the rule judges: OPEN and RESTORE meet it, READ mostly not (10 faults in
-# `adversarial`: RESTORE 6, OPEN 2, READ 2; a RESTORE is lost when other faults kill the daemons
-# it waits for: 2 of 4 at seed 1)
-UMOUNT_AT: Final = (UmountAt.OPEN, UmountAt.RESTORE, UmountAt.READ, UmountAt.RESTORE, UmountAt.RESTORE)
+AT_RESTORE: Final = (UmountAt.RESTORE, UmountAt.REDELIVER)  # the holder killed, the next one restores
+# the reopen work is what the rule judges: OPEN, RESTORE and REDELIVER meet it, READ mostly not
+# (10 faults in `adversarial`: OPEN 2, RESTORE 3, READ 2, REDELIVER 3; a fault at a restore is lost
+# when other faults kill the daemons it waits for: 2 of 4 at seed 1, before its waits were longer)
+UMOUNT_AT: Final = (UmountAt.OPEN, UmountAt.RESTORE, UmountAt.READ, UmountAt.REDELIVER, UmountAt.REDELIVER,
+                    UmountAt.RESTORE)
 
 
 class KernelState:
@@ -246,7 +254,7 @@ UMOUNT_REOPEN_RT_OFFSET: Final = 4
 # the daemon -> the keeper, in GuestConfig.reopen_state_file: the fd closed (`closed <object_id>`),
 # no live object of that cookie (`none`), the reopen's OPEN held (`held <msg_id>`); UmountAt.RESTORE:
 # an incarnation has written `restore` and waits before it reads (`restored <pid>`) until the
-# keeper's file no longer says UmountAt.RESTORE
+# keeper's file no longer names a point of AT_RESTORE
 REOPEN_CLOSED: Final = "closed"
 REOPEN_NONE: Final = "none"
 REOPEN_HELD: Final = "held"
@@ -341,8 +349,8 @@ class GuestConfig:
     # runs), a hang of the guest's transport, not of the kernel under test.
     withdrawing_file: str = ""
     # Fault.UMOUNT_REOPEN, on the guest's tmpfs: the keeper writes the cookie (fsid) there, and on
-    # a second line UmountAt.RESTORE once the incarnation that holds the OPEN is to die, and removes
-    # it to end the hold; the daemon answers in reopen_state_file
+    # a second line its UmountAt (of AT_RESTORE) once the incarnation that holds the OPEN is to die,
+    # and removes it to end the hold; the daemon answers in reopen_state_file
     reopen_file: str = ""
 
     @property

@@ -37,9 +37,9 @@ from typing import Any, Callable
 from dataclasses import dataclass
 
 import protocol
-from contract import (CACHE_DEATH_RT_OFFSET, REOPEN_CLOSED, REOPEN_HELD, REOPEN_NONE, REOPEN_RESTORED,
+from contract import (AT_RESTORE, CACHE_DEATH_RT_OFFSET, REOPEN_CLOSED, REOPEN_HELD, REOPEN_NONE, REOPEN_RESTORED,
                       UMOUNT_REOPEN_RT_OFFSET, CrashPoint, Event, Fault, GuestConfig, Probe, ProbeOutcome, RestoreWhy,
-                      StaleOrigin, UmountAt, daemon_serving)
+                      StaleOrigin, daemon_serving)
 from eventlog import EventLog, write_atomically
 from keeper import recv_fd, recv_msg, send_msg
 
@@ -422,15 +422,15 @@ class Daemon:
         self.point(CrashPoint.AFTER_RESTORE)
 
     def wait_for_umount_at_restore(self) -> None:
-        """Fault.UMOUNT_REOPEN at UmountAt.RESTORE: the keeper killed the incarnation that held the
-        reopen's OPEN; this one's restore has marked it new again. Nothing is read until the
-        keeper says go (it takes the line UmountAt.RESTORE out of its file, and unmounts the
-        mount at once), so that the drop races the OPEN's re-delivery; bounded, as every hold."""
-        if self.umount_at() != UmountAt.RESTORE:
+        """Fault.UMOUNT_REOPEN at a point of AT_RESTORE: the keeper killed the incarnation that held
+        the reopen's OPEN; this one's restore has marked it new again. Nothing is read until the
+        keeper says go (it takes the point out of its file, and unmounts the mount at once, or
+        once we serve), so that the drop races the OPEN's re-delivery; bounded, as every hold."""
+        if self.umount_at() not in AT_RESTORE:
             return
         write_atomically(self.config.reopen_state_file, f"{REOPEN_RESTORED} {os.getpid()}\n")
         start = time.monotonic()
-        while self.umount_at() == UmountAt.RESTORE and time.monotonic() - start < self.config.stall_bound_s * HOLD_SHARE:
+        while self.umount_at() in AT_RESTORE and time.monotonic() - start < self.config.stall_bound_s * HOLD_SHARE:
             time.sleep(0.001)
         self.log.emit(Event.RESTORE_GATE, waited_s=round(time.monotonic() - start, 4))
 
@@ -550,7 +550,7 @@ class Daemon:
         return self._reopen_line(0)
 
     def umount_at(self) -> str | None:
-        """Fault.UMOUNT_REOPEN: UmountAt.RESTORE once the keeper is to kill the OPEN's holder."""
+        """Fault.UMOUNT_REOPEN: a point of AT_RESTORE once the keeper is to kill the OPEN's holder."""
         return self._reopen_line(1)
 
     def _reopen_line(self, n: int) -> str | None:

@@ -28,9 +28,9 @@ A Fault.UMOUNT_REOPEN (SIGRTMIN+4 from the host) unmounts a mount while the kern
 object: a waiter mounts a fresh fsid while the daemon serves, the daemon closes that object's
 anon fd and holds its next OPEN, the waiter reads (its READ finds the object closed: the kernel's
 reopen work sends that OPEN), and the keeper detaches the mount and SIGKILLs the waiter at a
-UmountAt point, taken in turn: its READ queued, the reopen's OPEN held, or (RESTORE) that OPEN's
-holder SIGKILLed and the next incarnation's `restore` written (it waits for the keeper's word, and
-reads on as the keeper unmounts). The waiter's exit drops the object under the reopen work; once
+UmountAt point, taken in turn: its READ queued, the reopen's OPEN held, or (AT_RESTORE) that
+OPEN's holder SIGKILLed and the next incarnation's `restore` written (it waits for the keeper's
+word; the keeper unmounts as it goes on, or once it serves). The waiter's exit drops the object under the reopen work; once
 its cookie is dropped the keeper ends the hold, and the daemon answers the OPEN late
 (harness/judge/reopenumount.py).
 
@@ -52,9 +52,9 @@ import threading
 import time
 from typing import Any, Callable
 
-from contract import (CACHE_DEATH_RT_OFFSET, CLOCK_MARK, COOKIE_DROPPED, KEEPER_BOUND, NETFS_COOKIES, REOPEN_CLOSED,
-                      REOPEN_GO_MARK, REOPEN_HELD, REOPEN_NONE, REOPEN_RESTORED, UMOUNT_AT, UMOUNT_REOPEN_RT_OFFSET,
-                      WAITER_GO_MARK, WAITER_MOUNTED, WAITER_WCHAN_PREFIX, Event, GuestConfig, Mode, UmountAt, parse_daemon_state)
+from contract import (AT_RESTORE, CACHE_DEATH_RT_OFFSET, CLOCK_MARK, COOKIE_DROPPED, KEEPER_BOUND, NETFS_COOKIES,
+                      REOPEN_CLOSED, REOPEN_GO_MARK, REOPEN_HELD, REOPEN_NONE, REOPEN_RESTORED, UMOUNT_AT,
+                      UMOUNT_REOPEN_RT_OFFSET, WAITER_GO_MARK, WAITER_MOUNTED, WAITER_WCHAN_PREFIX, Event, GuestConfig, Mode, UmountAt, parse_daemon_state)
 from eventlog import EventLog, trace_mark, write_atomically
 from reader import detach, read_proc, umount
 
@@ -396,8 +396,8 @@ class Keeper:
                     # successor read the device 4.5 s later)
                     reached = wait_for_file(self.config.reopen_state_file, REOPEN_HELD,
                                             time.monotonic() + 2 * bound).startswith(REOPEN_HELD)
-                if at == UmountAt.RESTORE and reached:
-                    reached = self._kill_holder_until_restored(fsid, bound)
+                if at in AT_RESTORE and reached:
+                    reached = self._kill_holder_until_restored(fsid, at, bound)
                 # detached first: the mount goes with the waiter's last file, as it dies
                 detached = detach(target)
             if waiter is not None and mounted:
@@ -416,11 +416,12 @@ class Keeper:
                           closed=closed.strip() or None, reached=reached, detached=detached, gone_s=gone_s,
                           dropped_s=dropped_s)
 
-    def _kill_holder_until_restored(self, fsid: str, bound: float) -> bool:
-        """UmountAt.RESTORE: SIGKILL the incarnation that holds the reopen's OPEN (or its
-        successor, which holds it again), wait until the next one has written `restore` (it then
-        waits), and let it read on: the caller unmounts at once. Whether an incarnation said so."""
-        write_atomically(self.config.reopen_file, f"{fsid}\n{UmountAt.RESTORE}\n")
+    def _kill_holder_until_restored(self, fsid: str, at: str, bound: float) -> bool:
+        """AT_RESTORE: SIGKILL the incarnation that holds the reopen's OPEN (or its successor,
+        which holds it again), wait until the next one has written `restore` (it then waits), and
+        let it go on; the caller unmounts at once (RESTORE), or once it says it serves (REDELIVER:
+        its threads start reading). Whether it got that far."""
+        write_atomically(self.config.reopen_file, f"{fsid}\n{at}\n")
         remove(self.config.reopen_state_file)
         if (child := self.child) is not None:
             child.kill()
@@ -428,7 +429,9 @@ class Keeper:
                                  time.monotonic() + self.config.restart_delay_s + 2 * bound)
         # go: the hold goes on (the file names the cookie); no later incarnation waits
         write_atomically(self.config.reopen_file, fsid + "\n")
-        return restored.startswith(REOPEN_RESTORED)
+        if not restored.startswith(REOPEN_RESTORED):
+            return False
+        return at != UmountAt.REDELIVER or self.serving_pid(time.monotonic() + bound) is not None
 
     def serving_pid(self, deadline: float) -> int | None:
         """The pid of the incarnation that says it serves (daemon.state), if it is our child's."""

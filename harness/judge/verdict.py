@@ -24,7 +24,7 @@ from .probes import ProbeCounts
 from .misbehaviour import MisbehaviourFacts
 from .reread import Reread
 from .statekills import StateHits
-from guest_scripts.contract import EndOfRun, Probe, UmountAt
+from guest_scripts.contract import AT_RESTORE, EndOfRun, Probe
 from ..scenarios import CRASH_POINTS, Needs
 from .trace import TraceFacts
 
@@ -235,7 +235,7 @@ def missing_evidence(daemon: DaemonFacts, trace: TraceFacts, ledger: Ledger, pro
                                                    f"work running or its OPEN held): {raced} of {len(reopen_umounts)}, "
                                                    f"need {needs.reopen_umounts}"))
     if needs.restore_umounts and (raced := sum(u.decided_in_restore for u in reopen_umounts)) < needs.restore_umounts:
-        asked = sum(u.at == UmountAt.RESTORE for u in reopen_umounts)
+        asked = sum(u.at in AT_RESTORE for u in reopen_umounts)
         missing.append(Reason(Check.RESTORE_UMOUNTS, f"mounts unmounted as a restore marked their reopen's OPEN "
                                                     f"again: {raced} of {asked}, need {needs.restore_umounts}"))
     if needs.crash_point_hits and th.crash_points_planned:
