@@ -216,9 +216,36 @@ def test_every_held_reopen_met_by_its_drop_is_ended_and_waited_for(run):
     unmounted = r["reopen_umounts"]
     assert len(decided(r)) >= 3 and not any(u["violations"] for u in unmounted), unmounted
     assert all(u["state"] == DropState.DELIVERED for u in unmounted if u["at"] == "open"), unmounted
-    # the daemon's late answer to each held OPEN was refused: the drop had ended it
+    # at a restore: the drop came before the restored OPEN was delivered again (restore: the
+    # incarnation starting) or after (redeliver: its threads reading), both after the restore
+    at_restore = [u for u in decided(r) if u["at"] in ("restore", "redeliver")]
+    assert len(at_restore) >= 3 and all(u["restored"] for u in at_restore), unmounted
+    assert {u["state"] for u in at_restore} == {DropState.RESTORED, DropState.DELIVERED}, at_restore
+    # the daemon's late answer to each OPEN it held was refused: the drop had ended it
     daemon = [json.loads(line) for line in (run / "guest" / "daemon.jsonl").read_text().splitlines()]
-    assert sum(e["event"] == "dropped" and e["errno"] == 22 for e in daemon) >= len(decided(r))
+    held = [u for u in decided(r) if u["state"] == DropState.DELIVERED]
+    assert sum(e["event"] == "dropped" and e["errno"] == 22 for e in daemon) >= len(held)
+
+
+def test_a_restored_open_handed_out_by_a_read_begun_after_its_drop_fails(run):
+    """An OPEN a restore marked again, which the drop ended before any read() took it, handed out
+    by a read() that began after the drop returned: the drop left it queued."""
+    u = next(u for u in decided(judged(run)) if u["state"] == DropState.RESTORED)
+    lines = trace_lines(run)
+    (dropped,) = [i for i, s in enumerate(lines) if " dropped: " in s and ts(s) == u["drop_end"]]
+    at = u["drop_end"]
+    lines[dropped + 1:dropped + 1] = [
+        f"         python3-999     (    999) [001] .....  {at + 0.010:.6f}: read_begin: (cachefiles_daemon_read+0x1/0x2)",
+        f"         python3-999     (    999) [001] .....  {at + 0.011:.6f}: cachefiles_ondemand_open: "
+        f"o={u['debug_id']:08x} mid=0 oid=0 fd=12 f=0"]
+    set_trace(run, lines)
+    r = judged(run)
+    assert r["verdict"] == "FAIL" and r["failed_checks"] == ["reopen-umount-probe"], r["reasons"]
+    assert "by a read() of the device that began 0.010 s after its drop returned" in r["reasons"][0]
+    # begun before the drop returned, it may have taken the OPEN first: no violation
+    lines[dropped + 1] = lines[dropped + 1].replace(f"{at + 0.010:.6f}", f"{at - 0.000001:.6f}")
+    set_trace(run, lines)
+    assert judged(run)["verdict"] == "PASS"
 
 
 def test_a_reopen_work_that_returns_after_its_drop_fails(run):
