@@ -69,7 +69,7 @@ class FaultLoop:
             if incarnation > 1:
                 # the last death must be recovered from too: an answer from the next incarnation
                 self.logs.wait_until(f"incarnation {incarnation} answering",
-                                     lambda: incarnation in self.logs.answered_by, self.t.recovery)
+                                     lambda: self.logs.answered_since(incarnation), self.t.recovery)
         except GuestHung as e:
             return str(e)
         return None
@@ -100,7 +100,7 @@ class FaultLoop:
         # armed once this incarnation has answered and served a while, as a timer kill waits its
         # delay: kills back to back would carry what the first dead one held through a chain of
         # deaths (the wait is the fault plan's, not the kernel's; 21 s seen, bound 30 s)
-        self.logs.wait_until(f"incarnation {inc} answering", lambda: inc in self.logs.answered_by, self.t.recovery)
+        self.logs.wait_until(f"incarnation {inc} answering", lambda: self.logs.answered_since(inc), self.t.recovery)
         self.logs.clock.sleep(action.delay_s)
         ctl = shlex.quote(self.logs.config.statekill_ctl)
         before = len(self.logs.state_kills)

@@ -117,6 +117,12 @@ class GuestLogs:
                 raise GuestHung(f"{what}: not within {timeout_s:.0f}s")
             self.clock.sleep(POLL_S)
 
+    def answered_since(self, incarnation: int) -> bool:
+        """Whether incarnation `incarnation`, or a later one, has answered a request: the keeper
+        may kill one before it answers anything (Fault.UMOUNT_REOPEN at a restore kills the
+        incarnation holding the reopen's OPEN; a wait for that one alone never ends)."""
+        return any(i >= incarnation for i in self.answered_by)
+
     def wait_for_incarnation(self, incarnation: int, timeout_s: float) -> tuple[int, int]:
         """(incarnation, pid) once incarnation `incarnation` (or a later one) is serving."""
         state: tuple[int, int] | None = None

@@ -218,3 +218,16 @@ def test_a_state_that_never_comes_is_a_miss_and_the_agent_is_disarmed(tmp_path: 
     [missed] = faults(tmp_path)
     assert missed["missed"] and missed["state"] == KernelState.DELIVERED_OPEN
     assert TIMEOUTS.recovery / 3 <= guest.now < TIMEOUTS.recovery
+
+
+def test_an_incarnation_the_keeper_kills_before_it_answers_does_not_hold_up_the_faults(tmp_path: Path) -> None:
+    """Fault.UMOUNT_REOPEN at a restore: the keeper SIGKILLs the incarnation holding the reopen's
+    OPEN, which may never have answered anything; the next one's answer is what is waited for."""
+    guest = StandInGuest(tmp_path)
+    guest.silent.add(2)
+    guest.dies_by_itself.add(2)  # the keeper's kill, unasked by the host
+    guest.states_at_once = {KernelState.DELIVERED_READ}
+    loop = fault_loop(tmp_path, guest, [Fault.KILL], [KernelState.DELIVERED_READ])
+    assert loop.run() is None
+    assert loop.logs.died == {1, 2, 3} and 4 in loop.logs.answered_by
+    assert guest.now < TIMEOUTS.recovery
