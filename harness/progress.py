@@ -1,26 +1,28 @@
 """Progress on long work: one line that updates itself on a terminal, plain timestamped lines in
 a CI log.
 
-A run spends minutes in each stage (source (download, checkout, series), build, boot, faults, drain) and a person at a
-terminal wants to see it move; a CI log wants a line now and then, not a line per compiled
-file nor carriage returns. The formatting is pure (`format_status`, `format_plain`); `Progress`
+A run spends minutes in each stage (source (download, unpack, import, commit, checkout, series),
+build, boot, faults, drain) and a person at a terminal wants to see it move; a CI log wants a
+line now and then, not a line per compiled file nor carriage returns. The formatting is pure (`format_status`, `format_plain`); `Progress`
 only decides when to write and how.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, TextIO
+from typing import Callable, Iterator, TextIO
 
 STAGES = ("source", "build", "boot", "ssh", "faults", "drain")  # ssh: with --transport ssh only
 # kbuild's quiet output: "  CC      fs/erofs/super.o", "  CC [M]  ...": one object compiled
 _COMPILED = re.compile(r"^\s+CC(?: \[M\])?\s+\S")
 # counter -> what it is called after its number
 UNITS = {"objects": "objects compiled", "kills": "kills", "closes": "fd closes", "served": "requests served",
-         "bytes": "bytes"}
+         "bytes": "bytes", "files": "files"}
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class Status:
     counters: dict[str, int] = field(default_factory=dict)
     totals: dict[str, int] = field(default_factory=dict)  # counter -> the number expected, if known
     detail: str = ""
+    step: str = ""  # what the stage is doing now ("unpack"): shown first, its counters after it
 
 
 def is_compile_line(line: str) -> bool:
@@ -45,10 +48,12 @@ def _count(name: str, value: int, total: int | None) -> str:
 
 
 def format_status(status: Status, now: float) -> str:
-    """`build 2m05s: 1234 objects compiled`: the stage, its time so far, its counters."""
+    """`build 2m05s: 1234 objects compiled`, `source 12s: unpack, 41234 files`: the stage, its
+    time so far, its step, its counters."""
     elapsed = max(0, int(now - status.stage_started))
     clock = f"{elapsed // 60}m{elapsed % 60:02d}s" if elapsed >= 60 else f"{elapsed}s"
-    parts = [_count(k, v, status.totals.get(k)) for k, v in status.counters.items()]
+    parts = [status.step] if status.step else []
+    parts += [_count(k, v, status.totals.get(k)) for k, v in status.counters.items()]
     if status.detail:
         parts.append(status.detail)
     return f"{status.stage} {clock}" + (": " + ", ".join(parts) if parts else "")
@@ -57,6 +62,11 @@ def format_status(status: Status, now: float) -> str:
 def format_plain(status: Status, now: float, wall: float) -> str:
     """A CI log's line: the wall-clock time first, so that lines can be matched with other logs."""
     return time.strftime("%H:%M:%S", time.localtime(wall)) + " " + format_status(status, now)
+
+
+def silent() -> Progress:
+    """A display that shows nothing (no stage is ever started on it): for callers without one."""
+    return Progress(io.StringIO(), tty=False)
 
 
 class Progress:
@@ -85,9 +95,20 @@ class Progress:
                 self._draw(force=True)
                 self.stream.write("\n")  # the finished stage keeps its last line
                 self._width = 0
-            elif self.status is not None and self._unwritten:
-                self._draw(force=True)  # the finished stage's last counts, in the log too
+            else:
+                self._finish_unwritten()
             self.status = Status(name, self.clock(), {}, dict(totals or {}), detail)
+            self._draw(force=True)
+
+    def step(self, name: str, totals: dict[str, int] | None = None) -> None:
+        """A step of the stage (`download`, `unpack`): its counters start afresh; drawn at once, in
+        a log after the finished step's last counts (on a terminal it is the same line)."""
+        with self._lock:
+            if self.status is None:
+                return
+            if not self.tty:
+                self._finish_unwritten()
+            self.status = replace(self.status, step=name, counters={}, totals=dict(totals or {}))
             self._draw(force=True)
 
     def count(self, name: str, n: int = 1) -> None:
@@ -104,6 +125,38 @@ class Progress:
         if is_compile_line(line):
             self.count("objects")
 
+    def counting(self, name: str, counts: Callable[[str], bool]) -> Callable[[str], None]:
+        """An `on_line` for `proc.run` that counts the lines `counts` says are one more."""
+        def on_line(line: str) -> None:
+            if counts(line):
+                self.count(name)
+        return on_line
+
+    @contextlib.contextmanager
+    def polling(self, name: str, read: Callable[[], int], interval_s: float = 0.5) -> Iterator[None]:
+        """Counter `name` set from `read()` every `interval_s` while the block runs (a file that a
+        child writes, growing), and once more at its end."""
+        stop = threading.Event()
+
+        def poll() -> None:
+            try:
+                self.set(name, read())
+            except OSError:  # the file went away between a listing and a stat: the next poll sees
+                pass
+
+        def loop() -> None:
+            while not stop.wait(interval_s):
+                poll()
+
+        poller = threading.Thread(target=loop, name=f"progress-{name}", daemon=True)
+        poller.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            poller.join()
+            poll()
+
     def done(self) -> None:
         """The last status, complete, and the terminal's line ended."""
         with self._lock:
@@ -114,6 +167,10 @@ class Progress:
                     self._width = 0
                 self.status = None
             self.stream.flush()
+
+    def _finish_unwritten(self) -> None:
+        if self.status is not None and self._unwritten:
+            self._draw(force=True)  # the finished stage's (or step's) last counts, in the log too
 
     def _update(self, change: Callable[[Status], Status]) -> None:
         with self._lock:

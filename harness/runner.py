@@ -65,7 +65,8 @@ class Run:
         fragments = kconfig.flavor_fragments(req.flavor)
         self.progress.stage("source")
         try:
-            with source.prepare(req.cache, req.package, req.tree, req.ref, req.series, self.dir) as (src, prov):
+            with source.prepare(req.cache, req.package, req.tree, req.ref, req.series, self.dir,
+                                self.progress) as (src, prov):
                 self.meta["provenance"] = prov.to_json()
                 self.progress.stage("build", detail=str(src.tree))
                 result = build.build(build.BuildRequest(src, fragments, req.cache, req.jobs, BUILD_TIMEOUT_S,

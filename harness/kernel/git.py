@@ -2,11 +2,17 @@
 
 Commits the harness makes (the Debian source's base, a series applied with `git am`) carry a
 fixed identity and dates, so the same input gives the same commit ids on every machine.
+
+No git command run here starts git's automatic garbage collection or maintenance (`git commit`
+and `git am` would: a `git pack-objects` of a whole kernel tree, on a core beside the build):
+the settings are given on the command line, which writes no configuration, so they hold in the
+harness's repositories, those an older harness made included, and in a user's repository (whose
+objects a scratch worktree's `git am` adds to) without a byte of its config changed.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, TypedDict
+from typing import TYPE_CHECKING, Callable, Iterable, TypedDict
 
 from .. import proc
 from ..errors import InputError, UntestableError
@@ -19,6 +25,7 @@ IDENTITY = {
     "GIT_COMMITTER_NAME": "failover-harness", "GIT_COMMITTER_EMAIL": "harness@failover-harness.invalid",
 }
 FIXED_DATES = {"GIT_AUTHOR_DATE": "2000-01-01T00:00:00Z", "GIT_COMMITTER_DATE": "2000-01-01T00:00:00Z"}
+NO_AUTO_GC = ("-c", "gc.auto=0", "-c", "maintenance.auto=false")
 GIT_TIMEOUT_S = 600  # `git add` of a whole kernel tree is the slowest: about 30 s on 2 cores
 
 
@@ -27,12 +34,13 @@ class RunOptions(TypedDict, total=False):
     timeout_s: float
     env: dict[str, str] | None
     log: Path | None
+    on_line: Callable[[str], None] | None
 
 
 def run(tree: Path, *args: str, timeout_s: float = GIT_TIMEOUT_S, env: dict[str, str] | None = None,
-        log: Path | None = None) -> proc.Completed:
-    return proc.run(["git", "-C", str(tree), *args], timeout_s=timeout_s, env={**IDENTITY, **(env or {})},
-                    log=log)
+        log: Path | None = None, on_line: Callable[[str], None] | None = None) -> proc.Completed:
+    return proc.run(["git", *NO_AUTO_GC, "-C", str(tree), *args], timeout_s=timeout_s,
+                    env={**IDENTITY, **(env or {})}, log=log, on_line=on_line)
 
 
 def check(tree: Path, *args: str, **kw: Unpack[RunOptions]) -> str:

@@ -6,7 +6,9 @@ made a git repository there (one commit, fixed identity and dates: the same pack
 same commit id everywhere), so that a series can be applied and a history bisected in it. That
 tree belongs to the harness: runs check out the commit they need in it, forced and detached, and
 git rewrites only the files that differ, so the one build directory of the tree rebuilds only
-what changed. A `.harness-unpacked` marker written last says the copy is whole.
+what changed. A `.harness-unpacked` marker written last says the copy is whole. The progress
+display shows each step as it goes: the bytes downloaded, the files unpacked, the files imported
+into git, the commit.
 
 A user's tree is never written to. Built as it is (out of tree) when no ref or series is asked
 for; otherwise the ref is checked out, and the series applied, in a scratch worktree of its
@@ -28,6 +30,7 @@ from typing import Any, Iterator
 
 from . import git, series
 from .. import proc
+from ..progress import Progress, silent
 from ..errors import HarnessError, InputError, UntestableError
 
 DEFAULT_PACKAGE = "linux-source-6.12"
@@ -122,11 +125,30 @@ def base_tag(name: str) -> str:
     return "debian/" + re.sub(r"[^A-Za-z0-9._+-]", "_", name)
 
 
-def _make_repo(tree: Path, name: str) -> None:
-    """One commit of the package's content, exactly: `-f` because Debian's .gitignore ignores `/*`."""
+def is_unpacked_file(line: str) -> bool:
+    """A line of `tar -xv`'s listing that is a file (a directory's ends in `/`; tar's own
+    messages start `tar: `)."""
+    return bool(line) and not line.endswith("/") and not line.startswith("tar: ")
+
+
+def is_added_file(line: str) -> bool:
+    """A line of `git add --verbose`: `add 'arch/x86/Kconfig'`."""
+    return line.startswith("add '")
+
+
+def _size_of(directory: Path, pattern: str) -> int:
+    """Bytes in the files under `directory` named like `pattern`: a download as it grows."""
+    return sum(f.stat().st_size for f in directory.rglob(pattern) if f.is_file())
+
+
+def _make_repo(tree: Path, name: str, progress: Progress, files: int | None = None) -> None:
+    """One commit of the package's content, exactly: `-f` because Debian's .gitignore ignores `/*`.
+    `files`, if known, is how many the tree has: the import's total."""
     if git.head(tree) is None:
         git.check(tree, "init", "--quiet")
-        git.check(tree, "add", "--all", "--force")
+        progress.step("import", totals={"files": files} if files else None)
+        git.check(tree, "add", "--all", "--force", "--verbose", on_line=progress.counting("files", is_added_file))
+        progress.step("commit")
         git.check(tree, "commit", "--quiet", "--no-verify", "-m", f"{name} (Debian source package)",
                   env=git.FIXED_DATES)
     git.check(tree, "tag", "--force", base_tag(name))
@@ -138,13 +160,30 @@ def unpacked_tree(cache: Path, package: str) -> Path | None:
     return markers[0].parent / "linux" if markers else None
 
 
-def debian_package(cache: Path, package: str = DEFAULT_PACKAGE) -> KernelSource:
+def download_size(package: str) -> int | None:
+    """The size of the .deb `apt-get download` would fetch (apt's lists know it), if told."""
+    if shutil.which("apt-cache") is None:
+        return None
+    r = proc.run(["apt-cache", "show", "--no-all-versions", package], timeout_s=60)
+    sizes = re.findall(r"^Size:\s*(\d+)\s*$", r.output, re.M) if r.ok else []
+    return int(sizes[0]) if sizes else None
+
+
+def _download(apt: str, downloads: Path, package: str, progress: Progress) -> proc.Completed:
+    size = download_size(package)
+    progress.step("download", totals={"bytes": size} if size else None)
+    with progress.polling("bytes", lambda: _size_of(downloads, f"{package}_*")):
+        return proc.run([apt, "download", package], cwd=downloads, timeout_s=900)
+
+
+def debian_package(cache: Path, package: str = DEFAULT_PACKAGE, progress: Progress | None = None) -> KernelSource:
     """The package's tree in the cache, a git repository; its HEAD is wherever the last run left it."""
+    progress = progress if progress is not None else silent()
     src_root = cache / "src"
     if (tree := unpacked_tree(cache, package)) is not None:
         if not (tree / ".git").exists():  # unpacked by a harness from before trees were repositories
             with locked(tree.parent / "lock", f"the {package} tree"):
-                _make_repo(tree, tree.parent.name)
+                _make_repo(tree, tree.parent.name, progress)
         return KernelSource(tree, f"debian:{tree.parent.name}", kernel_version(tree))
 
     apt = proc.require_tool("apt-get", "apt")
@@ -152,7 +191,7 @@ def debian_package(cache: Path, package: str = DEFAULT_PACKAGE) -> KernelSource:
     downloads.mkdir(parents=True, exist_ok=True)
     debs = sorted(downloads.glob(f"{package}_*.deb"))
     if not debs:
-        got = proc.run([apt, "download", package], cwd=downloads, timeout_s=900)
+        got = _download(apt, downloads, package, progress)
         debs = sorted(downloads.glob(f"{package}_*.deb"))
         if not got.ok or not debs:
             raise UntestableError(f"apt-get download {package} failed: {got.tail(3)}")
@@ -163,19 +202,22 @@ def debian_package(cache: Path, package: str = DEFAULT_PACKAGE) -> KernelSource:
     shutil.rmtree(partial, ignore_errors=True)
     shutil.rmtree(final, ignore_errors=True)
     partial.mkdir(parents=True)
+    progress.step("unpack")
     r = proc.run(["dpkg-deb", "-x", str(deb), str(partial / "deb")], timeout_s=600)
     if not r.ok:
         raise UntestableError(f"unpacking {deb.name} failed: {r.tail(3)}")
     tarballs = sorted((partial / "deb" / "usr" / "src").glob("linux-source-*.tar.*"))
     if not tarballs:
         raise UntestableError(f"{deb.name} holds no linux-source tarball")
-    r = proc.run(["tar", "-xaf", str(tarballs[0]), "-C", str(partial)], timeout_s=900)
+    r = proc.run(["tar", "-xavf", str(tarballs[0]), "-C", str(partial)], timeout_s=900,
+                 on_line=progress.counting("files", is_unpacked_file))
     if not r.ok:
         raise UntestableError(f"unpacking {tarballs[0].name} failed: {r.tail(3)}")
+    files = sum(map(is_unpacked_file, r.output.splitlines()))
     shutil.rmtree(partial / "deb")
     (unpacked,) = [p for p in partial.iterdir() if p.is_dir()]
     unpacked.rename(partial / "linux")
-    _make_repo(partial / "linux", name)
+    _make_repo(partial / "linux", name, progress, files)
     (partial / MARKER).write_text(f"{deb.name}\n")
     partial.rename(final)  # git stores no absolute paths: the repository moves with its tree
     tree = final / "linux"
@@ -217,9 +259,9 @@ class WorkTree:
         return git.resolve(self.repo, ref or self.default_base)
 
 
-def work_tree(cache: Path, package: str, tree: Path | None) -> WorkTree:
+def work_tree(cache: Path, package: str, tree: Path | None, progress: Progress | None = None) -> WorkTree:
     if tree is None:
-        src = debian_package(cache, package)
+        src = debian_package(cache, package, progress)
         return WorkTree(src.tree, src.tree.parent / "lock", src.identity, src.tree, base_tag(src.tree.parent.name))
     top = tree.resolve()
     kernel_version(top)
@@ -248,8 +290,8 @@ def known_commit(cache: Path, package: str, tree: Path | None, ref: str) -> str 
 
 @contextlib.contextmanager
 def prepare(cache: Path, package: str, tree: Path | None, ref: str | None, series_path: Path | None,
-            work_dir: Path) -> Iterator[tuple[KernelSource, Provenance]]:
-    """The source to build, held (locked) until the caller has built it.
+            work_dir: Path, progress: Progress | None = None) -> Iterator[tuple[KernelSource, Provenance]]:
+    """The source to build, held (locked) until the caller has built it; `progress` shows its steps.
 
     Patches are read before anything is checked out, so that a series that is not one fails
     first; a series that does not apply raises SeriesError with each patch's outcome.
@@ -261,10 +303,14 @@ def prepare(cache: Path, package: str, tree: Path | None, ref: str | None, serie
         yield src, Provenance(src.identity, head, git.describe(src.tree, head) if head else None,
                               head if src.commit else None)
         return
-    wt = work_tree(cache, package, tree)
+    progress = progress if progress is not None else silent()
+    wt = work_tree(cache, package, tree, progress)
     with locked(wt.lock, str(wt.path)):
         base = wt.resolve(ref)
+        progress.step("checkout")
         git.checkout(wt.path, base)
+        if patches:
+            progress.step("series")
         results = series.apply(wt.path, patches, work_dir) if patches else ()
         head = git.head(wt.path)
         yield (KernelSource(wt.path, wt.identity, kernel_version(wt.path), head),
