@@ -421,8 +421,8 @@ class Keeper:
         which holds it again), wait until the next one has written `restore` (it then waits), and
         let it go on; the caller unmounts at once (RESTORE), or once it says it serves (REDELIVER:
         its threads start reading). Whether it got that far."""
+        remove(self.config.reopen_state_file)  # first: a `restored` written after the next line is kept
         write_atomically(self.config.reopen_file, f"{fsid}\n{at}\n")
-        remove(self.config.reopen_state_file)
         if (child := self.child) is not None:
             child.kill()
         restored = wait_for_file(self.config.reopen_state_file, REOPEN_RESTORED,

@@ -27,9 +27,12 @@ The rules, each exact (no allowance; a correct kernel breaks none, README says w
   no event names the OPEN: `_Builder.refused` matches it): that counts as delivered again. A
   drop after the restore does not excuse it: its reader waits on it, so its object cannot go
   before it is answered, and a kernel that ended it at the death (the reader retrying on its
-  own) shows exactly that. Except for the objects in `unmounted`, whose waiter the keeper
-  SIGKILLed and whose mount it unmounted on purpose (Fault.UMOUNT_REOPEN at UmountAt.RESTORE):
-  there the drop after the restore is the fault, and reopenumount.py judges what it ended;
+  own) shows exactly that. Except for the OPEN of an object in `unmounted`, whose waiter the
+  keeper SIGKILLed and whose mount it unmounted on purpose after a restore (Fault.UMOUNT_REOPEN at
+  a point of AT_RESTORE): there the drop after the restore is the fault, and reopenumount.py
+  judges what it ended. A request a read() took out before its object's drop ended it (the read()
+  began before the drop returned) and handed out after is a delivery of that lifetime, ended by
+  the drop: the drop does not wait for a read();
 - double: no lifetime is delivered twice without a `restore` between the two deliveries;
 - unanswered: by the end of the trace every lifetime has ended, and every READ the kernel queued
   (the `read` tracepoint) was delivered, unless its object was dropped or its task exited first;
@@ -169,6 +172,9 @@ class _Builder:
         self.abandoned: Counter[tuple[int, int, int]] = Counter()  # READs whose task exited before their delivery
         self.dropped: dict[int, float] = {}  # o -> when it was dropped
         self.known_o: set[int] = set()
+        self.dropping: dict[int, int] = {}  # task -> the object whose drop it is in
+        self.drop_returned: dict[int, float] = {}  # o -> when its drop returned
+        self.read_began: dict[int, float] = {}  # daemon thread -> when its current read() of the device began
         self.fds_handed = self.fds_released = 0
         self.answers: list[float] = []  # when each copen/cread came, in order
         self.delivery_ts: list[float] = []  # when each message was delivered, in order
@@ -207,8 +213,13 @@ class _Builder:
         elif e.event == "read" and o is not None:
             self.queued[(o, f.get("s", -1), f.get("l", -1))] += 1
             self.waiting_reads[e.pid] = (o, f.get("s", -1), f.get("l", -1))
+        elif e.event == "read_begin":
+            self.read_began[e.pid] = e.ts
+        elif e.event == "dropped" and (dropped := self.dropping.pop(e.pid, None)) is not None:
+            self.drop_returned[dropped] = e.ts
         elif e.event == "drop" and o is not None:
             self.dropped[o] = e.ts
+            self.dropping[e.pid] = o
             # its queued READs were failed (EIO): a task that exits later gave nothing up
             self.waiting_reads = {t: k for t, k in self.waiting_reads.items() if k[0] != o}
             for msg_id, lt in list(self.live.items()):
@@ -251,6 +262,10 @@ class _Builder:
             if (o := self.opening.pop(e.pid, None)) is not None:
                 self.oid_to_o[oid] = o
         o = self.oid_to_o.get(oid)
+        if o is not None and (ended := self.taken_before_drop(e.pid, o, msg_id, op, e.ts)) is not None:
+            self.check_not_double(ended, e.ts)
+            ended.deliveries.append(Delivery(e.ts, tgid, oid))
+            return
         lt = self.live.get(msg_id)
         if lt is not None and (lt.op != op or (op == "READ" and (lt.off, lt.length) != (f.get("a"), f.get("b")))):
             # another request under a live one's id: the kernel ended that one where no event shows
@@ -261,9 +276,8 @@ class _Builder:
             lt = Lifetime(msg_id, op, o)
             self.live[msg_id] = lt
             self.all.append(lt)
-        elif not any(lt.deliveries[-1].ts < r <= e.ts for r in self.restores):
-            self.violations.append(Violation("double", f"{lt.describe()} delivered again at {e.ts:.6f} "
-                                             f"(first at {lt.deliveries[-1].ts:.6f}) with no restore between"))
+        else:
+            self.check_not_double(lt, e.ts)
         lt.deliveries.append(Delivery(e.ts, tgid, oid))
         if lt.o is None:
             lt.o = o
@@ -281,6 +295,23 @@ class _Builder:
         if op == "CLOSE":
             lt.ended_ts, lt.ended_by = e.ts, "delivery"
             del self.live[msg_id]
+
+    def check_not_double(self, lt: Lifetime, ts: float) -> None:
+        if lt.deliveries and not any(lt.deliveries[-1].ts < r <= ts for r in self.restores):
+            self.violations.append(Violation("double", f"{lt.describe()} delivered again at {ts:.6f} "
+                                             f"(first at {lt.deliveries[-1].ts:.6f}) with no restore between"))
+
+    def taken_before_drop(self, task: int, o: int, msg_id: int, op: str, ts: float) -> Lifetime | None:
+        """The lifetime a delivery at `ts` belongs to though the object's drop ended it first: the
+        read() took the request out before the drop did (it began before the drop returned:
+        `read_begin`), and handed it out after (the drop does not wait for a read()). None if the
+        object was not dropped, or the read() began after the drop returned (nothing was left to
+        take: a new request, judged as one), or the trace has no `read_begin` (older probes)."""
+        dropped, began = self.dropped.get(o), self.read_began.get(task)
+        if dropped is None or dropped > ts or began is None or began > self.drop_returned.get(o, float("inf")):
+            return None
+        return next((lt for lt in reversed(self.all) if lt.o == o and lt.msg_id == msg_id and lt.op == op
+                     and lt.ended_by == "drop" and lt.ended_ts == dropped), None)
 
     def refused(self, ts: float) -> None:
         """read() failed with EEXIST: an OPEN that a `restore` re-marked while its anon fd was
@@ -333,8 +364,8 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None, unmounted
                     overtaken.append(_between(b.delivery_ts, restore, again) - 1)
                 elif lt.ended_by in ("drop", "unbind", "flushed") and lt.ended_ts is not None and lt.ended_ts < restore:
                     by_kernel += 1  # its object withdrawn, or the cache, before a restore could bring it back
-                elif lt.ended_by == "drop" and lt.o is not None and lt.o in unmounted:
-                    by_kernel += 1  # its reader unmounted on purpose after the restore: reopenumount judges it
+                elif lt.ended_by == "drop" and lt.op == "OPEN" and lt.o is not None and lt.o in unmounted:
+                    by_kernel += 1  # the reopen's OPEN, its reader unmounted on purpose after the restore: reopenumount judges it
                 elif lt.ended_by == "answer" and lt.ended_ts is not None and lt.ended_ts < restore:
                     taken_over += 1
                 elif lt.ended_by == "refused" and lt.ended_ts is not None and lt.ended_ts > restore:

@@ -110,7 +110,7 @@ def evaluate(run_dir: Path) -> Results:
                                  (f"the kprobes missed {logs.kprobe_missed} hit(s)", logs.kprobe_missed)) if n]
     unmounted = reopenumount.judge(logs.keeper, trace_events, complete=not lost)
     kernel_ledger = ledger.build(trace_events, "; ".join(lost) or None,
-                                 frozenset(u.debug_id for u in unmounted if u.debug_id is not None))
+                                 frozenset(u.debug_id for u in unmounted if u.restored and u.debug_id is not None))
     probed = probes.probe_counts(logs.daemon)
     recv_by_pid = Counter(e.get("pid", -1) for e in logs.daemon if e.get("event") == Event.RECV)
     reads_after_reopen = trace.reads_after_reopens(logs.daemon)

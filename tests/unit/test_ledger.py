@@ -96,12 +96,52 @@ def test_a_held_request_whose_object_was_dropped_before_the_restore_was_ended_by
     dropped_after = [*text[:again], drop_line(trace.parse(text[again])[0].ts, o), *text[again + 1:]]
     broken = build(dropped_after).of_rule("held")
     assert len(broken) == 1 and f"msg_id {msg_id} " in broken[0].text
-    # ... unless the object's mount was unmounted on purpose (Fault.UMOUNT_REOPEN at a restore):
-    # reopenumount judges that drop; only that object is excused
+    # ... nor is it when its object was unmounted on purpose after a restore (Fault.UMOUNT_REOPEN):
+    # that excuses only the object's OPEN (the reopen's, which reopenumount judges), not a READ
     events = trace.parse("\n".join(dropped_after))
+    assert len(ledger.build(events, unmounted=frozenset({o})).of_rule("held")) == 1
+
+
+def test_a_held_reopen_open_dropped_after_the_restore_is_left_to_reopenumount():
+    """An OPEN held at a death, marked again by the restore, and ended by its object's drop before
+    any read() took it: a `held` violation, unless the object is one the keeper unmounted on
+    purpose after the restore (then reopenumount judges the drop)."""
+    o, holder = 30, 304
+    lines = [f"         python3-306     (    {holder}) [001] .....    80.000000: cachefiles_ondemand_open: o={o:08x} mid=0 oid=0 fd=12 f=0",
+             f"         python3-306     (    {holder}) [001] .....    80.000050: deliver: (vfs_read+0x1/0x2 <- cachefiles_ondemand_daemon_read) ret=63 msg_id=724 opcode=0 len=63 object_id=85 a=0 b=12",
+             f"         python3-306     (    {holder}) [001] .....    80.500000: sched_process_exit: comm=python3 pid={holder} prio=120",
+             "         python3-320     (    320) [000] .....    81.000000: restore: (cachefiles_daemon_write+0x1/0x2)",
+             drop_line(81.500000, o)]
+    events = trace.parse("\n".join(lines))
+    (held,) = ledger.build(events).of_rule("held")
+    assert "OPEN msg_id 724" in held.text
     excused = ledger.build(events, unmounted=frozenset({o}))
     assert excused.of_rule("held") == [] and sum(p.ended_by_kernel for p in excused.processes) == 1
-    assert len(ledger.build(events, unmounted=frozenset({o + 1})).of_rule("held")) == 1
+
+
+def test_an_open_a_read_took_before_its_drop_and_handed_out_after_is_that_request():
+    """The drop ended the OPEN while a read() that began before it held it (the drop does not wait
+    for a read()): the delivery after the drop is the same request, ended by the drop. Begun after
+    the drop returned, the read() cannot have taken it: a new request, never answered."""
+    o, pid = 30, 306
+    def at(ts: float, event: str, args: str) -> str:
+        return f"         python3-{pid}     (    {pid}) [001] .....    {ts:.6f}: {event}: {args}"
+    def lines(began: float) -> list[str]:
+        return [at(80.0, "read_begin", "(cachefiles_daemon_read+0x1/0x2)"),
+                at(80.0001, "cachefiles_ondemand_open", f"o={o:08x} mid=0 oid=0 fd=12 f=0"),
+                at(80.0002, "deliver", "(vfs_read+0x1/0x2 <- cachefiles_ondemand_daemon_read) ret=63 msg_id=724 "
+                   "opcode=0 len=63 object_id=85 a=0 b=12"),
+                "         python3-320     (    320) [000] .....    81.000000: restore: (cachefiles_daemon_write+0x1/0x2)",
+                drop_line(81.5, o),
+                f"   kworker/u8:2-63      (     63) [001] .....    81.502000: dropped: (cachefiles_withdraw_cookie+0x1/0x2 <- cachefiles_ondemand_clean_object)",
+                at(began, "read_begin", "(cachefiles_daemon_read+0x1/0x2)"),
+                at(81.51, "cachefiles_ondemand_open", f"o={o:08x} mid=0 oid=0 fd=13 f=0"),
+                at(81.5101, "deliver", "(vfs_read+0x1/0x2 <- cachefiles_ondemand_daemon_read) ret=63 msg_id=724 "
+                   "opcode=0 len=63 object_id=86 a=0 b=12")]
+    taken = ledger.build(trace.parse("\n".join(sorted(lines(81.4999), key=lambda s: float(s.split(": ")[0].split()[-1])))))
+    assert not taken.violations, taken.violations
+    late = ledger.build(trace.parse("\n".join(lines(81.503))))
+    assert [v.rule for v in late.violations] == ["unanswered"]
 
 
 def test_a_held_request_answered_before_the_restore_was_taken_over():
