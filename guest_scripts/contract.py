@@ -267,6 +267,13 @@ NETFS_COOKIES: Final = "/proc/fs/netfs/cookies"
 COOKIE_DROPPED: Final = "D"
 
 
+def cookie_live(cookies: str, fsid: str) -> bool:
+    """Whether NETFS_COOKIES' text lists the cookie of `fsid` (its key in hex) not yet dropped."""
+    key = fsid.encode().hex()
+    return any(len(f := row.split()) > 7 and f[7].rstrip(",") == key and f[5] != COOKIE_DROPPED
+               for row in cookies.splitlines())
+
+
 class CrashPoint:
     """Where an incarnation can be told to die (GuestConfig.crash_plan)."""
 

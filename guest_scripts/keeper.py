@@ -52,9 +52,10 @@ import threading
 import time
 from typing import Any, Callable
 
-from contract import (AT_RESTORE, CACHE_DEATH_RT_OFFSET, CLOCK_MARK, COOKIE_DROPPED, KEEPER_BOUND, NETFS_COOKIES,
+from contract import (AT_RESTORE, CACHE_DEATH_RT_OFFSET, CLOCK_MARK, KEEPER_BOUND, NETFS_COOKIES,
                       REOPEN_CLOSED, REOPEN_GO_MARK, REOPEN_HELD, REOPEN_NONE, REOPEN_RESTORED, UMOUNT_AT,
-                      UMOUNT_REOPEN_RT_OFFSET, WAITER_GO_MARK, WAITER_MOUNTED, WAITER_WCHAN_PREFIX, Event, GuestConfig, Mode, UmountAt, parse_daemon_state)
+                      UMOUNT_REOPEN_RT_OFFSET, WAITER_GO_MARK, WAITER_MOUNTED, WAITER_WCHAN_PREFIX, Event, GuestConfig, Mode, UmountAt, cookie_live,
+                      parse_daemon_state)
 from eventlog import EventLog, trace_mark, write_atomically
 from reader import detach, read_proc, umount
 
@@ -554,9 +555,7 @@ def cookie_dropped(fsid: str, bound_s: float) -> float | None:
     """How soon the mount's cookie (its key: the fsid) was dropped or gone from the kernel's
     list: withdrawn, its object dropped. None if not within the bound."""
     start = time.monotonic()
-    key = fsid.encode().hex()
-    while (cookies := text_of(NETFS_COOKIES)) is None or any(
-            len(f := row.split()) > 7 and f[7].rstrip(",") == key and f[5] != COOKIE_DROPPED for row in cookies.splitlines()):
+    while (cookies := text_of(NETFS_COOKIES)) is None or cookie_live(cookies, fsid):
         if time.monotonic() - start > bound_s:
             return None
         time.sleep(0.005)

@@ -296,3 +296,15 @@ def worker_of(lines: list[str], at: int, debug_id: int) -> bool:
         if re.match(rf"\s*\S+-{pid}\s", s) and " init_object: " in s:
             return s.endswith(f" o={debug_id}")
     return False
+
+
+def test_a_cookie_is_live_until_listed_dropped_or_gone():
+    """The keeper's and the daemon's reading of /proc/fs/netfs/cookies (6.12's format)."""
+    from guest_scripts.contract import cookie_live
+    key = "img0.reopen4".encode().hex()
+    head = "COOKIE   VOLUME   REF ACT ACC S FL DEF\n======== ======== === === === = == ================\n"
+    assert cookie_live(head + f"0000002a 00000003   2   1   0 A 2a {key},\n", "img0.reopen4")
+    assert not cookie_live(head + f"0000002a 00000003   1   0   0 D 2a {key},\n", "img0.reopen4")
+    assert not cookie_live(head, "img0.reopen4")
+    assert not cookie_live(head + f"0000002b 00000003   2   1   0 A 2a {'img0.reopen40'.encode().hex()},\n",
+                           "img0.reopen4")
