@@ -55,5 +55,7 @@ def test_cheapest_mutant_of_a_2024_fix_is_killed_by_the_misbehaving_daemon(tmp_p
     # mounts unmounted as the kernel reopened their object: the drops that met the reopen work
     unmounted = json.loads((run_dir / "results.json").read_text())["reopen_umounts"]
     assert sum(u["decided"] for u in unmounted) >= 3 and not any(u["violations"] for u in unmounted), unmounted
+    # ... of them, drops after a restore had marked the held OPEN again (its holder killed)
+    assert sum(u["decided"] and u["restored"] for u in unmounted) >= 3, unmounted
     (o,) = [o for o in r["outcomes"] if o["name"] == m.name]
     assert o["status"] == "killed" and m.expect in o["killed_by"], o
