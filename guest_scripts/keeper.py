@@ -30,9 +30,9 @@ anon fd and holds its next OPEN, the waiter reads (its READ finds the object clo
 reopen work sends that OPEN), and the keeper detaches the mount and SIGKILLs the waiter at a
 UmountAt point, taken in turn: its READ queued, the reopen's OPEN held, or (AT_RESTORE) that
 OPEN's holder SIGKILLed and the next incarnation's `restore` written (it waits for the keeper's
-word; the keeper unmounts as it goes on, or once it serves). The waiter's exit drops the object under the reopen work; once
-its cookie is dropped the keeper ends the hold, and the daemon answers the OPEN late
-(harness/judge/reopenumount.py).
+word; the keeper unmounts as it goes on, or once it serves). The waiter's exit drops the object
+under the reopen work; once its cookie is dropped the keeper ends the hold, and the daemon
+answers the OPEN late (harness/judge/reopenumount.py).
 
 In `no_failover` mode the keeper gives its copy of the device fd away: when the daemon dies the
 cache dies with it (every queued request fails with EIO). That is the negative control.
@@ -54,8 +54,8 @@ from typing import Any, Callable
 
 from contract import (AT_RESTORE, CACHE_DEATH_RT_OFFSET, CLOCK_MARK, KEEPER_BOUND, NETFS_COOKIES,
                       REOPEN_CLOSED, REOPEN_GO_MARK, REOPEN_HELD, REOPEN_NONE, REOPEN_RESTORED, UMOUNT_AT,
-                      UMOUNT_REOPEN_RT_OFFSET, WAITER_GO_MARK, WAITER_MOUNTED, WAITER_WCHAN_PREFIX, Event, GuestConfig, Mode, UmountAt, cookie_live,
-                      parse_daemon_state)
+                      UMOUNT_REOPEN_RT_OFFSET, WAITER_GO_MARK, WAITER_MOUNTED, WAITER_WCHAN_PREFIX, Event,
+                      GuestConfig, Mode, UmountAt, cookie_live, parse_daemon_state)
 from eventlog import EventLog, trace_mark, write_atomically
 from reader import detach, read_proc, umount
 
