@@ -41,7 +41,7 @@ from contract import (AT_RESTORE, CACHE_DEATH_RT_OFFSET, NETFS_COOKIES, REOPEN_C
                       UMOUNT_REOPEN_RT_OFFSET, CrashPoint, Event, Fault, GuestConfig, Probe, ProbeOutcome, RestoreWhy,
                       StaleOrigin, cookie_live, daemon_serving)
 from eventlog import EventLog, write_atomically
-from keeper import recv_fd, recv_msg, send_msg
+from keeper import recv_fd, recv_msg, send_msg, text_of
 
 ALIGN = 4096
 # The patch-4 probe (Daemon.probe_epollin): empty reads in a row that no correct kernel makes
@@ -549,11 +549,7 @@ class Daemon:
     @staticmethod
     def cookie_dropped(fsid: str) -> bool:
         """Whether the kernel lists `fsid`'s cookie as dropped, or no more (its object dropped)."""
-        try:
-            with open(NETFS_COOKIES) as f:
-                return not cookie_live(f.read(), fsid)
-        except OSError:
-            return False
+        return (cookies := text_of(NETFS_COOKIES)) is not None and not cookie_live(cookies, fsid)
 
     def cookie_to_hold(self) -> str | None:
         """Fault.UMOUNT_REOPEN: the cookie whose OPENs are held, while the keeper's file names it.

@@ -60,7 +60,7 @@ class Needs:
     # running or its OPEN delivered and unanswered (reopenumount.RACED)
     reopen_umounts: int = 0
     # ... of those, drops that came after a restore had marked the reopen's OPEN again, its holder
-    # dead (UmountAt.RESTORE)
+    # dead (the points of contract.AT_RESTORE)
     restore_umounts: int = 0
     end_checked: bool = True  # the end check's re-read marked in the trace; kmemleak scanned (debug)
 

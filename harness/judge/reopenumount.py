@@ -9,7 +9,7 @@ work (`reopen_work` to `reopen_worked`, ondemand_object_worker; `init_object` in
 object), which sends the reopen's OPEN (`open` tracepoint for `o`, then `deliver` in the same
 daemon thread: its msg_id) and waits for its copen.
 
-At UmountAt.RESTORE the daemon that holds the OPEN is SIGKILLed first, and the drop comes as
+At the points of AT_RESTORE the daemon that holds the OPEN is SIGKILLed first, and the drop comes as
 the next incarnation's `restore` has marked the OPEN new again: it races the OPEN's re-delivery
 (a read() that took it before the drop, or the drop cancelling it first).
 
@@ -69,7 +69,7 @@ class ReopenUmount:
     drop_start: float | None
     drop_end: float | None
     violations: tuple[str, ...]
-    # a restore came between the reopen's OPEN's first delivery and the drop (UmountAt.RESTORE)
+    # a restore came between the reopen's OPEN's first delivery and the drop (the points of AT_RESTORE)
     restored: bool = False
 
     @property
