@@ -47,7 +47,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from .trace import TraceEvent
+from .trace import DropsAndReads, TraceEvent
 
 OPCODES = {0: "OPEN", 1: "CLOSE", 2: "READ"}
 
@@ -170,11 +170,8 @@ class _Builder:
         self.delivered_reads: Counter[tuple[int, int, int]] = Counter()
         self.waiting_reads: dict[int, tuple[int, int, int]] = {}  # task -> its READ queued, not yet delivered
         self.abandoned: Counter[tuple[int, int, int]] = Counter()  # READs whose task exited before their delivery
-        self.dropped: dict[int, float] = {}  # o -> when it was dropped
         self.known_o: set[int] = set()
-        self.dropping: dict[int, int] = {}  # task -> the object whose drop it is in
-        self.drop_returned: dict[int, float] = {}  # o -> when its drop returned
-        self.read_began: dict[int, float] = {}  # daemon thread -> when its current read() of the device began
+        self.spans = DropsAndReads()  # the objects dropped, and each daemon thread's current read()
         self.fds_handed = self.fds_released = 0
         self.answers: list[float] = []  # when each copen/cread came, in order
         self.delivery_ts: list[float] = []  # when each message was delivered, in order
@@ -183,6 +180,7 @@ class _Builder:
         self.binds: list[tuple[float, int]] = []  # each bind's (ts, ret)
 
     def feed(self, e: TraceEvent) -> None:
+        self.spans.feed(e)
         f = e.fields
         o = f.get("o")
         if e.event != "drop" and o is not None:
@@ -213,13 +211,7 @@ class _Builder:
         elif e.event == "read" and o is not None:
             self.queued[(o, f.get("s", -1), f.get("l", -1))] += 1
             self.waiting_reads[e.pid] = (o, f.get("s", -1), f.get("l", -1))
-        elif e.event == "read_begin":
-            self.read_began[e.pid] = e.ts
-        elif e.event == "dropped" and (dropped := self.dropping.pop(e.pid, None)) is not None:
-            self.drop_returned[dropped] = e.ts
         elif e.event == "drop" and o is not None:
-            self.dropped[o] = e.ts
-            self.dropping[e.pid] = o
             # its queued READs were failed (EIO): a task that exits later gave nothing up
             self.waiting_reads = {t: k for t, k in self.waiting_reads.items() if k[0] != o}
             for msg_id, lt in list(self.live.items()):
@@ -307,11 +299,11 @@ class _Builder:
         `read_begin`), and handed it out after (the drop does not wait for a read()). None if the
         object was not dropped, or the read() began after the drop returned (nothing was left to
         take: a new request, judged as one), or the trace has no `read_begin` (older probes)."""
-        dropped, began = self.dropped.get(o), self.read_began.get(task)
-        if dropped is None or dropped > ts or began is None or began > self.drop_returned.get(o, float("inf")):
+        drop, began = self.spans.last_drop(o), self.spans.read_began.get(task)
+        if drop is None or drop.start > ts or began is None or (drop.end is not None and began > drop.end):
             return None
         return next((lt for lt in reversed(self.all) if lt.o == o and lt.msg_id == msg_id and lt.op == op
-                     and lt.ended_by == "drop" and lt.ended_ts == dropped), None)
+                     and lt.ended_by == "drop" and lt.ended_ts == drop.start), None)
 
     def refused(self, ts: float) -> None:
         """read() failed with EEXIST: an OPEN that a `restore` re-marked while its anon fd was
@@ -387,7 +379,7 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None, unmounted
     available = bool(b.delivered or b.empty)
     for (o, off, length), n in sorted(b.queued.items()) if available else ():
         missing = n - b.delivered_reads.get((o, off, length), 0) - b.abandoned.get((o, off, length), 0)
-        if missing > 0 and o not in b.dropped and o not in dead_objects:
+        if missing > 0 and o not in b.spans.drops and o not in dead_objects:
             violations.append(Violation("unanswered", f"{missing} READ(s) of object {o} off {off} len {length} "
                                         "queued by the kernel and never delivered"))
     return Ledger(
@@ -398,8 +390,8 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None, unmounted
         by_op=dict(Counter(lt.op for lt in b.all)),
         queued_reads=sum(b.queued.values()),
         abandoned_reads=sum(b.abandoned.values()),
-        drops=len(b.dropped),
-        unknown_drop_ids=sum(1 for o in b.dropped if o not in b.known_o),
+        drops=len(b.spans.drops),
+        unknown_drop_ids=sum(1 for o in b.spans.drops if o not in b.known_o),
         violations=tuple(violations),
         anon_fds_handed=b.fds_handed,
         anon_fds_released=b.fds_released,
@@ -423,7 +415,7 @@ def _death_accounts(b: _Builder) -> tuple[list[CacheDeath], set[int]]:
                 delivered += 1
         objects = known - dead
         queued = sum(max(0, n - b.delivered_reads.get(key, 0)) for key, n in b.queued.items()
-                     if key[0] in objects and key[0] not in b.dropped)
+                     if key[0] in objects and key[0] not in b.spans.drops)
         dead |= objects
         deaths.append(CacheDeath(ts, rebound, sum(1 for t, ret in b.binds if ts < t < rebound and ret != 0),
                                  delivered, queued))

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 
 from guest_scripts.contract import REOPEN_GO_MARK, Event
 from .evidence import LogEvent
-from .trace import TraceEvent, first_reads_after_marks
+from .trace import DropSpan, DropsAndReads, TraceEvent, first_reads_after_marks
 
 
 class DropState:
@@ -97,19 +97,12 @@ def works(events: list[TraceEvent]) -> list[Work]:
     return sorted(done + list(running.values()), key=lambda w: w.start)
 
 
-def drops(events: list[TraceEvent]) -> dict[int, list[tuple[float, float | None]]]:
-    """Object debug id -> its drops, from entry to return (None: never returned)."""
-    entered: dict[int, tuple[int, float]] = {}  # pid -> (object, entry)
-    spans: dict[int, list[tuple[float, float | None]]] = {}
+def drops(events: list[TraceEvent]) -> dict[int, list[DropSpan]]:
+    """Object debug id -> its drops, from entry to return."""
+    spans = DropsAndReads()
     for e in events:
-        if e.event == "drop" and "o" in e.fields:
-            entered[e.pid] = (e.fields["o"], e.ts)
-        elif e.event == "dropped" and e.pid in entered:
-            o, start = entered.pop(e.pid)
-            spans.setdefault(o, []).append((start, e.ts))
-    for o, start in entered.values():
-        spans.setdefault(o, []).append((start, None))
-    return spans
+        spans.feed(e)
+    return spans.drops
 
 
 def judge(keeper: list[LogEvent], events: list[TraceEvent], complete: bool = True) -> tuple[ReopenUmount, ...]:
@@ -124,14 +117,14 @@ def judge(keeper: list[LogEvent], events: list[TraceEvent], complete: bool = Tru
 
 
 def _one(pid: int, fsid: str, at: str, read: TraceEvent | None, events: list[TraceEvent], all_works: list[Work],
-         all_drops: dict[int, list[tuple[float, float | None]]]) -> ReopenUmount:
+         all_drops: dict[int, list[DropSpan]]) -> ReopenUmount:
     if read is None or "o" not in read.fields:
         return ReopenUmount(pid, fsid, at, None, DropState.NO_DROP, None, None, ())
     o = read.fields["o"]
-    drop = next(((s, e) for s, e in all_drops.get(o, []) if s > read.ts), None)
+    drop = next((d for d in all_drops.get(o, []) if d.start > read.ts), None)
     if drop is None:
         return ReopenUmount(pid, fsid, at, o, DropState.NO_DROP, None, None, ())
-    start, end = drop
+    start, end = drop.start, drop.end
     mine = [w for w in all_works if w.debug_id == o and w.start > read.ts]
     msg_id, delivered_ts = _reopen_delivery(events, o, read.ts)
     answered_ts = next((e.ts for e in events if e.event == "copened" and delivered_ts is not None
@@ -181,15 +174,14 @@ def _one(pid: int, fsid: str, at: str, read: TraceEvent | None, events: list[Tra
 
 def _open_read_after(events: list[TraceEvent], o: int, end: float) -> float | None:
     """How long after `end` began the first read() of the device that delivered an OPEN for
-    object `o` (its `open` tracepoint, fired inside that read(), after the thread's last
-    `read_begin`), if one began after `end`. A read() that began before may have taken the
-    request before the drop cancelled it: the drop does not wait for it."""
-    began: dict[int, float] = {}  # thread -> its read()'s entry
+    object `o` (its `open` tracepoint, fired inside that read()), if one began after `end`. A
+    read() that began before may have taken the request before the drop cancelled it."""
+    reads = DropsAndReads()
     for e in events:
-        if e.event == "read_begin":
-            began[e.pid] = e.ts
-        elif e.event == "open" and e.fields.get("o") == o and e.ts > end and began.get(e.pid, 0.0) > end:
-            return round(began[e.pid] - end, 4)
+        reads.feed(e)
+        if (e.event == "open" and e.fields.get("o") == o and e.ts > end
+                and (began := reads.read_began.get(e.pid, 0.0)) > end):
+            return round(began - end, 4)
     return None
 
 

@@ -108,6 +108,39 @@ def first_reads_after_marks(events: list[TraceEvent], mark: str, pids: set[int])
     return reads
 
 
+@dataclass
+class DropSpan:
+    start: float  # `drop`: cachefiles_ondemand_clean_object entered
+    end: float | None = None  # `dropped`: it returned, in the same task (None: not in the trace)
+
+
+class DropsAndReads:
+    """Fed the trace in order: each object's drops, entry to return, and each daemon thread's
+    current read() of the device (entered at `read_begin`). A read() that began before a drop
+    returned may have taken a request of the dropped object out before the drop could cancel it
+    (the drop does not wait for a read()), and hand it out after; one that began after cannot.
+    Shared by the ledger and the reopen-umount judge."""
+
+    def __init__(self) -> None:
+        self.drops: dict[int, list[DropSpan]] = {}  # object debug id -> its drops, in order
+        self.read_began: dict[int, float] = {}  # daemon thread -> when its current read() began
+        self._in_drop: dict[int, DropSpan] = {}  # task -> the drop it is in
+
+    def feed(self, e: TraceEvent) -> None:
+        if e.event == "read_begin":
+            self.read_began[e.pid] = e.ts
+        elif e.event == "drop" and "o" in e.fields:
+            span = DropSpan(e.ts)
+            self.drops.setdefault(e.fields["o"], []).append(span)
+            self._in_drop[e.pid] = span
+        elif e.event == "dropped" and e.pid in self._in_drop:
+            self._in_drop.pop(e.pid).end = e.ts
+
+    def last_drop(self, o: int) -> DropSpan | None:
+        spans = self.drops.get(o)
+        return spans[-1] if spans else None
+
+
 def parse(text: str) -> list[TraceEvent]:
     events = []
     for line in text.splitlines():
