@@ -20,7 +20,8 @@ starts a new lifetime: nothing here matches by msg_id across lifetimes.
 
 The rules, each exact (no allowance; a correct kernel breaks none, README says why):
 - held: a request a daemon process held when it died (delivered to it, not ended before its
-  last thread exited) is delivered again after the next `restore`, unless it ended before that
+  last thread exited) is delivered again after the next `restore` (a process that reads the
+  device after the death with no `restore` written is the daemon's fault, blamed on it), unless it ended before that
   restore: the kernel ended it (its object dropped), or the next process answered it by msg_id
   (a supervisor kept its anon fd across the death: the request was never lost). An OPEN whose
   fd a supervisor kept, re-delivered by the restore, is refused (read() fails with EEXIST, and
@@ -82,9 +83,19 @@ class Lifetime:
 class Violation:
     rule: str  # one of RULES
     text: str
+    blame: str = "kernel"  # one of BLAMES: whose doing the loss is, by the ledger
+
+    def __str__(self) -> str:
+        return f"[{self.blame}] {self.text}"
 
 
 RULES = ("held", "double", "unanswered", "closed")
+# Who lost a request, from the ledger alone (any daemon, ours or not): the kernel, when it did not
+# deliver again what a restore should have brought back, delivered something twice or for a
+# closed object, or left a READ queued while a daemon read the device; the daemon, when it never
+# answered what it was given and was alive to, or died holding it and no process wrote `restore`
+# after, or nobody read the device after a READ was queued.
+BLAMES = ("kernel", "daemon")
 
 
 @dataclass(frozen=True)
@@ -167,6 +178,8 @@ class _Builder:
         self.opening: dict[int, int] = {}  # pid -> o of the `open` tracepoint just fired in it
         self.object_open: dict[int, bool] = {}  # o -> copened and not released since
         self.queued: Counter[tuple[int, int, int]] = Counter()  # (o, off, len) of READs queued
+        self.last_queued: dict[tuple[int, int, int], float] = {}  # ... when the last of each was queued
+        self.last_device_read = float("-inf")  # a daemon's last read() of the device, whatever it returned
         self.delivered_reads: Counter[tuple[int, int, int]] = Counter()
         self.waiting_reads: dict[int, tuple[int, int, int]] = {}  # task -> its READ queued, not yet delivered
         self.abandoned: Counter[tuple[int, int, int]] = Counter()  # READs whose task exited before their delivery
@@ -210,6 +223,7 @@ class _Builder:
             self.fds_released += 1
         elif e.event == "read" and o is not None:
             self.queued[(o, f.get("s", -1), f.get("l", -1))] += 1
+            self.last_queued[(o, f.get("s", -1), f.get("l", -1))] = e.ts
             self.waiting_reads[e.pid] = (o, f.get("s", -1), f.get("l", -1))
         elif e.event == "drop" and o is not None:
             # its queued READs were failed (EIO): a task that exits later gave nothing up
@@ -240,6 +254,7 @@ class _Builder:
         f = e.fields
         tgid = e.tgid if e.tgid >= 0 else e.pid
         ret = f.get("ret", -1)
+        self.last_device_read = e.ts
         if ret == 0:
             self.empty[tgid] += 1
         if ret == -errno.EEXIST:
@@ -347,6 +362,10 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None, unmounted
                 restore = next((r for r in b.restores if r > died), None)
                 if restore is None:
                     no_restore += 1
+                    if b.last_device_read > died:  # a later process read the device: it wrote no `restore`
+                        violations.append(Violation("held", f"{lt.describe()}, held by process {tgid} when it died "
+                                                    f"({died:.6f}), was never delivered again: no process wrote "
+                                                    "`restore` after, though one read the device", "daemon"))
                 elif again := next((d.ts for d in lt.deliveries if d.ts > restore), None):
                     redelivered += 1
                     if lt.ended_by == "answer" and lt.ended_ts is not None:
@@ -374,14 +393,29 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None, unmounted
         how = "" if lt.ended_ts is None else {
             "unbind": f", failed when the device was closed at {lt.ended_ts:.6f}",
             "vanished": f", its msg_id given to another request at {lt.ended_ts:.6f}"}.get(lt.ended_by or "", "")
-        violations.append(Violation("unanswered", f"{lt.describe()}, last delivered at {lt.deliveries[-1].ts:.6f} "
-                                    f"to process {lt.deliveries[-1].tgid}, was never answered{how}"))
+        last = lt.deliveries[-1]
+        died = b.exits.get(last.tgid)
+        if lt.ended_by == "vanished":
+            blame, why = "kernel", ""
+        elif lt.ended_by == "unbind":  # whoever held the last reference let the device go with it unanswered
+            blame, why = "daemon", ""
+        elif died is None:
+            blame, why = "daemon", f"; process {last.tgid} was alive to answer it"
+        elif not any(r > died for r in b.restores):
+            blame, why = "daemon", f"; process {last.tgid} died holding it and no process wrote `restore` after"
+        else:
+            blame, why = "kernel", f"; process {last.tgid} died holding it and a restore after did not bring it back"
+        violations.append(Violation("unanswered", f"{lt.describe()}, last delivered at {last.ts:.6f} "
+                                    f"to process {last.tgid}, was never answered{how}{why}", blame))
     available = bool(b.delivered or b.empty)
     for (o, off, length), n in sorted(b.queued.items()) if available else ():
         missing = n - b.delivered_reads.get((o, off, length), 0) - b.abandoned.get((o, off, length), 0)
         if missing > 0 and o not in b.spans.drops and o not in dead_objects:
+            read_after = b.last_device_read > b.last_queued[(o, off, length)]
             violations.append(Violation("unanswered", f"{missing} READ(s) of object {o} off {off} len {length} "
-                                        "queued by the kernel and never delivered"))
+                                        "queued by the kernel and never delivered" +
+                                        ("" if read_after else "; no daemon read the device after"),
+                                        "kernel" if read_after else "daemon"))
     return Ledger(
         available=available,
         processes=tuple(accounts),

@@ -80,7 +80,8 @@ def _ledger_section(lg: ledger.Ledger, disagreements: list[str]) -> LedgerSectio
         "empty_reads": sum(p.empty_reads for p in lg.processes),
         "processes": len(lg.processes),
         "violations": {rule: len(lg.of_rule(rule)) for rule in ledger.RULES},
-        "first_violations": [v.text for v in lg.violations[:10]],
+        "first_violations": [str(v) for v in lg.violations[:10]],
+        "violations_by_blame": {blame: sum(1 for v in lg.violations if v.blame == blame) for blame in ledger.BLAMES},
         "daemon_log_disagrees": disagreements[:10],
         "per_death": _distribution_of_deaths(lg),
         "anon_fds_handed": lg.anon_fds_handed,
@@ -257,6 +258,11 @@ def _taken_over(lg: LedgerSection) -> str:
     return f"{lg['taken_over']} answered by the next process before its restore, " if lg["taken_over"] else ""
 
 
+def _blames(lg: LedgerSection) -> str:
+    by = {blame: n for blame, n in lg.get("violations_by_blame", {}).items() if n}
+    return f" ({', '.join(f'{blame} {n}' for blame, n in by.items())})" if by else ""
+
+
 def _ledger_line(lg: LedgerSection) -> str:
     if not lg["available"]:
         return f"  kernel ledger: none ({lg['incomplete'] or 'no kprobe events in the trace'})"
@@ -264,7 +270,7 @@ def _ledger_line(lg: LedgerSection) -> str:
             f"{lg['held_at_death']} held at a death, {lg['redelivered']} re-delivered after a restore, "
             f"{lg['ended_by_kernel']} ended by the kernel, {_taken_over(lg)}{lg['held_without_restore']} with no restore after "
             f"(one waited behind {lg['most_overtaken']} newer messages); "
-            f"{sum(lg['violations'].values())} violations")
+            f"{sum(lg['violations'].values())} violations{_blames(lg)}")
     held, nxt = lg["per_death"]["longest_held_wait_s"], lg["per_death"]["next_answer_s"]
     if nxt["n"]:
         line += (f"\n  per death ({nxt['n']}): next answer p50 {nxt['p50']}s p90 {nxt['p90']}s max {nxt['max']}s; "

@@ -89,7 +89,8 @@ class LedgerSection(TypedDict):
     empty_reads: int
     processes: int
     violations: dict[str, int]  # ledger.RULES -> count
-    first_violations: list[str]
+    first_violations: list[str]  # each with its blame first: "[kernel] ..." or "[daemon] ..."
+    violations_by_blame: dict[str, int]  # ledger.BLAMES -> count
     daemon_log_disagrees: list[str]
     anon_fds_handed: int
     anon_fds_released: int

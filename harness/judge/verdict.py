@@ -98,7 +98,7 @@ def failures(daemon: DaemonFacts, readers: ReaderFacts, ledger: Ledger, probed: 
     for check, rule in ((Check.HELD_REQUESTS, "held"), (Check.DOUBLE_DELIVERY, "double"),
                         (Check.UNANSWERED, "unanswered"), (Check.READ_ON_CLOSED, "closed")):
         if broken := ledger.of_rule(rule):
-            reasons.append(Reason(check, f"{len(broken)} in the kernel's ledger: " + "; ".join(v.text for v in broken[:SHOWN])))
+            reasons.append(Reason(check, f"{len(broken)} in the kernel's ledger: " + "; ".join(str(v) for v in broken[:SHOWN])))
 
     # asked at the protocol point, an OPEN read and not answered: the device must be quiet (patch
     # 4); its copen, on a reopen, must wake a thread asleep in poll()

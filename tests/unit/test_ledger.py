@@ -71,6 +71,22 @@ def test_a_held_request_that_never_comes_back_is_named():
     del text[again]
     broken = build(text).of_rule("held")
     assert len(broken) == 1 and f"msg_id {msg_id} " in broken[0].text
+    assert broken[0].blame == "kernel" and str(broken[0]).startswith("[kernel] ")  # a restore came after the death
+
+
+def test_a_held_request_with_no_restore_after_its_holder_s_death_is_the_daemon_s_loss():
+    """The daemon that never writes `restore`: every restore after the first held request's
+    death taken out of the trace, and its re-delivery. The next processes read the device; the
+    request is lost, and the ledger says whose doing that is: the daemon's (with the restores in,
+    the same loss is the kernel's)."""
+    text, msg_id, _, died, again = held_at_a_death()
+    del text[again]
+    assert [v.blame for v in build(text).of_rule("held")] == ["kernel"]
+    text = [line for i, line in enumerate(text) if i <= died or " restore: " not in line]
+    mine = [v for v in build(text).of_rule("held") if f"msg_id {msg_id} " in v.text]
+    assert len(mine) == 1 and mine[0].blame == "daemon" and "no process wrote `restore` after" in mine[0].text
+    # the trace ending at that death (a run's last), no process after it to have written one
+    assert build(text[:died + 1]).of_rule("held") == []
 
 
 def held_at_a_death() -> tuple[list[str], int, int, int, int]:
@@ -216,6 +232,7 @@ def test_a_request_never_answered_is_named():
     text = [line for line in text if not line.endswith(f"drop: (cachefiles_ondemand_clean_object+0x4/0xcb) o={o}")]
     broken = build(text).of_rule("unanswered")
     assert len(broken) == 1 and f"READ msg_id {mid} " in broken[0].text and "device was closed" in broken[0].text
+    assert broken[0].blame == "daemon"  # given to a daemon that let the device go with it unanswered
 
 
 def test_a_read_delivered_to_a_closed_object_is_named():
@@ -237,6 +254,19 @@ def test_a_queued_read_never_delivered_is_named():
                 "cachefiles_ondemand_read: o=0000ffff mid=0 oid=0 s=7777000 l=1000")
     broken = build(text).of_rule("unanswered")
     assert len(broken) == 1 and "object 65535 off 125267968 len 4096" in broken[0].text
+    assert broken[0].blame == "daemon"  # queued after the daemon's last read(): nobody read the device since
+
+
+def test_a_queued_read_never_delivered_while_the_daemon_read_the_device_is_the_kernel_s_loss():
+    """The same READ queued before the daemon's last read() of the device: the daemon asked and
+    the kernel did not hand it out (the REOPENING hang of CVE-2024-41074 looks so)."""
+    text = lines(CLOSE_FDS)
+    i, _, _ = deliveries(text)[-1]
+    ts = trace.parse(text[i])[0].ts
+    text.insert(i, f"         python3-1     (    1) [000] .....   {ts - 0.000001:.6f}: "
+                   "cachefiles_ondemand_read: o=0000ffff mid=0 oid=0 s=7777000 l=1000")
+    broken = build(text).of_rule("unanswered")
+    assert len(broken) == 1 and broken[0].blame == "kernel" and "no daemon read" not in broken[0].text
 
 
 def test_a_queued_read_whose_task_exited_before_its_delivery_was_abandoned():
