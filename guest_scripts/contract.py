@@ -394,6 +394,9 @@ class GuestConfig:
 
 # State files the host polls, each replaced whole (eventlog.write_atomically).
 KEEPER_BOUND: Final = "bound\n"  # keeper.state: /dev/cachefiles is bound
+# in the log directory: the pid of the incarnation the keeper started last, rewritten as it starts
+# each (the kill target harness/daemons/python.toml names: a pid file, as for any daemon)
+DAEMON_PID_FILE: Final = "daemon.pid"
 
 
 def daemon_serving(incarnation: int, pid: int) -> str:

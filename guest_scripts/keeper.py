@@ -52,7 +52,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from contract import (AT_RESTORE, CACHE_DEATH_RT_OFFSET, CLOCK_MARK, KEEPER_BOUND, NETFS_COOKIES,
+from contract import (AT_RESTORE, CACHE_DEATH_RT_OFFSET, CLOCK_MARK, DAEMON_PID_FILE, KEEPER_BOUND, NETFS_COOKIES,
                       REOPEN_CLOSED, REOPEN_GO_MARK, REOPEN_HELD, REOPEN_NONE, REOPEN_RESTORED, UMOUNT_AT,
                       UMOUNT_REOPEN_RT_OFFSET, WAITER_GO_MARK, WAITER_MOUNTED, WAITER_WCHAN_PREFIX, Event,
                       GuestConfig, Mode, UmountAt, cookie_live, parse_daemon_state)
@@ -235,6 +235,7 @@ class Keeper:
         if self.config.mode == Mode.NO_FAILOVER:
             os.close(self.device_fd)
             self.device_fd = -1
+        write_atomically(os.path.join(self.config.log_dir, DAEMON_PID_FILE), f"{self.child.pid}\n")
         self.log.emit(Event.STARTED, incarnation=self.incarnation, pid=self.child.pid)
 
     def reap(self) -> None:
