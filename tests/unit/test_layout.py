@@ -52,7 +52,7 @@ def test_the_check_sees_relative_and_nested_imports(tmp_path: Path) -> None:
 
 
 def test_every_package_is_one_level_deep() -> None:
-    """One level of packages: kernel, guest, judge, campaign beside the top-level modules."""
+    """One level of packages: kernel, guest, judge, campaign, daemons beside the top-level modules."""
     packages = sorted(p.parent.name for p in HARNESS.glob("*/__init__.py"))
-    assert packages == ["campaign", "guest", "judge", "kernel"]
+    assert packages == ["campaign", "daemons", "guest", "judge", "kernel"]
     assert not list(HARNESS.glob("*/*/__init__.py"))
