@@ -19,7 +19,7 @@ from guest_scripts.contract import FAULT_SIGNALS, KEEPER_SIGNALS, Event, Fault, 
 from ..progress import Progress
 from ..scenarios import Action
 from .logs import GuestLogs
-from .session import GuestHung, Session
+from .session import GuestHung, ReaderStalled, Session
 from .vm import Timeouts
 
 PROGRESS_COUNTS = {Fault.KILL: "kills", Fault.CLOSE: "closes", Fault.RESTORE_LIVE: "live restores",
@@ -52,6 +52,7 @@ class FaultLoop:
     def run(self) -> str | None:
         """Why the faults stopped early, or None if every one was injected and recovered from."""
         incarnation = 1  # the one the next fault goes to
+        self.logs.stop_on_stall = True
         try:
             for index, action in enumerate(self.actions):
                 self.logs.poll()
@@ -70,8 +71,12 @@ class FaultLoop:
                 # the last death must be recovered from too: an answer from the next incarnation
                 self.logs.wait_until(f"incarnation {incarnation} answering",
                                      lambda: self.logs.answered_since(incarnation), self.t.recovery)
+        except ReaderStalled:
+            return STALLED
         except GuestHung as e:
             return str(e)
+        finally:
+            self.logs.stop_on_stall = False
         return None
 
     def inject(self, index: int, action: Action, incarnation: int) -> int:
@@ -118,9 +123,14 @@ class FaultLoop:
                     self.logs.wait_until(f"the kernel reaching {action.state}",
                                          lambda: len(self.logs.state_kills) > before, wait)
                     break
+                except ReaderStalled:
+                    raise
                 except GuestHung:
                     if self.logs.clock.now() > deadline:
                         raise
+        except ReaderStalled:
+            self.session.run(f"echo off >{ctl}", self.t.command)
+            raise
         except GuestHung:
             self.session.run(f"echo off >{ctl}", self.t.command)
             self.record(index=index, kind=Fault.STATE_KILL, state=action.state, missed=True)
@@ -142,6 +152,8 @@ class FaultLoop:
             return incarnation in self.logs.died
         try:
             self.logs.wait_until(f"incarnation {incarnation} dying at {point}", died, timeout_s)
+        except ReaderStalled:
+            raise
         except GuestHung:  # its point never came: end it, and the report says so
             inc, pid = self.logs.wait_for_incarnation(incarnation, self.t.recovery)
             self.session.run(f"kill -KILL {pid}", self.t.command)

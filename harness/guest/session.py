@@ -35,6 +35,11 @@ class GuestHung(Exception):
     """No answer within the phase's timeout."""
 
 
+class ReaderStalled(GuestHung):
+    """A reader reported a call stuck past the stall bound while the host waited on something
+    else: the run is decided (FAIL, `stall`), and what the host waited for need not come."""
+
+
 @dataclass(frozen=True)
 class CommandResult:
     command: str

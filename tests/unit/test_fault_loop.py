@@ -39,6 +39,7 @@ class StandInGuest:
         self.dies_by_itself: set[int] = set()  # incarnations that die unasked on the next tick
         self.silent: set[int] = set()  # incarnations that serve but never answer
         self.stall_on_command = False  # a reader reports a stall as the host sends a signal
+        self.stall_at: float | None = None  # ... or once the clock reaches this
         self.is_alive = True
         self.states_at_once: set[str] = set()  # kernel states reached as soon as statekill.py is armed
         self.states_provoked: set[str] = set()  # ... reached once the host provokes them
@@ -65,6 +66,9 @@ class StandInGuest:
         self.start_next()
 
     def tick(self) -> None:
+        if self.stall_at is not None and self.now >= self.stall_at:
+            self.log("reader-0.jsonl", event=Event.STALL, what="img0.0x0:a@0", waited_s=31.0)
+            self.stall_at = None
         crashes = str(self.incarnation) in self.crash_plan and self.incarnation not in self.never_reach_point
         if crashes or self.incarnation in self.dies_by_itself:
             self.die()
@@ -182,6 +186,36 @@ def test_a_reader_stall_stops_the_faults(tmp_path: Path) -> None:
     guest.stall_on_command = True
     assert fault_loop(tmp_path, guest, [Fault.KILL] * 5).run() == STALLED
     assert guest.commands == ["kill -KILL 101"]
+
+
+def test_a_reader_stall_ends_a_wait_for_the_next_incarnation_at_once(tmp_path: Path) -> None:
+    """A bad kernel known as soon as it is: the run is FAIL by the stall, so the wait for an answer
+    the stuck kernel will never let come ends with it instead of at the recovery bound; its
+    control, the same silent incarnation with no stall, waits the bound out."""
+    guest = StandInGuest(tmp_path)
+    guest.silent.add(2)
+    guest.stall_on_command = True
+    loop = fault_loop(tmp_path, guest, [Fault.KILL])
+    assert loop.run() == STALLED
+    assert guest.now < 1.0 and not loop.logs.stop_on_stall  # the kill's delay and one poll; then off again
+    (tmp_path / "control").mkdir()
+    control = StandInGuest(tmp_path / "control")
+    control.silent.add(2)
+    assert fault_loop(tmp_path / "control", control, [Fault.KILL]).run() == "incarnation 2 answering: not within 60s"
+
+
+def test_a_reader_stall_ends_a_wait_for_a_kernel_state_or_a_crash_point_as_a_stall(tmp_path: Path) -> None:
+    """Not as a state missed or a point not reached (which would go on to the next fault)."""
+    guest = StandInGuest(tmp_path)
+    guest.stall_on_command = True  # at the provoking signal
+    loop = fault_loop(tmp_path, guest, [], states=[KernelState.REOPENING, KernelState.DELIVERED_OPEN])
+    assert loop.run() == STALLED
+    assert guest.commands[-1] == "echo off >ctl" and not any(f.get("missed") for f in faults(tmp_path))
+    (tmp_path / "crash").mkdir()
+    crashing = StandInGuest(tmp_path / "crash", crash_plan={"1": "read_received"}, never_reach_point=(1,))
+    crashing.stall_at = 0.2  # while the host waits (0.5 s) for incarnation 1's point
+    assert fault_loop(tmp_path / "crash", crashing, [Fault.AWAIT_CRASH, Fault.AWAIT_CRASH]).run() == STALLED
+    assert crashing.commands == [] and crashing.now < 2.0  # no kill for a point not reached: the run was decided
 
 
 def test_a_guest_that_is_gone_ends_the_wait_at_once(tmp_path: Path) -> None:
