@@ -53,6 +53,9 @@ class RunRequest:
     readers: int | None = None  # None: the scenario's own number
     daemon_threads: int | None = None  # None: the scenario's own number
     read_delay_ms: int = 50
+    # "stop": the faults stop at the first probe the kernel fails (the run is FAIL whatever comes;
+    # it is judged whole on what ran); "continue": every fault is injected. A stall always stops them.
+    after_fail: str = "stop"
     flavor: str = "plain"  # "debug": KASAN, lockdep and the lockup detectors (kconfigs/debug.config)
     kill_interval_s: tuple[float, float] = (0.5, 2.0)
     accel: str = "auto"

@@ -82,6 +82,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("daemon_threads", "threads serving /dev/cachefiles (default: the scenario's)", SCENARIO_COMMANDS, type=int),
     Option("seed", "dataset and kill timing (default %(default)s)", MACHINE_COMMANDS | {"submit"}, type=int,
            reproduce="always"),
+    Option("after_fail", "once the kernel failed a probe at its protocol point, stop the faults (the run is FAIL "
+           "whatever comes) or continue with every one (default %(default)s)", SCENARIO_COMMANDS,
+           choices=("stop", "continue")),
     Option("read_delay_ms", "the daemon's delay per READ, keeps requests in flight (default %(default)s)",
            MACHINE_COMMANDS, type=int, reproduce="always"),
     Option("accel", "auto probes whether KVM really boots a guest (default %(default)s)", MACHINE_COMMANDS,

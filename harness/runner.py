@@ -125,8 +125,11 @@ class Run:
         started = time.monotonic()
         faults_log = self.dir / "faults.jsonl"
         try:
-            loop = FaultLoop(session, logs, actions, self.crash_plan, t, faults_log, self.progress)
+            loop = FaultLoop(session, logs, actions, self.crash_plan, t, faults_log, self.progress,
+                             stop_when_decided=self.req.after_fail == "stop")
             self.meta["aborted"] = loop.run()
+            if loop.decided_by:
+                self.meta["timing"]["faults_stopped_early"] = loop.decided_by
         finally:
             self.meta["timing"]["fault_loop_s"] = round(time.monotonic() - started, 1)
             first = first_fault_at(faults_log)

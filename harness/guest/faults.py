@@ -18,15 +18,14 @@ from typing import Any
 from guest_scripts.contract import FAULT_SIGNALS, KEEPER_SIGNALS, Event, Fault, KernelState
 from ..progress import Progress
 from ..scenarios import Action
-from .logs import GuestLogs
-from .session import GuestHung, ReaderStalled, Session
+from .logs import STALLED, GuestLogs
+from .session import GuestHung, RunDecided, Session
 from .vm import Timeouts
 
 PROGRESS_COUNTS = {Fault.KILL: "kills", Fault.CLOSE: "closes", Fault.RESTORE_LIVE: "live restores",
                    Fault.STALE: "stale answers", Fault.STATE_KILL: "state kills", Fault.CACHE_DEATH: "cache deaths",
                    Fault.KILL_WAITER: "killed waiters", Fault.UMOUNT_REOPEN: "reopen umounts"}
 
-STALLED = "a reader stalled; the faults stopped early"
 # Kernel states the readers reach only now and then, and the fault that brings one about: a live
 # restore (restoring), an anon fd closed under a reader (reopening, at its next READ). Sent again
 # every PROVOKE_EVERY_S until the state comes.
@@ -40,7 +39,7 @@ STATE_WAIT_SHARE = 1 / 3
 
 class FaultLoop:
     def __init__(self, session: Session, logs: GuestLogs, actions: list[Action], crash_plan: dict[str, str],
-                 timeouts: Timeouts, faults_log: Path, progress: Progress) -> None:
+                 timeouts: Timeouts, faults_log: Path, progress: Progress, stop_when_decided: bool = True) -> None:
         self.session = session
         self.logs = logs
         self.actions = actions
@@ -48,16 +47,20 @@ class FaultLoop:
         self.t = timeouts
         self.faults_log = faults_log  # the host's record of every signal it sent
         self.progress = progress
+        # stop at the first decided verdict (GuestLogs.decided); off: every fault is injected
+        # whatever the kernel did (a stall still stops them: a stuck reader cannot be served)
+        self.stop_when_decided = stop_when_decided
+        self.decided_by: str | None = None  # a failed probe that stopped the faults early
 
     def run(self) -> str | None:
         """Why the faults stopped early, or None if every one was injected and recovered from."""
         incarnation = 1  # the one the next fault goes to
-        self.logs.stop_on_stall = True
+        self.logs.faults_running, self.logs.stop_on_probe = True, self.stop_when_decided
         try:
             for index, action in enumerate(self.actions):
                 self.logs.poll()
-                if self.logs.reader_events[Event.STALL]:
-                    return STALLED
+                if decided := self.logs.decided():
+                    return self.stopped(decided)
                 if action.kind == Fault.AWAIT_CRASH:
                     # incarnation `index + 1` kills itself at its point, maybe before it ever serves
                     self.await_crash(index + 1, action.delay_s)
@@ -71,12 +74,20 @@ class FaultLoop:
                 # the last death must be recovered from too: an answer from the next incarnation
                 self.logs.wait_until(f"incarnation {incarnation} answering",
                                      lambda: self.logs.answered_since(incarnation), self.t.recovery)
-        except ReaderStalled:
-            return STALLED
+        except RunDecided:
+            return self.stopped(self.logs.decided() or STALLED)
         except GuestHung as e:
             return str(e)
         finally:
-            self.logs.stop_on_stall = False
+            self.logs.faults_running = self.logs.stop_on_probe = False
+        return None
+
+    def stopped(self, decided: str) -> str | None:
+        """A stall ends the run as before (an abort: the reader is stuck); a failed probe only
+        ends the faults: the run goes on to its drain and end check, and is judged whole."""
+        if decided == STALLED:
+            return STALLED
+        self.decided_by = decided
         return None
 
     def inject(self, index: int, action: Action, incarnation: int) -> int:
@@ -123,12 +134,12 @@ class FaultLoop:
                     self.logs.wait_until(f"the kernel reaching {action.state}",
                                          lambda: len(self.logs.state_kills) > before, wait)
                     break
-                except ReaderStalled:
+                except RunDecided:
                     raise
                 except GuestHung:
                     if self.logs.clock.now() > deadline:
                         raise
-        except ReaderStalled:
+        except RunDecided:
             self.session.run(f"echo off >{ctl}", self.t.command)
             raise
         except GuestHung:
@@ -152,7 +163,7 @@ class FaultLoop:
             return incarnation in self.logs.died
         try:
             self.logs.wait_until(f"incarnation {incarnation} dying at {point}", died, timeout_s)
-        except ReaderStalled:
+        except RunDecided:
             raise
         except GuestHung:  # its point never came: end it, and the report says so
             inc, pid = self.logs.wait_for_incarnation(incarnation, self.t.recovery)

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from guest_scripts.contract import INCARNATION, STATEKILL_LOG, Event, GuestConfig, parse_daemon_state
-from .session import GuestGone, GuestHung, ReaderStalled, Session
+from guest_scripts.contract import INCARNATION, STATEKILL_LOG, Event, GuestConfig, ProbeOutcome, parse_daemon_state
+from .session import GuestGone, GuestHung, RunDecided, Session
 
 POLL_S = 0.1
+STALLED = "a reader stalled; the faults stopped early"
+DECIDED_BY_PROBE = "the kernel failed a probe; the faults stopped early"
 
 
 class LogTail:
@@ -75,16 +77,21 @@ class GuestLogs:
         self.statekill = LogTail(Path(config.log_dir) / STATEKILL_LOG)
         self.statekill_started = False
         self.state_kills: list[dict[str, Any]] = []  # statekill.py's kills, in order
-        # While the faults run, a reader's stall ends every wait (ReaderStalled) at once: the verdict
-        # is decided, and a wait for an incarnation's answer would cost a bad kernel the whole
-        # recovery bound (a bisection step, 60 s of its 110 s)
-        self.stop_on_stall = False
+        self.probe_violations: list[dict[str, Any]] = []  # the daemon's probes the kernel failed
+        # While the faults run, a decided run (`decided`) ends every wait at once (RunDecided): a
+        # wait for an incarnation's answer would cost a bad kernel the whole recovery bound (a
+        # bisection step, 60 s of its 110 s). A stall always decides; a failed probe only with
+        # stop_on_probe (the fault loop's choice)
+        self.faults_running = False
+        self.stop_on_probe = False
 
     def poll(self) -> None:
         for e in self.daemon.poll():
             if e.get("event") == Event.DONE:
                 self.served += 1
                 self.answered_by.add(e.get(INCARNATION, 0))
+            elif e.get("event") == Event.PROBE and e.get("outcome") in ProbeOutcome.VIOLATIONS:
+                self.probe_violations.append(e)
         for e in self.statekill.poll():
             self.statekill_started = True
             if e.get("event") == Event.STATE_KILL:
@@ -115,13 +122,24 @@ class GuestLogs:
             self.poll()
             if predicate():
                 return
-            if self.stop_on_stall and self.reader_events[Event.STALL]:
-                raise ReaderStalled(f"a reader stalled while waiting for {what}")
+            if self.faults_running and (decided := self.decided()):
+                raise RunDecided(f"{decided} while waiting for {what}")
             if not self.session.alive():
                 raise GuestGone(f"the guest went away while waiting for {what}")  # exited, or its ssh closed
             if self.clock.now() > deadline:
                 raise GuestHung(f"{what}: not within {timeout_s:.0f}s")
             self.clock.sleep(POLL_S)
+
+    def decided(self) -> str | None:
+        """Why the run's verdict is already FAIL, by what the logs show now: a reader's stall (the
+        `stall` check), or a probe the kernel failed at its protocol point (its probe check). Both
+        are final: nothing later in the run undoes them."""
+        if self.reader_events[Event.STALL]:
+            return STALLED
+        if self.stop_on_probe and self.probe_violations:
+            first = self.probe_violations[0]
+            return f"{DECIDED_BY_PROBE}: {first.get('probe')} ({first.get('outcome')})"
+        return None
 
     def answered_since(self, incarnation: int) -> bool:
         """Whether incarnation `incarnation`, or a later one, has answered a request: the keeper

@@ -35,9 +35,10 @@ class GuestHung(Exception):
     """No answer within the phase's timeout."""
 
 
-class ReaderStalled(GuestHung):
-    """A reader reported a call stuck past the stall bound while the host waited on something
-    else: the run is decided (FAIL, `stall`), and what the host waited for need not come."""
+class RunDecided(GuestHung):
+    """While the host waited on something else, the run was decided: a reader reported a call
+    stuck past the stall bound (FAIL, `stall`), or the daemon a probe the kernel failed. What the
+    host waited for need not come."""
 
 
 @dataclass(frozen=True)

@@ -348,6 +348,7 @@ def summary(r: Results) -> str:
         f"(bound {r['stall_bound_s']:.0f}s)",
         f"  time: build {t.get('build_s', 0):.0f}s{' (reused)' if t.get('build_reused') else ''}, "
         f"boot {t.get('boot_s', 0):.1f}s, faults {t.get('fault_loop_s', 0):.0f}s"
+        + (f" ({t['faults_stopped_early']})" if t.get("faults_stopped_early") else "")
         + (f" ({r['kills_per_minute']} kills/min)" if r["kills_per_minute"] else "")
         + f", total {t.get('total_s', 0):.0f}s",
         f"  kernel console findings: {len(r['findings'])}",

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from guest_scripts.contract import STATEKILL_LOG, Event, Fault, KernelState, daemon_serving
-from harness.guest.faults import STALLED, FaultLoop
-from harness.guest.logs import Clock, GuestLogs
+from guest_scripts.contract import STATEKILL_LOG, Event, Fault, KernelState, Probe, ProbeOutcome, daemon_serving
+from harness.guest.faults import FaultLoop
+from harness.guest.logs import DECIDED_BY_PROBE, STALLED, Clock, GuestLogs
 from harness.guest.session import CommandResult, GuestGone
 from harness.guest.vm import Timeouts
 from harness.progress import Progress
@@ -40,6 +40,7 @@ class StandInGuest:
         self.silent: set[int] = set()  # incarnations that serve but never answer
         self.stall_on_command = False  # a reader reports a stall as the host sends a signal
         self.stall_at: float | None = None  # ... or once the clock reaches this
+        self.probe_fails_on_command = False  # the daemon logs a probe the kernel failed as the host signals
         self.is_alive = True
         self.states_at_once: set[str] = set()  # kernel states reached as soon as statekill.py is armed
         self.states_provoked: set[str] = set()  # ... reached once the host provokes them
@@ -100,6 +101,9 @@ class StandInGuest:
             return CommandResult(command, 0, "", 0.0)
         if self.stall_on_command:
             self.log("reader-0.jsonl", event=Event.STALL, what="img0.0x0:a@0", waited_s=31.0)
+        if self.probe_fails_on_command:
+            self.log("daemon.jsonl", event=Event.PROBE, probe=Probe.CLOSE_COPEN, outcome=ProbeOutcome.READ_ON_CLOSED,
+                     incarnation=self.incarnation)
         _kill, signal, pid = command.split()
         if int(pid) != self.pid:
             return CommandResult(command, 1, "No such process", 0.0)
@@ -116,11 +120,12 @@ class StandInGuest:
         return self.is_alive
 
 
-def fault_loop(tmp_path: Path, guest: StandInGuest, kinds: list[str], states: list[str] = ()) -> FaultLoop:
+def fault_loop(tmp_path: Path, guest: StandInGuest, kinds: list[str], states: list[str] = (),
+               stop_when_decided: bool = True) -> FaultLoop:
     logs = GuestLogs(guest, guest_config(tmp_path, statekill_ctl="ctl"), guest.clock())
     actions = [Action(kind, 0.5) for kind in kinds] + [Action(Fault.STATE_KILL, 0.0, s) for s in states]
     return FaultLoop(guest, logs, actions, guest.crash_plan, TIMEOUTS, tmp_path / "faults.jsonl",
-                     Progress(io.StringIO(), tty=False))
+                     Progress(io.StringIO(), tty=False), stop_when_decided)
 
 
 def faults(tmp_path: Path) -> list[dict[str, Any]]:
@@ -197,7 +202,7 @@ def test_a_reader_stall_ends_a_wait_for_the_next_incarnation_at_once(tmp_path: P
     guest.stall_on_command = True
     loop = fault_loop(tmp_path, guest, [Fault.KILL])
     assert loop.run() == STALLED
-    assert guest.now < 1.0 and not loop.logs.stop_on_stall  # the kill's delay and one poll; then off again
+    assert guest.now < 1.0 and not loop.logs.faults_running  # the kill's delay and one poll; then off again
     (tmp_path / "control").mkdir()
     control = StandInGuest(tmp_path / "control")
     control.silent.add(2)
@@ -216,6 +221,24 @@ def test_a_reader_stall_ends_a_wait_for_a_kernel_state_or_a_crash_point_as_a_sta
     crashing.stall_at = 0.2  # while the host waits (0.5 s) for incarnation 1's point
     assert fault_loop(tmp_path / "crash", crashing, [Fault.AWAIT_CRASH, Fault.AWAIT_CRASH]).run() == STALLED
     assert crashing.commands == [] and crashing.now < 2.0  # no kill for a point not reached: the run was decided
+
+
+def test_a_failed_probe_stops_the_faults_but_is_no_abort(tmp_path: Path) -> None:
+    """The run is FAIL whatever comes: the faults stop (also inside a wait for an answer that
+    would otherwise take the recovery bound), the run goes on to be judged whole, and says why.
+    With --after-fail continue every fault is injected."""
+    guest = StandInGuest(tmp_path)
+    guest.probe_fails_on_command = True
+    guest.silent.add(2)
+    loop = fault_loop(tmp_path, guest, [Fault.KILL] * 4)
+    assert loop.run() is None  # not aborted
+    assert loop.decided_by == f"{DECIDED_BY_PROBE}: close-copen (read-on-closed)"
+    assert guest.commands == ["kill -KILL 101"] and guest.now < 1.0
+    (tmp_path / "all").mkdir()
+    every = StandInGuest(tmp_path / "all")
+    every.probe_fails_on_command = True
+    loop = fault_loop(tmp_path / "all", every, [Fault.KILL] * 4, stop_when_decided=False)
+    assert loop.run() is None and loop.decided_by is None and len(every.commands) == 4
 
 
 def test_a_guest_that_is_gone_ends_the_wait_at_once(tmp_path: Path) -> None:
