@@ -20,6 +20,9 @@ packages=(
   erofs-utils e2fsprogs
   # fetching and building the kernel
   apt-utils dpkg-dev xz-utils git gcc make flex bison bc libelf-dev libssl-dev cpio ccache
+  # the C daemon (guest_scripts/cdaemon/, built by the harness and its unit tests with `cc`):
+  # the C library's headers, and its libc.a for a static binary
+  libc6-dev
 )
 
 missing=()
