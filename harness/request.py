@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any, Collection
 
 from . import run_options
+from .daemons import adapter as daemon_adapter
+from .daemons.adapter import DEFAULT_DAEMON
 from .errors import InputError
 from .kernel.kconfig import FLAVORS
 from .kernel.source import DEFAULT_PACKAGE
 from .run_options import ACCELS, TRANSPORTS
-from .scenarios import DEFAULT_SCENARIO, SCENARIOS, Scenario
+from .scenarios import DEFAULT_SCENARIO, FAULT_FIELDS, SCENARIOS, Scenario, for_daemon
 
 
 def new_output_dir(output: Path, name: str) -> Path:
@@ -52,6 +54,7 @@ class RunRequest:
     series: Path | None = None  # an mbox or a directory of patches applied on top with `git am`
     readers: int | None = None  # None: the scenario's own number
     daemon_threads: int | None = None  # None: the scenario's own number
+    daemon: str = DEFAULT_DAEMON  # a built-in adapter's name or an adapter file's path (harness/daemons)
     read_delay_ms: int = 50
     # "stop": the faults stop at the first probe the kernel fails (the run is FAIL whatever comes;
     # it is judged whole on what ran); "continue": every fault is injected. A stall always stops them.
@@ -87,6 +90,10 @@ class RunRequest:
             raise InputError(f"unknown accelerator {self.accel!r} (one of {', '.join(ACCELS)})")
         if self.transport not in TRANSPORTS:
             raise InputError(f"unknown transport {self.transport!r} (one of {', '.join(TRANSPORTS)})")
+        adapter = self.adapter  # InputError for a bad one
+        if self.scenario in SCENARIOS and not self.faults_planned(self.plan):
+            raise InputError(f"--daemon {adapter.name} takes none of scenario {self.scenario}'s faults "
+                             f"(it takes {', '.join(sorted(adapter.faults))})")
         if self.series is not None and not self.series.exists():
             raise InputError(f"--series {self.series}: no such file or directory")
         for what, path in (("output", self.output), ("cache", self.cache)):
@@ -99,12 +106,30 @@ class RunRequest:
         return self
 
     @property
+    def adapter(self) -> daemon_adapter.Adapter:
+        return daemon_adapter.load(self.daemon)
+
+    @property
     def plan(self) -> Scenario:
-        """The scenario with this request's overrides."""
+        """The scenario with this request's overrides, as the daemon runs it (the faults it takes)."""
         s = SCENARIOS[self.scenario].with_faults(self.kills, self.fd_closes)
         if self.readers is not None:
             s = replace(s, readers=self.readers)
-        return s if self.daemon_threads is None else replace(s, threads=self.daemon_threads)
+        if self.daemon_threads is not None:
+            s = replace(s, threads=self.daemon_threads)
+        adapter = self.adapter
+        return for_daemon(s, adapter.faults, ours=adapter.name == DEFAULT_DAEMON)[0]
+
+    @property
+    def faults_left_out(self) -> tuple[str, ...]:
+        """The scenario's faults the daemon does not take (the report says they did not run)."""
+        adapter = self.adapter
+        return for_daemon(SCENARIOS[self.scenario].with_faults(self.kills, self.fd_closes), adapter.faults,
+                          ours=adapter.name == DEFAULT_DAEMON)[1]
+
+    @staticmethod
+    def faults_planned(s: Scenario) -> bool:
+        return any(getattr(s, count) for count, _ in FAULT_FIELDS.values())
 
     # -- the command line: the table of options is run_options.OPTIONS ----------------------------
 

@@ -82,6 +82,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("daemon_threads", "threads serving /dev/cachefiles (default: the scenario's)", SCENARIO_COMMANDS, type=int),
     Option("seed", "dataset and kill timing (default %(default)s)", MACHINE_COMMANDS | {"submit"}, type=int,
            reproduce="always"),
+    Option("daemon", "the on-demand daemon: a built-in adapter (python, cdaemon) or an adapter file's path "
+           "(default %(default)s; README: Daemons)", frozenset({"run"})),
     Option("after_fail", "once the kernel failed a probe at its protocol point, stop the faults (the run is FAIL "
            "whatever comes) or continue with every one (default %(default)s)", SCENARIO_COMMANDS,
            choices=("stop", "continue")),

@@ -19,11 +19,12 @@ from .kernel import build, kconfig, series, source
 from .judge import console, report
 from .judge.checks import Status
 from .judge.results import AnyResults, Results
-from .guest import dataset, ssh, vm
+from .daemons.adapter import DEFAULT_DAEMON
+from .guest import cdaemon, dataset, ssh, vm
 from .errors import HarnessError, InputError, UntestableError
 from .guest.faults import FaultLoop
 from .guest.logs import GuestLogs
-from .guest.services import GUEST_TMP, GuestServices
+from .guest.services import GUEST_SCRIPTS, GUEST_TMP, DaemonLaunch, GuestServices
 from .guest.session import GuestCommandFailed, GuestGone, GuestHung, GuestSession, Session, Transport
 from .request import RunRequest, new_output_dir
 
@@ -55,6 +56,10 @@ class Run:
                                      "scenario": asdict(self.scenario), "crash_plan": self.crash_plan, "aborted": None}
         self.started = time.monotonic()
         self.progress = progress.Progress()
+        adapter = req.adapter
+        self.meta["daemon"] = {"name": adapter.name, "source": adapter.source, "foreign": req.daemon != DEFAULT_DAEMON,
+                               "faults_left_out": list(req.faults_left_out)}
+        self.daemon_binary: Path | None = None  # built on the host, for an adapter with `build`
 
     def save_meta(self) -> None:
         (self.dir / "run.json").write_text(json.dumps(self.meta, indent=1) + "\n")
@@ -158,8 +163,9 @@ class Run:
             if link is not None:
                 session = ssh_session = self.ssh_session(console_session, link, t)
                 stack.callback(ssh_session.close)
-            logs = GuestLogs(session, config)
-            services = GuestServices(session, logs, config, self.config_path, self.scenario.readers, t)
+            launch = self.daemon_launch(config)
+            logs = GuestLogs(session, config, kill_pid_file=None if launch.ours else launch.kill_pid_file)
+            services = GuestServices(session, logs, config, self.config_path, self.scenario.readers, t, launch)
             try:
                 services.start()
                 self.faults(session, logs, t, vm_started)
@@ -176,6 +182,16 @@ class Run:
                 self.meta["aborted"] = f"guest {'hung' if isinstance(e, GuestHung) else 'gone'}: {why}"
             else:
                 session.shutdown(timeout_s=min(30.0, t.command))  # all is collected: no long wait
+
+    def daemon_launch(self, config: GuestConfig) -> DaemonLaunch:
+        """The adapter's command filled in for this run (harness/daemons)."""
+        adapter, ours = self.req.adapter, self.req.daemon == DEFAULT_DAEMON
+        values = {"binary": str(self.daemon_binary or ""), "scripts": str(GUEST_SCRIPTS),
+                  "config": str(self.config_path), "cache_dir": config.cache_dir, "tag": config.tag,
+                  "threads": str(self.scenario.threads), "log_dir": config.log_dir, "run_dir": GUEST_TMP}
+        argv = adapter.argv(values, config.images)
+        pid_file = Path(adapter.kill_pid_file.format_map(values))  # in the log directory (adapter.parse)
+        return DaemonLaunch(tuple(argv), ours, pid_file, "keeper.out" if ours else "daemon.out")
 
     def ssh_session(self, console_session: GuestSession, link: ssh.SshLink, t: vm.Timeouts) -> ssh.SshSession:
         """The guest's sshd started over the console, its host key pinned, our key let in: the
@@ -204,6 +220,8 @@ class Run:
             preflight(self.req.transport)
             built = self.kernel()
             data = dataset.build(dataset.DatasetSpec(seed=self.req.seed, images=self.scenario.images), self.req.cache)
+            if self.req.adapter.build:
+                self.daemon_binary = cdaemon.build_cdaemon(self.req.cache / "cdaemon")
             accel = self.req.accel
             if accel == "auto":
                 accel = vm.probe_accel(built.bzimage, self.req.cache, self.dir / "kvm-probe.log")

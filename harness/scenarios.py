@@ -165,6 +165,44 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
 DEFAULT_SCENARIO = "crash"
 
 
+# Each fault the host sends: the Scenario field that counts it, and the evidence (Needs) only it
+# brings about. A daemon that does not take a fault (its adapter, harness/daemons) runs the
+# scenario without it, and without that evidence; the report says which faults ran.
+FAULT_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    Fault.KILL: ("kills", ("in_flight_share", "redelivered")),
+    Fault.CLOSE: ("fd_closes", ("fd_closes", "reopens", "reads_after_reopen")),
+    Fault.RESTORE_LIVE: ("restores_live", ()),
+    Fault.STALE: ("stale_answers", ()),
+    Fault.STATE_KILL: ("state_kills", ("state_kill_hits",)),
+    Fault.CACHE_DEATH: ("cache_deaths", ("cache_deaths", "withdrawal_umounts")),
+    Fault.KILL_WAITER: ("kill_waiters", ("killed_waiters",)),
+    Fault.UMOUNT_REOPEN: ("umount_reopens", ("reopen_umounts", "restore_umounts")),
+    Fault.AWAIT_CRASH: ("crash_point_repeats", ("crash_point_hits",)),
+}
+# What only our daemon does: its misbehaviours and probes (GuestConfig's flags, its log's probes)
+OUR_DAEMON_ONLY = {"lockless": False, "close_during_copen": 0.0, "dawdle_s": 0.0, "late_close": False,
+                   "supervise_fds": False}
+OUR_DAEMON_NEEDS = ("reopen_probes", "misbehaviours")
+
+
+def for_daemon(scenario: Scenario, supported: frozenset[str], ours: bool) -> tuple[Scenario, tuple[str, ...]]:
+    """The scenario as a daemon taking `supported` faults runs it, and the faults it leaves out
+    (those the scenario sends). Another daemon than ours has none of our daemon's misbehaviours
+    and probes either: the scenario's faults and the kernel decide."""
+    fields: dict[str, Any] = {}
+    needs: dict[str, Any] = {}
+    dropped = []
+    for fault, (count, evidence) in FAULT_FIELDS.items():
+        if getattr(scenario, count) and fault not in supported:
+            dropped.append(fault)
+            fields[count] = 0
+            needs.update({n: type(getattr(scenario.needs, n))(0) for n in evidence})
+    if not ours:
+        fields.update(OUR_DAEMON_ONLY)
+        needs.update({n: 0 for n in OUR_DAEMON_NEEDS})
+    return replace(scenario, **fields, needs=replace(scenario.needs, **needs)), tuple(dropped)
+
+
 def expected_daemon_errnos(recorded: dict[str, Any]) -> frozenset[int]:
     """The errnos a scenario as run.json records it expects the daemon to get. A run recorded
     before scenarios named them takes them from the scenario of its name as defined now."""

@@ -152,6 +152,8 @@ def parse(data: Mapping[str, Any], source: str) -> Adapter:
     if "pid_file" not in kill:
         raise fail("kill: missing `pid_file`: the file naming the worker to kill")
     pid_file = _string(kill, "pid_file", fail)
+    if not pid_file.startswith("{log_dir}/"):
+        raise fail(f"kill.pid_file {pid_file!r} must be in {{log_dir}}/, which the host reads as the faults go")
     faults = _strings(data, "faults", fail)
     if bad := [f for f in faults if f not in SUPPORTABLE]:
         raise fail(f"fault(s) {', '.join(bad)} unknown (known: {', '.join(SUPPORTABLE)})")

@@ -62,10 +62,17 @@ class Clock:
 class GuestLogs:
     """Running state from the keeper's, the daemon's and the readers' logs, and the waits on it."""
 
-    def __init__(self, session: Session, config: GuestConfig, clock: Clock = Clock()) -> None:
+    def __init__(self, session: Session, config: GuestConfig, clock: Clock = Clock(),
+                 kill_pid_file: Path | None = None) -> None:
         self.session = session
         self.config = config
         self.clock = clock
+        # Another daemon than ours (harness/daemons): its incarnations are the pids its kill
+        # target's pid file names in turn, and an incarnation has answered once a reader verified
+        # a file after it came (the pace of the faults, not a verdict: the kernel's ledger judges)
+        self.kill_pid_file = kill_pid_file
+        self.pids_seen: list[int] = []  # the pid file's pids, in order: incarnation i is pids_seen[i - 1]
+        self.files_when_seen: list[int] = []  # readers' verified files when each was first seen
         self.daemon = LogTail(Path(config.daemon_log))
         self.keeper = LogTail(Path(config.keeper_log))
         self.readers: dict[Path, LogTail] = {}  # found as the readers start
@@ -108,11 +115,25 @@ class GuestLogs:
         return Path(self.config.keeper_state_file).exists()
 
     def daemon_state(self) -> tuple[int, int] | None:
-        """(incarnation, pid) of the daemon that last said it is serving."""
+        """(incarnation, pid) of the daemon that last said it is serving; of another daemon, the
+        one its kill target's pid file names."""
+        if self.kill_pid_file is not None:
+            return self.pid_file_state()
         try:
             return parse_daemon_state(Path(self.config.daemon_state_file).read_text())
         except OSError:
             return None
+
+    def pid_file_state(self) -> tuple[int, int] | None:
+        assert self.kill_pid_file is not None
+        try:
+            pid = int(self.kill_pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):  # not written yet, or being replaced
+            return None
+        if not self.pids_seen or self.pids_seen[-1] != pid:
+            self.pids_seen.append(pid)
+            self.files_when_seen.append(self.reader_events[Event.FILE])
+        return len(self.pids_seen), pid
 
     def wait_until(self, what: str, predicate: Callable[[], bool], timeout_s: float) -> None:
         """Poll the logs until `predicate` holds; a guest that died meanwhile (a panic) ends the
@@ -145,6 +166,11 @@ class GuestLogs:
         """Whether incarnation `incarnation`, or a later one, has answered a request: the keeper
         may kill one before it answers anything (Fault.UMOUNT_REOPEN at a restore kills the
         incarnation holding the reopen's OPEN; a wait for that one alone never ends)."""
+        if self.kill_pid_file is not None:
+            self.pid_file_state()
+            if len(self.pids_seen) < incarnation:
+                return False
+            return self.reader_events[Event.FILE] > self.files_when_seen[incarnation - 1]
         return any(i >= incarnation for i in self.answered_by)
 
     def wait_for_incarnation(self, incarnation: int, timeout_s: float) -> tuple[int, int]:

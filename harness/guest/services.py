@@ -3,10 +3,12 @@ keeper (which starts the daemon) and the readers; and their drain once the fault
 from __future__ import annotations
 
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 
 import guest_scripts
 from guest_scripts.contract import END_OF_RUN_FILE, Event, GuestConfig
+from ..errors import InputError
 from ..judge.trace import KPROBE_GROUP, PROBES, TRACE_CLOCK, TRACEPOINTS
 from .logs import GuestLogs
 from .session import GuestHung, Session
@@ -20,15 +22,26 @@ KMEMLEAK = "/sys/kernel/debug/kmemleak"
 TRACE_BUFFER_KB = 16384  # per CPU: a whole run's on-demand events without overrun
 
 
+@dataclass(frozen=True)
+class DaemonLaunch:
+    """How the daemon is started (harness/daemons: its adapter, filled in for the run)."""
+
+    argv: tuple[str, ...]
+    ours: bool  # the harness's keeper and daemon, which say in their logs when they serve
+    kill_pid_file: Path  # names the process to kill; in the log directory, which the host reads
+    output: str = "keeper.out"  # its stdout and stderr, in the log directory
+
+
 class GuestServices:
     def __init__(self, session: Session, logs: GuestLogs, config: GuestConfig, config_path: Path,
-                 readers: int, timeouts: Timeouts) -> None:
+                 readers: int, timeouts: Timeouts, daemon: DaemonLaunch) -> None:
         self.session = session
         self.logs = logs
         self.config = config
         self.config_path = config_path
         self.readers = readers
         self.t = timeouts
+        self.daemon = daemon
         self.log_dir = shlex.quote(config.log_dir)
 
     def start(self) -> None:
@@ -51,18 +64,32 @@ class GuestServices:
         session.check(f"mountpoint -q /sys/kernel/debug || mount -t debugfs debugfs /sys/kernel/debug;"
                       f" if [ -e {KMEMLEAK} ]; then echo scan >{KMEMLEAK} && echo clear >{KMEMLEAK}; fi",
                       t.command * 3)
-        session.check(f"{py} {scripts}/keeper.py --config {config} >{g}/keeper.out 2>&1 &"
+        # keeper.pid: the process the harness started (our keeper, another daemon's supervisor),
+        # which the end check stops with SIGTERM
+        session.check(f"{shlex.join(self.daemon.argv)} >{g}/{self.daemon.output} 2>&1 &"
                       f" echo $! >{g}/keeper.pid", t.command)
         if self.config.statekill_ctl:
             # kills at kernel states: armed by the fault loop, reading a trace instance of its own
             session.check(f"{py} {scripts}/statekill.py --config {config} --keeper-pid $(cat {g}/keeper.pid)"
                           f" >{g}/statekill.out 2>&1 &", t.command)
             self.logs.wait_until("the state-kill agent", lambda: self.logs.statekill_started, t.command)
-        self.logs.wait_until("the keeper binding /dev/cachefiles", self.logs.keeper_bound, t.command)
-        self.logs.wait_for_incarnation(1, t.recovery)
+        if self.daemon.ours:
+            self.logs.wait_until("the keeper binding /dev/cachefiles", self.logs.keeper_bound, t.command)
+        _, pid = self.logs.wait_for_incarnation(1, t.recovery)
+        if not self.daemon.ours and pid == self.started_pid():
+            # a daemon that restarts itself: the process started is its supervisor; killing it
+            # would end the daemon, not fail one incarnation over
+            raise InputError(f"the daemon's kill target ({self.daemon.kill_pid_file.name}) names the process the "
+                             f"harness started (pid {pid}), its supervisor, not the worker that reads the device")
         for i in range(self.readers):
             session.check(f"{py} {scripts}/reader.py --config {config} --id {i} >{g}/reader-{i}.out 2>&1 &", t.command)
         self.logs.wait_until("the readers' first mount", lambda: self.logs.reader_events[Event.MOUNTED] > 0, t.command)
+
+    def started_pid(self) -> int | None:
+        try:
+            return int((Path(self.config.log_dir) / "keeper.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
 
     def drain(self) -> None:
         """Readers finish the file they are on (and their first full round); then all stops."""

@@ -12,7 +12,7 @@ from harness.errors import InputError
 VALUES = {"binary": "/b/cdaemon", "scripts": "/s", "config": "/c.json", "cache_dir": "/cache", "tag": "t",
           "threads": "3", "log_dir": "/log", "run_dir": "/run/x"}
 GOOD = {"name": "mine", "command": ["/usr/sbin/mine", "--dir", "{cache_dir}"], "restarts": "self",
-        "device_fd": "supervisor", "kill": {"pid_file": "{run_dir}/worker.pid"}, "faults": ["kill"]}
+        "device_fd": "supervisor", "kill": {"pid_file": "{log_dir}/worker.pid"}, "faults": ["kill"]}
 
 
 def test_the_built_in_adapters_parse_and_fill_in():
@@ -25,13 +25,13 @@ def test_the_built_in_adapters_parse_and_fill_in():
     argv = c.argv(VALUES, {"img1": "/d/img1.erofs", "img0": "/d/img0.erofs"})
     assert argv[:3] == ["/b/cdaemon", "--cache-dir", "/cache"]
     assert argv[-4:] == ["--image", "img0=/d/img0.erofs", "--image", "img1=/d/img1.erofs"]
-    assert c.kill_pid_file.format_map(VALUES) == "/run/x/cdaemon-worker.pid"
+    assert c.kill_pid_file.format_map(VALUES) == "/log/cdaemon-worker.pid"
 
 
 def test_an_adapter_file_is_read_by_path(tmp_path: Path):
     f = tmp_path / "mine.toml"
     f.write_text('name = "mine"\ncommand = ["/usr/sbin/mine"]\nrestarts = "self"\ndevice_fd = "supervisor"\n'
-                 'kill = { pid_file = "{run_dir}/w.pid" }\nfaults = ["kill"]\n')
+                 'kill = { pid_file = "{log_dir}/w.pid" }\nfaults = ["kill"]\n')
     a = adapter.load(str(f))
     assert a.name == "mine" and a.source == str(f) and a.argv(VALUES, {}) == ["/usr/sbin/mine"]
 
@@ -40,6 +40,7 @@ def test_an_adapter_file_is_read_by_path(tmp_path: Path):
     ({"kill": {"pid_file": "/w.pid", "pattern": "mine-worker"}}, "never by a name pattern"),
     ({"pgrep": "mine"}, "never by a name pattern"),
     ({"kill": {}}, "missing `pid_file`"),
+    ({"kill": {"pid_file": "{run_dir}/w.pid"}}, "must be in {log_dir}/"),
     ({"kill": "/w.pid"}, "`kill` must be a table"),
     ({"faults": ["close"]}, "`kill` is required"),
     ({"faults": ["kill", "explode"]}, "explode unknown"),

@@ -241,6 +241,40 @@ def test_a_failed_probe_stops_the_faults_but_is_no_abort(tmp_path: Path) -> None
     assert loop.run() is None and loop.decided_by is None and len(every.commands) == 4
 
 
+class ForeignDaemon(StandInGuest):
+    """Another daemon (harness/daemons): its supervisor forks the next worker and rewrites the
+    worker pid file; it logs nothing the host reads, and readers verifying files show it serves."""
+
+    def start_next(self) -> None:
+        self.incarnation += 1
+        self.pid += 1
+        (self.dir / "worker.pid").write_text(f"{self.pid}\n")
+
+    def tick(self) -> None:
+        super().tick()
+        if self.incarnation not in self.silent:  # the readers go on while a worker serves
+            self.log("reader-0.jsonl", event=Event.FILE, path=f"f{self.incarnation}")
+
+
+def foreign_loop(tmp_path: Path, guest: StandInGuest, kinds: list[str]) -> FaultLoop:
+    logs = GuestLogs(guest, guest_config(tmp_path), guest.clock(), kill_pid_file=tmp_path / "worker.pid")
+    return FaultLoop(guest, logs, [Action(kind, 0.5) for kind in kinds], {}, TIMEOUTS, tmp_path / "faults.jsonl",
+                     Progress(io.StringIO(), tty=False))
+
+
+def test_another_daemon_s_incarnations_are_its_kill_target_s_pids_and_its_recovery_the_readers(tmp_path: Path) -> None:
+    guest = ForeignDaemon(tmp_path)
+    loop = foreign_loop(tmp_path, guest, [Fault.KILL] * 3)
+    assert loop.run() is None
+    assert guest.commands == ["kill -KILL 101", "kill -KILL 102", "kill -KILL 103"]
+    assert loop.logs.pids_seen == [101, 102, 103, 104]
+    # control: a worker after which no reader verifies a file is a death not recovered from
+    (tmp_path / "silent").mkdir()
+    silent = ForeignDaemon(tmp_path / "silent")
+    silent.silent.add(2)
+    assert foreign_loop(tmp_path / "silent", silent, [Fault.KILL]).run() == "incarnation 2 answering: not within 60s"
+
+
 def test_a_guest_that_is_gone_ends_the_wait_at_once(tmp_path: Path) -> None:
     guest = StandInGuest(tmp_path)
     guest.silent.add(2)

@@ -31,6 +31,8 @@ def a_value(rng: random.Random, option: run_options.Option) -> Any:
                                                                            "daemon_threads") else rng.randint(0, 999)
     if option.type is Path:
         return rng.choice([None, *PATHS]) if option.field in ("tree", "series") else rng.choice(PATHS)
+    if option.field == "daemon":
+        return rng.choice(["python", "cdaemon", "/etc/failover/mine.toml"])
     if option.field == "package":
         return rng.choice([source.DEFAULT_PACKAGE, "linux-source-6.13"])
     return rng.choice([None, "v6.12", "deadbeef", "origin/main~3"])  # ref

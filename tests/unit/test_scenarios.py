@@ -71,3 +71,28 @@ def test_request_overrides():
     assert RunRequest().plan.kills == 50  # the README's main job
     with pytest.raises(InputError, match="unknown scenario"):
         RunRequest(scenario="nope").validate()
+
+
+def test_a_daemon_runs_only_the_faults_it_takes_and_the_evidence_they_bring():
+    crash, dropped = scenarios.for_daemon(scenarios.SCENARIOS["crash"], frozenset({"kill"}), ours=False)
+    assert dropped == () and crash.kills == 50 and crash.needs.in_flight_share == 0.5
+    combined, dropped = scenarios.for_daemon(scenarios.SCENARIOS["combined"], frozenset({"kill"}), ours=False)
+    assert dropped == ("close",) and combined.kills == 25 and combined.fd_closes == 0
+    assert (combined.needs.fd_closes, combined.needs.reopens, combined.needs.reads_after_reopen) == (0, 0, 0)
+    assert combined.needs.reopen_probes == 0  # our daemon's probes: none from another daemon
+    assert combined.needs.in_flight_share == 0.6  # the kills' evidence stays
+    adversarial, dropped = scenarios.for_daemon(scenarios.SCENARIOS["adversarial"], frozenset({"kill"}), ours=False)
+    assert set(dropped) == {"close", "restore_live", "stale", "state_kill", "kill_waiter", "umount_reopen"}
+    assert not (adversarial.lockless or adversarial.late_close) and adversarial.needs.misbehaviours == 0
+    # our own daemon through the same table: nothing left out
+    assert scenarios.for_daemon(scenarios.SCENARIOS["adversarial"], frozenset(scenarios.FAULT_FIELDS), ours=True) == (
+        scenarios.SCENARIOS["adversarial"], ())
+
+
+def test_a_request_with_another_daemon_plans_and_says_what_it_leaves_out(tmp_path):
+    req = RunRequest(scenario="combined", daemon="cdaemon", output=tmp_path, cache=tmp_path).validate()
+    assert req.plan.fd_closes == 0 and req.faults_left_out == ("close",)
+    with pytest.raises(InputError, match="takes none of scenario close-fds's faults"):
+        RunRequest(scenario="close-fds", daemon="cdaemon", output=tmp_path, cache=tmp_path).validate()
+    with pytest.raises(InputError, match="no such built-in daemon"):
+        RunRequest(daemon="nydusd", output=tmp_path, cache=tmp_path).validate()
