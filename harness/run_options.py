@@ -16,6 +16,7 @@ from typing import Any, Callable, Collection, Literal, Mapping
 
 from .guest.session import Transport
 from .kernel.kconfig import FLAVORS
+from .daemons import adapter as daemon_adapter
 from .scenarios import SCENARIOS
 
 ACCELS = ("auto", "kvm", "tcg")
@@ -82,7 +83,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("daemon_threads", "threads serving /dev/cachefiles (default: the scenario's)", SCENARIO_COMMANDS, type=int),
     Option("seed", "dataset and kill timing (default %(default)s)", MACHINE_COMMANDS | {"submit"}, type=int,
            reproduce="always"),
-    Option("daemon", "the on-demand daemon: a built-in adapter (python, cdaemon) or an adapter file's path "
+    Option("daemon", f"the on-demand daemon: a built-in adapter ({', '.join(daemon_adapter.built_in())}) or an adapter file's path "
            "(default %(default)s; README: Daemons)", frozenset({"run"})),
     Option("after_fail", "once the kernel failed a probe at its protocol point, stop the faults (the run is FAIL "
            "whatever comes) or continue with every one (default %(default)s)", SCENARIO_COMMANDS,

@@ -57,7 +57,7 @@ class Run:
         self.started = time.monotonic()
         self.progress = progress.Progress()
         adapter = req.adapter
-        self.meta["daemon"] = {"name": adapter.name, "source": adapter.source, "foreign": req.daemon != DEFAULT_DAEMON,
+        self.meta["daemon"] = {"name": adapter.name, "source": adapter.source, "foreign": adapter.name != DEFAULT_DAEMON,
                                "faults_left_out": list(req.faults_left_out)}
         self.daemon_binary: Path | None = None  # built on the host, for an adapter with `build`
 
@@ -185,7 +185,8 @@ class Run:
 
     def daemon_launch(self, config: GuestConfig) -> DaemonLaunch:
         """The adapter's command filled in for this run (harness/daemons)."""
-        adapter, ours = self.req.adapter, self.req.daemon == DEFAULT_DAEMON
+        adapter = self.req.adapter
+        ours = adapter.name == DEFAULT_DAEMON
         values = {"binary": str(self.daemon_binary or ""), "scripts": str(GUEST_SCRIPTS),
                   "config": str(self.config_path), "cache_dir": config.cache_dir, "tag": config.tag,
                   "threads": str(self.scenario.threads), "log_dir": config.log_dir, "run_dir": GUEST_TMP}

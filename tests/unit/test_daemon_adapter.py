@@ -16,10 +16,12 @@ GOOD = {"name": "mine", "command": ["/usr/sbin/mine", "--dir", "{cache_dir}"], "
 
 
 def test_the_built_in_adapters_parse_and_fill_in():
-    assert adapter.built_in() == ["cdaemon", "python"]
+    assert adapter.built_in() == ["cdaemon", "cdaemon-no-restore", "python"]
     ours = adapter.load("python")
     assert ours.restarts is adapter.Restarts.HARNESS and ours.device_fd is adapter.DeviceFd.KEEPER
     assert set(ours.faults) == set(adapter.SUPPORTABLE)  # every fault the harness has, on one path
+    off = adapter.load("cdaemon-no-restore")
+    assert "--no-restore" in off.command and off.build == "cdaemon"
     c = adapter.load("cdaemon")
     assert c.build == "cdaemon" and c.unsupported({"kill", "close"}) == ["close"]
     argv = c.argv(VALUES, {"img1": "/d/img1.erofs", "img0": "/d/img0.erofs"})
@@ -67,7 +69,7 @@ def test_every_required_key_is_asked_for(key):
 
 
 def test_a_missing_or_broken_file_is_one_line(tmp_path: Path):
-    with pytest.raises(InputError, match="no such built-in daemon .*built in: cdaemon, python"):
+    with pytest.raises(InputError, match="no such built-in daemon .*built in: cdaemon, cdaemon-no-restore, python"):
         adapter.load("nydusd")
     with pytest.raises(InputError, match="cannot read it"):
         adapter.load(str(tmp_path / "absent.toml"))
