@@ -113,6 +113,8 @@ class ProcessAccount:
     longest_wait_s: float | None = None  # of those answered, the longest from first delivery to answer
     most_overtaken: int = 0  # of those, the most other messages delivered between the restore and it
     next_answer_s: float | None = None  # from the death to the next request any process answered
+    held_ids: tuple[int, ...] = ()  # the msg_ids of the `held` lifetimes, in order of first delivery
+    redelivered_ids: tuple[int, ...] = ()  # of those, the `redelivered` ones
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,7 @@ class Ledger:
     anon_fds_released: int = 0  # `fd_release`: each anon fd's last close
     cache_deaths: tuple[CacheDeath, ...] = ()
     abandoned_reads: int = 0  # of the READs queued, given up by a task that exited before their delivery
+    answered: dict[str, int] = field(default_factory=dict)  # lifetimes ended by their answer, by opcode
 
     @classmethod
     def none(cls, why: str) -> "Ledger":
@@ -349,6 +352,8 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None, unmounted
     for tgid in sorted(b.delivered.keys() | b.empty.keys()):
         died = b.exits.get(tgid)
         held = redelivered = by_kernel = no_restore = taken_over = 0
+        held_ids: list[int] = []
+        redelivered_ids: list[int] = []
         waits: list[float] = []
         overtaken = [0]
         next_answer = None
@@ -359,6 +364,7 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None, unmounted
                 if not mine or (lt.ended_ts is not None and lt.ended_ts <= died):
                     continue
                 held += 1
+                held_ids.append(lt.msg_id)
                 restore = next((r for r in b.restores if r > died), None)
                 if restore is None:
                     no_restore += 1
@@ -368,6 +374,7 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None, unmounted
                                                     "`restore` after, though one read the device", "daemon"))
                 elif again := next((d.ts for d in lt.deliveries if d.ts > restore), None):
                     redelivered += 1
+                    redelivered_ids.append(lt.msg_id)
                     if lt.ended_by == "answer" and lt.ended_ts is not None:
                         waits.append(lt.ended_ts - lt.deliveries[0].ts)
                     # the kernel's read() searches from the last id delivered upwards: a request a
@@ -381,6 +388,7 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None, unmounted
                     taken_over += 1
                 elif lt.ended_by == "refused" and lt.ended_ts is not None and lt.ended_ts > restore:
                     redelivered += 1  # delivered again, and refused: its anon fd was still open (EEXIST)
+                    redelivered_ids.append(lt.msg_id)
                 else:
                     newer = _between(b.delivery_ts, restore, float("inf"))
                     violations.append(Violation("held", f"{lt.describe()}, held by process {tgid} when it died "
@@ -388,7 +396,7 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None, unmounted
                                                 f"({newer} other messages were)"))
         accounts.append(ProcessAccount(tgid, b.delivered[tgid], b.empty[tgid], died, held, redelivered, by_kernel,
                                        no_restore, taken_over, round(max(waits), 4) if waits else None,
-                                       max(overtaken), next_answer))
+                                       max(overtaken), next_answer, tuple(held_ids), tuple(redelivered_ids)))
     for lt in [*b.live.values(), *(lt for lt in b.all if lt.ended_by in ("unbind", "vanished"))]:
         how = "" if lt.ended_ts is None else {
             "unbind": f", failed when the device was closed at {lt.ended_ts:.6f}",
@@ -430,6 +438,7 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None, unmounted
         anon_fds_handed=b.fds_handed,
         anon_fds_released=b.fds_released,
         cache_deaths=tuple(deaths),
+        answered=dict(Counter(lt.op for lt in b.all if lt.ended_by == "answer")),
     )
 
 

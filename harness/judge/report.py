@@ -13,16 +13,27 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from . import (cachedeath, console, evidence, junit, killable, ledger, markdown, misbehaviour, probes, reopenumount, reread,
-               statekills, trace, verdict)
+from . import (cachedeath, console, evidence, junit, kernelfacts, killable, ledger, markdown, misbehaviour, probes,
+               reopenumount, reread, statekills, trace, verdict)
 from .checks import Status, slugs
 from .results import (RESULTS_SCHEMA_VERSION, AnyResults, CacheDeathsSection, CrashPointRow, DeathSpread, EndSection,
                       LedgerSection, Results, Spread, error_results)
 from guest_scripts.contract import EndOfRun, Event
 from ..scenarios import CRASH_POINTS, UNANSWERED_POINTS, Needs, expected_daemon_errnos
 
-__all__ = ["RESULTS_SCHEMA_VERSION", "SCHEMA_FILE", "evaluate", "summary", "write_error", "write_outputs"]
+__all__ = ["RESULTS_SCHEMA_VERSION", "SCHEMA_FILE", "evaluate", "foreign_daemon", "summary", "write_error",
+           "write_outputs"]
 SCHEMA_FILE = Path(__file__).resolve().parent / "results.schema.json"
+FACTS_FROM_KERNEL = "kernel"  # results.json evidence.daemon_facts_from: the daemon's facts are the kernel's
+
+
+def foreign_daemon(meta: dict[str, Any]) -> str | None:
+    """The name of the run's daemon when run.json says it is foreign (`"daemon": {"name": ...,
+    "foreign": true}`): its log cannot be relied on. None for ours (the key absent, or not foreign)."""
+    daemon = meta.get("daemon")
+    if not isinstance(daemon, dict) or daemon.get("foreign") is not True:
+        return None
+    return str(daemon.get("name") or "?")
 
 
 def _crash_point_table(daemon: evidence.DaemonFacts) -> dict[str, CrashPointRow]:
@@ -97,11 +108,15 @@ def _end_section(end: EndOfRun | None, read_back: reread.Reread) -> EndSection |
             "leaks": None if end.leaks is None else len(end.leaks)}
 
 
-def evaluate(run_dir: Path) -> Results:
+def evaluate(run_dir: Path, foreign_from_kernel: bool = False) -> Results:
+    """Judge the run in `run_dir` and write its outputs. The daemon's incarnations, deaths and kills
+    come from its and the keeper's logs; with `foreign_from_kernel`, a run whose daemon run.json
+    calls foreign (foreign_daemon) takes them from the kernel's trace and ledger instead
+    (kernelfacts.py: "a daemon's own log, where there is one, is only a cross-check")."""
     meta = json.loads((run_dir / "run.json").read_text())
     scenario = meta.get("scenario", {})
     logs = evidence.RunLogs.load(run_dir)
-    daemon = evidence.daemon_facts(logs.keeper, logs.daemon, logs.host_kills)
+    foreign = foreign_daemon(meta) if foreign_from_kernel else None
     readers = evidence.reader_facts(logs.readers, logs.manifest)
     trace_events = trace.parse(logs.trace)
     kernel_trace = trace.facts(trace_events, logs.trace_lost)
@@ -112,6 +127,8 @@ def evaluate(run_dir: Path) -> Results:
     unmounted = reopenumount.judge(logs.keeper, trace_events, complete=not lost)
     kernel_ledger = ledger.build(trace_events, "; ".join(lost) or None,
                                  frozenset(u.debug_id for u in unmounted if u.restored and u.debug_id is not None))
+    daemon = (kernelfacts.daemon_facts_from_kernel(trace_events, kernel_ledger, logs.host_kills) if foreign is not None
+              else evidence.daemon_facts(logs.keeper, logs.daemon, logs.host_kills))
     probed = probes.probe_counts(logs.daemon)
     recv_by_pid = Counter(e.get("pid", -1) for e in logs.daemon if e.get("event") == Event.RECV)
     reads_after_reopen = trace.reads_after_reopens(logs.daemon)
@@ -207,6 +224,9 @@ def evaluate(run_dir: Path) -> Results:
         "reproduce": meta["reproduce"],
         "harness_version": __version__,
     }
+    if foreign is not None:
+        results["evidence"]["daemon_facts_from"] = FACTS_FROM_KERNEL
+        results["evidence"]["foreign_daemon"] = foreign
     if meta.get("crash_plan"):
         results["crash_points"] = _crash_point_table(daemon)
     if cache is not None:
@@ -328,6 +348,9 @@ def summary(r: Results) -> str:
         f"{ev['reopens']} reopens with {ev['reads_after_reopen']} READs after them, "
         f"{ev['empty_reads']} empty wake-ups; recovery mean {_seconds(r['recovery_s']['mean'])}, "
         f"max {_seconds(r['recovery_s']['max'])}",
+        *([f"  daemon facts: from the kernel's trace and ledger (foreign daemon {ev.get('foreign_daemon', '?')}): "
+           "incarnations, deaths, kills, restores, answers; its own log is not read for them"]
+          if ev.get("daemon_facts_from") == FACTS_FROM_KERNEL else []),
         _ledger_line(r["ledger"]),
         "  probes: " + "; ".join(f"{kind} ran {c['ran']}, decided {c['decided']}"
                                  f"{' (on reopens)' if kind in probes.ON_REOPENS else ''}, held {c['held']}, "

@@ -6,7 +6,7 @@ same either way). `failed_checks`, `reason_checks` and `missing_checks` hold che
 """
 from __future__ import annotations
 
-from typing import Any, TypedDict, TypeGuard, Union
+from typing import Any, NotRequired, TypedDict, TypeGuard, Union
 
 from .. import __version__
 from .checks import JUDGED, Status
@@ -56,6 +56,8 @@ class Evidence(TypedDict):
     incarnations: int
     requests_answered: dict[str, int]  # opcode -> requests answered
     daemon_errors: int
+    daemon_facts_from: NotRequired[str]  # "kernel": the facts above came from the kernel (a foreign daemon); absent: its log
+    foreign_daemon: NotRequired[str]  # with it: the daemon's name, from run.json
 
 
 class Spread(TypedDict):
