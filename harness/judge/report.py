@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -108,15 +108,15 @@ def _end_section(end: EndOfRun | None, read_back: reread.Reread) -> EndSection |
             "leaks": None if end.leaks is None else len(end.leaks)}
 
 
-def evaluate(run_dir: Path, foreign_from_kernel: bool = False) -> Results:
+def evaluate(run_dir: Path) -> Results:
     """Judge the run in `run_dir` and write its outputs. The daemon's incarnations, deaths and kills
-    come from its and the keeper's logs; with `foreign_from_kernel`, a run whose daemon run.json
-    calls foreign (foreign_daemon) takes them from the kernel's trace and ledger instead
+    come from its and the keeper's logs; a run whose daemon run.json calls foreign (foreign_daemon:
+    `--daemon` another than ours) takes them from the kernel's trace and ledger instead
     (kernelfacts.py: "a daemon's own log, where there is one, is only a cross-check")."""
     meta = json.loads((run_dir / "run.json").read_text())
     scenario = meta.get("scenario", {})
     logs = evidence.RunLogs.load(run_dir)
-    foreign = foreign_daemon(meta) if foreign_from_kernel else None
+    foreign = foreign_daemon(meta)
     readers = evidence.reader_facts(logs.readers, logs.manifest)
     trace_events = trace.parse(logs.trace)
     kernel_trace = trace.facts(trace_events, logs.trace_lost)
@@ -129,11 +129,16 @@ def evaluate(run_dir: Path, foreign_from_kernel: bool = False) -> Results:
                                  frozenset(u.debug_id for u in unmounted if u.restored and u.debug_id is not None))
     daemon = (kernelfacts.daemon_facts_from_kernel(trace_events, kernel_ledger, logs.host_kills) if foreign is not None
               else evidence.daemon_facts(logs.keeper, logs.daemon, logs.host_kills))
+    # no ledger (events lost): nothing is known of another daemon's incarnations, so no kill can be
+    # matched to a death; the missing ledger makes the run INCONCLUSIVE, not each kill a FAIL
+    unknowable_kills = foreign is not None and not kernel_ledger.available
+    if unknowable_kills:
+        daemon = replace(daemon, kills=())
     probed = probes.probe_counts(logs.daemon)
     recv_by_pid = Counter(e.get("pid", -1) for e in logs.daemon if e.get("event") == Event.RECV)
     reads_after_reopen = trace.reads_after_reopens(logs.daemon)
     findings = console.scan_file(run_dir / "console.log")
-    th = verdict.Thresholds(kills_requested=scenario.get("kills", 0),
+    th = verdict.Thresholds(kills_requested=0 if unknowable_kills else scenario.get("kills", 0),
                             stall_bound_s=meta["timeouts"]["stall_bound"],
                             needs=Needs(**scenario.get("needs", {})),
                             crash_points_planned=len(meta.get("crash_plan", {})),

@@ -393,7 +393,7 @@ def test_foreign_daemon_is_read_from_run_json():
 
 def test_a_foreign_daemon_s_run_is_judged_from_the_kernel(tmp_path):
     run = foreign_run(tmp_path)
-    r = report.evaluate(run, foreign_from_kernel=True)
+    r = report.evaluate(run)
     assert (r["verdict"], r["reasons"], r["missing_evidence"]) == ("PASS", [], [])
     assert r["evidence"]["daemon_facts_from"] == "kernel" and r["evidence"]["foreign_daemon"] == "cdaemon"
     assert r["evidence"]["requests_answered"] == {"OPEN": 27, "READ": 267}  # no CLOSE: the kernel's count
@@ -407,18 +407,22 @@ def test_a_foreign_daemon_needs_no_log_of_its_own(tmp_path):
     run = foreign_run(tmp_path)
     for log in ("daemon.jsonl", "keeper.jsonl"):
         (run / "guest" / log).write_text("")
-    r = report.evaluate(run, foreign_from_kernel=True)
+    r = report.evaluate(run)
     assert r["verdict"] == "PASS" and r["evidence"]["deaths"] == 5 and r["evidence"]["incarnations"] == 6
 
 
-def test_without_the_flag_or_the_key_the_logs_are_judged(tmp_path):
-    """evaluate(run_dir) is today's: the logs, whatever run.json says; and with the flag, a run.json
-    with no foreign daemon is judged as today too."""
+def test_without_the_key_the_logs_are_judged(tmp_path):
+    """A run.json with no foreign daemon (ours, or a run from before --daemon) is judged from the logs."""
     today = report.evaluate(shutil.copytree(FIXTURES / CRASH, tmp_path / "today"))
     assert "daemon_facts_from" not in today["evidence"] and today["evidence"]["requests_answered"]["CLOSE"] == 12
-    unflagged = report.evaluate(foreign_run(tmp_path / "a"))
-    ours = report.evaluate(shutil.copytree(FIXTURES / CRASH, tmp_path / "ours"), foreign_from_kernel=True)
-    not_foreign = report.evaluate(foreign_run(tmp_path / "b", daemon={"name": "daemon.py"}), foreign_from_kernel=True)
-    for r in (unflagged, ours, not_foreign):
-        assert r["evidence"] == today["evidence"] and r["deaths"] == today["deaths"]
-        assert r["verdict"] == today["verdict"]
+    not_foreign = report.evaluate(foreign_run(tmp_path / "b", daemon={"name": "python", "foreign": False}))
+    assert not_foreign["evidence"] == today["evidence"] and not_foreign["deaths"] == today["deaths"]
+    assert not_foreign["verdict"] == today["verdict"]
+
+
+def test_a_foreign_daemon_s_run_without_a_ledger_is_inconclusive_not_failed(tmp_path):
+    run = foreign_run(tmp_path)
+    trace_txt = run / "guest" / "trace.txt"
+    trace_txt.write_text("\n".join(l for l in trace_txt.read_text().splitlines() if "deliver:" not in l) + "\n")
+    r = report.evaluate(run)
+    assert r["verdict"] == "INCONCLUSIVE" and "kills" not in r["failed_checks"], r["reasons"]
