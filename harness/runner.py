@@ -57,8 +57,11 @@ class Run:
         self.started = time.monotonic()
         self.progress = progress.Progress()
         adapter = req.adapter
+        # its own log, in the log directory: the ledger's cross-check (JSON lines; `recv` with its `pid`)
+        log = (adapter.log or "").removeprefix("{log_dir}/")
         self.meta["daemon"] = {"name": adapter.name, "source": adapter.source, "foreign": adapter.name != DEFAULT_DAEMON,
-                               "faults_left_out": list(req.faults_left_out)}
+                               "faults_left_out": list(req.faults_left_out),
+                               "log": log if log and "{" not in log and "/" not in log else None}
         self.daemon_binary: Path | None = None  # built on the host, for an adapter with `build`
 
     def save_meta(self) -> None:

@@ -135,7 +135,10 @@ def evaluate(run_dir: Path) -> Results:
     if unknowable_kills:
         daemon = replace(daemon, kills=())
     probed = probes.probe_counts(logs.daemon)
-    recv_by_pid = Counter(e.get("pid", -1) for e in logs.daemon if e.get("event") == Event.RECV)
+    # the ledger's cross-check: the daemon's own log of what it received, by process (another
+    # daemon's where its adapter names one, none if it does not)
+    own_log = logs.daemon if foreign is None else evidence.read_jsonl(run_dir / "guest" / str(meta["daemon"].get("log") or "-"))
+    recv_by_pid = Counter(e.get("pid", -1) for e in own_log if e.get("event") == Event.RECV)
     reads_after_reopen = trace.reads_after_reopens(logs.daemon)
     findings = console.scan_file(run_dir / "console.log")
     th = verdict.Thresholds(kills_requested=0 if unknowable_kills else scenario.get("kills", 0),
@@ -195,7 +198,8 @@ def evaluate(run_dir: Path) -> Results:
             "requests_answered": daemon.answered,
             "daemon_errors": len(daemon.errors),
         },
-        "ledger": _ledger_section(kernel_ledger, ledger.disagreements(kernel_ledger, dict(recv_by_pid))),
+        "ledger": _ledger_section(kernel_ledger, ledger.disagreements(kernel_ledger, dict(recv_by_pid))
+                                  if foreign is None or own_log else []),
         "end_of_run": _end_section(logs.end_of_run, read_back),
         "probes": {kind: {"ran": c.ran, "decided": c.decided, "held": c.held, "violations": len(c.violations)}
                    for kind, c in probed.items()},
