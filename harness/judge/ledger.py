@@ -143,6 +143,7 @@ class Ledger:
     anon_fds_released: int = 0  # `fd_release`: each anon fd's last close
     cache_deaths: tuple[CacheDeath, ...] = ()
     abandoned_reads: int = 0  # of the READs queued, given up by a task that exited before their delivery
+    reads_after_reopen: int = 0  # READs delivered on an object opened again after its anon fd's release
     answered: dict[str, int] = field(default_factory=dict)  # lifetimes ended by their answer, by opcode
 
     @classmethod
@@ -187,6 +188,9 @@ class _Builder:
         self.waiting_reads: dict[int, tuple[int, int, int]] = {}  # task -> its READ queued, not yet delivered
         self.abandoned: Counter[tuple[int, int, int]] = Counter()  # READs whose task exited before their delivery
         self.known_o: set[int] = set()
+        self.released_o: set[int] = set()  # objects whose anon fd was released, not opened since
+        self.reopened_o: set[int] = set()  # objects opened again after a release: reopened
+        self.reads_after_reopen = 0  # READs delivered (first delivery) on a reopened object
         self.spans = DropsAndReads()  # the objects dropped, and each daemon thread's current read()
         self.fds_handed = self.fds_released = 0
         self.answers: list[float] = []  # when each copen/cread came, in order
@@ -205,6 +209,9 @@ class _Builder:
             self.deliver(e)
         elif e.event == "open" and o is not None:
             self.opening[e.pid] = o
+            if o in self.released_o:
+                self.released_o.discard(o)
+                self.reopened_o.add(o)
         elif e.event in ("copen", "cread"):
             self.answers.append(e.ts)
             lt = self.live.pop(f.get("mid", -1), None)
@@ -223,6 +230,7 @@ class _Builder:
                 self.answers.append(e.ts)
         elif e.event == "fd_release" and o is not None:
             self.object_open[o] = False
+            self.released_o.add(o)
             self.fds_released += 1
         elif e.event == "read" and o is not None:
             self.queued[(o, f.get("s", -1), f.get("l", -1))] += 1
@@ -295,6 +303,7 @@ class _Builder:
             lt.off, lt.length = f.get("a"), f.get("b")
             if o is not None:
                 if len(lt.deliveries) == 1:
+                    self.reads_after_reopen += o in self.reopened_o
                     key = (o, f.get("a", -1), f.get("b", -1))
                     self.delivered_reads[key] += 1
                     if (task := next((t for t, k in self.waiting_reads.items() if k == key), None)) is not None:
@@ -439,6 +448,7 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None, unmounted
         anon_fds_released=b.fds_released,
         cache_deaths=tuple(deaths),
         answered=dict(Counter(lt.op for lt in b.all if lt.ended_by == "answer")),
+        reads_after_reopen=b.reads_after_reopen,
     )
 
 

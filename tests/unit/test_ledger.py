@@ -364,3 +364,14 @@ def test_requests_a_cache_failed_when_it_died_mid_run_were_ended_by_the_kernel()
         broken = lg.of_rule("unanswered")
         assert len(broken) == 2 and "READ msg_id 2 " in broken[0].text and "device was closed" in broken[0].text
         assert "object 1 off 4096 len 4096 queued by the kernel and never delivered" in broken[1].text
+
+
+def test_reads_on_reopened_objects_are_counted_from_the_kernel_alone():
+    """The evidence another daemon's close-fds run needs without its log: on the captured run, the
+    ledger's count is the one our daemon's log gives; with no anon fd ever released (no reopen),
+    none."""
+    from harness.judge import evidence
+    text = lines(CLOSE_FDS)
+    logged = trace.reads_after_reopens(evidence.read_jsonl(CLOSE_FDS.parent / "daemon.jsonl"))
+    assert build(text).reads_after_reopen == logged > 10
+    assert build([line for line in text if "fd_release" not in line]).reads_after_reopen == 0
