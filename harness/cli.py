@@ -3,6 +3,7 @@
 Exit codes: 0 PASS, 1 FAIL (the kernel is at fault), 2 bad usage or input, 125 untestable
 (build or boot failed, infrastructure error: `git bisect run` skips such a commit).
 `bisect` exits 0 when it names the first bad commit, 125 when it cannot, 2 when its ends are wrong.
+`bench` exits 0 when every stage it was asked for ran, 1 when a run FAILed, 125 when one was untestable.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import __version__, proc
-from .campaign import bisect, ci, mutants, submit
+from .campaign import bench, bisect, ci, mutants, submit
 from .judge import report, timeline
 from .campaign.bisect import BisectRequest
 from .errors import EXIT_PASS, EXIT_UNTESTABLE, EXIT_USAGE, HarnessError, InputError
@@ -67,6 +68,8 @@ def parser() -> argparse.ArgumentParser:
 
     ci.add_matrix_arguments(sub.add_parser("matrix", help="a shard of kernels x flavours x scenarios, one report (CI)"))
     submit.add_submit_arguments(sub.add_parser("submit", help="a patch series (an mbox) on a base, the default scenarios"))
+    bench.add_bench_arguments(sub.add_parser("bench", help="measure this machine: builds, boot, kills and closes per "
+                                             "minute, recovery, edit to verdict, a bisection step (bench.json)"))
 
     rep = sub.add_parser("report", help="judge a saved run directory again")
     rep.add_argument("run_dir", type=Path)
@@ -150,7 +153,7 @@ def _mutate(args: argparse.Namespace) -> int:
 # Each command's handler returns the exit code; HarnessError and interrupts are main's.
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _run, "bisect": _bisect, bisect.STEP_COMMAND: _bisect_step, "mutate": _mutate,
-    "matrix": ci.run_matrix, "submit": submit.run_submit, "report": _report,
+    "matrix": ci.run_matrix, "submit": submit.run_submit, "bench": bench.run_bench, "report": _report,
 }
 
 

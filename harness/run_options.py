@@ -29,6 +29,9 @@ TRANSPORTS = tuple(t.value for t in Transport)
 SCENARIO_COMMANDS = frozenset({"run", "bisect", "_bisect-step"})
 SOURCE_COMMANDS = frozenset({"run", "bisect", "mutate", "submit"})
 MACHINE_COMMANDS = frozenset({"run", "bisect", "_bisect-step", "mutate"})
+# `bench` measures the default kernel's runs on this machine: the source, the seed and where it
+# runs; its scenarios, faults and stages are its own, its --output is where bench.json goes
+BENCH_COMMANDS = frozenset({"bench"})
 
 
 def one_or_more(text: str) -> int:
@@ -72,8 +75,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("flavor", "debug adds KASAN, lockdep and the lockup detectors (default %(default)s)",
            SCENARIO_COMMANDS | {"submit"}, choices=tuple(FLAVORS)),
     Option("tree", "a kernel source tree (a git repository for --ref, --series, bisect)",
-           SOURCE_COMMANDS | {"_bisect-step"}, type=Path, group="source", required_in=frozenset({"_bisect-step"})),
-    Option("package", "Debian source package (default %(default)s)", SOURCE_COMMANDS, group="source"),
+           SOURCE_COMMANDS | BENCH_COMMANDS | {"_bisect-step"}, type=Path, group="source",
+           required_in=frozenset({"_bisect-step"})),
+    Option("package", "Debian source package (default %(default)s)", SOURCE_COMMANDS | BENCH_COMMANDS, group="source"),
     Option("ref", "the commit to build (of --tree's repository, or of the package's)", frozenset({"run"})),
     Option("series", "an mbox or a directory of patches, applied on top with git am", frozenset({"run"}), type=Path),
     Option("kills", "SIGKILLs to send (default: the scenario's, 50 for crash)", SCENARIO_COMMANDS, type=one_or_more),
@@ -81,8 +85,8 @@ OPTIONS: tuple[Option, ...] = (
            type=int),
     Option("readers", "reader processes (default: the scenario's)", SCENARIO_COMMANDS, type=int),
     Option("daemon_threads", "threads serving /dev/cachefiles (default: the scenario's)", SCENARIO_COMMANDS, type=int),
-    Option("seed", "dataset and kill timing (default %(default)s)", MACHINE_COMMANDS | {"submit"}, type=int,
-           reproduce="always"),
+    Option("seed", "dataset and kill timing (default %(default)s)", MACHINE_COMMANDS | BENCH_COMMANDS | {"submit"},
+           type=int, reproduce="always"),
     Option("daemon", f"the on-demand daemon: a built-in adapter ({', '.join(daemon_adapter.built_in())}) or an adapter file's path "
            "(default %(default)s; README: Daemons)", frozenset({"run"})),
     Option("after_fail", "once the kernel failed a probe at its protocol point, stop the faults (the run is FAIL "
@@ -90,17 +94,18 @@ OPTIONS: tuple[Option, ...] = (
            choices=("stop", "continue")),
     Option("read_delay_ms", "the daemon's delay per READ, keeps requests in flight (default %(default)s)",
            MACHINE_COMMANDS, type=int, reproduce="always"),
-    Option("accel", "auto probes whether KVM really boots a guest (default %(default)s)", MACHINE_COMMANDS,
-           choices=ACCELS),
+    Option("accel", "auto probes whether KVM really boots a guest (default %(default)s)",
+           MACHINE_COMMANDS | BENCH_COMMANDS, choices=ACCELS),
     # how the run reaches the guest is part of what it tested: said even at its default
     Option("transport", "console: commands typed on the serial console (pexpect); ssh: over an sshd the guest "
            "starts from the host's binaries (paramiko), the console still logging (default %(default)s)",
-           MACHINE_COMMANDS | {"submit", "matrix"}, choices=TRANSPORTS, reproduce="always"),
-    Option("jobs", "make -j (default %(default)s)", MACHINE_COMMANDS, type=one_or_more, reproduce="never"),
+           MACHINE_COMMANDS | BENCH_COMMANDS | {"submit", "matrix"}, choices=TRANSPORTS, reproduce="always"),
+    Option("jobs", "make -j (default %(default)s)", MACHINE_COMMANDS | BENCH_COMMANDS, type=one_or_more,
+           reproduce="never"),
     Option("output", "where run directories go (default %(default)s)", MACHINE_COMMANDS, type=Path,
            reproduce="never"),
-    Option("cache", "downloads, sources, builds (default %(default)s)", MACHINE_COMMANDS | {"submit"}, type=Path,
-           reproduce="never"),
+    Option("cache", "downloads, sources, builds (default %(default)s)", MACHINE_COMMANDS | BENCH_COMMANDS | {"submit"},
+           type=Path, reproduce="never"),
 )
 COMMANDS = frozenset().union(*(o.commands for o in OPTIONS))
 

@@ -72,9 +72,12 @@ class Run:
         req = self.req
         fragments = kconfig.flavor_fragments(req.flavor)
         self.progress.stage("source")
+        started = time.monotonic()
         try:
             with source.prepare(req.cache, req.package, req.tree, req.ref, req.series, self.dir,
                                 self.progress) as (src, prov):
+                # download, unpack and import (once a cache), checkout, series: the source ready to build
+                self.meta["timing"]["source_s"] = round(time.monotonic() - started, 1)
                 self.meta["provenance"] = prov.to_json()
                 self.progress.stage("build", detail=str(src.tree))
                 result = build.build(build.BuildRequest(src, fragments, req.cache, req.jobs, BUILD_TIMEOUT_S,

@@ -120,6 +120,8 @@ def test_each_command_takes_its_share_of_the_options() -> None:
     assert "--package" not in flags(bisect.STEP_COMMAND) and "--scenario" not in flags("mutate")
     assert flags("submit") == {"--flavor", "--tree", "--package", "--seed", "--transport", "--cache"}
     assert flags("matrix") == {"--transport"}  # its kernels, flavours and scenarios are axes of its own
+    # the bench's scenarios, faults and stages are its own; its --output is where bench.json goes
+    assert flags("bench") == {"--tree", "--package", "--seed", "--accel", "--transport", "--jobs", "--cache"}
     assert all("--transport" in flags(c) for c in ("run", "bisect", bisect.STEP_COMMAND, "mutate"))
     with pytest.raises(ValueError):
         run_options.options_of("report")
