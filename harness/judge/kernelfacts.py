@@ -139,19 +139,49 @@ def _is_death(p: ProcessAccount, t: _Trace, killed: set[int]) -> bool:
     return bool(p.held_ids) or read_after  # else the end of the run
 
 
+@dataclass(frozen=True)
+class _IdleProcess:
+    """A killed process that never read the device: what a death needs of a ProcessAccount."""
+    tgid: int
+    died_ts: float | None
+    held_ids: tuple[int, ...] = ()
+    redelivered_ids: tuple[int, ...] = ()
+
+
+def _idle_deaths(events: list[TraceEvent], pids: set[int]) -> dict[int, float]:
+    """tgid -> its last thread's exit, of the `pids` whose exit the trace has."""
+    exits: dict[int, float] = {}
+    for e in events:
+        tgid = e.tgid if e.tgid >= 0 else e.pid
+        if e.event == "exit" and tgid in pids:
+            exits[tgid] = e.ts
+    return exits
+
+
 def daemon_facts_from_kernel(events: list[TraceEvent], ledger: Ledger, host_kills: list[LogEvent]) -> DaemonFacts:
     """DaemonFacts from the trace, its ledger and the host's kills (module docstring). With no
     ledger (the trace lost events, or had no kprobes) there are no incarnations: every kill is one
     that hit no daemon, as far as the kernel can tell."""
     t = _scan(events)
     killed = {pid for k in host_kills if isinstance(pid := k.get("pid"), int)}
-    order = sorted((p for p in ledger.processes), key=lambda p: (t.first_read.get(p.tgid, float("inf")), p.tgid))
-    number = {p.tgid: i for i, p in enumerate(order, 1)}
-    dying = sorted((p for p in order if _is_death(p, t, killed)), key=lambda p: p.died_ts or 0.0)
+    readers = {p.tgid for p in ledger.processes}
+    # a worker the host killed before it ever read the device (it had nothing to read yet, or was
+    # still starting): unknown to the ledger, but its exit is in the trace. A death that held
+    # nothing, not a kill that missed: the kill target was right. Only if a daemon went on after it
+    # (a restore, or another process's first read): a process that exits only as the run ends (a
+    # supervisor stopped) was no worker
+    idle = {tgid: ts for tgid, ts in _idle_deaths(events, killed - readers).items()
+            if any(r > ts for r, _ in t.restores) or any(first > ts for first in t.first_read.values())}
+    # numbered as they came: by first read, or (never read) by exit
+    came = {**{p.tgid: t.first_read.get(p.tgid, float("inf")) for p in ledger.processes}, **idle}
+    number = {tgid: i for i, tgid in enumerate(sorted(came, key=lambda g: (came[g], g)), 1)}
+    dying = [p for p in ledger.processes if _is_death(p, t, killed)]
+    every: list[ProcessAccount | _IdleProcess] = [*dying, *(_IdleProcess(tgid, ts) for tgid, ts in idle.items())]
+    dying_all = sorted(every, key=lambda p: p.died_ts or 0.0)
     deaths: list[Death] = []
-    for i, p in enumerate(dying):
+    for i, p in enumerate(dying_all):
         died = p.died_ts if p.died_ts is not None else 0.0
-        next_death = dying[i + 1].died_ts if i + 1 < len(dying) else None
+        next_death = dying_all[i + 1].died_ts if i + 1 < len(dying_all) else None
         until = next_death if next_death is not None else float("inf")
         restored = any(died < ts < until and tgid != p.tgid for ts, tgid in t.restores)
         k = bisect.bisect_right(t.answers, died)
@@ -164,7 +194,7 @@ def daemon_facts_from_kernel(events: list[TraceEvent], ledger: Ledger, host_kill
             recovery_s=round(answer - died, 4) if answer is not None else None))
     by_pid = {d.pid: d for d in deaths}
     return DaemonFacts(
-        incarnations=len(order),
+        incarnations=len(number),
         deaths=tuple(deaths),
         kills=tuple(Kill(i, hk.get("pid", -1), by_pid.get(hk.get("pid", -1))) for i, hk in enumerate(host_kills)),
         answered=dict(ledger.answered),
