@@ -48,6 +48,7 @@ from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 from .. import __version__, proc
 from ..errors import EXIT_FAIL, EXIT_PASS, EXIT_UNTESTABLE, EXIT_USAGE, HarnessError, InputError, worst
+from ..judge import report
 from ..judge.checks import Status
 from ..judge.results import AnyResults, Results, is_judged
 from ..request import RunRequest, new_output_dir
@@ -235,17 +236,6 @@ def _rate(count: int | None, seconds: float | None) -> float | None:
     return round(count / seconds * 60, 1) if count is not None and seconds else None
 
 
-def spread(values: Sequence[float]) -> dict[str, Any]:
-    """n, p50, p90 and max, by the nearest rank as results.json's spreads are (judge/report.py)."""
-    if not values:
-        return {"n": 0, "p50": None, "p90": None, "max": None}
-    ordered = sorted(values)
-
-    def at(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
-    return {"n": len(ordered), "p50": at(0.5), "p90": at(0.9), "max": round(ordered[-1], 3)}
-
-
 def recovery(results: Results) -> dict[str, Any]:
     """Recovery per death: the kernel ledger's time from each death to the next answered request
     (ledger.per_death.next_answer_s); where the run has no ledger, the daemon's log's
@@ -256,7 +246,7 @@ def recovery(results: Results) -> dict[str, Any]:
     if per_death and per_death.get("n"):
         s, source = dict(per_death), "kernel ledger"
     else:
-        s = spread([d["recovery_s"] for d in results.get("deaths", []) if d.get("recovery_s") is not None])
+        s = dict(report.spread([d["recovery_s"] for d in results.get("deaths", []) if d.get("recovery_s") is not None]))
         source = "daemon log" if s["n"] else None
     return {"recovery_n": s["n"], "recovery_p50_s": s["p50"], "recovery_p90_s": s["p90"],
             "recovery_max_s": s["max"], "recovery_from": source}

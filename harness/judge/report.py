@@ -53,7 +53,8 @@ def _crash_point_table(daemon: evidence.DaemonFacts) -> dict[str, CrashPointRow]
     return table
 
 
-def _spread(values: list[float]) -> Spread:
+def spread(values: list[float]) -> Spread:
+    """n, p50, p90 and max, by the nearest rank (results.json's spreads; the benchmark's too)."""
     if not values:
         return {"n": 0, "p50": None, "p90": None, "max": None}
     ordered = sorted(values)
@@ -67,8 +68,8 @@ def _distribution_of_deaths(lg: ledger.Ledger) -> DeathSpread:
     """What each daemon death cost, as the kernel saw it: the longest a request it held waited for
     its answer (first delivery to answer), and the time from the death to the next answer."""
     dead = [p for p in lg.processes if p.died_ts is not None]
-    return {"longest_held_wait_s": _spread([p.longest_wait_s for p in dead if p.longest_wait_s is not None]),
-            "next_answer_s": _spread([p.next_answer_s for p in dead if p.next_answer_s is not None])}
+    return {"longest_held_wait_s": spread([p.longest_wait_s for p in dead if p.longest_wait_s is not None]),
+            "next_answer_s": spread([p.next_answer_s for p in dead if p.next_answer_s is not None])}
 
 
 def _ledger_section(lg: ledger.Ledger, disagreements: list[str]) -> LedgerSection:

@@ -152,13 +152,6 @@ def test_recovery_without_a_ledger_is_the_daemon_logs(canned):
     assert bench.crash_figures(r)["recovery_from"] is None and bench.crash_figures(r)["recovery_p50_s"] is None
 
 
-def test_the_spread_is_the_results_ones():
-    """The same nearest rank as judge/report.py's spreads, so a fallback reads like the ledger's."""
-    values = [5.6773, 16.7524, 9.1, 11.2, 14.0]
-    assert bench.spread(values) == report._spread(values)
-    assert bench.spread([]) == report._spread([])
-
-
 def test_closes_per_minute_of_fault_loop(canned):
     r = canned["close-fds"]
     f = bench.close_fds_figures(r)
