@@ -19,7 +19,6 @@ from .kernel import build, kconfig, series, source
 from .judge import console, report
 from .judge.checks import Status
 from .judge.results import AnyResults, Results
-from .daemons.adapter import DEFAULT_DAEMON
 from .guest import cdaemon, dataset, ssh, vm
 from .errors import HarnessError, InputError, UntestableError
 from .guest.faults import FaultLoop
@@ -59,7 +58,7 @@ class Run:
         adapter = req.adapter
         # its own log, in the log directory: the ledger's cross-check (JSON lines; `recv` with its `pid`)
         log = (adapter.log or "").removeprefix("{log_dir}/")
-        self.meta["daemon"] = {"name": adapter.name, "source": adapter.source, "foreign": adapter.name != DEFAULT_DAEMON,
+        self.meta["daemon"] = {"name": adapter.name, "source": adapter.source, "foreign": not adapter.ours,
                                "faults_left_out": list(req.faults_left_out),
                                "log": log if log and "{" not in log and "/" not in log else None}
         self.daemon_binary: Path | None = None  # built on the host, for an adapter with `build`
@@ -192,7 +191,7 @@ class Run:
     def daemon_launch(self, config: GuestConfig) -> DaemonLaunch:
         """The adapter's command filled in for this run (harness/daemons)."""
         adapter = self.req.adapter
-        ours = adapter.name == DEFAULT_DAEMON
+        ours = adapter.ours
         values = {"binary": str(self.daemon_binary or ""), "scripts": str(GUEST_SCRIPTS),
                   "config": str(self.config_path), "cache_dir": config.cache_dir, "tag": config.tag,
                   "threads": str(self.scenario.threads), "log_dir": config.log_dir, "run_dir": GUEST_TMP}

@@ -27,6 +27,7 @@ from ..errors import InputError
 
 BUILT_IN_DIR = Path(__file__).resolve().parent
 DEFAULT_DAEMON = "python"
+OURS = BUILT_IN_DIR / f"{DEFAULT_DAEMON}.toml"
 
 
 class Restarts(str, Enum):
@@ -57,6 +58,9 @@ PLACEHOLDERS = {
 # Faults the host can send to any daemon that supports them: signals to the kill target.
 SUPPORTABLE = (Fault.KILL, Fault.CLOSE, Fault.RESTORE_LIVE, Fault.STALE, Fault.STATE_KILL,
                Fault.CACHE_DEATH, Fault.KILL_WAITER, Fault.UMOUNT_REOPEN, Fault.AWAIT_CRASH)
+# ... of which another daemon than ours can take: signals to its kill target. The rest need our
+# keeper (it carries them out, or its log says when a process died)
+FOREIGN_FAULTS = (Fault.KILL, Fault.CLOSE, Fault.RESTORE_LIVE, Fault.STALE)
 BUILDS = ("cdaemon",)  # what the harness knows how to build on the host (harness/guest/cdaemon.py)
 KEYS = {"name", "description", "build", "command", "image_args", "restarts", "device_fd", "kill", "faults", "log"}
 KILL_KEYS = {"pid_file"}
@@ -86,12 +90,10 @@ class Adapter:
             argv += [_fill(arg, {**values, "name": name, "path": path}, self.source) for arg in self.image_args]
         return argv
 
-    def supports(self, fault: str) -> bool:
-        return fault in self.faults
-
-    def unsupported(self, faults: set[str]) -> list[str]:
-        """Of a scenario's faults, those this daemon does not take (the report says they did not run)."""
-        return sorted(f for f in faults if f not in self.faults)
+    @property
+    def ours(self) -> bool:
+        """The harness's own daemon (the built-in python.toml): its keeper and its logs."""
+        return self.source == str(OURS)
 
 
 def _fill(template: str, values: Mapping[str, str], source: str) -> str:
@@ -162,6 +164,17 @@ def parse(data: Mapping[str, Any], source: str) -> Adapter:
     build = _string(data, "build", fail) if "build" in data else None
     if build is not None and build not in BUILDS:
         raise fail(f"build {build!r}: the harness builds only {', '.join(BUILDS)}")
+    if source != str(OURS):
+        # only our keeper restarts a daemon and hands it the device fd; only our daemon takes the
+        # faults the keeper carries out
+        if name in built_in() and Path(source).parent != BUILT_IN_DIR:
+            raise fail(f"name {name!r} is a built-in daemon's: give yours another")
+        if restarts is not Restarts.SELF or device_fd is not DeviceFd.SUPERVISOR:
+            raise fail("restarts = \"harness\" and device_fd = \"keeper\" are the harness's own daemon's: another "
+                       "daemon restarts itself and keeps the device fd (restarts = \"self\", device_fd = \"supervisor\")")
+        if bad := [f for f in faults if f not in FOREIGN_FAULTS]:
+            raise fail(f"fault(s) {', '.join(bad)} need the harness's own keeper; another daemon takes "
+                       f"{', '.join(FOREIGN_FAULTS)}")
     if build is None and any("{binary}" in arg for arg in command):
         raise fail("`command` names {binary} but the adapter has no `build`")
     for arg in (*command, pid_file):
@@ -172,12 +185,6 @@ def parse(data: Mapping[str, Any], source: str) -> Adapter:
         for field in _fields(arg, fail):
             if field not in (*PLACEHOLDERS, "name", "path"):
                 raise fail(f"image_args: {arg!r} names {{{field}}}; each image fills {{name}} and {{path}}")
-    if restarts is Restarts.SELF:
-        # its own supervisor restarts it: the process the harness started is that supervisor, and
-        # killing it ends the daemon instead of failing one incarnation over
-        if device_fd is DeviceFd.KEEPER:
-            raise fail("restarts = \"self\" with device_fd = \"keeper\": the harness's keeper can pass the "
-                       "device fd only to incarnations it starts")
     return Adapter(name, _string(data, "description", fail) if "description" in data else "", command, image_args,
                    restarts, device_fd, pid_file, frozenset(faults), build,
                    _string(data, "log", fail) if "log" in data else None, source)

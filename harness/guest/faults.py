@@ -51,9 +51,11 @@ class FaultLoop:
         # whatever the kernel did (a stall still stops them: a stuck reader cannot be served)
         self.stop_when_decided = stop_when_decided
         self.decided_by: str | None = None  # a failed probe that stopped the faults early
+        self.all_injected = False
 
     def run(self) -> str | None:
-        """Why the faults stopped early, or None if every one was injected and recovered from."""
+        """Why the run was aborted (a stall, a guest that hung), or None: every fault injected and
+        recovered from, or the faults stopped once a probe failed (`decided_by` says so)."""
         incarnation = 1  # the one the next fault goes to
         self.logs.faults_running, self.logs.stop_on_probe = True, self.stop_when_decided
         try:
@@ -70,6 +72,7 @@ class FaultLoop:
                     incarnation = self.kill_at_state(index, action, incarnation)
                     continue
                 incarnation = self.inject(index, action, incarnation)
+            self.all_injected = True
             if incarnation > 1:
                 # the last death must be recovered from too: an answer from the next incarnation
                 self.logs.wait_until(f"incarnation {incarnation} answering",
@@ -87,13 +90,18 @@ class FaultLoop:
         ends the faults: the run goes on to its drain and end check, and is judged whole."""
         if decided == STALLED:
             return STALLED
-        self.decided_by = decided
+        if not self.all_injected:  # a probe failed in the last recovery wait: nothing was left out
+            self.decided_by = decided
         return None
 
     def inject(self, index: int, action: Action, incarnation: int) -> int:
         """One kill or close on incarnation `incarnation` (or the later one serving); returns the
         incarnation the next fault goes to."""
         inc, pid = self.logs.wait_for_incarnation(incarnation, self.t.recovery)
+        if self.logs.kill_pid_file is not None:
+            # another daemon's worker is there once its pid is written, serving or not: a kill before
+            # it has served kills one the kernel never saw at work
+            self.logs.wait_until(f"incarnation {inc} answering", lambda: self.logs.answered_since(inc), self.t.recovery)
         self.logs.clock.sleep(action.delay_s)
         if action.kind in KEEPER_SIGNALS:
             # the keeper passes it on to the incarnation serving, which then exits

@@ -127,8 +127,11 @@ class GuestLogs:
     def pid_file_state(self) -> tuple[int, int] | None:
         assert self.kill_pid_file is not None
         try:
-            pid = int(self.kill_pid_file.read_text().split()[0])
+            text = self.kill_pid_file.read_text()
+            pid = int(text.split()[0]) if text.endswith("\n") else 0  # a line not yet whole: not a pid
         except (OSError, ValueError, IndexError):  # not written yet, or being replaced
+            return None
+        if pid <= 0:
             return None
         if not self.pids_seen or self.pids_seen[-1] != pid:
             self.pids_seen.append(pid)

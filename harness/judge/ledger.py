@@ -184,6 +184,7 @@ class _Builder:
         self.queued: Counter[tuple[int, int, int]] = Counter()  # (o, off, len) of READs queued
         self.last_queued: dict[tuple[int, int, int], float] = {}  # ... when the last of each was queued
         self.last_device_read = float("-inf")  # a daemon's last read() of the device, whatever it returned
+        self.first_read_by: dict[int, float] = {}  # tgid -> its first read() of the device
         self.delivered_reads: Counter[tuple[int, int, int]] = Counter()
         self.waiting_reads: dict[int, tuple[int, int, int]] = {}  # task -> its READ queued, not yet delivered
         self.abandoned: Counter[tuple[int, int, int]] = Counter()  # READs whose task exited before their delivery
@@ -266,6 +267,10 @@ class _Builder:
         tgid = e.tgid if e.tgid >= 0 else e.pid
         ret = f.get("ret", -1)
         self.last_device_read = e.ts
+        self.first_read_by.setdefault(tgid, e.ts)
+        # a process that reads after a thread of it exited did not die then: the exit was a helper
+        # thread's (its death is its last thread's exit, which no read of its follows)
+        self.exits.pop(tgid, None)
         if ret == 0:
             self.empty[tgid] += 1
         if ret == -errno.EEXIST:
@@ -377,10 +382,21 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None, unmounted
                 restore = next((r for r in b.restores if r > died), None)
                 if restore is None:
                     no_restore += 1
-                    if b.last_device_read > died:  # a later process read the device: it wrote no `restore`
+                    # another process read the device after the death, and wrote no `restore`: what
+                    # it did not take over by msg_id, and the kernel had not ended by then, is lost
+                    # by the daemon (a run's last death has no process after it)
+                    later = min((t for g, t in b.first_read_by.items() if g != tgid and t > died), default=None)
+                    if later is None:
+                        continue
+                    if lt.ended_by == "answer" and lt.ended_ts is not None:
+                        taken_over += 1
+                    elif lt.ended_by in ("drop", "unbind", "flushed") and lt.ended_ts is not None and lt.ended_ts < later:
+                        by_kernel += 1
+                    elif lt.ended_by != "refused":
                         violations.append(Violation("held", f"{lt.describe()}, held by process {tgid} when it died "
                                                     f"({died:.6f}), was never delivered again: no process wrote "
-                                                    "`restore` after, though one read the device", "daemon"))
+                                                    f"`restore` after, though process(es) read the device from "
+                                                    f"{later:.6f}", "daemon"))
                 elif again := next((d.ts for d in lt.deliveries if d.ts > restore), None):
                     redelivered += 1
                     redelivered_ids.append(lt.msg_id)
@@ -414,6 +430,8 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None, unmounted
         died = b.exits.get(last.tgid)
         if lt.ended_by == "vanished":
             blame, why = "kernel", ""
+        elif lt.o is None and lt.op != "OPEN":  # delivered for an object id no OPEN handed out (-1: closed)
+            blame, why = "kernel", "; no OPEN handed out its object id"
         elif lt.ended_by == "unbind":  # whoever held the last reference let the device go with it unanswered
             blame, why = "daemon", ""
         elif died is None:

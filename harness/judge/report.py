@@ -142,7 +142,10 @@ def evaluate(run_dir: Path) -> Results:
     recv_by_pid = Counter(e.get("pid", -1) for e in own_log if e.get("event") == Event.RECV)
     reads_after_reopen = trace.reads_after_reopens(logs.daemon)
     findings = console.scan_file(run_dir / "console.log")
-    th = verdict.Thresholds(kills_requested=0 if unknowable_kills else scenario.get("kills", 0),
+    # a run whose faults stopped early once a probe had failed (decided) asked for the kills it made
+    kills_requested = (0 if unknowable_kills else len(logs.host_kills) if meta.get("timing", {}).get("faults_stopped_early")
+                       else scenario.get("kills", 0))
+    th = verdict.Thresholds(kills_requested=kills_requested,
                             stall_bound_s=meta["timeouts"]["stall_bound"],
                             needs=Needs(**scenario.get("needs", {})),
                             crash_points_planned=len(meta.get("crash_plan", {})),

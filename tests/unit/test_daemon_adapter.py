@@ -23,7 +23,7 @@ def test_the_built_in_adapters_parse_and_fill_in():
     off = adapter.load("cdaemon-no-restore")
     assert "--no-restore" in off.command and off.build == "cdaemon"
     c = adapter.load("cdaemon")
-    assert c.build == "cdaemon" and c.unsupported({"kill", "close"}) == ["close"]
+    assert c.build == "cdaemon" and ours.ours and not c.ours
     argv = c.argv(VALUES, {"img1": "/d/img1.erofs", "img0": "/d/img0.erofs"})
     assert argv[:3] == ["/b/cdaemon", "--cache-dir", "/cache"]
     assert argv[-4:] == ["--image", "img0=/d/img0.erofs", "--image", "img1=/d/img1.erofs"]
@@ -47,7 +47,7 @@ def test_an_adapter_file_is_read_by_path(tmp_path: Path):
     ({"faults": ["close"]}, "`kill` is required"),
     ({"faults": ["kill", "explode"]}, "explode unknown"),
     ({"restarts": "sometimes"}, "restarts = 'sometimes': one of 'harness', 'self'"),
-    ({"device_fd": "keeper"}, "the harness's keeper can pass the device fd only to incarnations it starts"),
+    ({"device_fd": "keeper"}, "are the harness's own daemon's"),
     ({"command": ["{binary}"]}, "names {binary} but the adapter has no `build`"),
     ({"command": ["/m", "{home}"]}, "names {home}; the harness fills"),
     ({"command": []}, "`command` is empty"),
@@ -55,6 +55,10 @@ def test_an_adapter_file_is_read_by_path(tmp_path: Path):
     ({"image_args": ["--img", "{name}={size}"]}, "each image fills {name} and {path}"),
     ({"build": "nydusd"}, "the harness builds only cdaemon"),
     ({"name": "My Daemon"}, "lower-case letters"),
+    ({"name": "python"}, "is a built-in daemon's"),
+    ({"restarts": "harness", "device_fd": "keeper"}, "are the harness's own daemon's"),
+    ({"faults": ["kill", "state_kill"]}, "need the harness's own keeper"),
+    ({"faults": ["kill", "cache_death"]}, "need the harness's own keeper"),
 ])
 def test_a_bad_adapter_is_refused_with_one_line(change, says):
     with pytest.raises(InputError) as e:

@@ -275,6 +275,15 @@ def test_another_daemon_s_incarnations_are_its_kill_target_s_pids_and_its_recove
     assert foreign_loop(tmp_path / "silent", silent, [Fault.KILL]).run() == "incarnation 2 answering: not within 60s"
 
 
+def test_a_probe_failed_after_the_last_fault_stopped_nothing_early(tmp_path: Path) -> None:
+    """Every fault was injected: the failed probe only ends the last recovery wait."""
+    guest = StandInGuest(tmp_path)
+    guest.probe_fails_on_command = True
+    guest.silent.add(2)
+    loop = fault_loop(tmp_path, guest, [Fault.KILL])
+    assert loop.run() is None and loop.decided_by is None and guest.now < 1.0
+
+
 def test_a_guest_that_is_gone_ends_the_wait_at_once(tmp_path: Path) -> None:
     guest = StandInGuest(tmp_path)
     guest.silent.add(2)

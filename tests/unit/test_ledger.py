@@ -79,14 +79,24 @@ def test_a_held_request_with_no_restore_after_its_holder_s_death_is_the_daemon_s
     death taken out of the trace, and its re-delivery. The next processes read the device; the
     request is lost, and the ledger says whose doing that is: the daemon's (with the restores in,
     the same loss is the kernel's)."""
-    text, msg_id, _, died, again = held_at_a_death()
-    del text[again]
+    text, msg_id, o, died, again = held_at_a_death()
+    answer = re.compile(rf"cachefiles_ondemand_c(read|open): o=[0-9a-f]+ mid={msg_id:x}\b")
+    text = [line for i, line in enumerate(text) if i != again and not (i > again and answer.search(line))]
     assert [v.blame for v in build(text).of_rule("held")] == ["kernel"]
     text = [line for i, line in enumerate(text) if i <= died or " restore: " not in line]
     mine = [v for v in build(text).of_rule("held") if f"msg_id {msg_id} " in v.text]
     assert len(mine) == 1 and mine[0].blame == "daemon" and "no process wrote `restore` after" in mine[0].text
     # the trace ending at that death (a run's last), no process after it to have written one
     assert build(text[:died + 1]).of_rule("held") == []
+    # controls: answered by msg_id later (a supervisor's takeover), or its object dropped before
+    # the next process read: not lost
+    takeover = [*text[:again], f"         python3-1     (    1) [000] .....   {trace.parse(text[again])[0].ts:.6f}: "
+                f"cachefiles_ondemand_cread: o=00000001 mid={msg_id:x}", *text[again:]]
+    assert not [v for v in build(takeover).of_rule("held") if f"msg_id {msg_id} " in v.text]
+    ts = trace.parse(text[died])[0].ts
+    dropped = [*text[:died + 1], f"         umount-1     (    1) [000] .....   {ts + 0.000001:.6f}: "
+               f"drop: (cachefiles_ondemand_clean_object+0x4/0xcb) o={o}", *text[died + 1:]]
+    assert not [v for v in build(dropped).of_rule("held") if f"msg_id {msg_id} " in v.text]
 
 
 def held_at_a_death() -> tuple[list[str], int, int, int, int]:
@@ -375,3 +385,32 @@ def test_reads_on_reopened_objects_are_counted_from_the_kernel_alone():
     logged = trace.reads_after_reopens(evidence.read_jsonl(CLOSE_FDS.parent / "daemon.jsonl"))
     assert build(text).reads_after_reopen == logged > 10
     assert build([line for line in text if "fd_release" not in line]).reads_after_reopen == 0
+
+
+def test_a_helper_thread_s_exit_is_not_its_process_s_death():
+    """A daemon thread that exits (a probe's, a closer's) while its process goes on reading: the
+    process died at its last thread's exit, which no read of its follows. Control: the same exit
+    with no read after it is the death."""
+    text = lines(CRASH)
+    last = max(i for i, line in enumerate(text) if "deliver:" in line and "python3-233 " in line)
+    first = min(i for i, line in enumerate(text) if "deliver:" in line and "python3-233 " in line)
+    ts = trace.parse(text[first])[0].ts
+    exit_line = (f"         python3-299     (    233) [000] .....   {ts + 0.000001:.6f}: "
+                 "sched_process_exit: comm=python3 pid=299 prio=120")
+    alive = [line for line in text if "pid=233 " not in line or "sched_process_exit" not in line]  # 233 lives on
+    with_thread_exit = [*alive[:first + 1], exit_line, *alive[first + 1:]]
+    assert next(p for p in build(with_thread_exit).processes if p.tgid == 233).died_ts is None
+    cut = [*alive[:last + 1], exit_line.replace(f"{ts + 0.000001:.6f}", f"{trace.parse(alive[last])[0].ts + 0.000001:.6f}")]
+    assert next(p for p in build(cut).processes if p.tgid == 233).died_ts is not None
+
+
+def test_a_read_delivered_for_an_object_id_no_open_handed_out_is_the_kernel_s_loss():
+    """A READ delivered with object id -1 (a closed object's, as a broken copen leaves it) cannot be
+    answered by any daemon: unanswered, and the kernel's."""
+    text = lines(CLOSE_FDS)
+    i, fields, _ = next(d for d in deliveries(text) if d[1]["opcode"] == 2)
+    text[i] = text[i].replace(f"object_id={fields['object_id']} ", "object_id=4294967295 ")
+    answer = re.compile(rf"cachefiles_ondemand_cread: o=[0-9a-f]+ mid={fields['msg_id']:x}\b")
+    text = [line for line in text if not answer.search(line)]
+    mine = [v for v in build(text).of_rule("unanswered") if f"READ msg_id {fields['msg_id']} " in v.text]
+    assert len(mine) == 1 and mine[0].blame == "kernel" and "no OPEN handed out its object id" in mine[0].text

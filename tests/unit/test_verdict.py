@@ -395,3 +395,17 @@ def test_every_captured_run_judges_as_recorded(name, tmp_path):
 
 def test_the_golden_file_covers_every_captured_run():
     assert sorted(GOLDEN) == sorted(p.name for p in FIXTURES.glob("run-*"))
+
+
+def test_a_run_whose_faults_stopped_early_asked_for_the_kills_it_made(tmp_path):
+    """--after-fail stop ends the faults once a probe failed: the kills not made were not asked
+    for (so both sides of a submission fail the same checks). Control: the same cut run without
+    the stop is short of kills."""
+    run = shutil.copytree(FIXTURES / "run-crash-5-kills", tmp_path / "run")
+    faults = (run / "faults.jsonl").read_text().splitlines()
+    (run / "faults.jsonl").write_text("\n".join(faults[:2]) + "\n")
+    assert "kills" in judged(run)["failed_checks"]
+    meta = json.loads((run / "run.json").read_text())
+    meta["timing"]["faults_stopped_early"] = "the kernel failed a probe; the faults stopped early: stale (accepted)"
+    (run / "run.json").write_text(json.dumps(meta))
+    assert "kills" not in judged(run)["failed_checks"]
