@@ -24,6 +24,14 @@
  *    asleep, and the readers' watchdog reports the stall). What the threads share, the table of
  *    anon fds by object id and the blobs, is under a mutex; the device is not.
  *
+ *  - SIGUSR1 to a worker (the close fault: the harness's `close-fds`) makes it close the anon
+ *    fd of one live object, chosen at random among those answered and idle, unasked: the kernel
+ *    marks the object closed and reopens it (a new OPEN) on its next READ. The signal is never
+ *    handled: blocked in every thread, it is taken by a closer thread in sigwaitinfo(2). Since
+ *    the supervisor keeps a copy of the fd, the closer has it close that copy first and waits
+ *    for its word, then closes its own, the last: the kernel releases the fd in the worker (see
+ *    close_one()).
+ *
  * The log is JSON lines appended to --log, one write(2) a line, so that the lines of threads and
  * processes never interleave; it is a cross-check for the host's judge, which reads the kernel's
  * own trace first.
@@ -66,6 +74,7 @@
 #define READ_ERROR_PAUSE_MS 100   /* after a read(2) error that may repeat: no hot loop */
 #define FORK_RETRY_MS 100         /* the least wait before a worker is forked again */
 #define LINE_SIZE 8192            /* a log line: the largest message's keys, escaped, fit */
+#define CLOSE_WORD_TIMEOUT_MS 5000 /* the close fault's wait for the supervisor's word */
 
 /* How a worker ends (its exit status; signals aside). */
 enum {
@@ -103,6 +112,9 @@ static const char USAGE[] =
 	"  --device-fd FD           an inherited, open fd standing for /dev/cachefiles (tests); the\n"
 	"                           bind commands are written to it all the same\n"
 	"  --help                   this text\n"
+	"\n"
+	"SIGUSR1 to the worker (its pid in --worker-pid-file) closes the anon fd of one idle object,\n"
+	"as if the daemon lost it: the kernel reopens the object at its next READ.\n"
 	"\n"
 	"Exit status: 0 stopped by SIGTERM or SIGINT, 1 the cache could not be bound or died,\n"
 	"2 a bad or missing option.\n";
@@ -516,8 +528,11 @@ static bool device_dead_errno(int err)
 /*
  * One SOCK_SEQPACKET message each way, some with an fd (SCM_RIGHTS):
  *   worker -> supervisor: DEPOSIT (fd) an OPEN's anon fd, as soon as the OPEN is read;
- *                         ANSWERED its copen was accepted; CLOSED the worker closed it
- *   supervisor -> worker: HELD (fd) an anon fd kept across a death, then END
+ *                         ANSWERED its copen was accepted; CLOSED the worker closes it (with
+ *                         `reply`: the close fault, which waits for the CLOSED below)
+ *   supervisor -> worker: HELD (fd) an anon fd kept across a death, then END; CLOSED (after
+ *                         the handover, only as the answer to a CLOSED with `reply`) its copy
+ *                         is closed, `held` whether it had one
  */
 enum chan_kind {
 	CHAN_DEPOSIT = 1,
@@ -532,15 +547,15 @@ struct chan_msg {
 	uint32_t object_id;
 	uint32_t msg_id;
 	uint32_t answered;
+	uint32_t reply; /* CLOSED to the supervisor: answer with CLOSED once the copy is closed */
+	uint32_t held;  /* CLOSED to the worker: the supervisor had a copy (and closed it) */
 	char cookie[NAME_MAX_LEN]; /* the blob name, NUL-terminated ("" if it had none) */
 };
 
-/* 0, or an errno. @fd < 0: none. Never raises SIGPIPE. */
-static int chan_send(int sock, uint32_t kind, uint32_t object_id, uint32_t msg_id, bool answered,
-		     const char *cookie, int fd)
+/* @m as it is, with @fd (< 0: none): 0, or an errno. Never raises SIGPIPE. */
+static int chan_send_msg(int sock, const struct chan_msg *m, int fd)
 {
-	struct chan_msg m;
-	struct iovec iov = {.iov_base = &m, .iov_len = sizeof(m)};
+	struct iovec iov = {.iov_base = (void *)m, .iov_len = sizeof(*m)};
 	union {
 		struct cmsghdr align;
 		char buf[CMSG_SPACE(sizeof(int))];
@@ -548,13 +563,6 @@ static int chan_send(int sock, uint32_t kind, uint32_t object_id, uint32_t msg_i
 	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
 	ssize_t n;
 
-	memset(&m, 0, sizeof(m));
-	m.kind = kind;
-	m.object_id = object_id;
-	m.msg_id = msg_id;
-	m.answered = answered;
-	if (cookie != NULL)
-		snprintf(m.cookie, sizeof(m.cookie), "%s", cookie);
 	if (fd >= 0) {
 		struct cmsghdr *c;
 
@@ -572,7 +580,23 @@ static int chan_send(int sock, uint32_t kind, uint32_t object_id, uint32_t msg_i
 	while (n < 0 && errno == EINTR);
 	if (n < 0)
 		return errno;
-	return n == (ssize_t)sizeof(m) ? 0 : EPROTO;
+	return n == (ssize_t)sizeof(*m) ? 0 : EPROTO;
+}
+
+/* 0, or an errno. @fd < 0: none. */
+static int chan_send(int sock, uint32_t kind, uint32_t object_id, uint32_t msg_id, bool answered,
+		     const char *cookie, int fd)
+{
+	struct chan_msg m;
+
+	memset(&m, 0, sizeof(m));
+	m.kind = kind;
+	m.object_id = object_id;
+	m.msg_id = msg_id;
+	m.answered = answered;
+	if (cookie != NULL)
+		snprintf(m.cookie, sizeof(m.cookie), "%s", cookie);
+	return chan_send_msg(sock, &m, fd);
 }
 
 /* 1: a message, its fd in *@fd (-1: none); 0: the other end is gone; -1: an error (errno). */
@@ -637,7 +661,13 @@ struct object {
 	struct blob *blob;
 	unsigned busy; /* READs being answered through it */
 	bool closing;  /* out of the table: the last READ done closes its fd */
+	bool answered; /* its copen was accepted: the close fault may take it */
+	char cookie[NAME_MAX_LEN]; /* its blob name */
 };
+
+/* Object ids whose fd the close fault closed, the latest last: a READ or CLOSE that comes for
+ * one is told apart from one for an id never seen. An id leaves when an OPEN brings it again. */
+#define FAULT_CLOSED_MAX 64
 
 struct worker {
 	const struct options *opt;
@@ -648,6 +678,18 @@ struct worker {
 	struct object **objects;
 	size_t n_objects, cap_objects;
 	struct blob blobs[MAX_IMAGES]; /* by the index of the image in opt->images */
+	uint32_t fault_closed[FAULT_CLOSED_MAX]; /* under the lock */
+	size_t n_fault_closed;
+	/*
+	 * Shared by each serving thread from its read(2) to the pin of the READ it read (never
+	 * around poll(2), nor while a request is answered: the threads never wait for one another
+	 * here), exclusive for the close fault: while the closer holds it, no READ is between its
+	 * delivery and its pin, so an idle object is one no READ delivered so far can want. A read
+	 * of /dev/cachefiles never waits (no request: 0), so the closer never waits long; a
+	 * stand-in for the device must not block either (tests: a non-blocking socket).
+	 */
+	pthread_rwlock_t gate;
+	uint64_t rng; /* the closer's choice (only the closer thread uses it) */
 };
 
 struct thread_ctx {
@@ -672,6 +714,36 @@ static void unlock(struct worker *w)
 
 	if (err != 0) {
 		log_error(&w->log, "pthread_mutex_unlock", err);
+		_exit(WORKER_FAILED);
+	}
+}
+
+static void gate_shared(struct worker *w)
+{
+	int err = pthread_rwlock_rdlock(&w->gate);
+
+	if (err != 0) {
+		log_error(&w->log, "pthread_rwlock_rdlock", err);
+		_exit(WORKER_FAILED);
+	}
+}
+
+static void gate_exclusive(struct worker *w)
+{
+	int err = pthread_rwlock_wrlock(&w->gate);
+
+	if (err != 0) {
+		log_error(&w->log, "pthread_rwlock_wrlock", err);
+		_exit(WORKER_FAILED);
+	}
+}
+
+static void gate_leave(struct worker *w)
+{
+	int err = pthread_rwlock_unlock(&w->gate);
+
+	if (err != 0) {
+		log_error(&w->log, "pthread_rwlock_unlock", err);
 		_exit(WORKER_FAILED);
 	}
 }
@@ -760,10 +832,41 @@ static int object_detach(struct worker *w, size_t i)
 	return fd;
 }
 
-/* A new object in the table. An object id already there (the kernel gives an id out again only
- * once its anon fd was released: never, while we hold it) is logged and its entry closed.
- * Returns 0 or ENOMEM. */
-static int object_add(struct worker *w, uint32_t object_id, int fd, struct blob *blob)
+/* Whether the close fault closed @object_id's fd (and no OPEN brought the id again). Under the lock. */
+static bool fault_closed(const struct worker *w, uint32_t object_id)
+{
+	for (size_t i = 0; i < w->n_fault_closed; i++)
+		if (w->fault_closed[i] == object_id)
+			return true;
+	return false;
+}
+
+/* @object_id into, or (@closed false) out of, the close fault's list. Under the lock. */
+static void fault_closed_mark(struct worker *w, uint32_t object_id, bool closed)
+{
+	size_t i = 0;
+
+	while (i < w->n_fault_closed && w->fault_closed[i] != object_id)
+		i++;
+	if (i < w->n_fault_closed) { /* out, the rest moved down: the oldest stays first */
+		memmove(&w->fault_closed[i], &w->fault_closed[i + 1],
+			(w->n_fault_closed - i - 1) * sizeof(w->fault_closed[0]));
+		w->n_fault_closed--;
+	}
+	if (!closed)
+		return;
+	if (w->n_fault_closed == FAULT_CLOSED_MAX) { /* the oldest forgotten */
+		memmove(&w->fault_closed[0], &w->fault_closed[1], (FAULT_CLOSED_MAX - 1) * sizeof(w->fault_closed[0]));
+		w->n_fault_closed--;
+	}
+	w->fault_closed[w->n_fault_closed++] = object_id;
+}
+
+/* A new object in the table (@answered: its copen accepted already, an object handed over). An
+ * object id already there (the kernel gives an id out again only once its anon fd was released:
+ * never, while we hold it) is logged and its entry closed. Returns 0 or ENOMEM. */
+static int object_add(struct worker *w, uint32_t object_id, int fd, struct blob *blob, const char *cookie,
+		      bool answered)
 {
 	struct object *o = calloc(1, sizeof(*o));
 	int stale_fd = -1;
@@ -774,7 +877,10 @@ static int object_add(struct worker *w, uint32_t object_id, int fd, struct blob 
 	o->object_id = object_id;
 	o->fd = fd;
 	o->blob = blob;
+	o->answered = answered;
+	snprintf(o->cookie, sizeof(o->cookie), "%s", cookie);
 	lock(w);
+	fault_closed_mark(w, object_id, false); /* a reopen's OPEN may bring the id again */
 	if (w->n_objects == w->cap_objects) {
 		size_t cap = w->cap_objects ? 2 * w->cap_objects : 64;
 		struct object **grown = realloc(w->objects, cap * sizeof(*grown));
@@ -833,6 +939,17 @@ static void object_unpin(struct worker *w, struct object *o)
 	unlock(w);
 	if (fd >= 0)
 		close(fd);
+}
+
+/* Its copen accepted: from now on the close fault may take it. */
+static void object_answered(struct worker *w, uint32_t object_id)
+{
+	ssize_t i;
+
+	lock(w);
+	if ((i = object_index(w, object_id)) >= 0)
+		w->objects[i]->answered = true;
+	unlock(w);
 }
 
 /* Closes the object's fd (now, or when its last READ is done). False if it was not in the table. */
@@ -912,7 +1029,7 @@ static void handle_open(struct worker *w, const struct msg *m)
 
 	answer = open_answer(w, name, named, erofs, &blob);
 	/* In the table before the copen: once it is in, another thread may read a READ for it. */
-	if (blob != NULL && (err = object_add(w, m->object_id, fd, blob)) != 0) {
+	if (blob != NULL && (err = object_add(w, m->object_id, fd, blob, name, false)) != 0) {
 		log_request_error(&w->log, m, "object table", err);
 		blob = NULL;
 		answer = -err;
@@ -929,6 +1046,8 @@ static void handle_open(struct worker *w, const struct msg *m)
 		return;
 	}
 	tell_supervisor(w, CHAN_ANSWERED, m->object_id);
+	if (blob != NULL)
+		object_answered(w, m->object_id);
 	if (blob == NULL) {
 		/* the OPEN failed: its anon fd is of no use, and keeps the object pinned */
 		tell_supervisor(w, CHAN_CLOSED, m->object_id);
@@ -1010,12 +1129,13 @@ static const char *copy_span(struct thread_ctx *t, struct object *o, const struc
 	return NULL;
 }
 
-static void handle_read(struct thread_ctx *t, const struct msg *m)
+/* A READ, its object pinned by serve() (@o; NULL: we hold no fd for it). */
+static void handle_read(struct thread_ctx *t, const struct msg *m, struct object *o)
 {
 	struct worker *w = t->w;
-	struct object *o;
 	const char *failed;
 	struct line l;
+	bool closed;
 
 	line_begin(&l, &w->log, "recv");
 	line_u64(&l, "msg_id", m->msg_id);
@@ -1025,10 +1145,14 @@ static void handle_read(struct thread_ctx *t, const struct msg *m)
 	line_u64(&l, "len", m->read.len);
 	log_emit(&w->log, &l);
 
-	/* the table holds the fds the supervisor handed over too: a dead worker's objects */
-	o = object_pin(w, m->object_id);
 	if (o == NULL) {
-		log_request_error(&w->log, m, "unknown object", 0);
+		lock(w);
+		closed = fault_closed(w, m->object_id);
+		unlock(w);
+		/* A closed object's READs wait for its reopen, and come with the new object id: the
+		 * kernel that hands one over for the id whose fd is gone leaves it unanswerable. */
+		log_request_error(&w->log, m, closed ? "READ for an object whose fd the close fault closed" :
+				  "unknown object", 0);
 		return;
 	}
 	if (w->opt->read_delay_ms > 0)
@@ -1064,7 +1188,23 @@ static void handle_close(struct worker *w, const struct msg *m)
 	/* the supervisor's copy first: a death between the two closes leaves nothing held */
 	tell_supervisor(w, CHAN_CLOSED, m->object_id);
 	if (!object_close(w, m->object_id)) {
-		log_request_error(&w->log, m, "unknown object", 0);
+		bool closed;
+
+		lock(w);
+		closed = fault_closed(w, m->object_id);
+		unlock(w);
+		if (!closed) {
+			log_request_error(&w->log, m, "unknown object", 0);
+			return;
+		}
+		/* read before the close fault took its fd (the kernel flushes a CLOSE it has not
+		 * delivered when the fd goes): both wanted the fd closed, and it is */
+		line_begin(&l, &w->log, "done");
+		line_u64(&l, "msg_id", m->msg_id);
+		line_u64(&l, "object_id", m->object_id);
+		line_str(&l, "op", "CLOSE");
+		line_str(&l, "closed_by", "close_fd");
+		log_emit(&w->log, &l);
 		return;
 	}
 	line_begin(&l, &w->log, "done");
@@ -1072,6 +1212,170 @@ static void handle_close(struct worker *w, const struct msg *m)
 	line_u64(&l, "object_id", m->object_id);
 	line_str(&l, "op", "CLOSE");
 	log_emit(&w->log, &l);
+}
+
+/* ---- the close fault ---------------------------------------------------------------------- */
+
+/* xorshift64*: the closer's choice, seeded per worker (its pid and the time). */
+static uint64_t rng_next(uint64_t *state)
+{
+	uint64_t x = *state;
+
+	x ^= x >> 12;
+	x ^= x << 25;
+	x ^= x >> 27;
+	*state = x;
+	return x * UINT64_C(0x2545F4914F6CDD1D);
+}
+
+/* The supervisor's copy of @object_id's fd closed, and its word for it awaited: 1 it had one
+ * (closed now), 0 it had none, -1 no word (logged). Only the closer reads the channel once
+ * the handover is done. */
+static int supervisor_closes(struct worker *w, uint32_t object_id)
+{
+	struct chan_msg m;
+	struct timespec start, now;
+	int err;
+
+	memset(&m, 0, sizeof(m));
+	m.kind = CHAN_CLOSED;
+	m.object_id = object_id;
+	m.reply = 1;
+	if ((err = chan_send_msg(w->chan, &m, -1)) != 0) {
+		log_error(&w->log, "close fault: tell supervisor", err);
+		return -1;
+	}
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	for (;;) {
+		struct pollfd p = {.fd = w->chan, .events = POLLIN};
+		long waited_ms;
+		int n, fd, got;
+
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		waited_ms = (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
+		if (waited_ms >= CLOSE_WORD_TIMEOUT_MS) {
+			log_error(&w->log, "close fault: no word from the supervisor", ETIMEDOUT);
+			return -1;
+		}
+		n = poll(&p, 1, (int)(CLOSE_WORD_TIMEOUT_MS - waited_ms));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			log_error(&w->log, "close fault: poll", errno);
+			return -1;
+		}
+		if (n == 0)
+			continue; /* the deadline, said above */
+		got = chan_recv(w->chan, &m, &fd);
+		if (got <= 0) {
+			log_error(&w->log, got == 0 ? "close fault: supervisor gone" : "close fault: channel",
+				  got == 0 ? 0 : errno);
+			return -1;
+		}
+		if (fd >= 0)
+			close(fd);
+		if (m.kind == CHAN_CLOSED && m.object_id == object_id)
+			return m.held ? 1 : 0;
+		/* the word for an earlier close that timed out, or nothing we asked for */
+		log_error(&w->log, "close fault: unexpected message from the supervisor", 0);
+	}
+}
+
+/*
+ * The close fault: the anon fd of one object closed unasked, as a daemon that lost it would.
+ * Chosen at random among the objects whose copen was accepted (one whose OPEN is still being
+ * answered would be closed before its copen: adversarial's misbehaviour, not this fault) and
+ * that no READ pins.
+ *
+ * The order:
+ *  1. the gate exclusive: no thread is between the read(2) of a READ and its pin, so an idle
+ *     object has no READ delivered and unanswered; the serving threads that poll(2) wake as
+ *     ever, and wait here only before their read(2). Those answering requests go on.
+ *  2. the object out of the table, under the table's lock (a CLOSE read meanwhile finds it
+ *     gone, and says so: `closed_by`), its id remembered as closed by the fault;
+ *  3. the supervisor closes its copy (CHAN_CLOSED with `reply`), and says so: ours is the last;
+ *  4. ours closed: the kernel releases the anon fd here, in the worker, which serves on (the
+ *     kernel's ledger counts an fd the daemon let go unasked by the process that released it)
+ *     and marks the object closed: no READ for this object id is delivered again; the next
+ *     READ for the object makes the kernel reopen it, with an OPEN answered as any other;
+ *  5. the gate left.
+ * A worker that dies between 3 and 4 leaves nothing held: its copy dies with it, and the
+ * supervisor's is closed already (it reads what a dead worker sent before it sees it gone).
+ */
+static void close_one(struct worker *w)
+{
+	char cookie[NAME_MAX_LEN];
+	size_t objects, idle = 0;
+	uint32_t object_id = 0;
+	int fd = -1, held, err = 0;
+	struct line l;
+
+	gate_exclusive(w);
+	lock(w);
+	objects = w->n_objects;
+	for (size_t i = 0; i < w->n_objects; i++)
+		idle += w->objects[i]->busy == 0 && w->objects[i]->answered;
+	if (idle > 0) {
+		size_t pick = (size_t)(rng_next(&w->rng) % idle);
+
+		for (size_t i = 0; i < w->n_objects; i++) {
+			struct object *o = w->objects[i];
+
+			if (o->busy != 0 || !o->answered || pick-- != 0)
+				continue;
+			object_id = o->object_id;
+			memcpy(cookie, o->cookie, sizeof(cookie));
+			fd = object_detach(w, i); /* idle: its fd comes back, the entry freed */
+			fault_closed_mark(w, object_id, true);
+			break;
+		}
+	}
+	unlock(w);
+	if (fd < 0) {
+		gate_leave(w);
+		line_begin(&l, &w->log, "close_fd");
+		line_str(&l, "skipped", objects == 0 ? "no object" : "all busy");
+		line_u64(&l, "objects", objects);
+		log_emit(&w->log, &l);
+		return;
+	}
+	held = supervisor_closes(w, object_id);
+	if (close(fd) != 0)
+		err = errno;
+	gate_leave(w);
+	line_begin(&l, &w->log, "close_fd");
+	line_u64(&l, "object_id", object_id);
+	line_str(&l, "cookie", cookie);
+	line_i64(&l, "fd", fd);
+	line_u64(&l, "idle", idle);
+	line_u64(&l, "objects", objects);
+	if (held >= 0)
+		line_bool(&l, "supervisor_held", held == 1);
+	if (err != 0)
+		line_i64(&l, "close_errno", err);
+	log_emit(&w->log, &l);
+}
+
+/* The closer thread: every SIGUSR1 (blocked in every thread of the worker, taken here alone by
+ * sigwaitinfo: no handler runs, nothing is done in a signal's context) closes one fd. */
+static void *closer(void *arg)
+{
+	struct worker *w = arg;
+	sigset_t usr1;
+
+	sigemptyset(&usr1);
+	sigaddset(&usr1, SIGUSR1);
+	for (;;) {
+		if (sigwaitinfo(&usr1, NULL) < 0) {
+			if (errno != EINTR) {
+				log_error(&w->log, "sigwaitinfo", errno);
+				sleep_ms(READ_ERROR_PAUSE_MS);
+			}
+			continue;
+		}
+		close_one(w);
+	}
+	return NULL;
 }
 
 /* One serving thread: poll with no timeout, read one message, answer it; no lock around the device. */
@@ -1084,6 +1388,7 @@ static void *serve(void *arg)
 	for (;;) {
 		struct pollfd p = {.fd = w->device_fd, .events = POLLIN};
 		char why[MSG_WHY_MAX];
+		struct object *pinned;
 		struct msg m;
 		ssize_t n;
 		int ready;
@@ -1104,10 +1409,16 @@ static void *serve(void *arg)
 					   p.revents & POLLERR ? "poll: POLLERR" : "poll: POLLHUP", 0);
 		if (!(p.revents & POLLIN))
 			continue;
+		/* Shared with the other threads, from the read to the pin of what it read: the close
+		 * fault (exclusive) never takes an object whose READ was read and is not pinned yet. */
+		gate_shared(w);
 		n = read(w->device_fd, buf, sizeof(buf));
-		if (n < 0) {
+		if (n <= 0) {
 			int err = errno;
 
+			gate_leave(w);
+			if (n == 0)
+				continue; /* another thread took the request that woke us */
 			if (device_dead_errno(err))
 				worker_device_dead(w, "read", err);
 			if (err == EINTR)
@@ -1119,23 +1430,25 @@ static void *serve(void *arg)
 				sleep_ms(READ_ERROR_PAUSE_MS);
 			continue;
 		}
-		if (n == 0)
-			continue; /* another thread took the request that woke us */
 		if (msg_decode(buf, (size_t)n, &m, why, sizeof(why)) != MSG_OK) {
 			struct line l;
 
+			gate_leave(w);
 			line_begin(&l, &w->log, "error");
 			line_str(&l, "why", why);
 			line_u64(&l, "bytes", (uint64_t)n);
 			log_emit(&w->log, &l);
 			continue;
 		}
+		/* the table holds the fds the supervisor handed over too: a dead worker's objects */
+		pinned = m.op == MSG_READ ? object_pin(w, m.object_id) : NULL;
+		gate_leave(w);
 		switch (m.op) {
 		case MSG_OPEN:
 			handle_open(w, &m);
 			break;
 		case MSG_READ:
-			handle_read(t, &m);
+			handle_read(t, &m, pinned);
 			break;
 		case MSG_CLOSE:
 			handle_close(w, &m);
@@ -1193,7 +1506,7 @@ static void take_over(struct worker *w, const struct chan_msg *held, int fd)
 		log_emit(&w->log, &l);
 	}
 
-	if (blob == NULL || (copen_err != 0 && copen_err != EINVAL) || object_add(w, held->object_id, fd, blob) != 0) {
+	if (blob == NULL || (copen_err != 0 && copen_err != EINVAL) || object_add(w, held->object_id, fd, blob, held->cookie, true) != 0) {
 		/* nothing to serve it with: let it go, the supervisor's copy first */
 		tell_supervisor(w, CHAN_CLOSED, held->object_id);
 		close(fd);
@@ -1205,16 +1518,22 @@ static _Noreturn void worker_main(const struct options *opt, struct log log, int
 {
 	struct worker w;
 	struct thread_ctx threads[MAX_THREADS];
-	sigset_t none;
+	pthread_rwlockattr_t gate_attr;
+	pthread_t closer_tid;
+	struct timespec now;
+	sigset_t usr1;
 	struct line l;
 	int err;
 
 	/* Dies with the supervisor (which holds the device and the anon fds): no orphan serves on. */
 	if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != supervisor)
 		_exit(WORKER_FAILED);
-	/* The supervisor blocks its signals for its signalfd; a worker takes them as they come. */
-	sigemptyset(&none);
-	if (sigprocmask(SIG_SETMASK, &none, NULL) != 0)
+	/* The supervisor blocks its signals for its signalfd; a worker takes them as they come, but
+	 * SIGUSR1, which stays blocked in every thread for the closer's sigwaitinfo (one sent before
+	 * the closer runs waits for it: it was blocked in the supervisor already, across the fork). */
+	sigemptyset(&usr1);
+	sigaddset(&usr1, SIGUSR1);
+	if (sigprocmask(SIG_SETMASK, &usr1, NULL) != 0)
 		_exit(WORKER_FAILED);
 
 	memset(&w, 0, sizeof(w));
@@ -1228,6 +1547,19 @@ static _Noreturn void worker_main(const struct options *opt, struct log log, int
 		log_error(&w.log, "pthread_mutex_init", err);
 		_exit(WORKER_FAILED);
 	}
+	/* the closer waiting for the gate stops new readers: it never waits for a stream of them */
+	if ((err = pthread_rwlockattr_init(&gate_attr)) != 0 ||
+	    (err = pthread_rwlockattr_setkind_np(&gate_attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP)) != 0 ||
+	    (err = pthread_rwlock_init(&w.gate, &gate_attr)) != 0) {
+		log_error(&w.log, "pthread_rwlock_init", err);
+		_exit(WORKER_FAILED);
+	}
+	pthread_rwlockattr_destroy(&gate_attr);
+	if (clock_gettime(CLOCK_REALTIME, &now) != 0)
+		now.tv_sec = now.tv_nsec = 0;
+	w.rng = ((uint64_t)w.log.pid << 32) ^ (uint64_t)now.tv_sec * 1000000000u ^ (uint64_t)now.tv_nsec;
+	if (w.rng == 0)
+		w.rng = 1; /* xorshift's one state that stays put */
 
 	/* What the supervisor held across the last death, up to its END. */
 	for (;;) {
@@ -1269,6 +1601,11 @@ static _Noreturn void worker_main(const struct options *opt, struct log log, int
 	line_u64(&l, "threads", opt->threads);
 	line_u64(&l, "objects", w.n_objects);
 	log_emit(&w.log, &l);
+	/* after the handover: the closer is from now on the one reader of the channel */
+	if ((err = pthread_create(&closer_tid, NULL, closer, &w)) != 0) {
+		log_error(&w.log, "pthread_create: closer", err);
+		_exit(WORKER_FAILED);
+	}
 	for (unsigned i = 0; i < opt->threads; i++) {
 		void *buf = NULL;
 
@@ -1307,7 +1644,7 @@ struct supervisor {
 	const struct options *opt;
 	struct log log;
 	int device_fd;
-	int sigfd; /* SIGTERM and SIGINT */
+	int sigfd; /* SIGTERM and SIGINT; SIGUSR1 (not ours: logged) */
 	struct held *held;
 	size_t n_held, cap_held;
 	pid_t worker; /* 0: none */
@@ -1385,7 +1722,22 @@ static void supervisor_message(struct supervisor *s, const struct chan_msg *m, i
 			s->held[i].answered = true;
 		break;
 	case CHAN_CLOSED:
-		held_drop(s, m->object_id);
+		if (m->reply) {
+			/* the close fault waits for our copy to be gone before it closes its own */
+			struct chan_msg word;
+			int err;
+
+			memset(&word, 0, sizeof(word));
+			word.kind = CHAN_CLOSED;
+			word.object_id = m->object_id;
+			word.held = held_index(s, m->object_id) >= 0;
+			held_drop(s, m->object_id);
+			/* a worker killed as it waits is gone with its copy: nothing to say then */
+			if ((err = chan_send_msg(s->chan, &word, -1)) != 0 && err != EPIPE && err != ECONNRESET)
+				log_error(&s->log, "channel: the close fault's word", err);
+		} else {
+			held_drop(s, m->object_id);
+		}
 		break;
 	default:
 		log_error(&s->log, "channel: unknown message", 0);
@@ -1404,6 +1756,16 @@ static void supervisor_signal(struct supervisor *s)
 	if (n != (ssize_t)sizeof(info)) {
 		if (n < 0 && errno != EAGAIN && errno != EINTR)
 			log_error(&s->log, "signalfd", errno);
+		return;
+	}
+	if (info.ssi_signo == SIGUSR1) {
+		/* blocked here so that a worker is born with it blocked; the fault is the worker's */
+		struct line l;
+
+		line_begin(&l, &s->log, "error");
+		line_str(&l, "why", "SIGUSR1 to the supervisor: the close fault is the worker's (--worker-pid-file)");
+		line_i64(&l, "sender_pid", (int64_t)info.ssi_pid);
+		log_emit(&s->log, &l);
 		return;
 	}
 	if (s->stopping)
@@ -1632,6 +1994,7 @@ static int supervisor_main(const struct options *opt)
 	sigemptyset(&stop);
 	sigaddset(&stop, SIGTERM);
 	sigaddset(&stop, SIGINT);
+	sigaddset(&stop, SIGUSR1); /* not a stop: logged (supervisor_signal); blocked for the workers */
 	if (sigprocmask(SIG_BLOCK, &stop, NULL) != 0 ||
 	    (s.sigfd = signalfd(-1, &stop, SFD_CLOEXEC | SFD_NONBLOCK)) < 0) {
 		fprintf(stderr, "cdaemon: signalfd: %s\n", strerror(errno));

@@ -243,7 +243,8 @@ def wait_for(what, predicate, timeout_s=TIMEOUT_S):
 class FakeKernel:
     """The kernel's end of the device, the daemon at the other; a file as every anon fd."""
 
-    def __init__(self, binary: Path, tmp: Path, *args: str, small_device_buffer: bool = False) -> None:
+    def __init__(self, binary: Path, tmp: Path, *args: str, small_device_buffer: bool = False,
+                 nonblocking: bool = False) -> None:
         self.tmp = tmp
         self.blob = tmp / "img0.blob"
         self.blob.write_bytes(os.urandom(BLOB_SIZE))
@@ -256,14 +257,21 @@ class FakeKernel:
         if small_device_buffer:
             # the daemon's writes (copen) block once a few are unread: a worker is held in a copen
             device.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)
+        if nonblocking:
+            # as /dev/cachefiles, whose read(2) never waits (0 with no request): a thread woken
+            # for a message another took must not sit in read(2), where it holds the worker's
+            # gate (the close fault waits for it); a socket says EAGAIN, which the daemon logs
+            device.setblocking(False)
         # an anon fd the daemon inherits at this number, as the kernel installs one in the reader
         self.anon = os.open(self.cache_file, os.O_RDWR | os.O_CREAT, 0o644)
         self.spare = os.open(tmp / "spare-file", os.O_RDWR | os.O_CREAT, 0o644)
+        # one more, for an object the kernel opens later (a reopen after a close)
+        self.extra = os.open(tmp / "extra-file", os.O_RDWR | os.O_CREAT, 0o644)
         self.process = subprocess.Popen(
             [str(binary), "--cache-dir", str(tmp / "cache"), "--tag", "fake", "--image", f"img0={self.blob}",
              "--log", str(self.log), "--pid-file", str(self.pid_file), "--worker-pid-file", str(self.worker_pid_file),
              "--device-fd", str(device.fileno()), *args],
-            pass_fds=[device.fileno(), self.anon, self.spare], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            pass_fds=[device.fileno(), self.anon, self.spare, self.extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         device.close()
         assert [self.receive() for _ in range(3)] == [f"dir {tmp / 'cache'}", "tag fake", "bind ondemand"]
 
@@ -289,20 +297,13 @@ class FakeKernel:
         return wait_for(what, lambda: next((e for e in self.events() if all(e.get(k) == v for k, v in fields.items())), None))
 
     def supervisor_fds_on(self, path: Path) -> int:
-        fd_dir = Path(f"/proc/{self.process.pid}/fd")
-        count = 0
-        for fd in fd_dir.iterdir():
-            try:
-                count += os.readlink(fd) == str(path)
-            except OSError:
-                pass
-        return count
+        return fds_on(self.process.pid, path)
 
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.kill()  # its workers go with it (PR_SET_PDEATHSIG)
         self.process.communicate(timeout=TIMEOUT_S)
-        for fd in (self.anon, self.spare):
+        for fd in (self.anon, self.spare, self.extra):
             os.close(fd)
         self.kernel.close()
 
@@ -318,6 +319,17 @@ def fake(cdaemon, tmp_path):
     yield start
     for k in started:
         k.stop()
+
+
+def fds_on(pid: int, path: Path) -> int:
+    """How many of the process's fds are open on `path`."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            count += os.readlink(fd) == str(path)
+        except OSError:
+            pass
+    return count
 
 
 def check_log(k: FakeKernel) -> list[dict]:
@@ -450,3 +462,111 @@ def test_a_dead_device_stops_the_supervisor(fake):
     events = check_log(k)
     assert events[-1]["event"] == "exit" and events[-1]["why"] == "device dead" and events[-1]["status"] == 1
     assert next(e for e in events if e["event"] == "worker_died")["exit_code"] == 1
+
+
+# -- the close fault (SIGUSR1 to the worker) ----------------------------------------------------
+
+def open_two(k: FakeKernel) -> dict[int, Path]:
+    """Objects 1 and 2 opened and answered, each on a file of its own: their paths by object id."""
+    k.send(protocol.encode_open(1, 1, "erofs,img0.1", b"img0.1", k.anon))
+    k.send(protocol.encode_open(2, 2, "erofs,img0.2", b"img0.2", k.spare))
+    assert sorted(k.receive() for _ in range(2)) == [f"copen 1,{BLOB_SIZE}", f"copen 2,{BLOB_SIZE}"]
+    for i in (1, 2):  # `done` is logged once the object may be closed: its copen accepted
+        k.event(f"OPEN {i} answered", event="done", op="OPEN", msg_id=i)
+    paths = {1: k.cache_file, 2: k.tmp / "spare-file"}
+    # the supervisor: its inherited fd on each file and the copy deposited (it takes the deposit
+    # in its own time); the worker: its own
+    worker = int(k.worker_pid_file.read_text())
+    wait_for("the deposits", lambda: [(fds_on(worker, p), k.supervisor_fds_on(p)) for p in paths.values()] == [(1, 2)] * 2)
+    return paths
+
+
+def test_sigusr1_closes_one_objects_fd_in_worker_and_supervisor(fake):
+    """The worker closes one object's anon fd, unasked, and has the supervisor close its copy
+    first (a stopped supervisor holds the worker's close back): the fd is gone from both
+    processes, the other object's stays, a READ that comes for the closed id is an error (a
+    correct kernel reopens instead), and the reopen's OPEN is served."""
+    k = fake("--threads", "2", nonblocking=True)
+    worker = k.worker()
+    k.event("serving", event="serving", who="cdaemon")
+    paths = open_two(k)
+    # the supervisor stopped: the worker closes nothing of its own until the supervisor's copy is gone
+    os.kill(k.process.pid, signal.SIGSTOP)
+    try:
+        os.kill(worker, signal.SIGUSR1)
+        time.sleep(0.5)
+        assert [fds_on(worker, p) for p in paths.values()] == [1, 1]
+        assert [e for e in k.events() if e["event"] == "close_fd"] == []
+    finally:
+        os.kill(k.process.pid, signal.SIGCONT)
+    closed = k.event("the close", event="close_fd", who="cdaemon")
+    gone = closed["object_id"]
+    kept = 3 - gone
+    assert closed["cookie"] == f"img0.{gone}" and closed["incarnation"] == 1 and closed["pid"] == worker
+    assert closed["supervisor_held"] is True and closed["idle"] == 2 and "skipped" not in closed
+    # gone from both (the supervisor's inherited fd aside), once the log says so: the worker's was last
+    assert (fds_on(worker, paths[gone]), k.supervisor_fds_on(paths[gone])) == (0, 1)
+    assert (fds_on(worker, paths[kept]), k.supervisor_fds_on(paths[kept])) == (1, 2)
+    assert int(k.worker_pid_file.read_text()) == worker and k.process.poll() is None  # no death
+
+    # the object kept is served on; a READ for the closed id has no fd to be answered through
+    k.send(protocol.encode_read(5, kept, 0, 4096))
+    assert k.event("the READ kept", event="error", msg_id=5)["why"] == "READ_COMPLETE"
+    assert paths[kept].read_bytes()[:4096] == k.blob.read_bytes()[:4096]
+    k.send(protocol.encode_read(6, gone, 0, 4096))
+    assert k.event("the READ for the closed id", event="error", msg_id=6)["why"] == \
+        "READ for an object whose fd the close fault closed"
+    # a CLOSE the kernel delivered before the fd went: done, not an unknown object
+    k.send(protocol.encode_close(7, gone))
+    assert k.event("the CLOSE", event="done", msg_id=7)["closed_by"] == "close_fd"
+
+    # the reopen: a new OPEN for the cookie, a new object id and anon fd, answered as any other
+    k.send(protocol.encode_open(8, 3, f"erofs,img0.{gone}", f"img0.{gone}".encode(), k.extra))
+    assert k.receive() == f"copen 8,{BLOB_SIZE}"
+    k.send(protocol.encode_read(9, 3, 4096, 4096))
+    assert k.event("the READ after the reopen", event="error", msg_id=9)["why"] == "READ_COMPLETE"
+    assert (k.tmp / "extra-file").read_bytes()[4096:8192] == k.blob.read_bytes()[4096:8192]
+    wait_for("the reopen's fd deposited",
+             lambda: (fds_on(worker, k.tmp / "extra-file"), k.supervisor_fds_on(k.tmp / "extra-file")) == (1, 2))
+    errors = [e for e in check_log(k) if e["event"] == "error"
+              and (e.get("why"), e.get("errno")) != ("read", errno.EAGAIN)]  # the socket's wake-ups
+    assert [e.get("msg_id") for e in errors] == [5, 6, 9]
+    assert [e for e in check_log(k) if e["event"] == "close_fd"] == [closed]
+
+
+def test_sigusr1_closes_nothing_when_every_object_is_in_a_read(fake):
+    """The control: with no object, and with every object pinned by a READ being answered, the
+    fault closes nothing and says why; once the READs are done it closes one."""
+    k = fake("--threads", "3", "--read-delay-ms", "2000", nonblocking=True)
+    worker = k.worker()
+    k.event("serving", event="serving", who="cdaemon")
+    os.kill(worker, signal.SIGUSR1)
+    assert k.event("nothing to close", event="close_fd")["skipped"] == "no object"
+    paths = open_two(k)
+    k.send(protocol.encode_read(3, 1, 0, 4096))
+    k.send(protocol.encode_read(4, 2, 0, 4096))
+    for i in (3, 4):  # `recv` is logged once the READ pinned its object
+        k.event(f"READ {i} received", event="recv", msg_id=i)
+    os.kill(worker, signal.SIGUSR1)
+    busy = k.event("every object busy", event="close_fd", skipped="all busy")
+    assert busy["objects"] == 2 and busy["pid"] == worker
+    assert [(fds_on(worker, p), k.supervisor_fds_on(p)) for p in paths.values()] == [(1, 2), (1, 2)]
+    for i in (3, 4):  # the READs went on through their fds (the ioctl is the file's refusal)
+        assert k.event(f"READ {i} answered", event="error", msg_id=i)["why"] == "READ_COMPLETE"
+    assert [e for e in check_log(k) if e["event"] == "close_fd" and "object_id" in e] == []
+    os.kill(worker, signal.SIGUSR1)
+    closed = k.event("a close once idle", event="close_fd", supervisor_held=True)
+    assert fds_on(worker, paths[closed["object_id"]]) == 0
+
+
+def test_sigusr1_to_the_supervisor_is_logged_and_ignored(fake):
+    k = fake()
+    worker = k.worker()
+    k.event("serving", event="serving", who="cdaemon")
+    os.kill(k.process.pid, signal.SIGUSR1)
+    said = k.event("the stray signal", event="error", who="cdaemon-supervisor")
+    assert "the close fault is the worker's" in said["why"] and said["sender_pid"] == os.getpid()
+    k.send(protocol.encode_open(1, 1, "erofs,img0.1", b"img0.1", k.anon))
+    assert k.receive() == f"copen 1,{BLOB_SIZE}"
+    assert int(k.worker_pid_file.read_text()) == worker and k.process.poll() is None
+    assert [e for e in check_log(k) if e["event"] in ("close_fd", "worker_died")] == []

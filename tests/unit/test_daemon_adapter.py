@@ -24,6 +24,7 @@ def test_the_built_in_adapters_parse_and_fill_in():
     assert "--no-restore" in off.command and off.build == "cdaemon"
     c = adapter.load("cdaemon")
     assert c.build == "cdaemon" and ours.ours and not c.ours
+    assert c.faults == {"kill", "close"} and off.faults == c.faults
     argv = c.argv(VALUES, {"img1": "/d/img1.erofs", "img0": "/d/img0.erofs"})
     assert argv[:3] == ["/b/cdaemon", "--cache-dir", "/cache"]
     assert argv[-4:] == ["--image", "img0=/d/img0.erofs", "--image", "img1=/d/img1.erofs"]

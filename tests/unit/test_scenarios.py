@@ -90,9 +90,19 @@ def test_a_daemon_runs_only_the_faults_it_takes_and_the_evidence_they_bring():
 
 
 def test_a_request_with_another_daemon_plans_and_says_what_it_leaves_out(tmp_path):
-    req = RunRequest(scenario="combined", daemon="cdaemon", output=tmp_path, cache=tmp_path).validate()
+    kill_only = tmp_path / "kill-only.toml"
+    kill_only.write_text('name = "kill-only"\ncommand = ["/usr/sbin/mine"]\nrestarts = "self"\n'
+                         'device_fd = "supervisor"\nkill = { pid_file = "{log_dir}/w.pid" }\nfaults = ["kill"]\n')
+    req = RunRequest(scenario="combined", daemon=str(kill_only), output=tmp_path, cache=tmp_path).validate()
     assert req.plan.fd_closes == 0 and req.faults_left_out == ("close",)
     with pytest.raises(InputError, match="takes none of scenario close-fds's faults"):
-        RunRequest(scenario="close-fds", daemon="cdaemon", output=tmp_path, cache=tmp_path).validate()
+        RunRequest(scenario="close-fds", daemon=str(kill_only), output=tmp_path, cache=tmp_path).validate()
+    # the C daemon takes kills and closes: combined and close-fds whole, adversarial without the rest
+    req = RunRequest(scenario="combined", daemon="cdaemon", output=tmp_path, cache=tmp_path).validate()
+    assert req.plan.fd_closes == 30 and req.plan.kills == 25 and req.faults_left_out == ()
+    req = RunRequest(scenario="close-fds", daemon="cdaemon", output=tmp_path, cache=tmp_path).validate()
+    assert req.plan.fd_closes == 40 and req.faults_left_out == ()
+    req = RunRequest(scenario="adversarial", daemon="cdaemon", output=tmp_path, cache=tmp_path).validate()
+    assert "close" not in req.faults_left_out and "stale" in req.faults_left_out and req.plan.fd_closes == 20
     with pytest.raises(InputError, match="no such built-in daemon"):
         RunRequest(daemon="nydusd", output=tmp_path, cache=tmp_path).validate()
