@@ -56,3 +56,10 @@ def test_every_package_is_one_level_deep() -> None:
     packages = sorted(p.parent.name for p in HARNESS.glob("*/__init__.py"))
     assert packages == ["campaign", "daemons", "guest", "judge", "kernel"]
     assert not list(HARNESS.glob("*/*/__init__.py"))
+
+
+def test_no_two_test_modules_share_a_name() -> None:
+    """pytest imports test modules by their base name (no packages under tests/): two of one name
+    stop the whole collection ("import file mismatch"), the VM tests' too."""
+    names = [p.name for p in (HARNESS.parent / "tests").rglob("test_*.py")]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []
