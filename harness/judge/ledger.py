@@ -432,11 +432,10 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None, unmounted
             blame, why = "kernel", ""
         elif lt.o is None and lt.op != "OPEN":  # delivered for an object id no OPEN handed out (-1: closed)
             blame, why = "kernel", "; no OPEN handed out its object id"
-        elif lt.ended_by == "unbind":  # whoever held the last reference let the device go with it unanswered
-            blame, why = "daemon", ""
-        elif died is None:
+        elif died is None or (lt.ended_ts is not None and died > lt.ended_ts):
+            # alive to answer it (and, where the device went first, letting it go unanswered)
             blame, why = "daemon", f"; process {last.tgid} was alive to answer it"
-        elif not any(r > died for r in b.restores):
+        elif not any(died < r < (lt.ended_ts or float("inf")) for r in b.restores):
             blame, why = "daemon", f"; process {last.tgid} died holding it and no process wrote `restore` after"
         else:
             blame, why = "kernel", f"; process {last.tgid} died holding it and a restore after did not bring it back"

@@ -414,3 +414,18 @@ def test_a_read_delivered_for_an_object_id_no_open_handed_out_is_the_kernel_s_lo
     text = [line for line in text if not answer.search(line)]
     mine = [v for v in build(text).of_rule("unanswered") if f"READ msg_id {fields['msg_id']} " in v.text]
     assert len(mine) == 1 and mine[0].blame == "kernel" and "no OPEN handed out its object id" in mine[0].text
+
+
+def test_a_held_request_a_restore_did_not_bring_back_is_the_kernel_s_though_the_device_ended_it():
+    """What a kernel whose `restore` does nothing leaves: held at a death, never delivered again,
+    and failed only when the device was closed at the end. The kernel's loss (a restore came);
+    control: with the restores taken out, the daemon's."""
+    text, msg_id, o, died, again = held_at_a_death()
+    answer = re.compile(rf"cachefiles_ondemand_c(read|open): o=[0-9a-f]+ mid={msg_id:x}\b")
+    text = [line for i, line in enumerate(text) if i != again and not (i > again and answer.search(line))
+            and not line.endswith(f"drop: (cachefiles_ondemand_clean_object+0x4/0xcb) o={o}")]
+    mine = [v for v in build(text).of_rule("unanswered") if f"msg_id {msg_id} " in v.text]
+    assert len(mine) == 1 and "device was closed" in mine[0].text and mine[0].blame == "kernel"
+    text = [line for i, line in enumerate(text) if i <= died or " restore: " not in line]
+    mine = [v for v in build(text).of_rule("unanswered") if f"msg_id {msg_id} " in v.text]
+    assert len(mine) == 1 and mine[0].blame == "daemon"
