@@ -24,13 +24,22 @@
  *    asleep, and the readers' watchdog reports the stall). What the threads share, the table of
  *    anon fds by object id and the blobs, is under a mutex; the device is not.
  *
+ *  - The supervisor lets go of the anon fds of objects the kernel is done with: a CLOSE is ended
+ *    at its delivery, so a worker killed after reading one and before telling the supervisor
+ *    leaves the supervisor's copy open for good, and that copy pins the object, its cookie and
+ *    its fscache volume (a later mount of the volume then waits for it, uninterruptibly). At
+ *    each handover and every PRUNE_INTERVAL_MS while it supervises, it reads the kernel's cookie
+ *    list (--cookies-file) and closes every fd whose cookie is listed as dropped or not listed,
+ *    and tells the worker, which closes its own copy (see prune()).
+ *
  *  - SIGUSR1 to a worker (the close fault: the harness's `close-fds`) makes it close the anon
  *    fd of one live object, chosen at random among those answered and idle, unasked: the kernel
  *    marks the object closed and reopens it (a new OPEN) on its next READ. The signal is never
- *    handled: blocked in every thread, it is taken by a closer thread in sigwaitinfo(2). Since
+ *    handled: blocked in every thread, it is taken by a closer thread through a signalfd. Since
  *    the supervisor keeps a copy of the fd, the closer has it close that copy first and waits
  *    for its word, then closes its own, the last: the kernel releases the fd in the worker (see
- *    close_one()).
+ *    close_one()). The closer is also the worker's reader of the supervisor's channel, once the
+ *    handover is done.
  *
  * The log is JSON lines appended to --log, one write(2) a line, so that the lines of threads and
  * processes never interleave; it is a cross-check for the host's judge, which reads the kernel's
@@ -75,6 +84,9 @@
 #define FORK_RETRY_MS 100         /* the least wait before a worker is forked again */
 #define LINE_SIZE 8192            /* a log line: the largest message's keys, escaped, fit */
 #define CLOSE_WORD_TIMEOUT_MS 5000 /* the close fault's wait for the supervisor's word */
+#define PRUNE_INTERVAL_MS 500     /* the supervisor reads the kernel's cookie list this often */
+#define COOKIES_FILE "/proc/fs/netfs/cookies"
+#define COOKIES_MAX (64u << 20)   /* a cookie list longer than this is not read */
 
 /* How a worker ends (its exit status; signals aside). */
 enum {
@@ -93,6 +105,7 @@ static const char USAGE[] =
 	"usage: cdaemon --cache-dir DIR --tag TAG --image NAME=PATH [--image NAME=PATH]... --log FILE\n"
 	"               [--pid-file FILE] [--worker-pid-file FILE] [--threads N]\n"
 	"               [--restart-delay-ms MS] [--read-delay-ms MS] [--no-restore] [--device-fd FD]\n"
+	"               [--cookies-file PATH]\n"
 	"\n"
 	"A cachefiles on-demand daemon serving EROFS blobs: a supervisor binds the cache, keeps\n"
 	"/dev/cachefiles and every anon fd across the deaths of the worker it forks, and forks the\n"
@@ -111,6 +124,8 @@ static const char USAGE[] =
 	"  --no-restore             never write `restore` (the negative control)\n"
 	"  --device-fd FD           an inherited, open fd standing for /dev/cachefiles (tests); the\n"
 	"                           bind commands are written to it all the same\n"
+	"  --cookies-file PATH      the kernel's cookie list, read to let go of the anon fds of\n"
+	"                           dropped cookies (default " COOKIES_FILE "; tests: a stand-in)\n"
 	"  --help                   this text\n"
 	"\n"
 	"SIGUSR1 to the worker (its pid in --worker-pid-file) closes the anon fd of one idle object,\n"
@@ -139,6 +154,7 @@ struct options {
 	unsigned read_delay_ms;
 	bool no_restore;
 	int device_fd; /* -1: open /dev/cachefiles */
+	const char *cookies_file;
 };
 
 /* One line on stderr, and the usage exit status. */
@@ -199,6 +215,7 @@ static int parse_options(int argc, char **argv, struct options *o)
 	memset(o, 0, sizeof(*o));
 	o->threads = 3;
 	o->device_fd = -1;
+	o->cookies_file = COOKIES_FILE;
 	for (int i = 1; i < argc; i++) {
 		const char *arg = argv[i];
 		const char *eq;
@@ -235,7 +252,8 @@ static int parse_options(int argc, char **argv, struct options *o)
 		    strcmp(name, "--image") != 0 && strcmp(name, "--log") != 0 &&
 		    strcmp(name, "--pid-file") != 0 && strcmp(name, "--worker-pid-file") != 0 &&
 		    strcmp(name, "--threads") != 0 && strcmp(name, "--restart-delay-ms") != 0 &&
-		    strcmp(name, "--read-delay-ms") != 0 && strcmp(name, "--device-fd") != 0)
+		    strcmp(name, "--read-delay-ms") != 0 && strcmp(name, "--device-fd") != 0 &&
+		    strcmp(name, "--cookies-file") != 0)
 			return usage_error("unknown option '%s'", arg);
 		if (value == NULL) {
 			if (i + 1 == argc)
@@ -252,6 +270,8 @@ static int parse_options(int argc, char **argv, struct options *o)
 			o->pid_file = value;
 		} else if (strcmp(name, "--worker-pid-file") == 0) {
 			o->worker_pid_file = value;
+		} else if (strcmp(name, "--cookies-file") == 0) {
+			o->cookies_file = value;
 		} else if (strcmp(name, "--image") == 0) {
 			if ((err = add_image(o, value)) != 0)
 				return err;
@@ -280,6 +300,8 @@ static int parse_options(int argc, char **argv, struct options *o)
 		return usage_error("--log is required");
 	if (o->n_images == 0)
 		return usage_error("--image is required");
+	if (*o->cookies_file == '\0')
+		return usage_error("--cookies-file wants a path");
 	if (o->device_fd >= 0 && fcntl(o->device_fd, F_GETFD) < 0)
 		return usage_error("--device-fd %d is not an open fd", o->device_fd);
 	return 0;
@@ -530,9 +552,11 @@ static bool device_dead_errno(int err)
  *   worker -> supervisor: DEPOSIT (fd) an OPEN's anon fd, as soon as the OPEN is read;
  *                         ANSWERED its copen was accepted; CLOSED the worker closes it (with
  *                         `reply`: the close fault, which waits for the CLOSED below)
- *   supervisor -> worker: HELD (fd) an anon fd kept across a death, then END; CLOSED (after
- *                         the handover, only as the answer to a CLOSED with `reply`) its copy
- *                         is closed, `held` whether it had one
+ *   supervisor -> worker: HELD (fd) an anon fd kept across a death, then END; after the
+ *                         handover: CLOSED (only as the answer to a CLOSED with `reply`) its
+ *                         copy is closed, `held` whether it had one; PRUNED its copy of an
+ *                         object (object id and msg_id) whose cookie the kernel dropped is
+ *                         closed: the worker closes its own
  */
 enum chan_kind {
 	CHAN_DEPOSIT = 1,
@@ -540,6 +564,7 @@ enum chan_kind {
 	CHAN_CLOSED,
 	CHAN_HELD,
 	CHAN_END,
+	CHAN_PRUNED,
 };
 
 struct chan_msg {
@@ -552,8 +577,9 @@ struct chan_msg {
 	char cookie[NAME_MAX_LEN]; /* the blob name, NUL-terminated ("" if it had none) */
 };
 
-/* @m as it is, with @fd (< 0: none): 0, or an errno. Never raises SIGPIPE. */
-static int chan_send_msg(int sock, const struct chan_msg *m, int fd)
+/* @m as it is, with @fd (< 0: none): 0, or an errno. Never raises SIGPIPE. @flags: more
+ * sendmsg(2) flags (MSG_DONTWAIT: EAGAIN rather than a wait for a peer that does not read). */
+static int chan_send_msg(int sock, const struct chan_msg *m, int fd, int flags)
 {
 	struct iovec iov = {.iov_base = (void *)m, .iov_len = sizeof(*m)};
 	union {
@@ -576,7 +602,7 @@ static int chan_send_msg(int sock, const struct chan_msg *m, int fd)
 		memcpy(CMSG_DATA(c), &fd, sizeof(int));
 	}
 	do
-		n = sendmsg(sock, &mh, MSG_NOSIGNAL);
+		n = sendmsg(sock, &mh, MSG_NOSIGNAL | flags);
 	while (n < 0 && errno == EINTR);
 	if (n < 0)
 		return errno;
@@ -596,7 +622,7 @@ static int chan_send(int sock, uint32_t kind, uint32_t object_id, uint32_t msg_i
 	m.answered = answered;
 	if (cookie != NULL)
 		snprintf(m.cookie, sizeof(m.cookie), "%s", cookie);
-	return chan_send_msg(sock, &m, fd);
+	return chan_send_msg(sock, &m, fd, 0);
 }
 
 /* 1: a message, its fd in *@fd (-1: none); 0: the other end is gone; -1: an error (errno). */
@@ -657,6 +683,7 @@ struct blob {
  * (pin) it while the table changes; freed, and its fd closed, when it is closed and unpinned. */
 struct object {
 	uint32_t object_id;
+	uint32_t msg_id; /* of the OPEN that gave its fd: with the id, which fd a PRUNED means */
 	int fd;
 	struct blob *blob;
 	unsigned busy; /* READs being answered through it */
@@ -665,9 +692,17 @@ struct object {
 	char cookie[NAME_MAX_LEN]; /* its blob name */
 };
 
-/* Object ids whose fd the close fault closed, the latest last: a READ or CLOSE that comes for
- * one is told apart from one for an id never seen. An id leaves when an OPEN brings it again. */
-#define FAULT_CLOSED_MAX 64
+/* Object ids whose fd the worker closed unasked, the latest last, with who made it (the close
+ * fault, or the supervisor's prune): a READ or CLOSE that comes for one is told apart from one
+ * for an id never seen. An id leaves when an OPEN brings it again. */
+#define CLOSED_MAX 64
+#define BY_CLOSE_FAULT "close_fd"
+#define BY_PRUNE "pruned"
+
+struct closed_id {
+	uint32_t object_id;
+	const char *by; /* BY_CLOSE_FAULT or BY_PRUNE */
+};
 
 struct worker {
 	const struct options *opt;
@@ -678,8 +713,8 @@ struct worker {
 	struct object **objects;
 	size_t n_objects, cap_objects;
 	struct blob blobs[MAX_IMAGES]; /* by the index of the image in opt->images */
-	uint32_t fault_closed[FAULT_CLOSED_MAX]; /* under the lock */
-	size_t n_fault_closed;
+	struct closed_id closed[CLOSED_MAX]; /* under the lock */
+	size_t n_closed;
 	/*
 	 * Shared by each serving thread from its read(2) to the pin of the READ it read (never
 	 * around poll(2), nor while a request is answered: the threads never wait for one another
@@ -690,6 +725,7 @@ struct worker {
 	 */
 	pthread_rwlock_t gate;
 	uint64_t rng; /* the closer's choice (only the closer thread uses it) */
+	int sigfd;    /* SIGUSR1, read by the closer */
 };
 
 struct thread_ctx {
@@ -832,41 +868,43 @@ static int object_detach(struct worker *w, size_t i)
 	return fd;
 }
 
-/* Whether the close fault closed @object_id's fd (and no OPEN brought the id again). Under the lock. */
-static bool fault_closed(const struct worker *w, uint32_t object_id)
+/* Who closed @object_id's fd unasked (BY_CLOSE_FAULT, BY_PRUNE), NULL if nobody did (or an
+ * OPEN brought the id again). Under the lock. */
+static const char *closed_by(const struct worker *w, uint32_t object_id)
 {
-	for (size_t i = 0; i < w->n_fault_closed; i++)
-		if (w->fault_closed[i] == object_id)
-			return true;
-	return false;
+	for (size_t i = 0; i < w->n_closed; i++)
+		if (w->closed[i].object_id == object_id)
+			return w->closed[i].by;
+	return NULL;
 }
 
-/* @object_id into, or (@closed false) out of, the close fault's list. Under the lock. */
-static void fault_closed_mark(struct worker *w, uint32_t object_id, bool closed)
+/* @object_id into the list of ids closed unasked, closed @by; @by NULL: out of it. Under the lock. */
+static void closed_mark(struct worker *w, uint32_t object_id, const char *by)
 {
 	size_t i = 0;
 
-	while (i < w->n_fault_closed && w->fault_closed[i] != object_id)
+	while (i < w->n_closed && w->closed[i].object_id != object_id)
 		i++;
-	if (i < w->n_fault_closed) { /* out, the rest moved down: the oldest stays first */
-		memmove(&w->fault_closed[i], &w->fault_closed[i + 1],
-			(w->n_fault_closed - i - 1) * sizeof(w->fault_closed[0]));
-		w->n_fault_closed--;
+	if (i < w->n_closed) { /* out, the rest moved down: the oldest stays first */
+		memmove(&w->closed[i], &w->closed[i + 1], (w->n_closed - i - 1) * sizeof(w->closed[0]));
+		w->n_closed--;
 	}
-	if (!closed)
+	if (by == NULL)
 		return;
-	if (w->n_fault_closed == FAULT_CLOSED_MAX) { /* the oldest forgotten */
-		memmove(&w->fault_closed[0], &w->fault_closed[1], (FAULT_CLOSED_MAX - 1) * sizeof(w->fault_closed[0]));
-		w->n_fault_closed--;
+	if (w->n_closed == CLOSED_MAX) { /* the oldest forgotten */
+		memmove(&w->closed[0], &w->closed[1], (CLOSED_MAX - 1) * sizeof(w->closed[0]));
+		w->n_closed--;
 	}
-	w->fault_closed[w->n_fault_closed++] = object_id;
+	w->closed[w->n_closed].object_id = object_id;
+	w->closed[w->n_closed].by = by;
+	w->n_closed++;
 }
 
 /* A new object in the table (@answered: its copen accepted already, an object handed over). An
  * object id already there (the kernel gives an id out again only once its anon fd was released:
  * never, while we hold it) is logged and its entry closed. Returns 0 or ENOMEM. */
-static int object_add(struct worker *w, uint32_t object_id, int fd, struct blob *blob, const char *cookie,
-		      bool answered)
+static int object_add(struct worker *w, uint32_t object_id, uint32_t msg_id, int fd, struct blob *blob,
+		      const char *cookie, bool answered)
 {
 	struct object *o = calloc(1, sizeof(*o));
 	int stale_fd = -1;
@@ -875,12 +913,13 @@ static int object_add(struct worker *w, uint32_t object_id, int fd, struct blob 
 	if (o == NULL)
 		return ENOMEM;
 	o->object_id = object_id;
+	o->msg_id = msg_id;
 	o->fd = fd;
 	o->blob = blob;
 	o->answered = answered;
 	snprintf(o->cookie, sizeof(o->cookie), "%s", cookie);
 	lock(w);
-	fault_closed_mark(w, object_id, false); /* a reopen's OPEN may bring the id again */
+	closed_mark(w, object_id, NULL); /* a reopen's OPEN may bring the id again */
 	if (w->n_objects == w->cap_objects) {
 		size_t cap = w->cap_objects ? 2 * w->cap_objects : 64;
 		struct object **grown = realloc(w->objects, cap * sizeof(*grown));
@@ -1029,7 +1068,7 @@ static void handle_open(struct worker *w, const struct msg *m)
 
 	answer = open_answer(w, name, named, erofs, &blob);
 	/* In the table before the copen: once it is in, another thread may read a READ for it. */
-	if (blob != NULL && (err = object_add(w, m->object_id, fd, blob, name, false)) != 0) {
+	if (blob != NULL && (err = object_add(w, m->object_id, m->msg_id, fd, blob, name, false)) != 0) {
 		log_request_error(&w->log, m, "object table", err);
 		blob = NULL;
 		answer = -err;
@@ -1133,9 +1172,8 @@ static const char *copy_span(struct thread_ctx *t, struct object *o, const struc
 static void handle_read(struct thread_ctx *t, const struct msg *m, struct object *o)
 {
 	struct worker *w = t->w;
-	const char *failed;
+	const char *failed, *by;
 	struct line l;
-	bool closed;
 
 	line_begin(&l, &w->log, "recv");
 	line_u64(&l, "msg_id", m->msg_id);
@@ -1147,12 +1185,14 @@ static void handle_read(struct thread_ctx *t, const struct msg *m, struct object
 
 	if (o == NULL) {
 		lock(w);
-		closed = fault_closed(w, m->object_id);
+		by = closed_by(w, m->object_id);
 		unlock(w);
 		/* A closed object's READs wait for its reopen, and come with the new object id: the
-		 * kernel that hands one over for the id whose fd is gone leaves it unanswerable. */
-		log_request_error(&w->log, m, closed ? "READ for an object whose fd the close fault closed" :
-				  "unknown object", 0);
+		 * kernel that hands one over for the id whose fd is gone leaves it unanswerable (and a
+		 * dropped cookie's object has no READ to come). */
+		log_request_error(&w->log, m, by == NULL ? "unknown object" :
+				  strcmp(by, BY_PRUNE) == 0 ? "READ for an object whose fd was pruned (its cookie dropped)" :
+				  "READ for an object whose fd the close fault closed", 0);
 		return;
 	}
 	if (w->opt->read_delay_ms > 0)
@@ -1188,22 +1228,23 @@ static void handle_close(struct worker *w, const struct msg *m)
 	/* the supervisor's copy first: a death between the two closes leaves nothing held */
 	tell_supervisor(w, CHAN_CLOSED, m->object_id);
 	if (!object_close(w, m->object_id)) {
-		bool closed;
+		const char *by;
 
 		lock(w);
-		closed = fault_closed(w, m->object_id);
+		by = closed_by(w, m->object_id);
 		unlock(w);
-		if (!closed) {
+		if (by == NULL) {
 			log_request_error(&w->log, m, "unknown object", 0);
 			return;
 		}
 		/* read before the close fault took its fd (the kernel flushes a CLOSE it has not
-		 * delivered when the fd goes): both wanted the fd closed, and it is */
+		 * delivered when the fd goes), or before the supervisor's word that it pruned it (the
+		 * cookie is dropped once its CLOSE is delivered): both wanted the fd closed, and it is */
 		line_begin(&l, &w->log, "done");
 		line_u64(&l, "msg_id", m->msg_id);
 		line_u64(&l, "object_id", m->object_id);
 		line_str(&l, "op", "CLOSE");
-		line_str(&l, "closed_by", "close_fd");
+		line_str(&l, "closed_by", by);
 		log_emit(&w->log, &l);
 		return;
 	}
@@ -1212,6 +1253,65 @@ static void handle_close(struct worker *w, const struct msg *m)
 	line_u64(&l, "object_id", m->object_id);
 	line_str(&l, "op", "CLOSE");
 	log_emit(&w->log, &l);
+}
+
+/*
+ * The supervisor pruned its copy of an object's fd (PRUNED: the kernel lists its cookie as
+ * dropped, or no more): ours goes too, if we have the object that OPEN gave (its object id and
+ * msg_id). A worker that read the object's CLOSE closes it anyway; one that was handed the fd
+ * after its predecessor read the CLOSE and died would never hear of it again, and its copy
+ * would pin the object, its cookie and its volume for good. A READ pinning it closes it when
+ * done (a dropped cookie has no READ to come).
+ */
+static void worker_prune(struct worker *w, const struct chan_msg *m)
+{
+	bool had = false;
+	int fd = -1;
+	struct line l;
+	ssize_t i;
+
+	lock(w);
+	i = object_index(w, m->object_id);
+	if (i >= 0 && w->objects[i]->msg_id == m->msg_id) {
+		had = true;
+		fd = object_detach(w, (size_t)i);
+		closed_mark(w, m->object_id, BY_PRUNE);
+	}
+	unlock(w);
+	if (fd >= 0)
+		close(fd);
+	line_begin(&l, &w->log, "prune_told");
+	line_u64(&l, "object_id", m->object_id);
+	line_u64(&l, "msg_id", m->msg_id);
+	line_str(&l, "cookie", m->cookie);
+	line_bool(&l, "closed", had);
+	log_emit(&w->log, &l);
+}
+
+/* One message from the supervisor after the handover (the closer reads them). False: the
+ * supervisor is gone (and we die with it: PR_SET_PDEATHSIG), read the channel no more. */
+static bool supervisor_said(struct worker *w)
+{
+	struct chan_msg m;
+	int fd;
+	int got = chan_recv(w->chan, &m, &fd);
+
+	if (got <= 0) {
+		int err = got == 0 ? 0 : errno;
+
+		log_error(&w->log, got == 0 ? "channel: supervisor gone" : "channel", err);
+		if (got == 0 || err == ECONNRESET || err == ENOTCONN)
+			return false;
+		sleep_ms(READ_ERROR_PAUSE_MS);
+		return true;
+	}
+	if (fd >= 0)
+		close(fd);
+	if (m.kind == CHAN_PRUNED)
+		worker_prune(w, &m);
+	else
+		log_error(&w->log, "channel: unexpected message from the supervisor", 0);
+	return true;
 }
 
 /* ---- the close fault ---------------------------------------------------------------------- */
@@ -1241,7 +1341,7 @@ static int supervisor_closes(struct worker *w, uint32_t object_id)
 	m.kind = CHAN_CLOSED;
 	m.object_id = object_id;
 	m.reply = 1;
-	if ((err = chan_send_msg(w->chan, &m, -1)) != 0) {
+	if ((err = chan_send_msg(w->chan, &m, -1, 0)) != 0) {
 		log_error(&w->log, "close fault: tell supervisor", err);
 		return -1;
 	}
@@ -1276,6 +1376,10 @@ static int supervisor_closes(struct worker *w, uint32_t object_id)
 			close(fd);
 		if (m.kind == CHAN_CLOSED && m.object_id == object_id)
 			return m.held ? 1 : 0;
+		if (m.kind == CHAN_PRUNED) { /* the supervisor's word comes after it */
+			worker_prune(w, &m);
+			continue;
+		}
 		/* the word for an earlier close that timed out, or nothing we asked for */
 		log_error(&w->log, "close fault: unexpected message from the supervisor", 0);
 	}
@@ -1326,7 +1430,7 @@ static void close_one(struct worker *w)
 			object_id = o->object_id;
 			memcpy(cookie, o->cookie, sizeof(cookie));
 			fd = object_detach(w, i); /* idle: its fd comes back, the entry freed */
-			fault_closed_mark(w, object_id, true);
+			closed_mark(w, object_id, BY_CLOSE_FAULT);
 			break;
 		}
 	}
@@ -1356,24 +1460,35 @@ static void close_one(struct worker *w)
 	log_emit(&w->log, &l);
 }
 
-/* The closer thread: every SIGUSR1 (blocked in every thread of the worker, taken here alone by
- * sigwaitinfo: no handler runs, nothing is done in a signal's context) closes one fd. */
+/* The closer thread: every SIGUSR1 (blocked in every thread of the worker, taken here alone
+ * through a signalfd: no handler runs, nothing is done in a signal's context) closes one fd;
+ * the supervisor's word that it pruned an fd closes ours. It never reads the device. */
 static void *closer(void *arg)
 {
 	struct worker *w = arg;
-	sigset_t usr1;
+	struct pollfd p[2] = {{.fd = w->sigfd, .events = POLLIN}, {.fd = w->chan, .events = POLLIN}};
 
-	sigemptyset(&usr1);
-	sigaddset(&usr1, SIGUSR1);
 	for (;;) {
-		if (sigwaitinfo(&usr1, NULL) < 0) {
+		if (poll(p, 2, -1) < 0) {
 			if (errno != EINTR) {
-				log_error(&w->log, "sigwaitinfo", errno);
+				log_error(&w->log, "closer: poll", errno);
 				sleep_ms(READ_ERROR_PAUSE_MS);
 			}
 			continue;
 		}
-		close_one(w);
+		if (p[0].revents & POLLIN) {
+			struct signalfd_siginfo info;
+			ssize_t n = read(w->sigfd, &info, sizeof(info));
+
+			if (n == (ssize_t)sizeof(info)) {
+				close_one(w);
+			} else if (n < 0 && errno != EAGAIN && errno != EINTR) {
+				log_error(&w->log, "closer: signalfd", errno);
+				sleep_ms(READ_ERROR_PAUSE_MS);
+			}
+		}
+		if ((p[1].revents & (POLLIN | POLLHUP | POLLERR)) && !supervisor_said(w))
+			p[1].fd = -1; /* a negative fd: poll(2) leaves it out */
 	}
 	return NULL;
 }
@@ -1506,7 +1621,7 @@ static void take_over(struct worker *w, const struct chan_msg *held, int fd)
 		log_emit(&w->log, &l);
 	}
 
-	if (blob == NULL || (copen_err != 0 && copen_err != EINVAL) || object_add(w, held->object_id, fd, blob, held->cookie, true) != 0) {
+	if (blob == NULL || (copen_err != 0 && copen_err != EINVAL) || object_add(w, held->object_id, held->msg_id, fd, blob, held->cookie, true) != 0) {
 		/* nothing to serve it with: let it go, the supervisor's copy first */
 		tell_supervisor(w, CHAN_CLOSED, held->object_id);
 		close(fd);
@@ -1529,7 +1644,7 @@ static _Noreturn void worker_main(const struct options *opt, struct log log, int
 	if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != supervisor)
 		_exit(WORKER_FAILED);
 	/* The supervisor blocks its signals for its signalfd; a worker takes them as they come, but
-	 * SIGUSR1, which stays blocked in every thread for the closer's sigwaitinfo (one sent before
+	 * SIGUSR1, which stays blocked in every thread for the closer's signalfd (one sent before
 	 * the closer runs waits for it: it was blocked in the supervisor already, across the fork). */
 	sigemptyset(&usr1);
 	sigaddset(&usr1, SIGUSR1);
@@ -1543,6 +1658,11 @@ static _Noreturn void worker_main(const struct options *opt, struct log log, int
 	w.log.pid = getpid();
 	w.device_fd = device_fd;
 	w.chan = chan;
+	/* the closer's: a SIGUSR1 pending for the process waits in it (blocked everywhere) */
+	if ((w.sigfd = signalfd(-1, &usr1, SFD_CLOEXEC | SFD_NONBLOCK)) < 0) {
+		log_error(&w.log, "signalfd", errno);
+		_exit(WORKER_FAILED);
+	}
 	if ((err = pthread_mutex_init(&w.lock, NULL)) != 0) {
 		log_error(&w.log, "pthread_mutex_init", err);
 		_exit(WORKER_FAILED);
@@ -1638,6 +1758,15 @@ struct held {
 	bool answered;
 	int fd;
 	char cookie[NAME_MAX_LEN];
+	char key[2 * NAME_MAX_LEN]; /* the cookie's key as the kernel's list prints it: the blob name in hex */
+	size_t key_len;             /* 0: no blob name, nothing to look for (never pruned) */
+	uint8_t seen, seen_before;  /* COOKIE_* in the list read last, and in the one before */
+};
+
+/* What a read of the cookie list says of a held fd's cookie. */
+enum {
+	COOKIE_LISTED = 1, /* a row has its key */
+	COOKIE_LIVE = 2,   /* a row has its key and a state other than dropped */
 };
 
 struct supervisor {
@@ -1651,6 +1780,8 @@ struct supervisor {
 	int chan;     /* our end of the worker's channel; -1: none */
 	bool stopping;
 	const char *stop_why;
+	bool cookies_unreadable; /* said once, until a read succeeds again */
+	uint64_t next_prune_ms;  /* CLOCK_MONOTONIC */
 };
 
 static ssize_t held_index(const struct supervisor *s, uint32_t object_id)
@@ -1702,6 +1833,11 @@ static void held_deposit(struct supervisor *s, const struct chan_msg *m, int fd)
 	h->answered = m->answered;
 	h->fd = fd;
 	memcpy(h->cookie, m->cookie, sizeof(h->cookie));
+	h->key_len = 0;
+	for (const unsigned char *c = (const unsigned char *)h->cookie; *c != '\0'; c++, h->key_len += 2)
+		snprintf(h->key + h->key_len, 3, "%02x", *c);
+	h->key[h->key_len] = '\0';
+	h->seen = h->seen_before = 0;
 }
 
 static void supervisor_message(struct supervisor *s, const struct chan_msg *m, int fd)
@@ -1733,7 +1869,7 @@ static void supervisor_message(struct supervisor *s, const struct chan_msg *m, i
 			word.held = held_index(s, m->object_id) >= 0;
 			held_drop(s, m->object_id);
 			/* a worker killed as it waits is gone with its copy: nothing to say then */
-			if ((err = chan_send_msg(s->chan, &word, -1)) != 0 && err != EPIPE && err != ECONNRESET)
+			if ((err = chan_send_msg(s->chan, &word, -1, 0)) != 0 && err != EPIPE && err != ECONNRESET)
 				log_error(&s->log, "channel: the close fault's word", err);
 		} else {
 			held_drop(s, m->object_id);
@@ -1745,6 +1881,248 @@ static void supervisor_message(struct supervisor *s, const struct chan_msg *m, i
 	}
 	if (fd >= 0)
 		close(fd);
+}
+
+/* ---- letting go of the fds of dropped cookies --------------------------------------------- */
+
+static uint64_t monotonic_ms(void)
+{
+	struct timespec now;
+
+	if (clock_gettime(CLOCK_MONOTONIC, &now) != 0)
+		return 0;
+	return (uint64_t)now.tv_sec * 1000u + (uint64_t)now.tv_nsec / 1000000u;
+}
+
+/*
+ * The whole cookie list (--cookies-file): 0 and a malloc'd text in *@text, *@len bytes; or an
+ * errno (EPROTO: it does not begin with the list's header, as a file being written may not).
+ */
+static int read_cookies(const char *path, char **text, size_t *len)
+{
+	static const char header[] = "COOKIE ";
+	size_t size = 64 * 1024, got = 0;
+	char *buf = NULL;
+	int fd, err = 0;
+
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+		return errno;
+	for (;;) {
+		ssize_t n;
+
+		if (buf == NULL || got == size) {
+			char *grown;
+
+			if (buf != NULL && size >= COOKIES_MAX) {
+				err = EFBIG;
+				break;
+			}
+			if (buf != NULL)
+				size *= 2;
+			if ((grown = realloc(buf, size)) == NULL) {
+				err = ENOMEM;
+				break;
+			}
+			buf = grown;
+		}
+		n = read(fd, buf + got, size - got);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			err = errno;
+			break;
+		}
+		if (n == 0)
+			break;
+		got += (size_t)n;
+	}
+	close(fd);
+	if (err == 0 && (got < sizeof(header) - 1 || memcmp(buf, header, sizeof(header) - 1) != 0))
+		err = EPROTO;
+	if (err != 0) {
+		free(buf);
+		return err;
+	}
+	*text = buf;
+	*len = got;
+	return 0;
+}
+
+/*
+ * Each held fd's COOKIE_* in @text, a cookie list as fs/netfs/fscache_cookie.c prints it: a
+ * header, then a row a cookie, `debug_id volume_id ref n_active n_accesses state flags key`,
+ * the key in hex, followed by `, aux` when the cookie has auxiliary data; the state is one of
+ * "-LCAIFUWRD", D dropped. Read as guest_scripts/contract.py's cookie_live reads it: the 8th
+ * field, less a trailing comma, is the key; the 6th the state.
+ */
+static void cookies_mark(struct supervisor *s, const char *text, size_t len)
+{
+	const char *p = text, *end = text + len;
+
+	for (size_t i = 0; i < s->n_held; i++)
+		s->held[i].seen = 0;
+	while (p < end) {
+		const char *eol = memchr(p, '\n', (size_t)(end - p));
+		const char *field[8];
+		size_t field_len[8], n = 0;
+		const char *q = p;
+
+		if (eol == NULL)
+			eol = end;
+		while (n < 8) {
+			while (q < eol && (*q == ' ' || *q == '\t'))
+				q++;
+			if (q == eol)
+				break;
+			field[n] = q;
+			while (q < eol && *q != ' ' && *q != '\t')
+				q++;
+			field_len[n] = (size_t)(q - field[n]);
+			n++;
+		}
+		p = eol + 1;
+		if (n < 8)
+			continue;
+		if (field_len[7] > 0 && field[7][field_len[7] - 1] == ',')
+			field_len[7]--;
+		for (size_t i = 0; i < s->n_held; i++) {
+			struct held *h = &s->held[i];
+
+			if (h->key_len == 0 || h->key_len != field_len[7] || memcmp(h->key, field[7], h->key_len) != 0)
+				continue;
+			h->seen |= COOKIE_LISTED;
+			if (!(field_len[5] == 1 && field[5][0] == 'D'))
+				h->seen |= COOKIE_LIVE;
+		}
+	}
+}
+
+/* The cookie list read and marked: true, or false (nothing to go by; said once a streak). */
+static bool cookies_read(struct supervisor *s)
+{
+	char *text = NULL;
+	size_t len = 0;
+	int err = read_cookies(s->opt->cookies_file, &text, &len);
+
+	if (err != 0) {
+		if (!s->cookies_unreadable) {
+			struct line l;
+
+			line_begin(&l, &s->log, "cookies_unreadable");
+			line_str(&l, "path", s->opt->cookies_file);
+			if (err == EPROTO)
+				line_str(&l, "why", "no cookie list header");
+			else
+				line_i64(&l, "errno", err);
+			line_str(&l, "msg", "no fd pruned while it cannot be read");
+			log_emit(&s->log, &l);
+			s->cookies_unreadable = true;
+		}
+		return false;
+	}
+	s->cookies_unreadable = false;
+	cookies_mark(s, text, len);
+	free(text);
+	return true;
+}
+
+/*
+ * Every held fd whose cookie the kernel is done with closed: listed as dropped (D: its
+ * withdrawal, and so the CLOSE of its object, is over), or not listed at all. A CLOSE is ended
+ * by the kernel at its delivery, never delivered again (not even after `restore`): a worker
+ * killed after reading one and before telling us left our copy open, and it pins the object,
+ * its cookie (which stays listed, dropped, while the object lives) and so its fscache volume: a
+ * later mount of that volume would wait for it, uninterruptibly (__fscache_acquire_volume).
+ *
+ * A cookie is listed from its allocation, before its lookup sends the OPEN, until its last
+ * reference goes (fscache_free_cookie), which our fd's object holds: one deposited for an
+ * OPEN being looked up is live (its state L or C), and a held fd whose cookie is not listed is
+ * gone. A cookie of the same key listed live keeps the fd (a new mount of the blob while the old
+ * object is held: the fd goes once that one is dropped too). The list is read in page-sized
+ * pieces, the kernel's lock let go between them, and a cookie freed meanwhile shifts the rest:
+ * one row may be skipped. So a verdict stands only if a second read taken after the first agrees.
+ *
+ * @at: "handover" (before a fork) or "watch" (every PRUNE_INTERVAL_MS). The live worker, if
+ * any, is told of each (PRUNED): it closes its copy, which otherwise pins the object as ours
+ * did, if it was handed the fd after its predecessor read the CLOSE. An fd with no blob name
+ * (no key to look for) is never pruned: its worker closes it once its OPEN is answered.
+ */
+static void prune(struct supervisor *s, const char *at)
+{
+	size_t keyed = 0, candidates = 0;
+
+	for (size_t i = 0; i < s->n_held; i++)
+		keyed += s->held[i].key_len > 0;
+	if (keyed == 0 || !cookies_read(s))
+		return;
+	for (size_t i = 0; i < s->n_held; i++) {
+		s->held[i].seen_before = s->held[i].seen;
+		candidates += s->held[i].key_len > 0 && !(s->held[i].seen & COOKIE_LIVE);
+	}
+	if (candidates == 0 || !cookies_read(s))
+		return;
+	for (size_t i = 0; i < s->n_held;) {
+		struct held h = s->held[i];
+		bool tell = s->chan >= 0 && s->worker > 0;
+		struct line l;
+
+		if (h.key_len == 0 || (h.seen_before & COOKIE_LIVE) || (h.seen & COOKIE_LIVE)) {
+			i++;
+			continue;
+		}
+		s->held[i] = s->held[--s->n_held];
+		close(h.fd);
+		line_begin(&l, &s->log, "fd_pruned");
+		line_u64(&l, "object_id", h.object_id);
+		line_u64(&l, "msg_id", h.msg_id);
+		line_str(&l, "cookie", h.cookie);
+		line_str(&l, "why", h.seen & COOKIE_LISTED ? "cookie dropped" : "cookie gone");
+		line_bool(&l, "answered", h.answered);
+		line_str(&l, "at", at);
+		line_bool(&l, "tell_worker", tell);
+		log_emit(&s->log, &l);
+		if (tell) {
+			struct chan_msg m;
+			int err;
+
+			memset(&m, 0, sizeof(m));
+			m.kind = CHAN_PRUNED;
+			m.object_id = h.object_id;
+			m.msg_id = h.msg_id;
+			memcpy(m.cookie, h.cookie, sizeof(m.cookie));
+			/* never waits for a worker that does not read (a stopped one): EAGAIN, said; one
+			 * that died meanwhile is gone with its copy */
+			err = chan_send_msg(s->chan, &m, -1, MSG_DONTWAIT);
+			if (err != 0 && err != EPIPE && err != ECONNRESET) {
+				line_begin(&l, &s->log, "error");
+				line_u64(&l, "object_id", h.object_id);
+				line_str(&l, "why", "channel: the worker not told of a pruned fd");
+				line_i64(&l, "errno", err);
+				log_emit(&s->log, &l);
+			}
+		}
+	}
+}
+
+/* A prune if one is due (PRUNE_INTERVAL_MS after the last): "watch". */
+static void prune_if_due(struct supervisor *s)
+{
+	uint64_t now = monotonic_ms();
+
+	if (now < s->next_prune_ms)
+		return;
+	prune(s, "watch");
+	s->next_prune_ms = monotonic_ms() + PRUNE_INTERVAL_MS;
+}
+
+/* How long poll(2) may wait before the next prune is due (-1: nothing held, no prune to come). */
+static int prune_timeout(const struct supervisor *s)
+{
+	uint64_t now = monotonic_ms();
+
+	if (s->n_held == 0)
+		return -1;
+	return now >= s->next_prune_ms ? 0 : (int)(s->next_prune_ms - now);
 }
 
 /* A SIGTERM or SIGINT waiting in the signalfd: stop, killing the worker if there is one. */
@@ -1776,17 +2154,33 @@ static void supervisor_signal(struct supervisor *s)
 		log_error(&s->log, "kill worker", errno);
 }
 
-/* Waits @ms, or less if a signal stops us. */
+/* Waits @ms, or less if a signal stops us; prunes meanwhile as it falls due. */
 static void supervisor_pause(struct supervisor *s, unsigned ms)
 {
-	struct pollfd p = {.fd = s->sigfd, .events = POLLIN};
-	int n;
+	uint64_t deadline = monotonic_ms() + ms;
 
-	do
-		n = poll(&p, 1, (int)ms);
-	while (n < 0 && errno == EINTR);
-	if (n > 0)
-		supervisor_signal(s);
+	for (;;) {
+		struct pollfd p = {.fd = s->sigfd, .events = POLLIN};
+		uint64_t now = monotonic_ms();
+		int timeout, until_prune, n;
+
+		if (now >= deadline)
+			return;
+		timeout = (int)(deadline - now);
+		until_prune = prune_timeout(s);
+		if (until_prune >= 0 && until_prune < timeout)
+			timeout = until_prune;
+		n = poll(&p, 1, timeout);
+		if (n < 0 && errno != EINTR) {
+			log_error(&s->log, "poll", errno);
+			return;
+		}
+		if (n > 0) {
+			supervisor_signal(s);
+			return;
+		}
+		prune_if_due(s);
+	}
 }
 
 /* Every fd held, then END: queued before the worker serves. A worker that dies meanwhile makes
@@ -1817,6 +2211,10 @@ static int start_worker(struct supervisor *s)
 	int err;
 	size_t unanswered = 0;
 
+	/* what the kernel is done with is not handed over: a worker that read a CLOSE and died
+	 * before telling us was the only one to hear of it */
+	prune(s, "handover");
+	s->next_prune_ms = monotonic_ms() + PRUNE_INTERVAL_MS;
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
 		log_error(&s->log, "socketpair", errno);
 		return -1;
@@ -1867,7 +2265,8 @@ static int supervise(struct supervisor *s)
 		struct chan_msg m;
 		int fd, r;
 
-		if (poll(p, 2, -1) < 0) {
+		/* a timeout for the prune alone: the supervisor never reads the device */
+		if (poll(p, 2, prune_timeout(s)) < 0) {
 			if (errno != EINTR) {
 				log_error(&s->log, "poll", errno);
 				sleep_ms(READ_ERROR_PAUSE_MS);
@@ -1876,16 +2275,16 @@ static int supervise(struct supervisor *s)
 		}
 		if (p[1].revents & POLLIN)
 			supervisor_signal(s);
-		if (!(p[0].revents & (POLLIN | POLLHUP | POLLERR)))
-			continue;
-		r = chan_recv(s->chan, &m, &fd);
-		if (r == 0 || (r < 0 && (errno == ECONNRESET || errno == ENOTCONN)))
-			break; /* every end of the worker is closed: it is dead, what it sent is read */
-		if (r < 0) {
-			log_error(&s->log, "channel", errno);
-			continue;
+		if (p[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+			r = chan_recv(s->chan, &m, &fd);
+			if (r == 0 || (r < 0 && (errno == ECONNRESET || errno == ENOTCONN)))
+				break; /* every end of the worker is closed: it is dead, what it sent is read */
+			if (r < 0)
+				log_error(&s->log, "channel", errno);
+			else
+				supervisor_message(s, &m, fd);
 		}
-		supervisor_message(s, &m, fd);
+		prune_if_due(s);
 	}
 	close(s->chan);
 	s->chan = -1;

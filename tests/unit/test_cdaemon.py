@@ -148,7 +148,7 @@ def test_help_exits_0(cdaemon):
     assert done.returncode == 0
     assert done.stdout.startswith("usage: cdaemon ")
     for option in ("--cache-dir", "--tag", "--image", "--log", "--pid-file", "--worker-pid-file", "--threads",
-                   "--restart-delay-ms", "--read-delay-ms", "--no-restore"):
+                   "--restart-delay-ms", "--read-delay-ms", "--no-restore", "--cookies-file"):
         assert option in done.stdout
 
 
@@ -163,8 +163,9 @@ def test_help_exits_0(cdaemon):
     ["--cache-dir", "c", "--tag", "t", "--log", "l", "--image", "a=b", "--read-delay-ms", "-1"],
     ["--cache-dir", "c", "--tag", "t", "--log", "l", "--image", "a=b", "--no-restore=1"],
     ["--cache-dir", "c", "--tag", "t", "--log", "l", "--image", "a=b", "stray"],
+    ["--cache-dir", "c", "--tag", "t", "--log", "l", "--image", "a=b", "--cookies-file", ""],
 ], ids=["unknown", "no-cache-dir", "no-image", "no-value", "threads-0", "image-form", "image-twice",
-        "negative-delay", "flag-value", "stray"])
+        "negative-delay", "flag-value", "stray", "empty-cookies-file"])
 def test_bad_or_missing_option_exits_2_with_one_line(cdaemon, args, tmp_path):
     done = subprocess.run([str(cdaemon), *args], capture_output=True, text=True, timeout=30, cwd=tmp_path)
     assert done.returncode == 2
@@ -240,8 +241,22 @@ def wait_for(what, predicate, timeout_s=TIMEOUT_S):
         time.sleep(0.01)
 
 
+# /proc/fs/netfs/cookies as fs/netfs/fscache_cookie.c (6.12) prints it: a header, then a row a
+# cookie: debug id, volume's debug id, ref, n_active, n_accesses, state ("-LCAIFUWRD": D dropped),
+# flags, the key in hex and, if the cookie has aux data, ", " and the aux in hex
+COOKIES_HEADER = ("COOKIE   VOLUME   REF ACT ACC S FL DEF             \n"
+                  "======== ======== === === === = == ================\n")
+
+
+def cookie_row(debug_id: int, name: str, state: str, aux: str = "") -> str:
+    return (f"{debug_id:08x} {3:08x} {2:3d} {1:3d} {0:3d} {state} {0x2a:02x} {name.encode().hex()}"
+            + (f", {aux}" if aux else "") + "\n")
+
+
 class FakeKernel:
-    """The kernel's end of the device, the daemon at the other; a file as every anon fd."""
+    """The kernel's end of the device, the daemon at the other; a file as every anon fd; a file
+    of our own as the kernel's cookie list (none until list_cookies writes it: the daemon then
+    prunes nothing)."""
 
     def __init__(self, binary: Path, tmp: Path, *args: str, small_device_buffer: bool = False,
                  nonblocking: bool = False) -> None:
@@ -252,6 +267,7 @@ class FakeKernel:
         self.log = tmp / "cdaemon.jsonl"
         self.pid_file = tmp / "cdaemon.pid"
         self.worker_pid_file = tmp / "worker.pid"
+        self.cookies = tmp / "cookies"
         self.kernel, device = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.kernel.settimeout(TIMEOUT_S)
         if small_device_buffer:
@@ -270,7 +286,7 @@ class FakeKernel:
         self.process = subprocess.Popen(
             [str(binary), "--cache-dir", str(tmp / "cache"), "--tag", "fake", "--image", f"img0={self.blob}",
              "--log", str(self.log), "--pid-file", str(self.pid_file), "--worker-pid-file", str(self.worker_pid_file),
-             "--device-fd", str(device.fileno()), *args],
+             "--device-fd", str(device.fileno()), "--cookies-file", str(self.cookies), *args],
             pass_fds=[device.fileno(), self.anon, self.spare, self.extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         device.close()
         assert [self.receive() for _ in range(3)] == [f"dir {tmp / 'cache'}", "tag fake", "bind ondemand"]
@@ -278,11 +294,21 @@ class FakeKernel:
     def send(self, buf: bytes) -> None:
         self.kernel.send(buf)
 
+    def list_cookies(self, states: dict[str, str], aux: str = "") -> None:
+        """The cookie list: each blob name's cookie in its state; written whole (renamed over it),
+        as the daemon never sees the kernel's list half printed."""
+        rows = "".join(cookie_row(0x20 + i, name, state, aux) for i, (name, state) in enumerate(states.items()))
+        tmp = self.cookies.with_name("cookies.tmp")
+        tmp.write_text(COOKIES_HEADER + rows)
+        tmp.rename(self.cookies)
+
     def receive(self) -> str:
         return self.kernel.recv(4096).decode()
 
     def events(self) -> list[dict]:
-        return [json.loads(line) for line in self.log.read_text().splitlines()] if self.log.exists() else []
+        """The log's lines so far: a last one still being written (no newline yet) is not one."""
+        text = self.log.read_text() if self.log.exists() else ""
+        return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines()]
 
     def worker(self, previous: int = 0) -> int:
         def read_pid() -> int:
@@ -574,3 +600,112 @@ def test_sigusr1_to_the_supervisor_is_logged_and_ignored(fake):
     assert k.receive() == f"copen 1,{BLOB_SIZE}"
     assert int(k.worker_pid_file.read_text()) == worker and k.process.poll() is None
     assert [e for e in check_log(k) if e["event"] in ("close_fd", "worker_died")] == []
+
+
+# -- letting go of the fds of dropped cookies (the kernel's cookie list) ---------------------------
+
+def pruned(k: FakeKernel) -> list[dict]:
+    return [e for e in k.events() if e["event"] == "fd_pruned"]
+
+
+def test_the_supervisor_prunes_the_fds_of_dropped_and_gone_cookies(fake):
+    """A held fd whose cookie the list shows dropped, or no more, is closed by the supervisor
+    within a second of the change, logged, and the live worker told (it closes its copy: one it
+    was handed after its predecessor read the CLOSE would pin the object for good); the fd of a
+    live cookie stays. A CLOSE read before the word is done, and a READ after it an error."""
+    k = fake("--threads", "2", nonblocking=True)
+    k.list_cookies({"img0.1": "A", "img0.2": "A", "img0.3": "A"})
+    worker = k.worker()
+    k.event("serving", event="serving", who="cdaemon")
+    paths = open_two(k)
+    k.send(protocol.encode_open(3, 3, "erofs,img0.3", b"img0.3", k.extra))
+    assert k.receive() == f"copen 3,{BLOB_SIZE}"
+    paths[3] = k.tmp / "extra-file"
+    wait_for("the third deposit", lambda: (fds_on(worker, paths[3]), k.supervisor_fds_on(paths[3])) == (1, 2))
+    time.sleep(0.7)  # a prune went by: every cookie live, nothing pruned
+    assert pruned(k) == []
+
+    written = time.time()
+    k.list_cookies({"img0.1": "D", "img0.3": "A"}, aux="0011")  # img0.2's gone; a key followed by its aux
+    wait_for("two fds pruned", lambda: len(pruned(k)) == 2)
+    by_id = {e["object_id"]: e for e in pruned(k)}
+    assert sorted(by_id) == [1, 2]
+    assert (by_id[1]["why"], by_id[2]["why"]) == ("cookie dropped", "cookie gone")
+    for i, e in by_id.items():
+        assert e["who"] == "cdaemon-supervisor" and e["pid"] == k.process.pid
+        assert (e["msg_id"], e["cookie"], e["answered"], e["at"], e["tell_worker"]) == (i, f"img0.{i}", True, "watch", True)
+        assert e["t"] - written < 1.0, e
+    # gone from the supervisor (its inherited fd aside) and, told, from the worker
+    wait_for("the worker's copies closed", lambda: [fds_on(worker, paths[i]) for i in (1, 2)] == [0, 0])
+    assert [k.supervisor_fds_on(paths[i]) for i in (1, 2)] == [1, 1]
+    told = [e for e in k.events() if e["event"] == "prune_told"]
+    assert sorted((e["object_id"], e["msg_id"], e["closed"], e["pid"]) for e in told) == [(1, 1, True, worker), (2, 2, True, worker)]
+
+    # the control: the live cookie's fd stays, across more prunes
+    time.sleep(1.2)
+    assert (fds_on(worker, paths[3]), k.supervisor_fds_on(paths[3])) == (1, 2)
+    assert len(pruned(k)) == 2
+    # the kernel delivered object 1's CLOSE before its cookie was dropped: read after the word, done
+    k.send(protocol.encode_close(20, 1))
+    assert k.event("the CLOSE", event="done", msg_id=20)["closed_by"] == "pruned"
+    k.send(protocol.encode_read(21, 2, 0, 4096))
+    assert k.event("a READ for a pruned id", event="error", msg_id=21)["why"] == \
+        "READ for an object whose fd was pruned (its cookie dropped)"
+    k.send(protocol.encode_read(22, 3, 0, 4096))
+    assert k.event("the live object's READ", event="error", msg_id=22)["why"] == "READ_COMPLETE"
+    assert paths[3].read_bytes()[:4096] == k.blob.read_bytes()[:4096]
+    assert int(k.worker_pid_file.read_text()) == worker and k.process.poll() is None
+
+
+def test_a_handover_after_a_death_passes_no_pruned_fd(fake):
+    """What a run found: a worker killed after reading a CLOSE, before it told the supervisor
+    (a CLOSE is never delivered again). The supervisor, stopped meanwhile, learns of the death
+    after the cookie was dropped: the next worker is not handed its fd, which is closed."""
+    k = fake("--threads", "1", nonblocking=True)
+    k.list_cookies({"img0.1": "A", "img0.2": "A"})
+    first = k.worker()
+    k.event("serving", event="serving", who="cdaemon")
+    paths = open_two(k)
+    os.kill(k.process.pid, signal.SIGSTOP)
+    try:
+        os.kill(first, signal.SIGKILL)
+        # dead (a zombie: its parent, stopped, has not reaped it), its fds closed
+        wait_for("the worker's death", lambda: Path(f"/proc/{first}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z")
+        k.list_cookies({"img0.1": "D", "img0.2": "A"})
+    finally:
+        os.kill(k.process.pid, signal.SIGCONT)
+    second = k.worker(previous=first)
+    started = k.event("the second worker", event="worker_started", incarnation=2)
+    gone = k.event("the dropped cookie's fd pruned", event="fd_pruned", object_id=1)
+    assert gone["why"] == "cookie dropped" and gone["cookie"] == "img0.1" and gone["t"] <= started["t"]
+    # pruned at the handover (or, if the supervisor stopped between a poll and a due prune, by
+    # that prune, with the dead worker to tell)
+    assert (gone["at"], gone["tell_worker"]) in {("handover", False), ("watch", True)}
+    assert started["held"] == 1 and started["worker_pid"] == second
+    k.event("the second worker serving", event="serving", incarnation=2)
+    received = [e for e in check_log(k) if e["event"] == "fd_received"]
+    assert [(e["object_id"], e["incarnation"]) for e in received] == [(2, 2)]
+    # every process of the daemon has the fake's own fd on each file (the supervisor's, by fork)
+    # and the second worker a copy of the fd handed over: none of the pruned one's
+    assert (fds_on(second, paths[1]), k.supervisor_fds_on(paths[1])) == (1, 1)
+    wait_for("the live fd handed over", lambda: (fds_on(second, paths[2]), k.supervisor_fds_on(paths[2])) == (2, 2))
+
+
+def test_an_unreadable_cookie_list_prunes_nothing(fake):
+    """No list (or one without its header: a file being written) is no verdict: nothing is pruned,
+    and that is said once; once the list can be read, its dropped cookie's fd goes."""
+    k = fake("--threads", "1")
+    worker = k.worker()
+    k.send(protocol.encode_open(1, 1, "erofs,img0.1", b"img0.1", k.anon))
+    assert k.receive() == f"copen 1,{BLOB_SIZE}"
+    wait_for("the deposit", lambda: (fds_on(worker, k.cache_file), k.supervisor_fds_on(k.cache_file)) == (1, 2))
+    time.sleep(1.2)
+    k.cookies.write_text(cookie_row(0x20, "img0.1", "D"))  # no header
+    time.sleep(1.2)
+    said = [e for e in check_log(k) if e["event"] == "cookies_unreadable"]
+    assert len(said) == 1 and said[0]["errno"] == errno.ENOENT and said[0]["path"] == str(k.cookies)
+    assert said[0]["who"] == "cdaemon-supervisor"
+    assert pruned(k) == [] and (fds_on(worker, k.cache_file), k.supervisor_fds_on(k.cache_file)) == (1, 2)
+    k.list_cookies({"img0.1": "D"})
+    assert k.event("the fd pruned", event="fd_pruned", object_id=1)["why"] == "cookie dropped"
+    wait_for("both copies closed", lambda: (fds_on(worker, k.cache_file), k.supervisor_fds_on(k.cache_file)) == (0, 1))
