@@ -140,7 +140,10 @@ def evaluate(run_dir: Path) -> Results:
     # daemon's where its adapter names one, none if it does not)
     own_log = logs.daemon if foreign is None else evidence.read_jsonl(run_dir / "guest" / str(meta["daemon"].get("log") or "-"))
     recv_by_pid = Counter(e.get("pid", -1) for e in own_log if e.get("event") == Event.RECV)
-    reads_after_reopen = trace.reads_after_reopens(logs.daemon)
+    # READs on reopened objects: our daemon's log tells them by object id; another daemon's run by
+    # the kernel's ledger alone
+    reads_after_reopen = (trace.reads_after_reopens(logs.daemon) if foreign is None
+                          else kernel_ledger.reads_after_reopen)
     findings = console.scan_file(run_dir / "console.log")
     # a run whose faults stopped early once a probe had failed (decided) asked for the kills it made
     kills_requested = (0 if unknowable_kills else len(logs.host_kills) if meta.get("timing", {}).get("faults_stopped_early")

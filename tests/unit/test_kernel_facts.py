@@ -404,6 +404,15 @@ def test_a_foreign_daemon_s_run_is_judged_from_the_kernel(tmp_path):
     assert list(jsonschema.Draft202012Validator(schema).iter_errors(json.loads((run / "results.json").read_text()))) == []
 
 
+def test_a_foreign_daemon_s_reads_after_reopen_come_from_the_kernel(tmp_path):
+    """close-fds' evidence for another daemon: the ledger's READs on reopened objects (174, as
+    our daemon's log has them), with no daemon log at all; ours still from its log."""
+    run = foreign_run(tmp_path, "run-close-fds")
+    (run / "guest" / "daemon.jsonl").write_text("")
+    r = report.evaluate(run)
+    assert r["evidence"]["reads_after_reopen"] == 174 and "reads-after-reopen" not in r.get("missing_checks", [])
+
+
 def test_a_foreign_daemon_needs_no_log_of_its_own(tmp_path):
     run = foreign_run(tmp_path)
     for log in ("daemon.jsonl", "keeper.jsonl"):
