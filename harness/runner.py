@@ -175,7 +175,7 @@ class Run:
                 services.start()
                 self.faults(session, logs, t, vm_started)
                 self.progress.stage("drain")
-                services.drain()
+                services.drain(decided=bool(self.meta["timing"].get("faults_stopped_early")))
             except GuestCommandFailed as e:
                 # our own set-up in the guest failed (mkfs, mount, a script): no verdict on the kernel
                 raise UntestableError(f"guest set-up failed: {e}") from e

@@ -91,15 +91,18 @@ class GuestServices:
         except (OSError, ValueError, IndexError):
             return None
 
-    def drain(self) -> None:
-        """Readers finish the file they are on (and their first full round); then all stops."""
+    def drain(self, decided: bool = False) -> None:
+        """Readers finish the file they are on (and their first full round); then all stops. A
+        run already decided (the faults stopped once a probe failed) waits for no reader: one
+        stuck on what the kernel broke would hold it to the stall bound for a verdict known."""
         session, t, g = self.session, self.t, self.log_dir
         session.check(f"touch {shlex.quote(self.config.stop_file)}", t.command)
         events = self.logs.reader_events
         try:
             # a reader reported stuck will not finish: no use waiting the whole drain for it
             self.logs.wait_until("the readers finishing",
-                                 lambda: events[Event.FINISHED] >= self.readers or events[Event.STALL] > 0, t.drain)
+                                 lambda: decided or events[Event.FINISHED] >= self.readers or events[Event.STALL] > 0,
+                                 t.drain)
         except GuestHung:
             pass  # stuck readers: the report says so; kill them so that the guest can stop
         session.run("pkill -KILL -f guest_scripts/reader.py", t.command)

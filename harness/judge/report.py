@@ -119,6 +119,10 @@ def evaluate(run_dir: Path) -> Results:
     logs = evidence.RunLogs.load(run_dir)
     foreign = foreign_daemon(meta)
     readers = evidence.reader_facts(logs.readers, logs.manifest)
+    if meta.get("timing", {}).get("faults_stopped_early"):
+        # decided early, its readers were killed before they read every file once: a file not yet
+        # read is no file read wrong (a mismatch still is)
+        readers = replace(readers, never_verified=())
     trace_events = trace.parse(logs.trace)
     kernel_trace = trace.facts(trace_events, logs.trace_lost)
     # an incomplete trace (a ring buffer overrun, a kprobe that missed hits) makes no ledger: its
@@ -164,7 +168,9 @@ def evaluate(run_dir: Path) -> Results:
              if scenario.get("cache_deaths") else None)
     waiters = killable.judge(logs.keeper, trace_events)
     aborted = meta.get("aborted")
-    if aborted is None and readers.readers_finished < readers.readers_started:
+    # (a run decided early does not wait for its readers: the drain kills them)
+    if (aborted is None and readers.readers_finished < readers.readers_started
+            and not meta.get("timing", {}).get("faults_stopped_early")):
         aborted = f"{readers.readers_started - readers.readers_finished} reader(s) never finished"
     v = verdict.decide(daemon, readers, kernel_trace, kernel_ledger, probed, reads_after_reopen, findings, th, aborted,
                        logs.end_of_run, read_back, misbehaved, state_hits, cache, waiters, unmounted)

@@ -409,3 +409,34 @@ def test_a_run_whose_faults_stopped_early_asked_for_the_kills_it_made(tmp_path):
     meta["timing"]["faults_stopped_early"] = "the kernel failed a probe; the faults stopped early: stale (accepted)"
     (run / "run.json").write_text(json.dumps(meta))
     assert "kills" not in judged(run)["failed_checks"]
+
+
+def test_a_run_decided_early_does_not_wait_for_its_readers(tmp_path):
+    """The drain of a run stopped once a probe failed kills the readers at once: one that never
+    finished is no abort there; elsewhere it is (control)."""
+    run = shutil.copytree(FIXTURES / "run-crash-5-kills", tmp_path / "run")
+    reader = run / "guest" / "reader-0.jsonl"
+    reader.write_text("".join(line + "\n" for line in reader.read_text().splitlines() if '"finished"' not in line))
+    assert "run-completed" in judged(run)["failed_checks"]
+    meta = json.loads((run / "run.json").read_text())
+    meta["timing"]["faults_stopped_early"] = "the kernel failed a probe; the faults stopped early: epollin (spin)"
+    (run / "run.json").write_text(json.dumps(meta))
+    assert "run-completed" not in judged(run)["failed_checks"]
+
+
+def test_a_run_decided_early_is_not_asked_to_have_read_every_file(tmp_path):
+    """Its readers were killed before they read every file once: a file never read is no
+    checksum failure there (control: elsewhere it is); a file read wrong still is."""
+    run = shutil.copytree(FIXTURES / "run-crash-5-kills", tmp_path / "run")
+    reader = run / "guest" / "reader-0.jsonl"
+    lines = reader.read_text().splitlines()
+    files = [line for line in lines if '"event": "file"' in line or '"event":"file"' in line]
+    first_path = json.loads(files[0])["path"]
+    for r in (run / "guest").glob("reader-*.jsonl"):
+        r.write_text("".join(line + "\n" for line in r.read_text().splitlines()
+                             if not (('"file"' in line) and json.loads(line).get("path") == first_path)))
+    assert "checksum" in judged(run)["failed_checks"]
+    meta = json.loads((run / "run.json").read_text())
+    meta["timing"]["faults_stopped_early"] = "the kernel failed a probe; the faults stopped early: epollin (spin)"
+    (run / "run.json").write_text(json.dumps(meta))
+    assert "checksum" not in judged(run)["failed_checks"]
