@@ -100,9 +100,9 @@ class GuestServices:
         events = self.logs.reader_events
         try:
             # a reader reported stuck will not finish: no use waiting the whole drain for it
-            self.logs.wait_until("the readers finishing",
-                                 lambda: decided or events[Event.FINISHED] >= self.readers or events[Event.STALL] > 0,
-                                 t.drain)
+            if not decided:
+                self.logs.wait_until("the readers finishing",
+                                     lambda: events[Event.FINISHED] >= self.readers or events[Event.STALL] > 0, t.drain)
         except GuestHung:
             pass  # stuck readers: the report says so; kill them so that the guest can stop
         session.run("pkill -KILL -f guest_scripts/reader.py", t.command)

@@ -118,8 +118,9 @@ def evaluate(run_dir: Path) -> Results:
     scenario = meta.get("scenario", {})
     logs = evidence.RunLogs.load(run_dir)
     foreign = foreign_daemon(meta)
+    stopped_early = meta.get("timing", {}).get("faults_stopped_early")  # decided once a probe failed
     readers = evidence.reader_facts(logs.readers, logs.manifest)
-    if meta.get("timing", {}).get("faults_stopped_early"):
+    if stopped_early:
         # decided early, its readers were killed before they read every file once: a file not yet
         # read is no file read wrong (a mismatch still is)
         readers = replace(readers, never_verified=())
@@ -150,7 +151,7 @@ def evaluate(run_dir: Path) -> Results:
                           else kernel_ledger.reads_after_reopen)
     findings = console.scan_file(run_dir / "console.log")
     # a run whose faults stopped early once a probe had failed (decided) asked for the kills it made
-    kills_requested = (0 if unknowable_kills else len(logs.host_kills) if meta.get("timing", {}).get("faults_stopped_early")
+    kills_requested = (0 if unknowable_kills else len(logs.host_kills) if stopped_early
                        else scenario.get("kills", 0))
     th = verdict.Thresholds(kills_requested=kills_requested,
                             stall_bound_s=meta["timeouts"]["stall_bound"],
@@ -170,7 +171,7 @@ def evaluate(run_dir: Path) -> Results:
     aborted = meta.get("aborted")
     # (a run decided early does not wait for its readers: the drain kills them)
     if (aborted is None and readers.readers_finished < readers.readers_started
-            and not meta.get("timing", {}).get("faults_stopped_early")):
+            and not stopped_early):
         aborted = f"{readers.readers_started - readers.readers_finished} reader(s) never finished"
     v = verdict.decide(daemon, readers, kernel_trace, kernel_ledger, probed, reads_after_reopen, findings, th, aborted,
                        logs.end_of_run, read_back, misbehaved, state_hits, cache, waiters, unmounted)
