@@ -29,6 +29,7 @@ class Event:
     BIND_FAILED: Final = "bind_failed"
     STARTED: Final = "started"  # keeper: an incarnation; reader: the reader itself
     HANDED_OVER: Final = "handed_over"  # supervise_fds: the anon fds held, given to a new incarnation
+    PRUNED: Final = "pruned"  # supervise_fds: held anon fds let go, their cookies dropped
     # Fault.CACHE_DEATH: the keeper closed its device fd (and any anon fd it held) and told the
     # daemon to close its own: the last reference goes, and the cache dies with requests queued
     CACHE_DEATH: Final = "cache_death"

@@ -104,8 +104,9 @@ class HeldFds:
     """The anon fds the daemon deposited (GuestConfig.supervise_fds), by object id, with the
     OPEN each came with; kept across the daemon's deaths and handed to each new incarnation."""
 
-    def __init__(self, log: EventLog) -> None:
+    def __init__(self, log: EventLog, cookies_path: str = NETFS_COOKIES) -> None:
         self.log = log
+        self.cookies_path = cookies_path
         self.lock = threading.Lock()
         self.fds: dict[int, tuple[int, dict[str, Any]]] = {}
         self.cookies: set[str] = set()  # deposited before: an OPEN for one again is a reopen
@@ -139,6 +140,7 @@ class HeldFds:
 
     def hand_over(self, sock: socket.socket) -> None:
         """Every fd held, then `end`: queued before the incarnation reads them, as the device fd is."""
+        self.prune()
         with self.lock:
             held = sorted(self.fds.items())
         for _oid, (fd, meta) in held:
@@ -147,6 +149,24 @@ class HeldFds:
         if held:
             self.log.emit(Event.HANDED_OVER, object_ids=[oid for oid, _ in held],
                           unanswered=[oid for oid, (_, m) in held if not m.get("answered")])
+
+    def prune(self) -> None:
+        """Let go of the fds whose cookie the kernel lists as dropped, or no more. A daemon killed
+        between reading an object's CLOSE and its `drop` leaves the fd here, and no CLOSE is ever
+        delivered again (not even after `restore`): kept, it would pin the object and its volume
+        for good, and a later mount of that volume would wait on the collision in D state (what
+        the C daemon's supervisor did before its prune: `combined`, seed 1). Closing it is what
+        the drop would have done; the kernel then fails any CLOSE still queued for the object."""
+        if (cookies := text_of(self.cookies_path)) is None:
+            return
+        with self.lock:
+            gone = {oid: fd for oid, (fd, meta) in self.fds.items() if not cookie_live(cookies, str(meta.get("cookie")))}
+            for oid in gone:
+                del self.fds[oid]
+        for fd in gone.values():
+            os.close(fd)
+        if gone:
+            self.log.emit(Event.PRUNED, object_ids=sorted(gone))
 
     def close_all(self) -> None:
         with self.lock:

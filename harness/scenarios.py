@@ -46,6 +46,9 @@ class Needs:
     crash_point_hits: int = 0  # every crash point, at least this often
     deliveries: int = 1  # deliveries in the kernel's ledger (the kprobes): every scenario's
     reopen_probes: int = 0  # reopens on which the daemon asked the patch-4 question
+    # reopens' copens with another task's poll(2) entry on the device's queue (copenwake.py): the
+    # kernel's wake-up judged, for any daemon
+    copen_sleepers: int = 0
     misbehaviours: int = 0  # each misbehaviour of the scenario's daemon ran and was decided this often
     state_kill_hits: int = 0  # every KernelState: kills the trace confirms landed in it
     # cache deaths the trace confirms (a device release, then a new bind) that failed requests

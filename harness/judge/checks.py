@@ -79,6 +79,8 @@ class Check(Enum):
                       "next daemon restores")
     REOPEN_UMOUNT_PROBE = ("reopen-umount-probe", "probe: an object dropped under its reopen work ends its OPEN and "
                            "waits for the work")
+    # the kernel's trace, for any daemon (copenwake.py)
+    COPEN_WAKE = ("copen-wake", "trace: a reopen's copen wakes every poll(2) sleeper on its device")
     CACHE_DEATH = ("cache-death", "cache: every death released the device and a new cache was bound")
     DAEMON_ERRORS = ("daemon-errors", "daemon: every answer accepted by the kernel")
     RUN_COMPLETED = ("run-completed", "run: completed")
@@ -93,6 +95,8 @@ class Check(Enum):
     REOPENS = ("reopens", "evidence: reopens in the kernel trace", "reopens")
     READS_AFTER_REOPEN = ("reads-after-reopen", "evidence: READs on reopened objects", "reads_after_reopen")
     CRASH_POINTS = ("crash-points", "evidence: every crash point reached", "crash_point_hits")
+    COPEN_SLEEPERS = ("copen-sleepers", "evidence: reopens' copens with a poll(2) sleeper on their device",
+                      "copen_sleepers")
     REOPEN_PROBES = ("reopen-probes", "evidence: the patch-4 probe asked on reopens", "reopen_probes")
     CACHE_DEATHS = ("cache-deaths", "evidence: cache deaths that failed requests, then fresh mounts read right",
                     "cache_deaths")

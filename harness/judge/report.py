@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from . import (cachedeath, console, evidence, junit, kernelfacts, killable, ledger, markdown, misbehaviour, probes,
+from . import (cachedeath, console, copenwake, evidence, junit, kernelfacts, killable, ledger, markdown, misbehaviour, probes,
                reopenumount, reread, statekills, trace, verdict)
 from .checks import Status, slugs
-from .results import (RESULTS_SCHEMA_VERSION, AnyResults, CacheDeathsSection, CrashPointRow, DeathSpread, EndSection,
+from .results import (RESULTS_SCHEMA_VERSION, AnyResults, CacheDeathsSection, CopenWakesSection, CrashPointRow, DeathSpread, EndSection,
                       LedgerSection, Results, Spread, error_results)
 from guest_scripts.contract import EndOfRun, Event
 from ..scenarios import CRASH_POINTS, UNANSWERED_POINTS, Needs, expected_daemon_errnos
@@ -168,13 +168,14 @@ def evaluate(run_dir: Path) -> Results:
     cache = (cachedeath.judge(kernel_ledger.cache_deaths, trace_events, logs.readers, logs.keeper)
              if scenario.get("cache_deaths") else None)
     waiters = killable.judge(logs.keeper, trace_events)
+    copen_wakes = copenwake.judge(trace_events, complete=not lost)
     aborted = meta.get("aborted")
     # (a run decided early does not wait for its readers: the drain kills them)
     if (aborted is None and readers.readers_finished < readers.readers_started
             and not stopped_early):
         aborted = f"{readers.readers_started - readers.readers_finished} reader(s) never finished"
     v = verdict.decide(daemon, readers, kernel_trace, kernel_ledger, probed, reads_after_reopen, findings, th, aborted,
-                       logs.end_of_run, read_back, misbehaved, state_hits, cache, waiters, unmounted)
+                       logs.end_of_run, read_back, misbehaved, state_hits, cache, waiters, unmounted, copen_wakes)
     in_flight = verdict.kills_in_flight(daemon, kernel_ledger)
 
     kills = len(daemon.kills)
@@ -261,6 +262,12 @@ def evaluate(run_dir: Path) -> Results:
     if unmounted:
         results["reopen_umounts"] = [{**asdict(u), "violations": list(u.violations), "decided": u.decided}
                                      for u in unmounted]
+    if copen_wakes:
+        decided = [c for c in copen_wakes if c.decided]
+        results["copen_wakes"] = {"copens": len(copen_wakes), "decided": len(decided),
+                                  "sleepers": sum(len(c.sleepers) for c in decided),
+                                  "missed": sum(len(c.missed) for c in decided),
+                                  "first_misses": [c.describe() for c in decided if c.missed][:verdict.SHOWN]}
     if aborted:
         results["console_tail"] = console.tail(run_dir / "console.log")
     write_outputs(run_dir, results, summary(results))
@@ -350,6 +357,11 @@ def _reopen_umounts_line(unmounted: list[dict[str, Any]]) -> str:
             f"{sum(len(u['violations']) for u in unmounted)} violations")
 
 
+def _copen_wakes_line(w: CopenWakesSection) -> str:
+    return (f"  reopens' copens: {w['copens']}, with a poll(2) sleeper on their device {w['decided']}; sleepers woken "
+            f"{w['sleepers'] - w['missed']} of {w['sleepers']}")
+
+
 def _end_line(end: EndSection | None) -> str:
     if end is None:
         return "  end of run: not checked (the run never got there)"
@@ -387,6 +399,7 @@ def summary(r: Results) -> str:
         *([_cache_deaths_line(r["cache_deaths"])] if "cache_deaths" in r else []),
         *([_waiters_line(r["killed_waiters"])] if "killed_waiters" in r else []),
         *([_reopen_umounts_line(r["reopen_umounts"])] if "reopen_umounts" in r else []),
+        *([_copen_wakes_line(r["copen_wakes"])] if "copen_wakes" in r else []),
         _end_line(r["end_of_run"]),
         f"  reads: {rd['files_verified']} files verified ({rd['bytes_read'] / 1e6:.1f} MB), "
         f"{r['mismatches']} mismatches, {r['read_errors']} errors, max {_seconds(rd['max_latency_s'])}, "

@@ -160,11 +160,20 @@ class CacheDeathsSection(TypedDict):
     deaths: list[dict[str, Any]]  # cachedeath.DeathAccount, and whether it ran its course
 
 
+class CopenWakesSection(TypedDict):
+    copens: int  # copens of reopened objects in the trace
+    decided: int  # of those, with another task's poll(2) entry on their device's queue
+    sleepers: int  # such entries, over the decided copens
+    missed: int  # entries the copen's task did not wake
+    first_misses: list[str]
+
+
 class _JudgedOptional(TypedDict, total=False):
     crash_points: dict[str, CrashPointRow]  # when the run had a crash plan
     cache_deaths: CacheDeathsSection  # when the scenario has cache deaths
     killed_waiters: list[dict[str, Any]]  # Fault.KILL_WAITER: killable.Waiter, and whether it went in time
     reopen_umounts: list[dict[str, Any]]  # Fault.UMOUNT_REOPEN: reopenumount.ReopenUmount, and whether it decided
+    copen_wakes: CopenWakesSection  # reopens' copens and the poll(2) sleepers they woke; when there were any
     console_tail: str  # when the run was aborted
 
 

@@ -70,13 +70,25 @@ PROBES: dict[str, str] = {
     # a read() of the device begins: a request it delivers was taken after this (reopenumount:
     # an OPEN for a dropped object delivered by a read() begun after the drop returned)
     "read_begin": "p:{group}/read_begin cachefiles_ondemand_daemon_read",
+    # a reopen's copen wakes the device's poll(2) sleepers (copenwake.py): the device file a
+    # command is written to; a poll(2)/select(2) entry put on a queue (any file's: __pollwait is
+    # theirs alone, epoll's is another), the device's poll returned (its entry is then on the
+    # queue); a poll(2) entry woken, in the waker's task (`pwq`: wait_queue_entry_t's private,
+    # 8 bytes in; `wq`: struct poll_table_entry's wait_address, 40 bytes after its `wait`); a
+    # poll over, its entries about to be taken off
+    "dev_write": "p:{group}/dev_write cachefiles_daemon_write file=$arg1:x64",
+    "pollwait": "p:{group}/pollwait __pollwait file=$arg1:x64 wq=$arg2:x64 pwq=$arg3:x64",
+    "dev_polled": "r:{group}/dev_polled cachefiles_daemon_poll mask=$retval:x32",
+    "pollwake": "p:{group}/pollwake pollwake pwq=+8($arg1):x64 wq=+40($arg1):x64",
+    "poll_free": "p:{group}/poll_free poll_freewait pwq=$arg1:x64",
 }
 TRACE_CLOCK = "global"  # one clock for every CPU: the ledger orders events across them
 TRACEPOINTS = ("cachefiles/cachefiles_ondemand_*", "sched/sched_process_exit")
 
 _LINE = re.compile(r"^\s*(?P<task>.+?)-(?P<pid>\d+)\s+(?:\(\s*(?P<tgid>[-\d]+)\)\s+)?\[(?P<cpu>\d+)\]\s+(?:\S+\s+)?"
                    r"(?P<ts>\d+\.\d+):\s+(?P<event>cachefiles_ondemand_\w+|deliver|restore|copened|dropped|drop|unbind|bind|withdrawn|withdraw|reopen_worked|"
-                   r"reopen_work|init_object|read_begin|sched_process_exit|tracing_mark_write):"
+                   r"reopen_work|init_object|read_begin|dev_write|pollwait|dev_polled|pollwake|poll_free|sched_process_exit|"
+                   r"tracing_mark_write):"
                    r"\s+(?:\([^)]*\)\s*)?(?P<args>.*)$")
 _DECIMAL = {"fd"}  # of the tracepoints' fields; the rest are hex
 _DECIMAL_EVENTS = {"deliver", "copened", "drop", "init_object", "bind", "exit", "mark"}  # every field decimal (`drop`'s o too)
@@ -87,7 +99,8 @@ _RENAMED = {"sched_process_exit": "exit", "tracing_mark_write": "mark"}
 class TraceEvent:
     ts: float
     event: str  # open, copen, close, read, cread, fd_write, fd_release; deliver, restore, drop, dropped, unbind,
-    # bind, withdraw, withdrawn, reopen_work, reopen_worked, init_object, read_begin, exit;
+    # bind, withdraw, withdrawn, reopen_work, reopen_worked, init_object, read_begin, dev_write, pollwait,
+    # dev_polled, pollwake, poll_free, exit;
     # mark (a write to trace_marker: `key=value`)
     fields: dict[str, int]
     task: str

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from .cachedeath import CacheDeathFacts
 from .checks import Check, Reason, Status
 from .console import Finding
+from .copenwake import CopenWake
 from .evidence import DaemonFacts, LogEvent, ReaderFacts
 from .killable import Waiter
 from .reopenumount import ReopenUmount
@@ -53,7 +54,7 @@ def failures(daemon: DaemonFacts, readers: ReaderFacts, ledger: Ledger, probed: 
              findings: list[Finding], th: Thresholds, aborted: str | None, end: EndOfRun | None = None,
              reread: Reread | None = None, misbehaved: MisbehaviourFacts | None = None,
              cache: CacheDeathFacts | None = None, waiters: tuple[Waiter, ...] = (),
-             reopen_umounts: tuple[ReopenUmount, ...] = ()) -> list[Reason]:
+             reopen_umounts: tuple[ReopenUmount, ...] = (), copen_wakes: tuple[CopenWake, ...] = ()) -> list[Reason]:
     reasons: list[Reason] = []
     if aborted:
         reasons.append(Reason(Check.RUN_COMPLETED, f"run aborted: {aborted}"))
@@ -111,6 +112,11 @@ def failures(daemon: DaemonFacts, readers: ReaderFacts, ledger: Ledger, probed: 
                         (Check.SECOND_FD_PROBE, Probe.SECOND_FD)):
         if found := probed[kind].violations:
             reasons.append(Reason(check, f"{len(found)} probe(s): " + "; ".join(probes.describe(e) for e in found[:SHOWN])))
+
+    # the kernel, for any daemon: a reopen's copen wakes every poll(2) sleeper on its device
+    if unwoken := [c for c in copen_wakes if c.missed]:
+        reasons.append(Reason(Check.COPEN_WAKE, f"{len(unwoken)} of {sum(c.decided for c in copen_wakes)} reopen copen(s) "
+                              "with a poll(2) sleeper: " + "; ".join(c.describe() for c in unwoken[:SHOWN])))
 
     # a cache death: the device released as often as it was let go, and a new cache bound each time
     if cache is not None and (wrong := cache.failures()):
@@ -175,7 +181,8 @@ def missing_evidence(daemon: DaemonFacts, trace: TraceFacts, ledger: Ledger, pro
                      reads_after_reopen: int, th: Thresholds, end: EndOfRun | None = None,
                      reread: Reread | None = None, misbehaved: MisbehaviourFacts | None = None,
                      state_hits: dict[str, StateHits] | None = None, cache: CacheDeathFacts | None = None,
-                     waiters: tuple[Waiter, ...] = (), reopen_umounts: tuple[ReopenUmount, ...] = ()) -> list[Reason]:
+                     waiters: tuple[Waiter, ...] = (), reopen_umounts: tuple[ReopenUmount, ...] = (),
+                     copen_wakes: tuple[CopenWake, ...] = ()) -> list[Reason]:
     needs = th.needs
     missing: list[Reason] = []
     if needs.end_checked and end is not None and reread is not None and not reread.ran:
@@ -201,6 +208,8 @@ def missing_evidence(daemon: DaemonFacts, trace: TraceFacts, ledger: Ledger, pro
         (Check.REOPENS, len(trace.reopens), needs.reopens,
          "reopens in the kernel trace (anon fd released, then the same object opened again)"),
         (Check.READS_AFTER_REOPEN, reads_after_reopen, needs.reads_after_reopen, "READs delivered on a reopened object"),
+        (Check.COPEN_SLEEPERS, sum(c.decided for c in copen_wakes), needs.copen_sleepers,
+         "reopens' copens with another task's poll(2) entry on their device"),
     )
     for check, got, need, what in counts:
         if got < need:
@@ -250,10 +259,10 @@ def decide(daemon: DaemonFacts, readers: ReaderFacts, trace: TraceFacts, ledger:
            end: EndOfRun | None = None, reread: Reread | None = None,
            misbehaved: MisbehaviourFacts | None = None, state_hits: dict[str, StateHits] | None = None,
            cache: CacheDeathFacts | None = None, waiters: tuple[Waiter, ...] = (),
-           reopen_umounts: tuple[ReopenUmount, ...] = ()) -> Verdict:
+           reopen_umounts: tuple[ReopenUmount, ...] = (), copen_wakes: tuple[CopenWake, ...] = ()) -> Verdict:
     reasons = failures(daemon, readers, ledger, probed, findings, th, aborted, end, reread, misbehaved, cache, waiters,
-                       reopen_umounts)
+                       reopen_umounts, copen_wakes)
     missing = missing_evidence(daemon, trace, ledger, probed, reads_after_reopen, th, end, reread, misbehaved,
-                               state_hits, cache, waiters, reopen_umounts)
+                               state_hits, cache, waiters, reopen_umounts, copen_wakes)
     status = Status.FAIL if reasons else Status.INCONCLUSIVE if missing else Status.PASS
     return Verdict(status, tuple(reasons), tuple(missing))

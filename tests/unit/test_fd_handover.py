@@ -61,7 +61,9 @@ def test_the_supervisor_keeps_deposited_fds_across_a_death_and_hands_them_over(t
     from eventlog import EventLog
     from keeper import HeldFds
 
-    held = HeldFds(EventLog(str(tmp_path / "keeper.jsonl"), who="keeper"))
+    cookies = tmp_path / "cookies"
+    cookies.write_text(COOKIES_HEADER + "".join(cookie_row(oid, f"img0.{oid}", "A") for oid in (3, 4, 5)))
+    held = HeldFds(EventLog(str(tmp_path / "keeper.jsonl"), who="keeper"), str(cookies))
     files = {oid: os.open(tmp_path / f"anon{oid}", os.O_RDWR | os.O_CREAT) for oid in (3, 4, 5)}
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     serving = threading.Thread(target=held.serve, args=(ours,))
@@ -92,3 +94,57 @@ def test_the_supervisor_keeps_deposited_fds_across_a_death_and_hands_them_over(t
     assert [(e["event"], e["object_ids"], e["unanswered"]) for e in handed] == [(Event.HANDED_OVER, [3, 4], [4])]
     held.close_all()
     assert held.fds == {}
+
+
+# /proc/fs/netfs/cookies as 6.12 prints it (test_cdaemon.py has the same rows for the C daemon's prune)
+COOKIES_HEADER = ("COOKIE   VOLUME   REF ACT ACC S FL DEF             \n"
+                  "======== ======== === === === = == ================\n")
+
+
+def cookie_row(debug_id: int, name: str, state: str) -> str:
+    return f"{debug_id:08x} {3:08x} {2:3d} {1:3d} {0:3d} {state} {0x2a:02x} {name.encode().hex()}\n"
+
+
+@pytest.mark.parametrize("listed", ["dropped", "gone"])
+def test_the_fd_of_a_dropped_cookie_is_not_handed_over(tmp_path, listed):
+    """A daemon killed between reading an object's CLOSE and its `drop` leaves the fd with the
+    keeper; the kernel lists the cookie dropped (or no more): the next incarnation does not get
+    it, and the keeper's copy is closed (it would pin the object and its volume for good)."""
+    from contract import Event
+    from daemon import Supervisor
+    from eventlog import EventLog
+    from keeper import HeldFds
+
+    cookies = tmp_path / "cookies"
+    rows = [cookie_row(3, "img0.3", "A")] + ([cookie_row(4, "img0.4", "D")] if listed == "dropped" else [])
+    cookies.write_text(COOKIES_HEADER + "".join(rows))
+    held = HeldFds(EventLog(str(tmp_path / "keeper.jsonl"), who="keeper"), str(cookies))
+    r, w = os.pipe()
+    held.fds = {3: (os.dup(w), {"object_id": 3, "cookie": "img0.3", "msg_id": 1}),
+                4: (os.dup(w), {"object_id": 4, "cookie": "img0.4", "msg_id": 2})}
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with ours, theirs:
+        held.hand_over(ours)
+        got = Supervisor(theirs).receive_held()
+    assert [m["object_id"] for m, _ in got] == [3] and sorted(held.fds) == [3]
+    for _, fd in got:
+        os.close(fd)
+    os.close(w)
+    held.close_all()
+    assert os.read(r, 1) == b""  # every copy of the write end closed: the pruned one too
+    os.close(r)
+    events = [json.loads(line) for line in open(tmp_path / "keeper.jsonl")]
+    assert [(e["event"], e["object_ids"]) for e in events] == [(Event.PRUNED, [4]), (Event.HANDED_OVER, [3])]
+
+
+def test_no_cookie_list_prunes_nothing(tmp_path):
+    from eventlog import EventLog
+    from keeper import HeldFds
+
+    held = HeldFds(EventLog(str(tmp_path / "keeper.jsonl"), who="keeper"), str(tmp_path / "no-such-file"))
+    r, w = os.pipe()
+    held.fds = {4: (w, {"object_id": 4, "cookie": "img0.4", "msg_id": 2})}
+    held.prune()
+    assert sorted(held.fds) == [4]
+    held.close_all()
+    os.close(r)

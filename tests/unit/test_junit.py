@@ -15,6 +15,7 @@ from harness.judge.reread import Reread
 from harness.judge.cachedeath import CacheDeathFacts
 from harness.judge.killable import Waiter
 from harness.judge.reopenumount import ReopenUmount
+from harness.judge.copenwake import CopenWake, Entry
 from harness.scenarios import Needs
 from helpers import FIXTURES
 
@@ -124,8 +125,11 @@ def every_rule_broken() -> list[verdict.Reason]:
     unkillable = Waiter(300, "img0.waiter1", queued_ts=10.0, exit_ts=12.5, restore_ts=12.0)
     outlived = ReopenUmount(301, "img1.reopen1", "open", 7, "open-delivered", 20.0, 20.1,
                             ("the reopen work on object 00000007 returned 0.010 s after the drop did",))
+    asleep = Entry(pwq=0x10, wq=0x20, pid=302)
+    unwoken = CopenWake(30.0, 303, 7, 12, sleepers=[asleep], returned=True)
     return verdict.failures(daemon, readers, broken_ledger, probed, finding, th, aborted="guest hung", end=end,
-                            reread=read_back, cache=never_rebound, waiters=(unkillable,), reopen_umounts=(outlived,))
+                            reread=read_back, cache=never_rebound, waiters=(unkillable,), reopen_umounts=(outlived,),
+                            copen_wakes=(unwoken,))
 
 
 def test_every_reason_the_verdict_gives_has_its_check():

@@ -1,0 +1,164 @@
+"""copenwake: a reopen's copen wakes every poll(2) sleeper on its device, from the trace alone."""
+from __future__ import annotations
+
+from harness.judge import copenwake, verdict
+from harness.judge.checks import Check
+from harness.judge.trace import TraceEvent, parse
+from harness.scenarios import Needs
+
+from test_junit import every_rule_broken  # noqa: F401  (the verdict's every-rule fixture lives there)
+
+DEV, OTHER_DEV, EVENTFD = 0xA000, 0xB000, 0xC000
+PWQ, WQ = 0x1000, 0x2000
+W, X = 50, 60  # the task that writes the copen, the one asleep in poll()
+O = 7
+
+
+class Trace:
+    """Events in order, a millisecond apart."""
+
+    def __init__(self) -> None:
+        self.events: list[TraceEvent] = []
+
+    def add(self, event: str, pid: int, **fields: int) -> Trace:
+        self.events.append(TraceEvent(len(self.events) / 1000, event, dict(fields), "t", pid, pid))
+        return self
+
+    def reopen(self, o: int = O) -> Trace:
+        """The object opened, its anon fd released, opened again: the second OPEN is a reopen."""
+        return self.add("open", W, o=o, mid=0, oid=0).add("fd_release", W, o=o, oid=1).add("open", W, o=o, mid=0, oid=0)
+
+    def asleep(self, pid: int = X, file: int = DEV, pwq: int = PWQ, wq: int = WQ) -> Trace:
+        return self.add("pollwait", pid, file=file, wq=wq, pwq=pwq).add("dev_polled", pid, mask=0)
+
+    def copen(self, pid: int = W, file: int = DEV, o: int = O, wakes: tuple[tuple[int, int], ...] = ((PWQ, WQ),),
+              returns: bool = True) -> Trace:
+        self.add("dev_write", pid, file=file).add("copen", pid, o=o, mid=9, l=0x1000)
+        for pwq, wq in wakes:
+            self.add("pollwake", pid, pwq=pwq, wq=wq)
+        return self.add("copened", pid, ret=0, id=9) if returns else self
+
+
+def test_a_reopen_copen_that_wakes_its_sleeper_passes():
+    (c,) = copenwake.judge(Trace().reopen().asleep().copen().events)
+    assert c.decided and not c.missed and [s.pid for s in c.sleepers] == [X]
+
+
+def test_a_reopen_copen_that_wakes_nobody_misses_the_sleeper():
+    (c,) = copenwake.judge(Trace().reopen().asleep().copen(wakes=()).events)
+    assert c.decided and [s.pid for s in c.missed] == [X]
+    assert f"task {W}" in c.describe() and f"not task(s) {X}" in c.describe()
+
+
+def test_a_wake_of_another_queue_by_the_same_poll_is_not_the_device_s():
+    (c,) = copenwake.judge(Trace().reopen().asleep().copen(wakes=((PWQ, 0x9999),)).events)
+    assert [s.pid for s in c.missed] == [X]
+
+
+def test_a_first_open_s_copen_is_not_judged():
+    t = Trace().add("open", W, o=O, mid=0, oid=0).asleep().copen(wakes=())
+    assert copenwake.judge(t.events) == ()
+
+
+def test_a_poll_already_over_has_nothing_to_wake():
+    t = Trace().reopen().asleep().add("poll_free", X, pwq=PWQ).copen(wakes=())
+    (c,) = copenwake.judge(t.events)
+    assert not c.decided and not c.missed
+
+
+def test_a_poll_ending_as_the_copen_runs_is_not_knowable():
+    t = Trace().reopen().asleep().copen(wakes=(), returns=False).add("poll_free", X, pwq=PWQ).add("copened", W, ret=0, id=9)
+    (c,) = copenwake.judge(t.events)
+    assert not c.decided
+    # woken before it ended: still judged, and right
+    t = Trace().reopen().asleep().copen(returns=False).add("poll_free", X, pwq=PWQ).add("copened", W, ret=0, id=9)
+    (c,) = copenwake.judge(t.events)
+    assert c.decided and not c.missed
+
+
+def test_a_sleeper_on_another_device_is_not_this_copen_s():
+    (c,) = copenwake.judge(Trace().reopen().asleep(file=OTHER_DEV).copen(wakes=()).events)
+    assert not c.decided
+
+
+def test_an_entry_still_being_put_on_the_queue_is_not_yet_a_sleeper():
+    # __pollwait entered, the device's poll not returned: the entry may not be on the queue yet
+    t = Trace().reopen().add("pollwait", X, file=DEV, wq=WQ, pwq=PWQ).copen(wakes=())
+    (c,) = copenwake.judge(t.events)
+    assert not c.decided
+
+
+def test_another_file_s_entry_taken_by_a_later_device_poll_stays_that_file_s():
+    # poll(dev, eventfd): the eventfd's entry is pending when poll()'s second pass asks the device
+    # again with no entry of its own; it must not count as the device's
+    t = Trace().reopen().add("pollwait", X, file=EVENTFD, wq=0x3000, pwq=PWQ).add("dev_polled", X, mask=0)
+    (c,) = copenwake.judge(t.copen(wakes=()).events)
+    assert not c.decided
+
+
+def test_the_copen_s_own_task_is_no_sleeper():
+    (c,) = copenwake.judge(Trace().reopen().asleep(pid=W).copen(wakes=()).events)
+    assert not c.decided
+
+
+def test_a_copen_that_never_returned_in_the_trace_decides_nothing():
+    (c,) = copenwake.judge(Trace().reopen().asleep().copen(wakes=(), returns=False).events)
+    assert not c.decided and not c.missed
+
+
+def test_an_incomplete_trace_judges_nothing():
+    assert copenwake.judge(Trace().reopen().asleep().copen(wakes=()).events, complete=False) == ()
+
+
+def test_every_sleeper_must_be_woken():
+    t = Trace().reopen().asleep().asleep(pid=61, pwq=0x1100).copen(wakes=((PWQ, WQ),))
+    (c,) = copenwake.judge(t.events)
+    assert [s.pid for s in c.missed] == [61]
+
+
+def test_the_verdict_fails_on_a_miss_and_needs_decided_copens():
+    missed = copenwake.judge(Trace().reopen().asleep().copen(wakes=()).events)
+    woken = copenwake.judge(Trace().reopen().asleep().copen().events)
+    th = verdict.Thresholds(kills_requested=0, stall_bound_s=30, needs=Needs(copen_sleepers=1))
+    failing = [r for r in every_rule_broken() if r.check is Check.COPEN_WAKE]
+    assert failing and "1 of 1 reopen copen(s)" in failing[0].text
+    assert missed[0].missed and not woken[0].missed
+    reasons = verdict.failures(*_quiet_facts(), th=th, aborted=None, copen_wakes=missed)
+    assert [r.check for r in reasons] == [Check.COPEN_WAKE]
+    assert verdict.failures(*_quiet_facts(), th=th, aborted=None, copen_wakes=woken) == []
+    assert _missing(th, woken) == []
+    assert [m.check for m in _missing(th, ())] == [Check.COPEN_SLEEPERS]
+
+
+def test_the_probes_lines_parse_as_the_judge_reads_them():
+    text = "\n".join((
+        "  python3-60 (   60) [000] .....  10.000001: pollwait: (__pollwait+0x0/0xc0) file=0xffff8880a000 "
+        "wq=0xffff888002000 pwq=0xffffc90001000",
+        "  python3-60 (   60) [000] .....  10.000002: dev_polled: (do_sys_poll+0x1c4/0x4a0 <- cachefiles_daemon_poll) mask=0x0",
+        "  python3-50 (   50) [001] .....  10.100000: dev_write: (cachefiles_daemon_write+0x0/0x1a0) file=0xffff8880a000",
+        "  python3-50 (   50) [001] .....  10.100100: pollwake: (pollwake+0x0/0x80) pwq=0xffffc90001000 wq=0xffff888002000",
+        "  python3-60 (   60) [000] .....  10.200000: poll_free: (poll_freewait+0x0/0x90) pwq=0xffffc90001000",
+    ))
+    events = parse(text)
+    assert [e.event for e in events] == ["pollwait", "dev_polled", "dev_write", "pollwake", "poll_free"]
+    assert events[0].fields == {"file": 0xffff8880a000, "wq": 0xffff888002000, "pwq": 0xffffc90001000}
+    assert events[3].fields["pwq"] == events[0].fields["pwq"] and events[3].pid == 50
+
+
+def _quiet_facts() -> tuple:  # type: ignore[type-arg]
+    from harness.judge import ledger
+    from harness.judge.evidence import DaemonFacts, ReaderFacts
+    from harness.judge.probes import ProbeCounts
+    daemon = DaemonFacts(1, (), (), {}, 0, 0, 0, 0, ())
+    readers = ReaderFacts(1, 1, 10, 10, 10, (), (), (), 0.1, (), 1, {})
+    empty = ledger.Ledger(True, (), (), 1, {}, 0, 0, 0, ())
+    probed = {k: ProbeCounts(0, 0, 0, ()) for k in ("epollin", "wakeup", "stale", "reuse", "close-copen", "late-write",
+                                                    "second-fd")}
+    return daemon, readers, empty, probed, []
+
+
+def _missing(th: verdict.Thresholds, wakes: tuple[copenwake.CopenWake, ...]) -> list[verdict.Reason]:
+    from harness.judge.trace import facts
+    daemon, _, empty, probed, _ = _quiet_facts()
+    return [m for m in verdict.missing_evidence(daemon, facts([]), empty, probed, 0, th, copen_wakes=wakes)
+            if m.check is Check.COPEN_SLEEPERS]
