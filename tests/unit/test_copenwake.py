@@ -162,3 +162,35 @@ def _missing(th: verdict.Thresholds, wakes: tuple[copenwake.CopenWake, ...]) -> 
     daemon, _, empty, probed, _ = _quiet_facts()
     return [m for m in verdict.missing_evidence(daemon, facts([]), empty, probed, 0, th, copen_wakes=wakes)
             if m.check is Check.COPEN_SLEEPERS]
+
+
+FIXTURES = __import__("pathlib").Path(__file__).resolve().parents[1] / "fixtures" / "copenwake"
+
+
+def _fixture(name: str) -> list[TraceEvent]:
+    return parse((FIXTURES / f"{name}.trace.txt").read_text())
+
+
+def test_real_runs_of_the_correct_kernel_wake_every_sleeper():
+    """Captured runs (close-fds seed 1, 6.12.118): our daemon (its wake-up probe's thread asleep
+    in poll() at each reopen) and the C daemon (lockless threads, each in poll() with no timeout)."""
+    for name, copens, sleepers in (("python-close-fds-seed1", 6, 6), ("cdaemon-close-fds-seed1", 2, 4)):
+        judged = copenwake.judge(_fixture(name))
+        assert (sum(c.decided for c in judged), sum(len(c.sleepers) for c in judged)) == (copens, sleepers), name
+        assert not any(c.missed for c in judged), name
+
+
+def test_a_real_run_of_the_mutant_misses_every_sleeper():
+    """reopen-copen-no-wake with the C daemon: each reopen's copen wakes no thread of the others."""
+    judged = copenwake.judge(_fixture("cdaemon-reopen-copen-no-wake-seed1"))
+    assert [(c.pid, [s.pid for s in c.missed]) for c in judged] == [(209, [210]), (210, [208])]
+
+
+def test_the_correct_runs_without_their_wake_ups_are_caught():
+    """The control on real data: the correct runs with the copens' pollwake lines taken out."""
+    for name in ("python-close-fds-seed1", "cdaemon-close-fds-seed1"):
+        events = _fixture(name)
+        copeners = {c.pid for c in copenwake.judge(events)}
+        unwoken = [e for e in events if not (e.event == "pollwake" and e.pid in copeners)]
+        judged = copenwake.judge(unwoken)
+        assert any(c.decided for c in judged) and all(c.missed == c.sleepers for c in judged if c.decided), name
