@@ -8,7 +8,7 @@ import pytest
 
 from harness.campaign import mutants
 from harness.judge import misbehaviour
-from helpers import harness
+from helpers import harness, results_of
 
 pytestmark = pytest.mark.vm
 
@@ -59,3 +59,21 @@ def test_cheapest_mutant_of_a_2024_fix_is_killed_by_the_misbehaving_daemon(tmp_p
     assert sum(u["decided"] and u["restored"] for u in unmounted) >= 3, unmounted
     (o,) = [o for o in r["outcomes"] if o["name"] == m.name]
     assert o["status"] == "killed" and m.expect in o["killed_by"], o
+
+
+def test_a_run_stopped_at_the_first_failed_probe_judges_as_the_full_run(tmp_path):
+    """Issue 16, a bad kernel known as soon as it is bad: the same mutant and seed, once stopped
+    at its first failed probe (the default) and once with every fault: the same verdict, the
+    expected check among the reasons of both, and the early run's fault loop the shorter."""
+    (m,) = [m for m in mutants.load() if m.name == "epollin-reopening"]
+    runs = {}
+    for after_fail in ("stop", "continue"):
+        proc = harness("run", "--output", str(tmp_path / after_fail), "--scenario", m.scenario, "--fd-closes",
+                       str(m.faults), "--series", str(m.path), "--after-fail", after_fail)
+        print(proc.stdout)
+        runs[after_fail] = results_of(proc)
+    early, full = runs["stop"], runs["continue"]
+    assert early["verdict"] == full["verdict"] == "FAIL"
+    assert m.expect in early["failed_checks"] and m.expect in full["failed_checks"], (early["reasons"], full["reasons"])
+    assert early["timing"]["faults_stopped_early"] and not full["timing"].get("faults_stopped_early")
+    assert early["timing"]["fault_loop_s"] < full["timing"]["fault_loop_s"], (early["timing"], full["timing"])
