@@ -55,11 +55,12 @@ from typing import Any, Callable
 from contract import (AT_RESTORE, CACHE_DEATH_RT_OFFSET, CLOCK_MARK, DAEMON_PID_FILE, KEEPER_BOUND, NETFS_COOKIES,
                       REOPEN_CLOSED, REOPEN_GO_MARK, REOPEN_HELD, REOPEN_NONE, REOPEN_RESTORED, UMOUNT_AT,
                       UMOUNT_REOPEN_RT_OFFSET, WAITER_GO_MARK, WAITER_MOUNTED, WAITER_WCHAN_PREFIX, Event,
-                      GuestConfig, Mode, UmountAt, cookie_live, parse_daemon_state)
+                      GuestConfig, Mode, UmountAt, cookie_dropped_only, cookie_live, parse_daemon_state)
 from eventlog import EventLog, trace_mark, write_atomically
 from reader import detach, read_proc, umount
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+PRUNE_INTERVAL_S = 1.0  # the held fds of dropped cookies let go between hand-overs (HeldFds.watch)
 
 
 def send_fd(sock: socket.socket, fd: int) -> None:
@@ -151,22 +152,38 @@ class HeldFds:
                           unanswered=[oid for oid, (_, m) in held if not m.get("answered")])
 
     def prune(self) -> None:
-        """Let go of the fds whose cookie the kernel lists as dropped, or no more. A daemon killed
-        between reading an object's CLOSE and its `drop` leaves the fd here, and no CLOSE is ever
+        """Let go of the fds whose cookie the kernel lists as dropped. A daemon killed between
+        reading an object's CLOSE and its `drop` leaves the fd here, and no CLOSE is ever
         delivered again (not even after `restore`): kept, it would pin the object and its volume
         for good, and a later mount of that volume would wait on the collision in D state (what
-        the C daemon's supervisor did before its prune: `combined`, seed 1). Closing it is what
-        the drop would have done; the kernel then fails any CLOSE still queued for the object."""
-        if (cookies := text_of(self.cookies_path)) is None:
+        the C daemon's supervisor did before its prune: `combined`, seed 1). A cookie is dropped
+        only once its CLOSE was delivered and done, so closing the fd is what the drop would have
+        done. The list is read in page-sized pieces, its lock let go between them, and a cookie
+        freed meanwhile shifts the rest (a row may be skipped): only what two reads agree on goes.
+        A cookie not listed at all is left alone (the held fd pins its object, which holds the
+        cookie: unlisted, the key is not what we think it is)."""
+        def dropped() -> set[int]:
+            if (cookies := text_of(self.cookies_path)) is None:
+                return set()
+            with self.lock:
+                return {oid for oid, (_, meta) in self.fds.items()
+                        if cookie_dropped_only(cookies, str(meta.get("cookie")))}
+
+        if not (first := dropped()) or not (both := first & dropped()):
             return
         with self.lock:
-            gone = {oid: fd for oid, (fd, meta) in self.fds.items() if not cookie_live(cookies, str(meta.get("cookie")))}
-            for oid in gone:
-                del self.fds[oid]
+            gone = {oid: self.fds.pop(oid)[0] for oid in both if oid in self.fds}
         for fd in gone.values():
             os.close(fd)
         if gone:
             self.log.emit(Event.PRUNED, object_ids=sorted(gone))
+
+    def watch(self, stopping: Callable[[], bool], interval_s: float = PRUNE_INTERVAL_S) -> None:
+        """Prune between hand-overs too: a cookie still being withdrawn at a hand-over (its
+        state not yet D) is dropped a moment later, while the next incarnation serves."""
+        while not stopping():
+            time.sleep(interval_s)
+            self.prune()
 
     def close_all(self) -> None:
         with self.lock:
@@ -278,6 +295,8 @@ class Keeper:
         signal.signal(signal.SIGRTMIN + UMOUNT_REOPEN_RT_OFFSET, self.umount_in_reopen)
         self.bind()
         write_atomically(self.config.keeper_state_file, KEEPER_BOUND)
+        if (held := self.held) is not None:
+            threading.Thread(target=held.watch, args=(lambda: self.stopping,), name="prune", daemon=True).start()
         while not self.stopping:
             if self.device_fd < 0 and not self.rebind():
                 continue

@@ -118,13 +118,14 @@ class RunRequest:
         if self.daemon_threads is not None:
             s = replace(s, threads=self.daemon_threads)
         adapter = self.adapter
-        return for_daemon(s, adapter.faults, adapter.ours)[0]
+        return for_daemon(s, adapter.faults, adapter.ours, adapter.poll_sleepers)[0]
 
     @property
     def faults_left_out(self) -> tuple[str, ...]:
         """The scenario's faults the daemon does not take (the report says they did not run)."""
         adapter = self.adapter
-        return for_daemon(SCENARIOS[self.scenario].with_faults(self.kills, self.fd_closes), adapter.faults, adapter.ours)[1]
+        return for_daemon(SCENARIOS[self.scenario].with_faults(self.kills, self.fd_closes), adapter.faults, adapter.ours,
+                          adapter.poll_sleepers)[1]
 
     @staticmethod
     def faults_planned(s: Scenario) -> bool:

@@ -119,3 +119,15 @@ def judged(run: Path) -> dict:
     results = report.evaluate(run)
     assert_reports_agree(results)
     return results
+
+
+# /proc/fs/netfs/cookies as fs/netfs/fscache_cookie.c (6.12) prints it: a header, then a row a
+# cookie: debug id, volume's debug id, ref, n_active, n_accesses, state ("-LCAIFUWRD": D dropped),
+# flags, the key in hex and, if the cookie has aux data, ", " and the aux in hex
+COOKIES_HEADER = ("COOKIE   VOLUME   REF ACT ACC S FL DEF             \n"
+                  "======== ======== === === === = == ================\n")
+
+
+def cookie_row(debug_id: int, name: str, state: str, aux: str = "") -> str:
+    return (f"{debug_id:08x} {3:08x} {2:3d} {1:3d} {0:3d} {state} {0x2a:02x} {name.encode().hex()}"
+            + (f", {aux}" if aux else "") + "\n")

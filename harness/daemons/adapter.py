@@ -62,7 +62,8 @@ SUPPORTABLE = (Fault.KILL, Fault.CLOSE, Fault.RESTORE_LIVE, Fault.STALE, Fault.S
 # keeper (it carries them out, or its log says when a process died)
 FOREIGN_FAULTS = (Fault.KILL, Fault.CLOSE, Fault.RESTORE_LIVE, Fault.STALE)
 BUILDS = ("cdaemon",)  # what the harness knows how to build on the host (harness/guest/cdaemon.py)
-KEYS = {"name", "description", "build", "command", "image_args", "restarts", "device_fd", "kill", "faults", "log"}
+KEYS = {"name", "description", "build", "command", "image_args", "restarts", "device_fd", "kill", "faults", "log",
+        "poll_sleepers"}
 KILL_KEYS = {"pid_file"}
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
 Fail = Callable[[str], InputError]
@@ -82,6 +83,9 @@ class Adapter:
     build: str | None = None  # of BUILDS
     log: str | None = None  # the daemon's own log: a cross-check of the kernel's ledger only
     source: str = ""  # where it was read from
+    # its threads wait in poll(2)/select(2) on the device while another answers: a reopen's copen
+    # has a sleeper to wake, and close-fds asks for the kernel's wake-up (copen-wake) as evidence
+    poll_sleepers: bool = False
 
     def argv(self, values: Mapping[str, str], images: Mapping[str, str]) -> list[str]:
         """The command for a run: placeholders filled in, then `image_args` for each image."""
@@ -185,9 +189,12 @@ def parse(data: Mapping[str, Any], source: str) -> Adapter:
         for field in _fields(arg, fail):
             if field not in (*PLACEHOLDERS, "name", "path"):
                 raise fail(f"image_args: {arg!r} names {{{field}}}; each image fills {{name}} and {{path}}")
+    poll_sleepers = data.get("poll_sleepers", False)
+    if not isinstance(poll_sleepers, bool):
+        raise fail("poll_sleepers must be true or false")
     return Adapter(name, _string(data, "description", fail) if "description" in data else "", command, image_args,
                    restarts, device_fd, pid_file, frozenset(faults), build,
-                   _string(data, "log", fail) if "log" in data else None, source)
+                   _string(data, "log", fail) if "log" in data else None, source, poll_sleepers)
 
 
 def _fields(template: str, fail: Fail) -> list[str]:

@@ -15,19 +15,21 @@ busy one hides the bug (its threads are woken by the next request). The kernel s
 - `dev_write` (cachefiles_daemon_write entered: which device file, so which cache, a command
   goes to), then the `copen` tracepoint and the `copened` return in the same task;
 - `pollwake` (the wake function of every poll(2) entry a wake-up on its queue calls, in the
-  waker's task: which poll_wqueues, which queue).
+  waker's task: which poll_wqueues, which queue; the wake-up's key and the entry's events, since
+  a key that misses them returns without waking).
 
 So at each copen of a reopened object: every poll(2) entry of another task on the same device
 file, on the queue before the copen and not yet being taken off when the copen returned, must see
 `pollwake` from the copen's task between its `copen` and its return. No time bound: the wake-up
 is in the copen's own call. epoll(7) entries are not judged (their wake function is another),
-nor a copen with no poll(2) entry on its device (nothing to wake: not decided).
+nor a copen with no poll(2) entry on its device (nothing to wake: not decided). What the trace
+cannot tell: a wake-up made too early inside the same call (before the object is marked OPEN).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .trace import TraceEvent, facts
+from .trace import Reopen, TraceEvent
 
 
 @dataclass(frozen=True)
@@ -58,17 +60,18 @@ class CopenWake:
 
     def describe(self) -> str:
         pids = ", ".join(str(s.pid) for s in self.missed)
-        return (f"the copen of reopened object {self.o} (msg_id {self.msg_id}, task {self.pid}) at {self.ts:.6f} woke "
+        return (f"the copen of reopened object {self.o:08x} (msg_id {self.msg_id}, task {self.pid}) at {self.ts:.6f} woke "
                 f"{len(self.sleepers) - len(self.missed)} of the {len(self.sleepers)} poll(2) sleeper(s) on its device: "
                 f"not task(s) {pids}")
 
 
-def judge(events: list[TraceEvent], complete: bool = True) -> tuple[CopenWake, ...]:
-    """Every copen of a reopened object, with the poll(2) sleepers it had to wake and those it
-    did. An incomplete trace (lost events) decides nothing: a lost `pollwake` would be a miss."""
+def judge(events: list[TraceEvent], reopens: tuple[Reopen, ...], complete: bool = True) -> tuple[CopenWake, ...]:
+    """Every copen of a reopened object (`reopens`: trace.facts'), with the poll(2) sleepers it
+    had to wake and those it did. An incomplete trace (lost events) decides nothing: a lost
+    `pollwake` would be a miss."""
     if not complete:
         return ()
-    reopen_opens = {(r.debug_id, r.ts) for r in facts(events).reopens}
+    reopen_opens = {(r.debug_id, r.ts) for r in reopens}
     reopened: dict[int, bool] = {}  # o -> its last `open` was a reopen
     device_of: dict[int, int] = {}  # task -> the device file of its current write()
     pending: dict[int, tuple[int, Entry]] = {}  # task -> (file, entry): pollwait seen, its poll not yet returned
@@ -103,8 +106,14 @@ def judge(events: list[TraceEvent], complete: bool = True) -> tuple[CopenWake, .
                           if file == device and entry.pid != e.pid]
             open_copens[e.pid] = c
             judged.append(c)
-        elif e.event == "pollwake" and e.pid in open_copens:
+        elif e.event == "pollwake" and e.pid in open_copens and _wakes(f.get("key", 0), f.get("ekey", 0)):
             open_copens[e.pid].woken.add((f.get("pwq", 0), f.get("wq", 0)))
         elif e.event == "copened" and e.pid in open_copens:
             open_copens.pop(e.pid).returned = True
     return tuple(judged)
+
+
+def _wakes(key: int, events: int) -> bool:
+    """pollwake (fs/select.c): a wake-up whose key (its poll events; 0 for any) misses the entry's
+    events returns without waking the poller."""
+    return key == 0 or bool(key & events)

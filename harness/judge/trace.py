@@ -72,14 +72,16 @@ PROBES: dict[str, str] = {
     "read_begin": "p:{group}/read_begin cachefiles_ondemand_daemon_read",
     # a reopen's copen wakes the device's poll(2) sleepers (copenwake.py): the device file a
     # command is written to; a poll(2)/select(2) entry put on a queue (any file's: __pollwait is
-    # theirs alone, epoll's is another), the device's poll returned (its entry is then on the
-    # queue); a poll(2) entry woken, in the waker's task (`pwq`: wait_queue_entry_t's private,
-    # 8 bytes in; `wq`: struct poll_table_entry's wait_address, 40 bytes after its `wait`); a
-    # poll over, its entries about to be taken off
+    # theirs alone, epoll's is another; its poll_table is the first member of the caller's
+    # struct poll_wqueues, so `pwq` names the poll), the device's poll returned (its entry is
+    # then on the queue); a poll(2) entry's wake function, in the waker's task (`pwq`:
+    # wait_queue_entry_t's private, 8 bytes in; `wq`: struct poll_table_entry's wait_address, 40
+    # bytes after its `wait`, `ekey` its events, 8 before; `key` the wake-up's events, 0 for all:
+    # a key that misses `ekey` wakes nothing); a poll over, its entries about to be taken off
     "dev_write": "p:{group}/dev_write cachefiles_daemon_write file=$arg1:x64",
     "pollwait": "p:{group}/pollwait __pollwait file=$arg1:x64 wq=$arg2:x64 pwq=$arg3:x64",
     "dev_polled": "r:{group}/dev_polled cachefiles_daemon_poll mask=$retval:x32",
-    "pollwake": "p:{group}/pollwake pollwake pwq=+8($arg1):x64 wq=+40($arg1):x64",
+    "pollwake": "p:{group}/pollwake pollwake pwq=+8($arg1):x64 wq=+40($arg1):x64 key=$arg4:x64 ekey=-8($arg1):x32",
     "poll_free": "p:{group}/poll_free poll_freewait pwq=$arg1:x64",
 }
 TRACE_CLOCK = "global"  # one clock for every CPU: the ledger orders events across them

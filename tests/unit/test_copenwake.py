@@ -3,15 +3,21 @@ from __future__ import annotations
 
 from harness.judge import copenwake, verdict
 from harness.judge.checks import Check
-from harness.judge.trace import TraceEvent, parse
+from harness.judge.trace import TraceEvent, facts, parse
 from harness.scenarios import Needs
 
-from test_junit import every_rule_broken  # noqa: F401  (the verdict's every-rule fixture lives there)
+from helpers import FIXTURES
+from test_junit import every_rule_broken
 
 DEV, OTHER_DEV, EVENTFD = 0xA000, 0xB000, 0xC000
 PWQ, WQ = 0x1000, 0x2000
+POLLIN, POLLOUT = 0x1, 0x4
 W, X = 50, 60  # the task that writes the copen, the one asleep in poll()
 O = 7
+
+
+def judge(events: list[TraceEvent], complete: bool = True) -> tuple[copenwake.CopenWake, ...]:
+    return copenwake.judge(events, facts(events).reopens, complete)
 
 
 class Trace:
@@ -32,59 +38,73 @@ class Trace:
         return self.add("pollwait", pid, file=file, wq=wq, pwq=pwq).add("dev_polled", pid, mask=0)
 
     def copen(self, pid: int = W, file: int = DEV, o: int = O, wakes: tuple[tuple[int, int], ...] = ((PWQ, WQ),),
-              returns: bool = True) -> Trace:
+              returns: bool = True, key: int = 0) -> Trace:
         self.add("dev_write", pid, file=file).add("copen", pid, o=o, mid=9, l=0x1000)
         for pwq, wq in wakes:
-            self.add("pollwake", pid, pwq=pwq, wq=wq)
+            self.add("pollwake", pid, pwq=pwq, wq=wq, key=key, ekey=POLLIN)
         return self.add("copened", pid, ret=0, id=9) if returns else self
 
 
 def test_a_reopen_copen_that_wakes_its_sleeper_passes():
-    (c,) = copenwake.judge(Trace().reopen().asleep().copen().events)
+    (c,) = judge(Trace().reopen().asleep().copen().events)
     assert c.decided and not c.missed and [s.pid for s in c.sleepers] == [X]
 
 
 def test_a_reopen_copen_that_wakes_nobody_misses_the_sleeper():
-    (c,) = copenwake.judge(Trace().reopen().asleep().copen(wakes=()).events)
+    (c,) = judge(Trace().reopen().asleep().copen(wakes=()).events)
     assert c.decided and [s.pid for s in c.missed] == [X]
     assert f"task {W}" in c.describe() and f"not task(s) {X}" in c.describe()
 
 
 def test_a_wake_of_another_queue_by_the_same_poll_is_not_the_device_s():
-    (c,) = copenwake.judge(Trace().reopen().asleep().copen(wakes=((PWQ, 0x9999),)).events)
+    (c,) = judge(Trace().reopen().asleep().copen(wakes=((PWQ, 0x9999),)).events)
+    assert [s.pid for s in c.missed] == [X]
+
+
+def test_a_wake_up_whose_key_misses_the_entry_s_events_wakes_nobody():
+    (c,) = judge(Trace().reopen().asleep().copen(key=POLLOUT).events)
+    assert [s.pid for s in c.missed] == [X]
+    (c,) = judge(Trace().reopen().asleep().copen(key=POLLIN).events)
+    assert c.decided and not c.missed
+
+
+def test_another_task_s_wake_up_inside_the_copen_is_not_the_copen_s():
+    # a reader's new request wakes the same queue as the copen runs: not the copen's wake-up
+    t = Trace().reopen().asleep().copen(wakes=(), returns=False).add("pollwake", 70, pwq=PWQ, wq=WQ, key=0, ekey=POLLIN)
+    (c,) = judge(t.add("copened", W, ret=0, id=9).events)
     assert [s.pid for s in c.missed] == [X]
 
 
 def test_a_first_open_s_copen_is_not_judged():
     t = Trace().add("open", W, o=O, mid=0, oid=0).asleep().copen(wakes=())
-    assert copenwake.judge(t.events) == ()
+    assert judge(t.events) == ()
 
 
 def test_a_poll_already_over_has_nothing_to_wake():
     t = Trace().reopen().asleep().add("poll_free", X, pwq=PWQ).copen(wakes=())
-    (c,) = copenwake.judge(t.events)
+    (c,) = judge(t.events)
     assert not c.decided and not c.missed
 
 
 def test_a_poll_ending_as_the_copen_runs_is_not_knowable():
     t = Trace().reopen().asleep().copen(wakes=(), returns=False).add("poll_free", X, pwq=PWQ).add("copened", W, ret=0, id=9)
-    (c,) = copenwake.judge(t.events)
+    (c,) = judge(t.events)
     assert not c.decided
     # woken before it ended: still judged, and right
     t = Trace().reopen().asleep().copen(returns=False).add("poll_free", X, pwq=PWQ).add("copened", W, ret=0, id=9)
-    (c,) = copenwake.judge(t.events)
+    (c,) = judge(t.events)
     assert c.decided and not c.missed
 
 
 def test_a_sleeper_on_another_device_is_not_this_copen_s():
-    (c,) = copenwake.judge(Trace().reopen().asleep(file=OTHER_DEV).copen(wakes=()).events)
+    (c,) = judge(Trace().reopen().asleep(file=OTHER_DEV).copen(wakes=()).events)
     assert not c.decided
 
 
 def test_an_entry_still_being_put_on_the_queue_is_not_yet_a_sleeper():
     # __pollwait entered, the device's poll not returned: the entry may not be on the queue yet
     t = Trace().reopen().add("pollwait", X, file=DEV, wq=WQ, pwq=PWQ).copen(wakes=())
-    (c,) = copenwake.judge(t.events)
+    (c,) = judge(t.events)
     assert not c.decided
 
 
@@ -92,33 +112,33 @@ def test_another_file_s_entry_taken_by_a_later_device_poll_stays_that_file_s():
     # poll(dev, eventfd): the eventfd's entry is pending when poll()'s second pass asks the device
     # again with no entry of its own; it must not count as the device's
     t = Trace().reopen().add("pollwait", X, file=EVENTFD, wq=0x3000, pwq=PWQ).add("dev_polled", X, mask=0)
-    (c,) = copenwake.judge(t.copen(wakes=()).events)
+    (c,) = judge(t.copen(wakes=()).events)
     assert not c.decided
 
 
 def test_the_copen_s_own_task_is_no_sleeper():
-    (c,) = copenwake.judge(Trace().reopen().asleep(pid=W).copen(wakes=()).events)
+    (c,) = judge(Trace().reopen().asleep(pid=W).copen(wakes=()).events)
     assert not c.decided
 
 
 def test_a_copen_that_never_returned_in_the_trace_decides_nothing():
-    (c,) = copenwake.judge(Trace().reopen().asleep().copen(wakes=(), returns=False).events)
+    (c,) = judge(Trace().reopen().asleep().copen(wakes=(), returns=False).events)
     assert not c.decided and not c.missed
 
 
 def test_an_incomplete_trace_judges_nothing():
-    assert copenwake.judge(Trace().reopen().asleep().copen(wakes=()).events, complete=False) == ()
+    assert judge(Trace().reopen().asleep().copen(wakes=()).events, complete=False) == ()
 
 
 def test_every_sleeper_must_be_woken():
     t = Trace().reopen().asleep().asleep(pid=61, pwq=0x1100).copen(wakes=((PWQ, WQ),))
-    (c,) = copenwake.judge(t.events)
+    (c,) = judge(t.events)
     assert [s.pid for s in c.missed] == [61]
 
 
 def test_the_verdict_fails_on_a_miss_and_needs_decided_copens():
-    missed = copenwake.judge(Trace().reopen().asleep().copen(wakes=()).events)
-    woken = copenwake.judge(Trace().reopen().asleep().copen().events)
+    missed = judge(Trace().reopen().asleep().copen(wakes=()).events)
+    woken = judge(Trace().reopen().asleep().copen().events)
     th = verdict.Thresholds(kills_requested=0, stall_bound_s=30, needs=Needs(copen_sleepers=1))
     failing = [r for r in every_rule_broken() if r.check is Check.COPEN_WAKE]
     assert failing and "1 of 1 reopen copen(s)" in failing[0].text
@@ -136,7 +156,8 @@ def test_the_probes_lines_parse_as_the_judge_reads_them():
         "wq=0xffff888002000 pwq=0xffffc90001000",
         "  python3-60 (   60) [000] .....  10.000002: dev_polled: (do_sys_poll+0x1c4/0x4a0 <- cachefiles_daemon_poll) mask=0x0",
         "  python3-50 (   50) [001] .....  10.100000: dev_write: (cachefiles_daemon_write+0x0/0x1a0) file=0xffff8880a000",
-        "  python3-50 (   50) [001] .....  10.100100: pollwake: (pollwake+0x0/0x80) pwq=0xffffc90001000 wq=0xffff888002000",
+        "  python3-50 (   50) [001] .....  10.100100: pollwake: (pollwake+0x0/0x80) pwq=0xffffc90001000 wq=0xffff888002000 "
+        "key=0x0 ekey=0x145",
         "  python3-60 (   60) [000] .....  10.200000: poll_free: (poll_freewait+0x0/0x90) pwq=0xffffc90001000",
     ))
     events = parse(text)
@@ -164,25 +185,22 @@ def _missing(th: verdict.Thresholds, wakes: tuple[copenwake.CopenWake, ...]) -> 
             if m.check is Check.COPEN_SLEEPERS]
 
 
-FIXTURES = __import__("pathlib").Path(__file__).resolve().parents[1] / "fixtures" / "copenwake"
-
-
 def _fixture(name: str) -> list[TraceEvent]:
-    return parse((FIXTURES / f"{name}.trace.txt").read_text())
+    return parse((FIXTURES / "copenwake" / f"{name}.trace.txt").read_text())
 
 
 def test_real_runs_of_the_correct_kernel_wake_every_sleeper():
     """Captured runs (close-fds seed 1, 6.12.118): our daemon (its wake-up probe's thread asleep
     in poll() at each reopen) and the C daemon (lockless threads, each in poll() with no timeout)."""
     for name, copens, sleepers in (("python-close-fds-seed1", 6, 6), ("cdaemon-close-fds-seed1", 2, 4)):
-        judged = copenwake.judge(_fixture(name))
+        judged = judge(_fixture(name))
         assert (sum(c.decided for c in judged), sum(len(c.sleepers) for c in judged)) == (copens, sleepers), name
         assert not any(c.missed for c in judged), name
 
 
 def test_a_real_run_of_the_mutant_misses_every_sleeper():
     """reopen-copen-no-wake with the C daemon: each reopen's copen wakes no thread of the others."""
-    judged = copenwake.judge(_fixture("cdaemon-reopen-copen-no-wake-seed1"))
+    judged = judge(_fixture("cdaemon-reopen-copen-no-wake-seed1"))
     assert [(c.pid, [s.pid for s in c.missed]) for c in judged] == [(209, [210]), (210, [208])]
 
 
@@ -190,7 +208,30 @@ def test_the_correct_runs_without_their_wake_ups_are_caught():
     """The control on real data: the correct runs with the copens' pollwake lines taken out."""
     for name in ("python-close-fds-seed1", "cdaemon-close-fds-seed1"):
         events = _fixture(name)
-        copeners = {c.pid for c in copenwake.judge(events)}
+        copeners = {c.pid for c in judge(events)}
         unwoken = [e for e in events if not (e.event == "pollwake" and e.pid in copeners)]
-        judged = copenwake.judge(unwoken)
+        judged = judge(unwoken)
         assert any(c.decided for c in judged) and all(c.missed == c.sleepers for c in judged if c.decided), name
+
+
+def test_results_json_gives_the_copens_and_their_sleepers(tmp_path):
+    """A captured close-fds run judged with the mutant's trace (the C daemon's, cut): results.json
+    has `copen_wakes` as its schema says, the summary a line, the verdict the check."""
+    import json
+    import shutil
+
+    import jsonschema
+
+    from harness.judge import report
+
+    run = shutil.copytree(FIXTURES / "run-close-fds", tmp_path / "run")
+    shutil.copy(FIXTURES / "copenwake" / "cdaemon-reopen-copen-no-wake-seed1.trace.txt", run / "guest" / "trace.txt")
+    report.evaluate(run)
+    r = json.loads((run / "results.json").read_text())
+    assert r["copen_wakes"] == {"copens": 2, "decided": 2, "sleepers": 2, "missed": 2,
+                                "first_misses": r["copen_wakes"]["first_misses"]}
+    assert len(r["copen_wakes"]["first_misses"]) == 2 and "copen-wake" in r["failed_checks"]
+    schema = json.loads(report.SCHEMA_FILE.read_text())
+    assert list(jsonschema.Draft202012Validator(schema).iter_errors(r)) == []
+    assert "reopens' copens: 2, with a poll(2) sleeper on their device 2; sleepers woken 0 of 2" in \
+        (run / "summary.txt").read_text()
