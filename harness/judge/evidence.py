@@ -256,7 +256,7 @@ class RunLogs:
     trace: str = ""  # tracefs `trace` at the end of the run
     trace_lost: bool = False  # the ring buffer overran: trace counts are lower bounds
     end_of_run: EndOfRun | None = None  # None: a run that never got to its end check
-    kprobe_missed: int = 0  # hits the kprobes missed (kprobe_profile): the ledger lacks events
+    kprobe_missed: dict[str, int] = field(default_factory=dict)  # probe -> hits it missed (kprobe_profile), if any
 
     @classmethod
     def load(cls, run_dir: Path) -> "RunLogs":
@@ -276,9 +276,10 @@ class RunLogs:
         )
 
 
-def _kprobe_missed(profile: str) -> int:
-    """tracefs kprobe_profile: `<event> <hits> <misses>` a line."""
-    return sum(int(f[2]) for line in profile.splitlines() if len(f := line.split()) == 3 and f[2].isdigit())
+def _kprobe_missed(profile: str) -> dict[str, int]:
+    """tracefs kprobe_profile: `<event> <hits> <misses>` a line; the probes that missed hits."""
+    return {f[0]: int(f[2]) for line in profile.splitlines()
+            if len(f := line.split()) == 3 and f[2].isdigit() and int(f[2]) > 0}
 
 
 def _end_of_run(path: Path) -> EndOfRun | None:

@@ -235,3 +235,27 @@ def test_results_json_gives_the_copens_and_their_sleepers(tmp_path):
     assert list(jsonschema.Draft202012Validator(schema).iter_errors(r)) == []
     assert "reopens' copens: 2, with a poll(2) sleeper on their device 2; sleepers woken 0 of 2" in \
         (run / "summary.txt").read_text()
+
+
+def test_misses_of_copenwake_s_probes_leave_the_ledger_whole(tmp_path):
+    """`pollwake` hits nested in another probe's handler are missed (adversarial: 2266 of 3130),
+    never a copen's own: the ledger stays whole and copenwake judges; a miss of a probe it cannot
+    do without (`pollwait`) makes copenwake decide nothing, the ledger still whole."""
+    import json
+    import shutil
+
+    from harness.judge import report
+
+    def judged(profile: str) -> dict:
+        run = shutil.copytree(FIXTURES / "run-close-fds", tmp_path / profile.split()[0])
+        shutil.copy(FIXTURES / "copenwake" / "cdaemon-reopen-copen-no-wake-seed1.trace.txt", run / "guest" / "trace.txt")
+        (run / "guest" / "kprobe-profile.txt").write_text(f"  deliver    311    0\n  {profile}\n")
+        report.evaluate(run)
+        return json.loads((run / "results.json").read_text())
+
+    woke_nobody = judged("pollwake    3130    2266")
+    assert woke_nobody["ledger"]["incomplete"] is None and "copen-wake" in woke_nobody["failed_checks"]
+    blind = judged("pollwait    34599    1")
+    assert blind["ledger"]["incomplete"] is None and "copen_wakes" not in blind
+    assert "copen-wake" not in blind["failed_checks"]
+    assert "the kprobes missed 1 hit(s)" in judged("deliver    311    1")["ledger"]["incomplete"]
