@@ -63,7 +63,7 @@ from dataclasses import dataclass
 
 from .evidence import DaemonFacts, Death, Kill, LogEvent
 from .ledger import OPCODES, Ledger, ProcessAccount
-from .trace import TraceEvent
+from .trace import DaemonCalls, TraceEvent
 
 CLOSE_OPCODE = next(code for code, op in OPCODES.items() if op == "CLOSE")
 # what a process does while it serves: one of these after an anon fd's release says it was alive after it
@@ -82,48 +82,34 @@ class _Trace:
     fd_closes: int  # anon fds the daemon let go unasked (module docstring)
 
 
-def _tgid(e: TraceEvent) -> int:
-    return e.tgid if e.tgid >= 0 else e.pid
-
-
 def _scan(events: list[TraceEvent]) -> _Trace:
-    first_read: dict[int, float] = {}
-    last_read: dict[int, float] = {}
-    reads: list[tuple[float, int]] = []
-    restores: list[tuple[float, int]] = []
-    answers: list[float] = []
+    # each process's read()s of the device, the restores and the answers, tracked as the ledger
+    # tracks them; of the two counts where the rules differ, these facts take the read()s that
+    # returned >= 0 (first_read_ok: the incarnations) and every answer the kernel took
+    calls = DaemonCalls()
     unbinds: list[float] = []
     asked: set[int] = set()  # object ids (oid: one anon fd's) a CLOSE was delivered for, not released since
     unasked: list[tuple[float, int]] = []  # (ts, tgid) of each anon fd released with no CLOSE asked
     last_served: dict[int, float] = {}  # tgid -> the last thing it did serving the device
     for e in events:
+        calls.feed(e)
         f = e.fields
         if e.event in _SERVING:
-            last_served[_tgid(e)] = e.ts
-        if e.event == "deliver":
-            tgid = _tgid(e)
-            reads.append((e.ts, tgid))
-            if f.get("ret", -1) >= 0:
-                first_read.setdefault(tgid, e.ts)
-                last_read[tgid] = e.ts
-            if f.get("ret", -1) > 0 and f.get("opcode") == CLOSE_OPCODE:
-                asked.add(f.get("object_id", -1))
-        elif e.event == "restore":
-            restores.append((e.ts, _tgid(e)))
-        elif e.event in ("copen", "cread") or (e.event == "copened" and f.get("ret") == 0):
-            answers.append(e.ts)
+            last_served[e.process] = e.ts
+        if e.event == "deliver" and f.get("ret", -1) > 0 and f.get("opcode") == CLOSE_OPCODE:
+            asked.add(f.get("object_id", -1))
         elif e.event == "unbind":
             unbinds.append(e.ts)
         elif e.event == "fd_release" and "oid" in f:
             if f["oid"] in asked:
                 asked.discard(f["oid"])  # the answer to a CLOSE the daemon was given
             else:
-                unasked.append((e.ts, _tgid(e)))
+                unasked.append((e.ts, e.process))
     # a release by a process that served no more after it is its exit's: exit_files (after its last
     # thread's sched_process_exit), or a clean exit closing what it holds (cache-death's daemon)
     fd_closes = sum(1 for ts, tgid in unasked if last_served.get(tgid, float("-inf")) > ts)
-    return _Trace(first_read, last_read, tuple(reads), tuple(restores), tuple(sorted(answers)), tuple(unbinds),
-                  fd_closes)
+    return _Trace(calls.first_read_ok, calls.last_read_ok, tuple(calls.reads), tuple(calls.restores),
+                  tuple(sorted(calls.answers)), tuple(unbinds), fd_closes)
 
 
 def _is_death(p: ProcessAccount, t: _Trace, killed: set[int]) -> bool:
@@ -152,9 +138,8 @@ def _idle_deaths(events: list[TraceEvent], pids: set[int]) -> dict[int, float]:
     """tgid -> its last thread's exit, of the `pids` whose exit the trace has."""
     exits: dict[int, float] = {}
     for e in events:
-        tgid = e.tgid if e.tgid >= 0 else e.pid
-        if e.event == "exit" and tgid in pids:
-            exits[tgid] = e.ts
+        if e.event == "exit" and e.process in pids:
+            exits[e.process] = e.ts
     return exits
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from guest_scripts.contract import WAITER_GO_MARK, Event
 from .evidence import LogEvent
-from .trace import TraceEvent
+from .trace import TraceEvent, after_marks, first_reads_after_marks
 
 
 @dataclass(frozen=True)
@@ -51,18 +51,9 @@ class Waiter:
 def judge(keeper: list[LogEvent], events: list[TraceEvent]) -> tuple[Waiter, ...]:
     pids = {int(e["pid"]): str(e.get("fsid")) for e in keeper
             if e.get("event") == Event.WAITER_KILLED and e.get("pid") is not None}
-    going: set[int] = set()  # waiters the keeper has let read
-    queued: dict[int, float] = {}
-    exits: dict[int, float] = {}
+    queued = {pid: e.ts for pid, e in first_reads_after_marks(events, WAITER_GO_MARK, set(pids)).items()}
+    exits = {e.pid: e.ts for e in after_marks(events, WAITER_GO_MARK, set(pids)) if e.event == "exit"}
     restores = [e.ts for e in events if e.event == "restore"]
-    for e in events:
-        if e.event == "mark" and e.fields.get(WAITER_GO_MARK) in pids:
-            going.add(e.fields[WAITER_GO_MARK])
-        elif e.pid in going:
-            if e.event == "read" and e.pid not in queued:
-                queued[e.pid] = e.ts
-            elif e.event == "exit":
-                exits[e.pid] = e.ts
     return tuple(Waiter(pid, fsid, queued.get(pid), exits.get(pid),
                         next((r for r in restores if r > queued[pid]), None) if pid in queued else None)
                  for pid, fsid in sorted(pids.items()))

@@ -48,7 +48,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from .trace import DropsAndReads, TraceEvent
+from .trace import DaemonCalls, DropsAndReads, Reopens, TraceEvent
 
 OPCODES = {0: "OPEN", 1: "CLOSE", 2: "READ"}
 
@@ -174,7 +174,6 @@ class _Builder:
     def __init__(self) -> None:
         self.live: dict[int, Lifetime] = {}  # msg_id -> its lifetime, until it ends
         self.all: list[Lifetime] = []
-        self.restores: list[float] = []
         self.exits: dict[int, float] = {}  # tgid -> its last thread's exit
         self.empty: Counter[int] = Counter()
         self.delivered: Counter[int] = Counter()
@@ -183,18 +182,18 @@ class _Builder:
         self.object_open: dict[int, bool] = {}  # o -> copened and not released since
         self.queued: Counter[tuple[int, int, int]] = Counter()  # (o, off, len) of READs queued
         self.last_queued: dict[tuple[int, int, int], float] = {}  # ... when the last of each was queued
-        self.last_device_read = float("-inf")  # a daemon's last read() of the device, whatever it returned
-        self.first_read_by: dict[int, float] = {}  # tgid -> its first read() of the device
         self.delivered_reads: Counter[tuple[int, int, int]] = Counter()
         self.waiting_reads: dict[int, tuple[int, int, int]] = {}  # task -> its READ queued, not yet delivered
         self.abandoned: Counter[tuple[int, int, int]] = Counter()  # READs whose task exited before their delivery
         self.known_o: set[int] = set()
-        self.released_o: set[int] = set()  # objects whose anon fd was released, not opened since
-        self.reopened_o: set[int] = set()  # objects opened again after a release: reopened
+        self.reopens = Reopens()  # the objects opened again after their anon fd's release
         self.reads_after_reopen = 0  # READs delivered (first delivery) on a reopened object
         self.spans = DropsAndReads()  # the objects dropped, and each daemon thread's current read()
+        self.calls = DaemonCalls()  # each process's read()s of the device, the restores, the answers
+        # of calls.answers, the places of the `copened` returns that ended a live OPEN: a copen the
+        # kernel took and then failed (no `copen` tracepoint ended it first)
+        self.failed_copens: set[int] = set()
         self.fds_handed = self.fds_released = 0
-        self.answers: list[float] = []  # when each copen/cread came, in order
         self.delivery_ts: list[float] = []  # when each message was delivered, in order
         self.violations: list[Violation] = []
         self.unbinds: list[tuple[float, frozenset[int]]] = []  # each device release, the objects known then
@@ -202,6 +201,8 @@ class _Builder:
 
     def feed(self, e: TraceEvent) -> None:
         self.spans.feed(e)
+        self.calls.feed(e)
+        self.reopens.feed(e)
         f = e.fields
         o = f.get("o")
         if e.event != "drop" and o is not None:
@@ -210,11 +211,7 @@ class _Builder:
             self.deliver(e)
         elif e.event == "open" and o is not None:
             self.opening[e.pid] = o
-            if o in self.released_o:
-                self.released_o.discard(o)
-                self.reopened_o.add(o)
         elif e.event in ("copen", "cread"):
-            self.answers.append(e.ts)
             lt = self.live.pop(f.get("mid", -1), None)
             if lt is not None:
                 lt.ended_ts, lt.ended_by = e.ts, "answer"
@@ -228,10 +225,9 @@ class _Builder:
             if lt is not None and lt.op == "OPEN":
                 del self.live[lt.msg_id]
                 lt.ended_ts, lt.ended_by = e.ts, "answer"
-                self.answers.append(e.ts)
+                self.failed_copens.add(len(self.calls.answers) - 1)  # calls was fed this `copened` last
         elif e.event == "fd_release" and o is not None:
             self.object_open[o] = False
-            self.released_o.add(o)
             self.fds_released += 1
         elif e.event == "read" and o is not None:
             self.queued[(o, f.get("s", -1), f.get("l", -1))] += 1
@@ -255,19 +251,15 @@ class _Builder:
             self.unbinds.append((e.ts, frozenset(self.known_o)))
         elif e.event == "bind":
             self.binds.append((e.ts, f.get("ret", -1)))
-        elif e.event == "restore":
-            self.restores.append(e.ts)
         elif e.event == "exit":
-            self.exits[e.tgid if e.tgid >= 0 else e.pid] = e.ts
+            self.exits[e.process] = e.ts
             if (key := self.waiting_reads.pop(e.pid, None)) is not None:
                 self.abandoned[key] += 1
 
     def deliver(self, e: TraceEvent) -> None:
         f = e.fields
-        tgid = e.tgid if e.tgid >= 0 else e.pid
+        tgid = e.process
         ret = f.get("ret", -1)
-        self.last_device_read = e.ts
-        self.first_read_by.setdefault(tgid, e.ts)
         # a process that reads after a thread of it exited did not die then: the exit was a helper
         # thread's (its death is its last thread's exit, which no read of its follows)
         self.exits.pop(tgid, None)
@@ -308,7 +300,7 @@ class _Builder:
             lt.off, lt.length = f.get("a"), f.get("b")
             if o is not None:
                 if len(lt.deliveries) == 1:
-                    self.reads_after_reopen += o in self.reopened_o
+                    self.reads_after_reopen += o in self.reopens.reopened
                     key = (o, f.get("a", -1), f.get("b", -1))
                     self.delivered_reads[key] += 1
                     if (task := next((t for t, k in self.waiting_reads.items() if k == key), None)) is not None:
@@ -321,7 +313,7 @@ class _Builder:
             del self.live[msg_id]
 
     def check_not_double(self, lt: Lifetime, ts: float) -> None:
-        if lt.deliveries and not any(lt.deliveries[-1].ts < r <= ts for r in self.restores):
+        if lt.deliveries and not any(lt.deliveries[-1].ts < r <= ts for r, _ in self.calls.restores):
             self.violations.append(Violation("double", f"{lt.describe()} delivered again at {ts:.6f} "
                                              f"(first at {lt.deliveries[-1].ts:.6f}) with no restore between"))
 
@@ -345,11 +337,18 @@ class _Builder:
         at most one such OPEN for its restore; with several, the oldest is taken."""
         held = [lt for lt in self.live.values() if lt.op == "OPEN" and lt.deliveries
                 and (died := self.exits.get(lt.deliveries[-1].tgid)) is not None
-                and any(died < r < ts for r in self.restores)]
+                and any(died < r < ts for r, _ in self.calls.restores)]
         if held:
             lt = min(held, key=lambda lt: lt.deliveries[-1].ts)
             lt.ended_ts, lt.ended_by = ts, "refused"
             del self.live[lt.msg_id]
+
+    def answers(self) -> list[float]:
+        """The ledger's answers, in trace order (ProcessAccount.next_answer_s): every `copen` and
+        `cread` tracepoint, and those `copened` returns that ended a live OPEN. A successful
+        copen's return, its request already ended by its tracepoint, is no answer again here
+        (DaemonCalls.answers has it)."""
+        return [ts for i, ts in enumerate(self.calls.answers) if i not in self.calls.copened or i in self.failed_copens]
 
 
 def build(events: Iterable[TraceEvent], incomplete: str | None = None, unmounted: frozenset[int] = frozenset()) -> Ledger:
@@ -362,6 +361,7 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None, unmounted
         b.feed(e)
     deaths, dead_objects = _death_accounts(b)
     violations = list(b.violations)
+    restores, answers = [ts for ts, _ in b.calls.restores], b.answers()
     accounts = []
     for tgid in sorted(b.delivered.keys() | b.empty.keys()):
         died = b.exits.get(tgid)
@@ -372,20 +372,20 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None, unmounted
         overtaken = [0]
         next_answer = None
         if died is not None:
-            next_answer = next((round(a - died, 4) for a in b.answers if a > died), None)
+            next_answer = next((round(a - died, 4) for a in answers if a > died), None)
             for lt in b.all:
                 mine = [d for d in lt.deliveries if d.tgid == tgid and d.ts < died]
                 if not mine or (lt.ended_ts is not None and lt.ended_ts <= died):
                     continue
                 held += 1
                 held_ids.append(lt.msg_id)
-                restore = next((r for r in b.restores if r > died), None)
+                restore = next((r for r in restores if r > died), None)
                 if restore is None:
                     no_restore += 1
                     # another process read the device after the death, and wrote no `restore`: what
                     # it did not take over by msg_id, and the kernel had not ended by then, is lost
                     # by the daemon (a run's last death has no process after it)
-                    later = min((t for g, t in b.first_read_by.items() if g != tgid and t > died), default=None)
+                    later = min((t for g, t in b.calls.first_read.items() if g != tgid and t > died), default=None)
                     if later is None:
                         continue
                     if lt.ended_by == "answer" and lt.ended_ts is not None:
@@ -435,7 +435,7 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None, unmounted
         elif died is None or (lt.ended_ts is not None and died > lt.ended_ts):
             # alive to answer it (and, where the device went first, letting it go unanswered)
             blame, why = "daemon", f"; process {last.tgid} was alive to answer it"
-        elif not any(died < r < (lt.ended_ts or float("inf")) for r in b.restores):
+        elif not any(died < r < (lt.ended_ts or float("inf")) for r in restores):
             blame, why = "daemon", f"; process {last.tgid} died holding it and no process wrote `restore` after"
         else:
             blame, why = "kernel", f"; process {last.tgid} died holding it and a restore after did not bring it back"
@@ -445,7 +445,7 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None, unmounted
     for (o, off, length), n in sorted(b.queued.items()) if available else ():
         missing = n - b.delivered_reads.get((o, off, length), 0) - b.abandoned.get((o, off, length), 0)
         if missing > 0 and o not in b.spans.drops and o not in dead_objects:
-            read_after = b.last_device_read > b.last_queued[(o, off, length)]
+            read_after = b.calls.last_read > b.last_queued[(o, off, length)]
             violations.append(Violation("unanswered", f"{missing} READ(s) of object {o} off {off} len {length} "
                                         "queued by the kernel and never delivered" +
                                         ("" if read_after else "; no daemon read the device after"),
@@ -453,7 +453,7 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None, unmounted
     return Ledger(
         available=available,
         processes=tuple(accounts),
-        restores=tuple(b.restores),
+        restores=tuple(restores),
         lifetimes=len(b.all),
         by_op=dict(Counter(lt.op for lt in b.all)),
         queued_reads=sum(b.queued.values()),

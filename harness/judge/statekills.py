@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from guest_scripts.contract import KERNEL_STATES, Fault, KernelState
 from .evidence import LogEvent
-from .trace import TraceEvent
+from .trace import Reopens, TraceEvent
 
 ANSWERS = ("copen", "copened", "cread")
 
@@ -33,10 +33,6 @@ class StateHits:
     confirmed: int  # the trace shows it died in the state
 
 
-def _tgid(e: TraceEvent) -> int:
-    return e.tgid if e.tgid >= 0 else e.pid
-
-
 def _answer_id(e: TraceEvent) -> int | None:
     if e.event == "copened":
         return e.fields.get("id") if e.fields.get("ret") == 0 else None
@@ -44,11 +40,11 @@ def _answer_id(e: TraceEvent) -> int | None:
 
 
 def died_in(state: str, pid: int, events: list[TraceEvent]) -> bool:
-    exits = [e.ts for e in events if e.event == "exit" and _tgid(e) == pid]
+    exits = [e.ts for e in events if e.event == "exit" and e.process == pid]
     if not exits:
         return False
     died = max(exits)
-    mine = [e for e in events if _tgid(e) == pid and e.ts <= died]
+    mine = [e for e in events if e.process == pid and e.ts <= died]
 
     def after(ts: float) -> list[TraceEvent]:
         return [e for e in events if ts < e.ts <= died]
@@ -60,25 +56,21 @@ def died_in(state: str, pid: int, events: list[TraceEvent]) -> bool:
                                              for e in after(last.ts))
     if state == KernelState.DATA_WRITTEN:
         last = next((e for e in reversed(mine) if e.event == "fd_write"), None)
-        return last is not None and not any(e.event == "cread" and _tgid(e) == pid and e.fields.get("o") == last.fields.get("o")
+        return last is not None and not any(e.event == "cread" and e.process == pid and e.fields.get("o") == last.fields.get("o")
                                             for e in after(last.ts))
     if state == KernelState.REOPENING:
-        released: set[int | None] = set()
+        reopens = Reopens()
         last = None
         for e in events:
             if e.ts > died:
                 break
-            if e.event == "fd_release":
-                released.add(e.fields.get("o"))
-            elif e.event == "open" and e.fields.get("o") in released:
-                released.discard(e.fields.get("o"))
-                if _tgid(e) == pid:
-                    last = e
+            if reopens.feed(e) is not None and e.process == pid:
+                last = e
         return last is not None and not any(e.event == "copen" and e.fields.get("o") == last.fields.get("o")
                                             for e in after(last.ts))
     if state == KernelState.RESTORING:
         last = next((e for e in reversed(mine) if e.event == "restore"), None)
-        return last is not None and not any(e.event == "deliver" and _tgid(e) == pid and e.fields.get("ret", 0) > 0
+        return last is not None and not any(e.event == "deliver" and e.process == pid and e.fields.get("ret", 0) > 0
                                             for e in after(last.ts))
     return False
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from guest_scripts.contract import Event
 from .evidence import OpenedCookies
@@ -116,16 +116,29 @@ class TraceEvent:
     pid: int = -1  # the thread
     tgid: int = -1  # its process, where record-tgid was on
 
+    @property
+    def process(self) -> int:
+        """Its process: the tgid, or the thread itself where record-tgid was off."""
+        return self.tgid if self.tgid >= 0 else self.pid
+
+
+def after_marks(events: list[TraceEvent], mark: str, pids: set[int]) -> Iterator[TraceEvent]:
+    """The events of each task of `pids` after the keeper's `mark=<pid>` for it: what a waiter
+    did once let go. Shared by the kill-waiter and reopen-umount judges."""
+    going: set[int] = set()
+    for e in events:
+        if e.event == "mark" and e.fields.get(mark) in pids:
+            going.add(e.fields[mark])
+        elif e.pid in going:
+            yield e
+
 
 def first_reads_after_marks(events: list[TraceEvent], mark: str, pids: set[int]) -> dict[int, TraceEvent]:
     """pid -> the first `read` tracepoint in that task after the keeper's `mark=<pid>`: the READ a
     waiter queued once let go (the READs of its mount, before, were served)."""
-    going: set[int] = set()
     reads: dict[int, TraceEvent] = {}
-    for e in events:
-        if e.event == "mark" and e.fields.get(mark) in pids:
-            going.add(e.fields[mark])
-        elif e.event == "read" and e.pid in going and e.pid not in reads:
+    for e in after_marks(events, mark, pids):
+        if e.event == "read" and e.pid not in reads:
             reads[e.pid] = e
     return reads
 
@@ -163,6 +176,51 @@ class DropsAndReads:
         return spans[-1] if spans else None
 
 
+class DaemonCalls:
+    """Fed the trace in order: what the daemon's processes did with the device, by process: each
+    read() (`deliver`, at its return), each `restore` written, each answer the kernel took.
+    Shared by the ledger and kernelfacts. Where their rules count differently, both counts are
+    kept under their own names: a read() that failed is one of the ledger's (`first_read`), none of
+    kernelfacts' (`first_read_ok`); a successful copen's return is in `answers` (its place in
+    `copened`), which kernelfacts takes whole and the ledger without it (ledger._Builder.answers)."""
+
+    def __init__(self) -> None:
+        self.reads: list[tuple[float, int]] = []  # (ts, process) of every read() of the device, whatever it returned
+        # process -> its first read() of the device, whatever it returned (one that failed too): the
+        # ledger's "a process read the device after the death"
+        self.first_read: dict[int, float] = {}
+        # process -> its first read() that returned >= 0 (a message, or none): kernelfacts'
+        # incarnations, numbered in this order
+        self.first_read_ok: dict[int, float] = {}
+        self.last_read_ok: dict[int, float] = {}  # process -> its last one
+        self.restores: list[tuple[float, int]] = []  # (ts, the writer's process) of every `restore`
+        # every answer the kernel took, in trace order: a `copen` or `cread` tracepoint, or a
+        # `copened` that returned 0 (a copen the kernel took its request out for, then failed or not:
+        # a successful copen is two, its tracepoint and then its return)
+        self.answers: list[float] = []
+        self.copened: set[int] = set()  # of `answers`, the places (indexes) of the `copened` returns
+
+    def feed(self, e: TraceEvent) -> None:
+        f = e.fields
+        if e.event == "deliver":
+            self.reads.append((e.ts, e.process))
+            self.first_read.setdefault(e.process, e.ts)
+            if f.get("ret", -1) >= 0:
+                self.first_read_ok.setdefault(e.process, e.ts)
+                self.last_read_ok[e.process] = e.ts
+        elif e.event == "restore":
+            self.restores.append((e.ts, e.process))
+        elif e.event in ("copen", "cread") or (e.event == "copened" and f.get("ret") == 0):
+            if e.event == "copened":
+                self.copened.add(len(self.answers))
+            self.answers.append(e.ts)
+
+    @property
+    def last_read(self) -> float:
+        """When the last read() of the device returned, any process's, whatever it returned (-inf: none)."""
+        return self.reads[-1][0] if self.reads else float("-inf")
+
+
 def parse(text: str) -> list[TraceEvent]:
     events = []
     for line in text.splitlines():
@@ -190,6 +248,31 @@ class Reopen:
     ts: float  # of the new `open`
 
 
+class Reopens:
+    """Fed the trace in order: each object's anon fd released (`fd_release`) and the object's next
+    `open` (by `o`): a reopen. The one pairing of the two, shared by facts (and through it the
+    copen-wake judge), the ledger and the state kills."""
+
+    def __init__(self) -> None:
+        self.reopens: list[Reopen] = []
+        self.reopened: set[int] = set()  # objects (`o`) opened again after a release so far
+        self._released: dict[int, int] = {}  # o -> the oid released since the object's last open
+
+    def feed(self, e: TraceEvent) -> Reopen | None:
+        """The reopen `e` is, if it is one."""
+        o = e.fields.get("o")
+        if o is None:
+            return None
+        if e.event == "open" and o in self._released:
+            reopen = Reopen(o, self._released.pop(o), e.ts)
+            self.reopens.append(reopen)
+            self.reopened.add(o)
+            return reopen
+        if e.event == "fd_release":
+            self._released[o] = e.fields.get("oid", -1)
+        return None
+
+
 @dataclass(frozen=True)
 class TraceFacts:
     counts: dict[str, int]  # event -> occurrences
@@ -198,18 +281,10 @@ class TraceFacts:
 
 
 def facts(events: list[TraceEvent], lost: bool = False) -> TraceFacts:
-    released: dict[int, int] = {}  # o -> oid released since the object's last open
-    reopens = []
+    reopens = Reopens()
     for e in events:
-        o = e.fields.get("o")
-        if o is None:
-            continue
-        if e.event == "open":
-            if o in released:
-                reopens.append(Reopen(o, released.pop(o), e.ts))
-        elif e.event == "fd_release":
-            released[o] = e.fields.get("oid", -1)
-    return TraceFacts(dict(Counter(e.event for e in events)), tuple(reopens), lost)
+        reopens.feed(e)
+    return TraceFacts(dict(Counter(e.event for e in events)), tuple(reopens.reopens), lost)
 
 
 def reads_after_reopens(daemon: list[dict[str, Any]]) -> int:

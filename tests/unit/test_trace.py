@@ -40,6 +40,40 @@ def test_reopen_is_an_open_after_a_release_of_the_same_object():
     assert f.counts == {"open": 3, "fd_release": 2}
 
 
+def test_a_reopen_is_reported_by_the_event_that_makes_it():
+    """The pairing fed event by event (the ledger, the state kills): the `open` that is a reopen says so."""
+    reopens = trace.Reopens()
+    events = trace.parse("\n".join([
+        "p-1 [000] ..... 1.0: cachefiles_ondemand_fd_release: o=00000001 oid=1",
+        "p-1 [000] ..... 2.0: cachefiles_ondemand_open: o=00000002 mid=0 oid=0 fd=5 f=0",
+        "p-1 [000] ..... 3.0: cachefiles_ondemand_open: o=00000001 mid=0 oid=0 fd=6 f=0",
+    ]))
+    assert [reopens.feed(e) for e in events] == [None, None, trace.Reopen(1, 1, 3.0)]
+    assert reopens.reopened == {1}
+
+
+def test_daemon_calls_keep_both_counts_where_the_rules_differ():
+    """A read() that failed (EEXIST) is a read of the device for the ledger's `first_read`, not for
+    kernelfacts' `first_read_ok`; a successful copen is two answers (its tracepoint, its return)."""
+    head = "python3-{0} ({0}) [000] ..... {1}: "
+    deliver = "deliver: (vfs_read+0x1/0x2 <- cachefiles_ondemand_daemon_read) "
+    calls = trace.DaemonCalls()
+    for e in trace.parse("\n".join([
+        head.format(7, "1.0") + deliver + "ret=-17 msg_id=0 opcode=0 len=0 object_id=0 a=0 b=0",
+        head.format(7, "2.0") + deliver + "ret=55 msg_id=3 opcode=0 len=55 object_id=1 a=0 b=7",
+        head.format(7, "3.0") + "cachefiles_ondemand_copen: o=00000001 mid=3 l=224000",
+        head.format(7, "3.1") + 'copened: (cachefiles_daemon_write+0x1/0x2 <- cachefiles_ondemand_copen) ret=0 id="3"',
+        head.format(8, "4.0") + "restore: (cachefiles_ondemand_restore+0x4/0x14a)",
+        head.format(8, "5.0") + deliver + "ret=0 msg_id=0 opcode=0 len=0 object_id=0 a=0 b=0",
+    ])):
+        calls.feed(e)
+    assert calls.first_read == {7: 1.0, 8: 5.0} and calls.first_read_ok == {7: 2.0, 8: 5.0}
+    assert calls.last_read_ok == {7: 2.0, 8: 5.0} and calls.last_read == 5.0
+    assert calls.reads == [(1.0, 7), (2.0, 7), (5.0, 8)]
+    assert calls.answers == [3.0, 3.1] and calls.copened == {1}
+    assert calls.restores == [(4.0, 8)]
+
+
 def test_captured_close_fds_trace_shows_the_reopens():
     events, daemon = load("run-close-fds")
     f = trace.facts(events)
