@@ -356,3 +356,30 @@ def test_every_end_of_the_keeper_ends_the_standby(tmp_path, end):
     else:
         assert status == 1 and "an error in the keeper" in (tmp_path / "keeper.err").read_text()
 
+
+# -- the host's side: the run option, down to the guest's config ------------------------------------
+
+@pytest.mark.parametrize("restart, standby", [("standby", True), ("cold", False)])
+def test_the_run_option_reaches_the_guest_config(tmp_path, restart, standby):
+    from guest_scripts.contract import GuestConfig
+    from harness.guest import dataset, vm
+    from harness.request import RunRequest
+    from harness.runner import Run
+
+    req = RunRequest(daemon_restart=restart, output=tmp_path / "runs", cache=tmp_path / "cache").validate()
+    run = Run(req)
+    data = dataset.Dataset(dataset.DatasetSpec(seed=1), {"img0": tmp_path / "img0.erofs"}, {"img0": {}})
+    config = run.guest_config(data, vm.Timeouts.for_accel("tcg"))
+    assert config.standby is standby and GuestConfig.read(str(run.config_path)).standby is standby
+    assert f"--daemon-restart {restart}" in req.reproduce()
+
+
+def test_a_cold_restart_is_refused_for_a_daemon_that_restarts_itself(tmp_path):
+    from harness.errors import InputError
+    from harness.request import RunRequest
+
+    with pytest.raises(InputError, match="--daemon cdaemon restarts itself"):
+        RunRequest(daemon="cdaemon", daemon_restart="cold", output=tmp_path, cache=tmp_path).validate()
+    RunRequest(daemon="cdaemon", output=tmp_path, cache=tmp_path).validate()  # the default says nothing of it
+    with pytest.raises(InputError, match="unknown --daemon-restart"):
+        RunRequest(daemon_restart="warm", output=tmp_path, cache=tmp_path).validate()
