@@ -1183,7 +1183,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, daemon.stop)
     for signum in REQUEST_SIGNALS:
         signal.signal(signum, daemon.on_request)
-    # standby_wait_s: how long it waited for the activation (None: started cold, it found it queued)
+    # standby_wait_s: how long it waited for the activation (None: it found it queued, as a cold
+    # start does, or a standby that had not finished importing)
     daemon.log.emit(Event.FD_RECEIVED, device_fd=device_fd, crash_point=daemon.crash_point, standby_wait_s=waited_s)
     daemon.take_over(held)
     if incarnation > 1:

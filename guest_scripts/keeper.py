@@ -109,7 +109,8 @@ def send_activation(sock: socket.socket, incarnation: int, device_fd: int) -> No
 
 def await_activation(sock: socket.socket) -> tuple[int, int, float | None]:
     """The daemon's side: (incarnation, device fd, how long it waited for them: None when they
-    were queued already as it asked, a cold start). EOFError if the keeper let it go unactivated."""
+    were queued already as it asked, as for a cold start or a standby not yet imported). EOFError
+    if the keeper let it go unactivated."""
     start = time.monotonic()
     try:
         meta, fd = recv_msg(sock, socket.MSG_DONTWAIT)
