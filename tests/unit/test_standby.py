@@ -326,9 +326,9 @@ def test_every_end_of_the_keeper_ends_the_standby(tmp_path, end):
         pytest.skip("no recvmsg number known for this machine")
     config = guest_config(tmp_path)
     config.write(str(tmp_path / "config.json"))
-    keeper = subprocess.Popen([sys.executable, "-c", DRIVER, str(ROOT / "guest_scripts"), str(tmp_path / "config.json"),
-                               end, str(RECVMSG)],
-                              stderr=open(tmp_path / "keeper.err", "w"))  # a file: the daemons inherit it
+    with open(tmp_path / "keeper.err", "w") as err:  # a file, not a pipe: the daemons inherit it
+        keeper = subprocess.Popen([sys.executable, "-c", DRIVER, str(ROOT / "guest_scripts"),
+                                   str(tmp_path / "config.json"), end, str(RECVMSG)], stderr=err)
     log = tmp_path / "keeper.jsonl"
     started = lambda: [e["pid"] for e in lines(log) if e["event"] == Event.STARTED]  # noqa: E731
     try:
