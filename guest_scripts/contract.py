@@ -27,7 +27,9 @@ class Event:
     # keeper.jsonl
     BOUND: Final = "bound"
     BIND_FAILED: Final = "bind_failed"
-    STARTED: Final = "started"  # keeper: an incarnation; reader: the reader itself
+    # keeper: an incarnation, at its activation (`incarnation`, `pid`; `standby`: its process was
+    # started ahead, GuestConfig.standby; `nice`: the niceness it serves at); reader: the reader itself
+    STARTED: Final = "started"
     HANDED_OVER: Final = "handed_over"  # supervise_fds: the anon fds held, given to a new incarnation
     PRUNED: Final = "pruned"  # supervise_fds: held anon fds let go, their cookies dropped
     # Fault.CACHE_DEATH: the keeper closed its device fd (and any anon fd it held) and told the
@@ -46,6 +48,13 @@ class Event:
     REOPEN_UMOUNTED: Final = "reopen_umounted"
     DIED: Final = "died"
     STOPPED: Final = "stopped"
+    # GuestConfig.standby: a daemon process started ahead of the next death (`pid`). Not an
+    # incarnation: it has no number, no device fd, no anon fd and no log line of its own until
+    # the keeper activates it (STARTED, `standby` true), after the incarnation before it is reaped
+    STANDBY: Final = "standby"
+    # ... ended without ever being activated (`pid`, `why`, `signal` or `exit_code`): the keeper
+    # stopping, or the standby found gone at its turn (the incarnation is then started cold)
+    STANDBY_ENDED: Final = "standby_ended"
     # daemon.jsonl
     FD_RECEIVED: Final = "fd_received"
     RESTORE: Final = "restore"
@@ -337,6 +346,12 @@ class GuestConfig:
     read_delay_s: float = 0.0
     slow_read_s: float = 1.0
     restart_delay_s: float = 0.0
+    # standby: the keeper starts the next incarnation's process while the current one serves
+    # (imported, niced, blocked on its socket), and a death costs a hand-over and a `restore`
+    # instead of a Python start. It learns its incarnation number with the device fd, in one
+    # message sent only after the incarnation before it is reaped (keeper.send_activation).
+    # False: each incarnation is started at the death, cold (RunRequest.daemon_restart "cold").
+    standby: bool = True
     # The misbehaviours of a daemon that real ones have (scenario `adversarial`):
     # lockless: the serving threads read /dev/cachefiles with no lock of ours between them, and a
     # Fault.CLOSE closes an anon fd whether or not another thread is using it;
@@ -407,7 +422,8 @@ class GuestConfig:
 # State files the host polls, each replaced whole (eventlog.write_atomically).
 KEEPER_BOUND: Final = "bound\n"  # keeper.state: /dev/cachefiles is bound
 # in the log directory: the pid of the incarnation the keeper started last, rewritten as it starts
-# each (the kill target harness/daemons/python.toml names: a pid file, as for any daemon)
+# each (the kill target harness/daemons/python.toml names: a pid file, as for any daemon); with
+# GuestConfig.standby, as it activates each: a standby waiting is never named there
 DAEMON_PID_FILE: Final = "daemon.pid"
 
 

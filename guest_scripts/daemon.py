@@ -1,7 +1,9 @@
 """The cachefiles on-demand daemon: serves EROFS blobs to the kernel, one incarnation a process.
 
-Started by keeper.py with the /dev/cachefiles fd waiting on a socket. An incarnation after the
-first writes `restore` so that requests its dead predecessor had read but not answered are
+Started by keeper.py, it waits on a socket for its activation: its incarnation number and the
+/dev/cachefiles fd, queued there at once (a cold start) or, for a standby started ahead of the
+current incarnation's death, only once that one is reaped. An incarnation after the first writes
+`restore` so that requests its dead predecessor had read but not answered are
 delivered again. Every message is logged (eventlog.py) before it is acted on and again when it
 is answered, so the host can tell which requests a killed incarnation was holding.
 
@@ -41,7 +43,7 @@ from contract import (AT_RESTORE, CACHE_DEATH_RT_OFFSET, NETFS_COOKIES, REOPEN_C
                       UMOUNT_REOPEN_RT_OFFSET, CrashPoint, Event, Fault, GuestConfig, Probe, ProbeOutcome, RestoreWhy,
                       StaleOrigin, cookie_live, daemon_serving)
 from eventlog import EventLog, write_atomically
-from keeper import recv_fd, recv_msg, send_msg, text_of
+from keeper import await_activation, recv_msg, send_msg, text_of
 
 ALIGN = 4096
 # The patch-4 probe (Daemon.probe_epollin): empty reads in a row that no correct kernel makes
@@ -1163,26 +1165,33 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", required=True)
     parser.add_argument("--sock-fd", type=int, required=True)
-    parser.add_argument("--incarnation", type=int, required=True)
     args = parser.parse_args()
     config = GuestConfig.read(args.config)
     sock = socket.socket(fileno=args.sock_fd)
-    device_fd = recv_fd(sock)
+    try:
+        # A standby waits here, imported, with nothing of the cache: the device fd and its
+        # incarnation number (its crash point, its log's lines) come together, only after the
+        # incarnation before it is reaped. A cold start finds them queued.
+        incarnation, device_fd, waited_s = await_activation(sock)
+    except EOFError:
+        return 0  # let go unactivated (the keeper stopping): never an incarnation, nothing logged
     supervisor = Supervisor(sock) if config.supervise_fds else None
     held = supervisor.receive_held() if supervisor is not None else []
     if supervisor is None:
         sock.close()
-    daemon = Daemon(config, device_fd, args.incarnation, supervisor)
+    daemon = Daemon(config, device_fd, incarnation, supervisor)
     signal.signal(signal.SIGTERM, daemon.stop)
     for signum in REQUEST_SIGNALS:
         signal.signal(signum, daemon.on_request)
-    daemon.log.emit(Event.FD_RECEIVED, device_fd=device_fd, crash_point=daemon.crash_point)
+    # standby_wait_s: how long it waited for the activation (None: it found it queued, as a cold
+    # start does, or a standby that had not finished importing)
+    daemon.log.emit(Event.FD_RECEIVED, device_fd=device_fd, crash_point=daemon.crash_point, standby_wait_s=waited_s)
     daemon.take_over(held)
-    if args.incarnation > 1:
+    if incarnation > 1:
         daemon.restore()
         if config.lockless or config.close_during_copen:  # the adversarial daemon checks msg_id reuse
             threading.Thread(target=daemon.load_dead_answers, name="dead-answers", daemon=True).start()
-    write_atomically(config.daemon_state_file, daemon_serving(args.incarnation, os.getpid()))
+    write_atomically(config.daemon_state_file, daemon_serving(incarnation, os.getpid()))
     daemon.log.emit(Event.SERVING)
     status = daemon.serve()
     if daemon.device_dead:

@@ -1,10 +1,20 @@
 """Holds /dev/cachefiles across daemon deaths and restarts the daemon: the systemd stand-in.
 
-The device fd is opened and bound once, here. Each daemon incarnation gets it over a Unix
-socketpair made *before* the incarnation starts (SCM_RIGHTS), so a kill that lands while the
-daemon is still starting cannot wedge the keeper: there is no accept() to wait in. The next
-incarnation is started only after the previous one has been reaped, so none of its anon fds is
-still open when the new one writes `restore`.
+The device fd is opened and bound once, here. Each daemon process gets a Unix socketpair made
+*before* it starts, so a kill that lands while the daemon is still starting cannot wedge the
+keeper: there is no accept() to wait in. A process becomes an incarnation by its activation, one
+message on that socket with its incarnation number and the device fd (SCM_RIGHTS), sent only
+after the previous incarnation has been reaped, so none of its anon fds is still open when the
+new one writes `restore`.
+
+With GuestConfig.standby (the default) the process of the next incarnation is started as soon as
+the current one is activated, niced, and waits, imported, on its socket: a death then costs the
+activation and a `restore`, not a Python start under TCG. Until its activation a standby has no
+number (the crash plan is keyed by it), no device fd, no anon fd and no line in the daemon's log;
+its pid is in neither DAEMON_PID_FILE nor daemon.state (the host's kill targets) and it is not
+`child` (which every keeper fault signals). keeper.jsonl says when one is started (`standby`),
+and STARTED, written at the activation, says whether the incarnation was one. Without it (a cold
+start) each incarnation's process is started at its activation, as before.
 
 With `supervise_fds` the keeper is also the supervisor real daemons have (nydusd's keeps the
 anon fds across a restart): the daemon deposits each anon fd here as soon as its OPEN is read,
@@ -50,9 +60,10 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
-from contract import (AT_RESTORE, CACHE_DEATH_RT_OFFSET, CLOCK_MARK, DAEMON_PID_FILE, KEEPER_BOUND, NETFS_COOKIES,
+from contract import (AT_RESTORE, CACHE_DEATH_RT_OFFSET, CLOCK_MARK, DAEMON_PID_FILE, INCARNATION, KEEPER_BOUND, NETFS_COOKIES,
                       REOPEN_CLOSED, REOPEN_GO_MARK, REOPEN_HELD, REOPEN_NONE, REOPEN_RESTORED, UMOUNT_AT,
                       UMOUNT_REOPEN_RT_OFFSET, WAITER_GO_MARK, WAITER_MOUNTED, WAITER_WCHAN_PREFIX, Event,
                       GuestConfig, Mode, UmountAt, cookie_dropped_only, cookie_live, parse_daemon_state)
@@ -61,44 +72,58 @@ from reader import detach, read_proc, umount
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PRUNE_INTERVAL_S = 1.0  # the held fds of dropped cookies let go between hand-overs (HeldFds.watch)
-
-
-def send_fd(sock: socket.socket, fd: int) -> None:
-    sock.sendmsg([b"F"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
-
-
-def recv_fd(sock: socket.socket) -> int:
-    """The device fd from the keeper; raises EOFError if the keeper sent nothing."""
-    fds = array.array("i")
-    msg, ancdata, _flags, _addr = sock.recvmsg(1, socket.CMSG_SPACE(fds.itemsize))
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-    if not msg or not fds:
-        raise EOFError("no fd received")
-    for extra in fds[1:]:
-        os.close(extra)
-    return fds[0]
+DAEMON_SCRIPT = os.path.join(HERE, "daemon.py")
+# A standby imports at this niceness above the keeper's, so that its start-up yields the CPU to the
+# incarnation serving and to the readers; it is put back to the keeper's before its activation.
+STANDBY_NICE = 10
 
 
 def send_msg(sock: socket.socket, meta: dict[str, Any], fd: int | None = None) -> None:
-    """One message of the supervision channel (a SOCK_SEQPACKET pair): JSON, maybe with an fd."""
+    """One message of a daemon's channel (a SOCK_SEQPACKET pair): JSON, maybe with an fd."""
     rights = [] if fd is None else [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
     sock.sendmsg([json.dumps(meta).encode()], rights)
 
 
-def recv_msg(sock: socket.socket) -> tuple[dict[str, Any], int | None]:
+def recv_msg(sock: socket.socket, flags: int = 0) -> tuple[dict[str, Any], int | None]:
     """The next message and its fd; EOFError once the other end is gone."""
     fds = array.array("i")
-    data, ancdata, _flags, _addr = sock.recvmsg(65536, socket.CMSG_SPACE(fds.itemsize))
+    data, ancdata, _flags, _addr = sock.recvmsg(65536, socket.CMSG_SPACE(fds.itemsize), flags)
     for level, kind, cdata in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(cdata[: len(cdata) - len(cdata) % fds.itemsize])
     if not data:
         for fd in fds:
             os.close(fd)
-        raise EOFError("supervision channel closed")
+        raise EOFError("channel closed")
     return json.loads(data), (fds[0] if fds else None)
+
+
+ACTIVATE = "activate"
+
+
+def send_activation(sock: socket.socket, incarnation: int, device_fd: int) -> None:
+    """What makes a daemon process an incarnation: its number and the device fd, in one message.
+    Sent only once the incarnation before it is reaped; queued in the socket buffer until the
+    process gets there (a cold start) or read at once (a standby waiting)."""
+    send_msg(sock, {"op": ACTIVATE, INCARNATION: incarnation}, device_fd)
+
+
+def await_activation(sock: socket.socket) -> tuple[int, int, float | None]:
+    """The daemon's side: (incarnation, device fd, how long it waited for them: None when they
+    were queued already as it asked, as for a cold start or a standby not yet imported). EOFError
+    if the keeper let it go unactivated."""
+    start = time.monotonic()
+    try:
+        meta, fd = recv_msg(sock, socket.MSG_DONTWAIT)
+        waited: float | None = None
+    except BlockingIOError:
+        meta, fd = recv_msg(sock)
+        waited = round(time.monotonic() - start, 4)
+    if meta.get("op") != ACTIVATE or fd is None:
+        if fd is not None:
+            os.close(fd)
+        raise EOFError(f"not an activation: {meta}")
+    return int(meta[INCARNATION]), fd, waited
 
 
 class HeldFds:
@@ -206,13 +231,23 @@ def open_cache(cache_dir: str, tag: str) -> int:
     return fd
 
 
+@dataclass
+class Spawned:
+    """A daemon process and the keeper's end of its channel, on which it waits for its activation."""
+
+    popen: subprocess.Popen[bytes]
+    sock: socket.socket
+
+
 class Keeper:
-    def __init__(self, config: GuestConfig, config_path: str) -> None:
+    def __init__(self, config: GuestConfig, config_path: str, daemon_script: str = DAEMON_SCRIPT) -> None:
         self.config = config
         self.config_path = config_path  # handed on to each daemon incarnation
+        self.daemon_script = daemon_script
         self.log = EventLog(config.keeper_log, who="keeper")
         self.stopping = False
-        self.child: subprocess.Popen[bytes] | None = None
+        self.child: subprocess.Popen[bytes] | None = None  # the incarnation activated last: never a standby
+        self.standby: Spawned | None = None  # GuestConfig.standby: the next one's process, waiting
         self.device_fd = -1
         self.incarnation = 0
         self.held = HeldFds(self.log) if config.supervise_fds else None
@@ -248,32 +283,102 @@ class Keeper:
             time.sleep(1.0)
             return False
 
-    def start_daemon(self) -> None:
-        self.incarnation += 1
-        # datagrams in order: the device fd, then (supervise_fds) the held anon fds both ways
+    def spawn(self) -> Spawned:
+        """A daemon process, blocked (once imported) on its end of a new socketpair until its
+        activation. It is given nothing else of ours (close_fds): no device fd, no anon fd."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            cmd = [sys.executable, "-S", self.daemon_script, "--config", self.config_path,
+                   "--sock-fd", str(theirs.fileno())]
+            popen = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], close_fds=True)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        return Spawned(popen, ours)
+
+    def start_standby(self) -> None:
+        """The next incarnation's process, started now to wait, niced while it imports. Only the
+        keeper knows it: its pid is in no file the host or statekill.py read, it is no `child`
+        any fault signals, and it writes nothing to the daemon's log until activated."""
+        spawned = self.spawn()
+        self.standby = spawned
+        try:
+            os.setpriority(os.PRIO_PROCESS, spawned.popen.pid, os.getpriority(os.PRIO_PROCESS, 0) + STANDBY_NICE)
+        except OSError:
+            pass  # gone already: found so at its turn, and ended then
+        self.log.emit(Event.STANDBY, pid=spawned.popen.pid)
+
+    def end_standby(self, why: str, spawned: Spawned | None = None) -> None:
+        """The standby (or `spawned`, one taken from it) ended unactivated: killed if it lives (it
+        holds nothing of the cache), reaped, logged. Never a DIED: it was no incarnation."""
+        if spawned is None:
+            spawned, self.standby = self.standby, None
+        if spawned is None:
+            return
+        if spawned.popen.poll() is None:
+            spawned.popen.kill()
+        status = spawned.popen.wait()
+        spawned.sock.close()
+        self.log.emit(Event.STANDBY_ENDED, pid=spawned.popen.pid, why=why,
+                      signal=-status if status < 0 else None, exit_code=status if status >= 0 else None)
+
+    def activate(self, spawned: Spawned) -> int | None:
+        """Make `spawned` incarnation self.incarnation: back to the keeper's niceness (before any of
+        its threads is started: they inherit it), then its number and the device fd. Returns the
+        niceness it serves at (None: unknown); OSError if it is gone (nothing can be queued)."""
+        pid = spawned.popen.pid
+        try:
+            if os.getpriority(os.PRIO_PROCESS, pid) != (own := os.getpriority(os.PRIO_PROCESS, 0)):
+                os.setpriority(os.PRIO_PROCESS, pid, own)
+        except OSError:
+            pass  # not allowed to lower it (no CAP_SYS_NICE: the unit tests), or gone: the send says so
+        try:
+            nice: int | None = os.getpriority(os.PRIO_PROCESS, pid)
+        except OSError:
+            nice = None
+        send_activation(spawned.sock, self.incarnation, self.device_fd)
+        return nice
+
+    def start_daemon(self) -> None:
+        """The next incarnation, always after the one before it was reaped (the loop in run): the
+        standby (GuestConfig.standby) if it is still there, else a process started now (a cold
+        start), activated. Then, with GuestConfig.standby, the process of the one after it."""
+        self.incarnation += 1
+        spawned, self.standby = self.standby, None
+        standby = spawned is not None
+        if spawned is not None:
+            try:
+                nice = self.activate(spawned)
+            except OSError:  # gone before its turn: its end is closed, the activation refused (EPIPE)
+                self.end_standby("gone at its turn", spawned)
+                spawned, standby = None, False
+        if spawned is None:
+            spawned = self.spawn()
+            nice = self.activate(spawned)  # queued in the socket buffer: read whenever it gets there
+        # after the activation (datagrams in order): supervise_fds, the held anon fds both ways
         kept = False
         try:
-            cmd = [sys.executable, "-S", os.path.join(HERE, "daemon.py"),
-                   "--config", self.config_path, "--sock-fd", str(theirs.fileno()),
-                   "--incarnation", str(self.incarnation)]
-            self.child = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], close_fds=True)
-            # Queued in the socket buffer: the daemon picks it up whenever it gets there.
-            send_fd(ours, self.device_fd)
             if self.held is not None:
-                self.held.hand_over(ours)
-                thread = threading.Thread(target=self.held.serve, args=(ours,), name="held-fds", daemon=True)
+                self.held.hand_over(spawned.sock)
+                thread = threading.Thread(target=self.held.serve, args=(spawned.sock,), name="held-fds", daemon=True)
                 thread.start()
-                self.supervision, kept = (ours, thread), True
+                self.supervision, kept = (spawned.sock, thread), True
         finally:
             if not kept:
-                ours.close()
-            theirs.close()
+                spawned.sock.close()
+        self.child = spawned.popen
         if self.config.mode == Mode.NO_FAILOVER:
             os.close(self.device_fd)
             self.device_fd = -1
         write_atomically(os.path.join(self.config.log_dir, DAEMON_PID_FILE), f"{self.child.pid}\n")
-        self.log.emit(Event.STARTED, incarnation=self.incarnation, pid=self.child.pid)
+        self.log.emit(Event.STARTED, incarnation=self.incarnation, pid=self.child.pid, standby=standby, nice=nice)
+        # The one after it, waiting from now on. In no_failover too: what the negative control
+        # differs in is the device fd dying with the daemon, not how fast the next one starts (it
+        # binds a new cache, which the mounts the death failed never use).
+        if self.config.standby and not self.stopping:
+            self.start_standby()
 
     def reap(self) -> None:
         assert self.child is not None
@@ -297,20 +402,10 @@ class Keeper:
         write_atomically(self.config.keeper_state_file, KEEPER_BOUND)
         if (held := self.held) is not None:
             threading.Thread(target=held.watch, args=(lambda: self.stopping,), name="prune", daemon=True).start()
-        while not self.stopping:
-            if self.device_fd < 0 and not self.rebind():
-                continue
-            self.start_daemon()
-            self.clean_up_waiters()
-            self.reap()
-            with self.waiter_lock:  # the death was the waiter's kill: no daemon until the waiter is done
-                waiting = self.killing_waiter if self.waiter_holds_restart else None
-            if waiting is not None:
-                waiting.join()
-                with self.waiter_lock:
-                    self.killing_waiter, self.waiter_holds_restart = None, False
-            if not self.stopping:
-                time.sleep(self.config.restart_delay_s)
+        try:
+            self.serve_incarnations()
+        finally:
+            self.end_standby("keeper stopping")  # an error too: no process of ours is left waiting
         self.clean_up_waiters()  # a waiter killed as the keeper stopped
         if (unmounting := self.unmounting) is not None:  # stopping: it takes no further one
             unmounting.join(self.config.stall_bound_s)
@@ -322,6 +417,26 @@ class Keeper:
             os.close(self.device_fd)
         self.log.emit(Event.STOPPED)
         return 0
+
+    def serve_incarnations(self) -> None:
+        """Each incarnation started (activated) only once the one before it is reaped, until the
+        keeper is told to stop."""
+        while not self.stopping:
+            if self.device_fd < 0 and not self.rebind():
+                continue
+            self.start_daemon()
+            if self.stopping and self.child is not None:
+                self.child.terminate()  # the SIGTERM came as it was being started: it saw no child
+            self.clean_up_waiters()
+            self.reap()
+            with self.waiter_lock:  # the death was the waiter's kill: no daemon until the waiter is done
+                waiting = self.killing_waiter if self.waiter_holds_restart else None
+            if waiting is not None:
+                waiting.join()
+                with self.waiter_lock:
+                    self.killing_waiter, self.waiter_holds_restart = None, False
+            if not self.stopping:
+                time.sleep(self.config.restart_delay_s)
 
     def kill_cache(self, _signum: int, _frame: object) -> None:
         """Fault.CACHE_DEATH: our references go first, so that the daemon's is the last."""

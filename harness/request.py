@@ -16,7 +16,7 @@ from .daemons.adapter import DEFAULT_DAEMON
 from .errors import InputError
 from .kernel.kconfig import FLAVORS
 from .kernel.source import DEFAULT_PACKAGE
-from .run_options import ACCELS, TRANSPORTS
+from .run_options import ACCELS, DAEMON_RESTARTS, TRANSPORTS
 from .scenarios import DEFAULT_SCENARIO, FAULT_FIELDS, SCENARIOS, Scenario, for_daemon
 
 
@@ -55,6 +55,9 @@ class RunRequest:
     readers: int | None = None  # None: the scenario's own number
     daemon_threads: int | None = None  # None: the scenario's own number
     daemon: str = DEFAULT_DAEMON  # a built-in adapter's name or an adapter file's path (harness/daemons)
+    # how our keeper restarts our daemon (GuestConfig.standby): "standby", the next incarnation's
+    # process started ahead of the death and activated at it; "cold", started at the death
+    daemon_restart: str = "standby"
     read_delay_ms: int = 50
     # "stop": the faults stop at the first probe the kernel fails (the run is FAIL whatever comes;
     # it is judged whole on what ran); "continue": every fault is injected. A stall always stops them.
@@ -90,7 +93,12 @@ class RunRequest:
             raise InputError(f"unknown accelerator {self.accel!r} (one of {', '.join(ACCELS)})")
         if self.transport not in TRANSPORTS:
             raise InputError(f"unknown transport {self.transport!r} (one of {', '.join(TRANSPORTS)})")
+        if self.daemon_restart not in DAEMON_RESTARTS:
+            raise InputError(f"unknown --daemon-restart {self.daemon_restart!r} (one of {', '.join(DAEMON_RESTARTS)})")
         adapter = self.adapter  # InputError for a bad one
+        if self.daemon_restart != RunRequest.daemon_restart and not adapter.ours:
+            raise InputError(f"--daemon-restart {self.daemon_restart} is how our keeper restarts our daemon; "
+                             f"--daemon {adapter.name} restarts itself")
         if self.scenario in SCENARIOS and not self.faults_planned(self.plan):
             raise InputError(f"--daemon {adapter.name} takes none of scenario {self.scenario}'s faults "
                              f"(it takes {', '.join(sorted(adapter.faults))})")

@@ -20,6 +20,7 @@ from .daemons import adapter as daemon_adapter
 from .scenarios import SCENARIOS
 
 ACCELS = ("auto", "kvm", "tcg")
+DAEMON_RESTARTS = ("standby", "cold")  # RunRequest.daemon_restart
 TRANSPORTS = tuple(t.value for t in Transport)
 
 # Which commands take an option. `mutate` runs its own mutants, not a scenario of the user's;
@@ -94,6 +95,10 @@ OPTIONS: tuple[Option, ...] = (
            choices=("stop", "continue")),
     Option("read_delay_ms", "the daemon's delay per READ, keeps requests in flight (default %(default)s)",
            MACHINE_COMMANDS, type=int, reproduce="always"),
+    # how fast a death is recovered from sets the pace of the faults: said even at its default
+    Option("daemon_restart", "standby: our keeper starts the next daemon incarnation's process ahead of the death "
+           "and activates it at the death (a hand-over and a restore); cold: it starts each one at the death, a "
+           "Python start (default %(default)s)", MACHINE_COMMANDS, choices=DAEMON_RESTARTS, reproduce="always"),
     Option("accel", "auto probes whether KVM really boots a guest (default %(default)s)",
            MACHINE_COMMANDS | BENCH_COMMANDS, choices=ACCELS),
     # how the run reaches the guest is part of what it tested: said even at its default

@@ -105,6 +105,7 @@ class Run:
             dawdle_s=self.scenario.dawdle_s * timeouts.stall_bound / vm.Timeouts.for_accel("tcg").stall_bound,
             late_close=self.scenario.late_close,
             supervise_fds=self.scenario.supervise_fds,
+            standby=self.req.daemon_restart == "standby",
             race_withdrawal=self.scenario.race_withdrawal,
             statekill_ctl=f"{GUEST_TMP}/statekill.ctl" if self.scenario.state_kills else "",
             withdrawing_file=f"{GUEST_TMP}/withdrawing" if self.scenario.race_withdrawal else "",

@@ -22,7 +22,7 @@ from contract import parse_daemon_state
 import daemon as daemon_module
 from daemon import Daemon
 from helpers import ROOT, guest_config
-from keeper import send_fd
+from keeper import send_activation
 
 
 @pytest.fixture
@@ -172,12 +172,12 @@ def test_signals_reach_a_daemon_whose_threads_all_sleep_in_poll(tmp_path):
     # Both threads wake for a message and one reads it; /dev/cachefiles gives the other nothing
     # (read() returns 0), a blocking socket would keep it, and the delivery lock, for good.
     daemons_device.setblocking(False)
-    ours, theirs = socket.socketpair()
-    send_fd(ours, daemons_device.fileno())
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    send_activation(ours, 1, daemons_device.fileno())
     anon = os.open(tmp_path / "backing", os.O_RDWR | os.O_CREAT)  # same number in the daemon
     proc = subprocess.Popen([sys.executable, "-S", str(ROOT / "guest_scripts" / "daemon.py"),
-                             "--config", str(tmp_path / "config.json"), "--sock-fd", str(theirs.fileno()),
-                             "--incarnation", "1"], pass_fds=[theirs.fileno(), anon])
+                             "--config", str(tmp_path / "config.json"), "--sock-fd", str(theirs.fileno())],
+                            pass_fds=[theirs.fileno(), anon])
     try:
         for fd in (ours, theirs, daemons_device):
             fd.close()

@@ -1,39 +1,45 @@
-"""The keeper's SCM_RIGHTS hand-over, over a real socketpair."""
+"""The keeper's SCM_RIGHTS hand-overs (the activation, the held anon fds), over real socketpairs."""
 import json
 import os
 import socket
+import threading
 
 import pytest
 
 from helpers import COOKIES_HEADER, cookie_row
-from keeper import recv_fd, send_fd
+from keeper import await_activation, send_activation, send_msg
 
 
-def test_fd_survives_the_hand_over(tmp_path):
+def seqpacket_pair() -> tuple[socket.socket, socket.socket]:
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+
+def test_the_activation_carries_the_incarnation_and_the_device_fd(tmp_path):
     path = tmp_path / "device"
     path.write_bytes(b"cachefiles")
     fd = os.open(path, os.O_RDONLY)
-    ours, theirs = socket.socketpair()
+    ours, theirs = seqpacket_pair()
     with ours, theirs:
-        send_fd(ours, fd)
+        send_activation(ours, 7, fd)
         os.close(fd)  # the sender's copy is gone: only the passed one remains
-        got = recv_fd(theirs)
+        incarnation, got, waited = await_activation(theirs)
     try:
-        assert os.pread(got, 10, 0) == b"cachefiles"
+        assert incarnation == 7 and os.pread(got, 10, 0) == b"cachefiles"
+        assert waited is None  # queued before it asked: a cold start, not a standby
     finally:
         os.close(got)
 
 
 def test_sent_before_the_receiver_exists():
-    """The keeper sends before the daemon runs: the fd waits in the socket buffer."""
+    """A cold start: the keeper sends before the daemon runs, the fd waits in the socket buffer."""
     r, w = os.pipe()
-    ours, theirs = socket.socketpair()
-    send_fd(ours, w)
+    ours, theirs = seqpacket_pair()
+    send_activation(ours, 1, w)
     ours.close()
     pid = os.fork()
     if pid == 0:
         try:
-            got = recv_fd(theirs)
+            _, got, _ = await_activation(theirs)
             os.write(got, b"ok")
         finally:
             os._exit(0)
@@ -44,19 +50,43 @@ def test_sent_before_the_receiver_exists():
     os.close(r)
 
 
+def test_a_standby_waits_for_its_activation_and_says_how_long():
+    r, w = os.pipe()
+    ours, theirs = seqpacket_pair()
+    with ours, theirs:
+        sender = threading.Timer(0.3, send_activation, args=(ours, 2, w))
+        sender.start()
+        incarnation, got, waited = await_activation(theirs)
+        sender.join()
+    assert incarnation == 2 and waited is not None and waited >= 0.25
+    for fd in (r, w, got):
+        os.close(fd)
+
+
 def test_nothing_sent_is_an_error():
-    ours, theirs = socket.socketpair()
+    """A standby let go unactivated: its keeper's end closed."""
+    ours, theirs = seqpacket_pair()
     ours.close()
     with theirs, pytest.raises(EOFError):
-        recv_fd(theirs)
+        await_activation(theirs)
+
+
+def test_anything_but_an_activation_is_refused_and_its_fd_closed():
+    r, w = os.pipe()
+    ours, theirs = seqpacket_pair()
+    with ours, theirs:
+        send_msg(ours, {"op": "end"}, w)
+        os.close(w)
+        with pytest.raises(EOFError, match="not an activation"):
+            await_activation(theirs)
+    assert os.read(r, 1) == b""  # no copy of the write end is left open
+    os.close(r)
 
 
 def test_the_supervisor_keeps_deposited_fds_across_a_death_and_hands_them_over(tmp_path):
     """supervise_fds, over real SEQPACKET pairs: what one incarnation deposits and does not take
     back outlives it (its end of the channel closed), with whether its OPEN was answered; a drop
     is answered once the keeper's copy is closed."""
-    import threading
-
     from contract import Event
     from daemon import Supervisor
     from eventlog import EventLog

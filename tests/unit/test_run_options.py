@@ -84,14 +84,16 @@ def test_a_reproducing_command_gives_the_same_run_on_any_machine() -> None:
 
 
 def test_reproduce_states_what_is_tested_first_and_only_what_is_not_a_default() -> None:
-    """Scenario, seed and read delay are said even at their defaults (what the run was, should a
-    default change); the order is the matrix listing's: what is tested, then how hard."""
+    """Scenario, seed, read delay and the daemon's restart are said even at their defaults (what
+    the run was, should a default change); the order is the matrix listing's: what is tested, then
+    how hard."""
     assert RunRequest().reproduce() == ("failover-harness run --scenario crash --seed 1 --read-delay-ms 50 "
-                                        "--transport console")
+                                        "--daemon-restart standby --transport console")
     req = RunRequest(scenario="combined", kills=5, tree=Path("/src/linux"), ref="v6.12", flavor="debug",
                      accel="kvm", package="ignored-with-a-tree", jobs=3, transport="ssh")
     assert req.reproduce() == ("failover-harness run --scenario combined --flavor debug --tree /src/linux "
-                               "--ref v6.12 --kills 5 --seed 1 --read-delay-ms 50 --accel kvm --transport ssh")
+                               "--ref v6.12 --kills 5 --seed 1 --read-delay-ms 50 --daemon-restart standby --accel kvm "
+                               "--transport ssh")
     assert "--package linux-source-6.13" in RunRequest(package="linux-source-6.13").reproduce()
 
 
