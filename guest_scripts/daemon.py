@@ -43,7 +43,7 @@ from contract import (AT_RESTORE, CACHE_DEATH_RT_OFFSET, NETFS_COOKIES, REOPEN_C
                       UMOUNT_REOPEN_RT_OFFSET, CrashPoint, Event, Fault, GuestConfig, Probe, ProbeOutcome, RestoreWhy,
                       StaleOrigin, cookie_live, daemon_serving)
 from eventlog import EventLog, write_atomically
-from keeper import await_activation, recv_msg, send_msg, text_of
+from keeper import await_activation, await_go, recv_msg, send_msg, text_of
 
 ALIGN = 4096
 # The patch-4 probe (Daemon.probe_epollin): empty reads in a row that no correct kernel makes
@@ -1177,6 +1177,10 @@ def main() -> int:
         return 0  # let go unactivated (the keeper stopping): never an incarnation, nothing logged
     supervisor = Supervisor(sock) if config.supervise_fds else None
     held = supervisor.receive_held() if supervisor is not None else []
+    try:
+        await_go(sock)  # the keeper knows it as its incarnation: only now may it serve
+    except (EOFError, OSError):
+        return 0  # the keeper gone between the two: nothing served, nothing to restore
     if supervisor is None:
         sock.close()
     daemon = Daemon(config, device_fd, incarnation, supervisor)

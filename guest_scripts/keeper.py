@@ -99,6 +99,7 @@ def recv_msg(sock: socket.socket, flags: int = 0) -> tuple[dict[str, Any], int |
 
 
 ACTIVATE = "activate"
+GO = "go"
 
 
 def send_activation(sock: socket.socket, incarnation: int, device_fd: int) -> None:
@@ -106,6 +107,23 @@ def send_activation(sock: socket.socket, incarnation: int, device_fd: int) -> No
     Sent only once the incarnation before it is reaped; queued in the socket buffer until the
     process gets there (a cold start) or read at once (a standby waiting)."""
     send_msg(sock, {"op": ACTIVATE, INCARNATION: incarnation}, device_fd)
+
+
+def send_go(sock: socket.socket) -> None:
+    """The last word of an activation: the keeper has the incarnation as its child, in the pid file
+    and in its log. Before it the incarnation may not write `restore` nor say it serves: a fault
+    the host sends once `daemon.state` names it would find the keeper not knowing it yet (a
+    standby, imported, would otherwise serve within a millisecond of its activation)."""
+    send_msg(sock, {"op": GO})
+
+
+def await_go(sock: socket.socket) -> None:
+    """The daemon's side of send_go; EOFError if the keeper let it go instead."""
+    meta, fd = recv_msg(sock)
+    if fd is not None:
+        os.close(fd)
+    if meta.get("op") != GO:
+        raise EOFError(f"not the keeper's go: {meta}")
 
 
 def await_activation(sock: socket.socket) -> tuple[int, int, float | None]:
@@ -167,10 +185,10 @@ class HeldFds:
     def hand_over(self, sock: socket.socket) -> None:
         """Every fd held, then `end`: queued before the incarnation reads them, as the device fd is."""
         self.prune()
-        with self.lock:
+        with self.lock:  # sent under it: the watch's prune may not close one as it goes
             held = sorted(self.fds.items())
-        for _oid, (fd, meta) in held:
-            send_msg(sock, meta, fd)
+            for _oid, (fd, meta) in held:
+                send_msg(sock, meta, fd)
         send_msg(sock, {"op": "end"})
         if held:
             self.log.emit(Event.HANDED_OVER, object_ids=[oid for oid, _ in held],
@@ -357,23 +375,29 @@ class Keeper:
         if spawned is None:
             spawned = self.spawn()
             nice = self.activate(spawned)  # queued in the socket buffer: read whenever it gets there
-        # after the activation (datagrams in order): supervise_fds, the held anon fds both ways
+        # after the activation (datagrams in order): supervise_fds, the held anon fds both ways;
+        # then the go, once the keeper knows it as its incarnation (its child, the pid file, the log)
         kept = False
         try:
             if self.held is not None:
                 self.held.hand_over(spawned.sock)
+            self.child = spawned.popen
+            if self.config.mode == Mode.NO_FAILOVER:
+                os.close(self.device_fd)
+                self.device_fd = -1
+            write_atomically(os.path.join(self.config.log_dir, DAEMON_PID_FILE), f"{self.child.pid}\n")
+            self.log.emit(Event.STARTED, incarnation=self.incarnation, pid=self.child.pid, standby=standby, nice=nice)
+            try:
+                send_go(spawned.sock)
+            except OSError:
+                pass  # dead already: reap() says so
+            if self.held is not None:
                 thread = threading.Thread(target=self.held.serve, args=(spawned.sock,), name="held-fds", daemon=True)
                 thread.start()
                 self.supervision, kept = (spawned.sock, thread), True
         finally:
             if not kept:
                 spawned.sock.close()
-        self.child = spawned.popen
-        if self.config.mode == Mode.NO_FAILOVER:
-            os.close(self.device_fd)
-            self.device_fd = -1
-        write_atomically(os.path.join(self.config.log_dir, DAEMON_PID_FILE), f"{self.child.pid}\n")
-        self.log.emit(Event.STARTED, incarnation=self.incarnation, pid=self.child.pid, standby=standby, nice=nice)
         # The one after it, waiting from now on. In no_failover too: what the negative control
         # differs in is the device fd dying with the daemon, not how fast the next one starts (it
         # binds a new cache, which the mounts the death failed never use).

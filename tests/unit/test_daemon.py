@@ -22,7 +22,7 @@ from contract import parse_daemon_state
 import daemon as daemon_module
 from daemon import Daemon
 from helpers import ROOT, guest_config
-from keeper import send_activation
+from keeper import send_activation, send_go
 
 
 @pytest.fixture
@@ -174,6 +174,7 @@ def test_signals_reach_a_daemon_whose_threads_all_sleep_in_poll(tmp_path):
     daemons_device.setblocking(False)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     send_activation(ours, 1, daemons_device.fileno())
+    send_go(ours)  # the keeper's word that it knows the incarnation: the daemon may serve
     anon = os.open(tmp_path / "backing", os.O_RDWR | os.O_CREAT)  # same number in the daemon
     proc = subprocess.Popen([sys.executable, "-S", str(ROOT / "guest_scripts" / "daemon.py"),
                              "--config", str(tmp_path / "config.json"), "--sock-fd", str(theirs.fileno())],
@@ -326,3 +327,39 @@ def test_a_cache_death_lets_the_device_go_and_what_was_read_is_orphaned(daemon, 
                    ("error", 3, "READ_COMPLETE")]
     assert events(daemon)[-1]["errno"] == errno.ENOTTY
     assert os.eventfd_read(daemon.wake.stop) == 1  # every thread told to leave
+
+
+
+@pytest.mark.parametrize("go", [False, True])
+def test_an_activated_daemon_serves_only_after_the_keeper_s_go(tmp_path, go):
+    """Activated (its number and the device fd), the daemon waits for the keeper's go before it
+    says it serves: until then the keeper may not yet know it as its child (a fault the host
+    sends once daemon.state names it would miss). A keeper gone before its go: the daemon never
+    serves, and exits. The control: the go, and it serves."""
+    config = guest_config(tmp_path, images={}, threads=1)
+    config.write(str(tmp_path / "config.json"))
+    device, daemons_device = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    daemons_device.setblocking(False)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    send_activation(ours, 1, daemons_device.fileno())
+    if go:
+        send_go(ours)
+    proc = subprocess.Popen([sys.executable, "-S", str(ROOT / "guest_scripts" / "daemon.py"),
+                             "--config", str(tmp_path / "config.json"), "--sock-fd", str(theirs.fileno())],
+                            pass_fds=[theirs.fileno()])
+    state = tmp_path / "daemon.state"
+    try:
+        theirs.close()
+        daemons_device.close()
+        if go:
+            assert wait_for(lambda: state.exists() and parse_daemon_state(state.read_text()) == (1, proc.pid))
+            proc.send_signal(signal.SIGTERM)
+        else:
+            ours.close()  # the keeper's end gone with no go
+        assert proc.wait(timeout=10) == 0
+        assert state.exists() is go
+    finally:
+        proc.kill()
+        proc.wait()
+        ours.close()
+        device.close()

@@ -127,7 +127,6 @@ def test_the_supervisor_keeps_deposited_fds_across_a_death_and_hands_them_over(t
     assert held.fds == {}
 
 
-
 @pytest.mark.parametrize("listed", ["dropped", "dropped, and live under a new mount", "not listed",
                                     "dropped in one read only", "unreadable"])
 def test_only_the_fd_of_a_cookie_the_kernel_lists_dropped_goes(tmp_path, monkeypatch, listed):

@@ -240,7 +240,7 @@ def test_a_standby_gone_before_its_turn_is_replaced_by_a_cold_start(rig):
     first = r.serving(1)
     standby = r.standby_pid()
     os.kill(standby, signal.SIGKILL)
-    time.sleep(0.1)
+    assert wait_for(lambda: _state_of(standby) == "Z")  # dead (not yet reaped) before the death that needs it
     os.kill(first, signal.SIGKILL)
     second = r.serving(2)
     assert second not in (first, standby)
@@ -383,3 +383,11 @@ def test_a_cold_restart_is_refused_for_a_daemon_that_restarts_itself(tmp_path):
     RunRequest(daemon="cdaemon", output=tmp_path, cache=tmp_path).validate()  # the default says nothing of it
     with pytest.raises(InputError, match="unknown --daemon-restart"):
         RunRequest(daemon_restart="warm", output=tmp_path, cache=tmp_path).validate()
+
+
+def _state_of(pid: int) -> str | None:
+    """/proc/PID/stat's state letter; None once the process is reaped."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
