@@ -135,17 +135,6 @@ class RunRequest:
         return for_daemon(SCENARIOS[self.scenario].with_faults(self.kills, self.fd_closes), adapter.faults, adapter.ours,
                           adapter.poll_sleepers)[1]
 
-    @property
-    def fault_interval_s(self) -> tuple[float, float]:
-        """The seeded pause before each fault: the scenario's own where it has one, but for our
-        daemon started cold. `crash`'s 0.1-0.6 s leans on a standby's recovery (0.1 s p50): with
-        cold starts (2-8 s each under load) a held READ went from incarnation to incarnation,
-        each killed before it got to it, and a reader of the correct kernel stalled 30 s."""
-        own = SCENARIOS[self.scenario].fault_interval_s
-        if own is None or (self.adapter.ours and self.daemon_restart == "cold"):
-            return self.kill_interval_s
-        return own
-
     @staticmethod
     def faults_planned(s: Scenario) -> bool:
         return any(getattr(s, count) for count, _ in FAULT_FIELDS.values())

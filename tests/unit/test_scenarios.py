@@ -106,13 +106,3 @@ def test_a_request_with_another_daemon_plans_and_says_what_it_leaves_out(tmp_pat
     assert "close" not in req.faults_left_out and "stale" in req.faults_left_out and req.plan.fd_closes == 20
     with pytest.raises(InputError, match="no such built-in daemon"):
         RunRequest(daemon="nydusd", output=tmp_path, cache=tmp_path).validate()
-
-
-@pytest.mark.parametrize("scenario, daemon, restart, interval", [
-    ("crash", "python", "standby", (0.1, 0.6)),  # paced by a standby's recovery
-    ("crash", "python", "cold", (0.5, 2.0)),  # a cold start cannot keep up: the request's pace
-    ("crash", "cdaemon", "standby", (0.1, 0.6)),  # another daemon: the host waits for its readers' progress
-    ("close-fds", "python", "standby", (0.5, 2.0)),  # no pace of its own
-])
-def test_the_pause_before_each_fault(scenario, daemon, restart, interval):
-    assert RunRequest(scenario=scenario, daemon=daemon, daemon_restart=restart).fault_interval_s == interval
