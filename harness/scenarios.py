@@ -96,9 +96,6 @@ class Scenario:
     # errnos the daemon is meant to get from the kernel, its fault plan causing them: not the
     # kernel's fault, so not the daemon-errors check's (every other error the daemon logs is)
     expected_daemon_errnos: tuple[int, ...] = ()
-    # the seeded pause before each fault, once the daemon serves (None: the request's): `crash`
-    # paces its kills by the daemon's recovery alone (issue 16: 60 kills a minute under TCG)
-    fault_interval_s: tuple[float, float] | None = None
 
     def with_faults(self, kills: int | None, fd_closes: int | None = None) -> "Scenario":
         """The scenario with another number of SIGKILLs or anon fd closes (None: its own)."""
@@ -117,7 +114,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              # in flight by the kernel's ledger (a kill after READ_COMPLETE and before the daemon's
              # log line is not, as the log had it): 92-98% of 50 kills at seeds 1-3, but 7 of 10
              # once (seed 1); half is the path exercised, whatever the number of kills
-             kills=50, needs=Needs(in_flight_share=0.5, redelivered=1), fault_interval_s=(0.1, 0.6)),
+             kills=50, needs=Needs(in_flight_share=0.5, redelivered=1)),
     Scenario("close-fds", "the daemon closes anon fds of live objects; the kernel reopens them on READ",
              # copens of reopens with a poll(2) sleeper: 38 of 38 (ours), 10 of 19 (the C daemon's
              # threads, seed 1); asked only of a daemon whose adapter says its threads sleep in
