@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .trace import Reopen, TraceEvent
+from .trace import Reopens, TraceEvent
 
 
 @dataclass(frozen=True)
@@ -65,13 +65,13 @@ class CopenWake:
                 f"not task(s) {pids}")
 
 
-def judge(events: list[TraceEvent], reopens: tuple[Reopen, ...], complete: bool = True) -> tuple[CopenWake, ...]:
-    """Every copen of a reopened object (`reopens`: trace.facts'), with the poll(2) sleepers it
+def judge(events: list[TraceEvent], complete: bool = True) -> tuple[CopenWake, ...]:
+    """Every copen of a reopened object (trace.Reopens' pairing), with the poll(2) sleepers it
     had to wake and those it did. An incomplete trace (lost events) decides nothing: a lost
     `pollwake` would be a miss."""
     if not complete:
         return ()
-    reopen_opens = {(r.debug_id, r.ts) for r in reopens}
+    reopens = Reopens()
     reopened: dict[int, bool] = {}  # o -> its last `open` was a reopen
     device_of: dict[int, int] = {}  # task -> the device file of its current write()
     pending: dict[int, tuple[int, Entry]] = {}  # task -> (file, entry): pollwait seen, its poll not yet returned
@@ -80,8 +80,9 @@ def judge(events: list[TraceEvent], reopens: tuple[Reopen, ...], complete: bool 
     judged: list[CopenWake] = []
     for e in events:
         f = e.fields
+        reopen = reopens.feed(e)
         if e.event == "open" and "o" in f:
-            reopened[f["o"]] = (f["o"], e.ts) in reopen_opens
+            reopened[f["o"]] = reopen is not None
         elif e.event == "dev_write":
             device_of[e.pid] = f.get("file", 0)
         elif e.event == "pollwait":

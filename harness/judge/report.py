@@ -172,7 +172,7 @@ def evaluate(run_dir: Path) -> Results:
     cache = (cachedeath.judge(kernel_ledger.cache_deaths, trace_events, logs.readers, logs.keeper)
              if scenario.get("cache_deaths") else None)
     waiters = killable.judge(logs.keeper, trace_events)
-    copen_wakes = copenwake.judge(trace_events, kernel_trace.reopens, complete=copen_wakes_complete)
+    copen_wakes = copenwake.judge(trace_events, complete=copen_wakes_complete)
     aborted = meta.get("aborted")
     # (a run decided early does not wait for its readers: the drain kills them)
     if (aborted is None and readers.readers_finished < readers.readers_started

@@ -250,8 +250,8 @@ class Reopen:
 
 class Reopens:
     """Fed the trace in order: each object's anon fd released (`fd_release`) and the object's next
-    `open` (by `o`): a reopen. The one pairing of the two, shared by facts (and through it the
-    copen-wake judge), the ledger and the state kills."""
+    `open` (by `o`): a reopen. The one pairing of the two, shared by facts, the copen-wake judge,
+    the ledger and the state kills."""
 
     def __init__(self) -> None:
         self.reopens: list[Reopen] = []

@@ -397,6 +397,13 @@ def test_the_golden_file_covers_every_captured_run():
     assert sorted(GOLDEN) == sorted(p.name for p in FIXTURES.glob("run-*"))
 
 
+def stopped_early(run: Path, probe: str) -> None:
+    """Mark the run as the runner does when a probe failed and the faults stopped."""
+    meta = json.loads((run / "run.json").read_text())
+    meta["timing"]["faults_stopped_early"] = f"the kernel failed a probe; the faults stopped early: {probe}"
+    (run / "run.json").write_text(json.dumps(meta))
+
+
 def test_a_run_whose_faults_stopped_early_asked_for_the_kills_it_made(tmp_path):
     """--after-fail stop ends the faults once a probe failed: the kills not made were not asked
     for (so both sides of a submission fail the same checks). Control: the same cut run without
@@ -405,9 +412,7 @@ def test_a_run_whose_faults_stopped_early_asked_for_the_kills_it_made(tmp_path):
     faults = (run / "faults.jsonl").read_text().splitlines()
     (run / "faults.jsonl").write_text("\n".join(faults[:2]) + "\n")
     assert "kills" in judged(run)["failed_checks"]
-    meta = json.loads((run / "run.json").read_text())
-    meta["timing"]["faults_stopped_early"] = "the kernel failed a probe; the faults stopped early: stale (accepted)"
-    (run / "run.json").write_text(json.dumps(meta))
+    stopped_early(run, "stale (accepted)")
     assert "kills" not in judged(run)["failed_checks"]
 
 
@@ -418,9 +423,7 @@ def test_a_run_decided_early_does_not_wait_for_its_readers(tmp_path):
     reader = run / "guest" / "reader-0.jsonl"
     reader.write_text("".join(line + "\n" for line in reader.read_text().splitlines() if '"finished"' not in line))
     assert "run-completed" in judged(run)["failed_checks"]
-    meta = json.loads((run / "run.json").read_text())
-    meta["timing"]["faults_stopped_early"] = "the kernel failed a probe; the faults stopped early: epollin (spin)"
-    (run / "run.json").write_text(json.dumps(meta))
+    stopped_early(run, "epollin (spin)")
     assert "run-completed" not in judged(run)["failed_checks"]
 
 
@@ -436,7 +439,5 @@ def test_a_run_decided_early_is_not_asked_to_have_read_every_file(tmp_path):
         r.write_text("".join(line + "\n" for line in r.read_text().splitlines()
                              if not (('"file"' in line) and json.loads(line).get("path") == first_path)))
     assert "checksum" in judged(run)["failed_checks"]
-    meta = json.loads((run / "run.json").read_text())
-    meta["timing"]["faults_stopped_early"] = "the kernel failed a probe; the faults stopped early: epollin (spin)"
-    (run / "run.json").write_text(json.dumps(meta))
+    stopped_early(run, "epollin (spin)")
     assert "checksum" not in judged(run)["failed_checks"]
