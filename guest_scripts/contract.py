@@ -277,22 +277,22 @@ NETFS_COOKIES: Final = "/proc/fs/netfs/cookies"
 COOKIE_DROPPED: Final = "D"
 
 
+def cookie_states(cookies: str, fsid: str) -> list[str]:
+    """The state of each cookie NETFS_COOKIES' text lists for `fsid` (its key in hex)."""
+    key = fsid.encode().hex()
+    return [f[5] for row in cookies.splitlines() if len(f := row.split()) > 7 and f[7].rstrip(",") == key]
+
+
 def cookie_dropped_only(cookies: str, fsid: str) -> bool:
     """Whether NETFS_COOKIES' text, read whole (its header first), lists the cookie of `fsid` as
     dropped and none of that key live (a new mount of the same blob keeps the old one's fd)."""
-    rows = cookies.splitlines()
-    if not rows or not rows[0].startswith("COOKIE"):
-        return False
-    key = fsid.encode().hex()
-    states = [f[5] for row in rows[1:] if len(f := row.split()) > 7 and f[7].rstrip(",") == key]
+    states = cookie_states(cookies, fsid) if cookies.startswith("COOKIE") else []
     return bool(states) and all(s == COOKIE_DROPPED for s in states)
 
 
 def cookie_live(cookies: str, fsid: str) -> bool:
-    """Whether NETFS_COOKIES' text lists the cookie of `fsid` (its key in hex) not yet dropped."""
-    key = fsid.encode().hex()
-    return any(len(f := row.split()) > 7 and f[7].rstrip(",") == key and f[5] != COOKIE_DROPPED
-               for row in cookies.splitlines())
+    """Whether NETFS_COOKIES' text lists the cookie of `fsid` not yet dropped."""
+    return any(s != COOKIE_DROPPED for s in cookie_states(cookies, fsid))
 
 
 class CrashPoint:
