@@ -22,7 +22,9 @@ The rules, each exact (no allowance; a correct kernel breaks none, README says w
 - held: a request a daemon process held when it died (delivered to it, not ended before its
   last thread exited) is delivered again after the next `restore` (a process that reads the
   device after the death with no `restore` written is the daemon's fault, blamed on it), unless it ended before that
-  restore: the kernel ended it (its object dropped), or the next process answered it by msg_id
+  restore: the kernel ended it (its object dropped; for a READ, only once the task waiting on it
+  had exited: a waiting task keeps its object open, so a drop that finds it alive came after the
+  READ had ended with no event), or the next process answered it by msg_id
   (a supervisor kept its anon fd across the death: the request was never lost). An OPEN whose
   fd a supervisor kept, re-delivered by the restore, is refused (read() fails with EEXIST, and
   no event names the OPEN: `_Builder.refused` matches it): that counts as delivered again. A
@@ -71,6 +73,11 @@ class Lifetime:
     # died); unanswered: "unbind", "vanished"
     off: int | None = None  # a READ's range
     length: int | None = None
+    # a READ's waiter: the task whose `read` tracepoint queued it (the one task waiting on that
+    # range at its first delivery; None when none or several were), blocked in the kernel until
+    # the READ ends
+    waiter: int | None = None
+    waiter_alive_at_drop: bool = False  # ended by its object's drop while its waiter had not exited
 
     def describe(self) -> str:
         where = f" object {self.o}" if self.o is not None else ""
@@ -185,6 +192,7 @@ class _Builder:
         self.delivered_reads: Counter[tuple[int, int, int]] = Counter()
         self.waiting_reads: dict[int, tuple[int, int, int]] = {}  # task -> its READ queued, not yet delivered
         self.abandoned: Counter[tuple[int, int, int]] = Counter()  # READs whose task exited before their delivery
+        self.task_exits: dict[int, float] = {}  # thread -> its last exit
         self.known_o: set[int] = set()
         self.reopens = Reopens()  # the objects opened again after their anon fd's release
         self.reads_after_reopen = 0  # READs delivered (first delivery) on a reopened object
@@ -239,6 +247,9 @@ class _Builder:
             for msg_id, lt in list(self.live.items()):
                 if lt.o == o:
                     lt.ended_ts, lt.ended_by = e.ts, "drop"
+                    # an exit of that thread before the READ's delivery was an earlier task's
+                    lt.waiter_alive_at_drop = lt.waiter is not None and \
+                        self.task_exits.get(lt.waiter, -1.0) < lt.deliveries[0].ts
                     del self.live[msg_id]
         elif e.event == "unbind":
             # the cache is dead: every request is failed with it, unanswered (the readers are
@@ -253,6 +264,7 @@ class _Builder:
             self.binds.append((e.ts, f.get("ret", -1)))
         elif e.event == "exit":
             self.exits[e.process] = e.ts
+            self.task_exits[e.pid] = e.ts
             if (key := self.waiting_reads.pop(e.pid, None)) is not None:
                 self.abandoned[key] += 1
 
@@ -303,8 +315,9 @@ class _Builder:
                     self.reads_after_reopen += o in self.reopens.reopened
                     key = (o, f.get("a", -1), f.get("b", -1))
                     self.delivered_reads[key] += 1
-                    if (task := next((t for t, k in self.waiting_reads.items() if k == key), None)) is not None:
-                        del self.waiting_reads[task]
+                    if waiters := [t for t, k in self.waiting_reads.items() if k == key]:
+                        del self.waiting_reads[waiters[0]]
+                        lt.waiter = waiters[0] if len(waiters) == 1 else None
                 if not self.object_open.get(o, False):
                     self.violations.append(Violation("closed", f"{lt.describe()} delivered at {e.ts:.6f} while its "
                                                      "object was closed (anon fd released, no copen since)"))
@@ -342,6 +355,23 @@ class _Builder:
             lt = min(held, key=lambda lt: lt.deliveries[-1].ts)
             lt.ended_ts, lt.ended_by = ts, "refused"
             del self.live[lt.msg_id]
+
+    @staticmethod
+    def dropped_with_its_waiter(lt: Lifetime) -> bool:
+        """Whether `lt`, ended by its object's drop, was a READ whose waiter had not exited by then.
+        A task waiting on a READ keeps its file, and so its object, open: the object can go only
+        once the READ has ended, or its waiter was killed (the killable wait takes the request
+        out). A drop that finds the waiter alive came after the READ had ended with no event: the
+        kernel failed it (a dying daemon's anon fd released, the waiter failed with EIO, its
+        reader gone on and unmounted), and the drop only seems to end it."""
+        return lt.ended_by == "drop" and lt.waiter_alive_at_drop
+
+    def drop_came_late(self, lt: Lifetime) -> str:
+        """What a violation says of a drop that does not excuse `lt` (dropped_with_its_waiter)."""
+        if not self.dropped_with_its_waiter(lt):
+            return ""
+        return (f"; its object's drop at {lt.ended_ts:.6f} came while its reader, task {lt.waiter}, lived on: "
+                "it had ended before with no answer")
 
     def answers(self) -> list[float]:
         """The ledger's answers, in trace order (ProcessAccount.next_answer_s): every `copen` and
@@ -390,13 +420,14 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None, unmounted
                         continue
                     if lt.ended_by == "answer" and lt.ended_ts is not None:
                         taken_over += 1
-                    elif lt.ended_by in ("drop", "unbind", "flushed") and lt.ended_ts is not None and lt.ended_ts < later:
+                    elif lt.ended_by in ("drop", "unbind", "flushed") and lt.ended_ts is not None and lt.ended_ts < later \
+                            and not b.dropped_with_its_waiter(lt):
                         by_kernel += 1
                     elif lt.ended_by != "refused":
                         violations.append(Violation("held", f"{lt.describe()}, held by process {tgid} when it died "
                                                     f"({died:.6f}), was never delivered again: no process wrote "
                                                     f"`restore` after, though process(es) read the device from "
-                                                    f"{later:.6f}", "daemon"))
+                                                    f"{later:.6f}{b.drop_came_late(lt)}", "daemon"))
                 elif again := next((d.ts for d in lt.deliveries if d.ts > restore), None):
                     redelivered += 1
                     redelivered_ids.append(lt.msg_id)
@@ -405,7 +436,8 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None, unmounted
                     # the kernel's read() searches from the last id delivered upwards: a request a
                     # restore marked again waits while newer ones keep coming
                     overtaken.append(_between(b.delivery_ts, restore, again) - 1)
-                elif lt.ended_by in ("drop", "unbind", "flushed") and lt.ended_ts is not None and lt.ended_ts < restore:
+                elif lt.ended_by in ("drop", "unbind", "flushed") and lt.ended_ts is not None and lt.ended_ts < restore \
+                        and not b.dropped_with_its_waiter(lt):
                     by_kernel += 1  # its object withdrawn, or the cache, before a restore could bring it back
                 elif lt.ended_by == "drop" and lt.op == "OPEN" and lt.o is not None and lt.o in unmounted:
                     by_kernel += 1  # the reopen's OPEN, its reader unmounted on purpose after the restore: reopenumount judges it
@@ -418,7 +450,7 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None, unmounted
                     newer = _between(b.delivery_ts, restore, float("inf"))
                     violations.append(Violation("held", f"{lt.describe()}, held by process {tgid} when it died "
                                                 f"({died:.6f}), was not delivered again after the restore at {restore:.6f} "
-                                                f"({newer} other messages were)"))
+                                                f"({newer} other messages were){b.drop_came_late(lt)}"))
         accounts.append(ProcessAccount(tgid, b.delivered[tgid], b.empty[tgid], died, held, redelivered, by_kernel,
                                        no_restore, taken_over, round(max(waits), 4) if waits else None,
                                        max(overtaken), next_answer, tuple(held_ids), tuple(redelivered_ids)))

@@ -94,7 +94,8 @@ def test_a_held_request_with_no_restore_after_its_holder_s_death_is_the_daemon_s
                 f"cachefiles_ondemand_cread: o=00000001 mid={msg_id:x}", *text[again:]]
     assert not [v for v in build(takeover).of_rule("held") if f"msg_id {msg_id} " in v.text]
     ts = trace.parse(text[died])[0].ts
-    dropped = [*text[:died + 1], f"         umount-1     (    1) [000] .....   {ts + 0.000001:.6f}: "
+    dropped = [*text[:died + 1], waiter_killed(text, msg_id, o, ts + 0.000001),
+               f"         umount-1     (    1) [000] .....   {ts + 0.000002:.6f}: "
                f"drop: (cachefiles_ondemand_clean_object+0x4/0xcb) o={o}", *text[died + 1:]]
     assert not [v for v in build(dropped).of_rule("held") if f"msg_id {msg_id} " in v.text]
 
@@ -111,14 +112,26 @@ def held_at_a_death() -> tuple[list[str], int, int, int, int]:
 
 
 def test_a_held_request_whose_object_was_dropped_before_the_restore_was_ended_by_the_kernel():
-    """The kernel's own end: the object withdrawn (its requests failed) before a restore could
-    bring the request back. Dropped after the restore instead, it is no excuse: its reader waits
-    on it, so on a correct kernel it comes back first (the negative control)."""
+    """The kernel's own end: its waiter killed (the killable wait takes the request out), then
+    the object withdrawn, before a restore could bring the request back. Dropped while its waiter
+    lives on, it is no excuse: a waiting reader keeps its object, so the READ had ended before
+    with no event (the kernel failed it at the death, its reader went on and unmounted: the
+    drop only seems to end it). Dropped after the restore, neither: its reader waits on it, so
+    on a correct kernel it comes back first (the negative controls)."""
     text, msg_id, o, died, again = held_at_a_death()
     ts = trace.parse(text[died])[0].ts
-    dropped_before = [*text[:died + 1], drop_line(ts + 0.000001, o), *text[died + 1:again], *text[again + 1:]]
+    killed = waiter_killed(text, msg_id, o, ts + 0.000001)
+    dropped_before = [*text[:died + 1], killed, drop_line(ts + 0.000002, o), *text[died + 1:again], *text[again + 1:]]
     lg = build(dropped_before)
     assert lg.of_rule("held") == [] and sum(p.ended_by_kernel for p in lg.processes) == 1
+    # its waiter alive at the drop (killed after it, or never)
+    for alive in ([*text[:died + 1], drop_line(ts + 0.000002, o), waiter_killed(text, msg_id, o, ts + 0.000003),
+                   *text[died + 1:again], *text[again + 1:]],
+                  [*text[:died + 1], drop_line(ts + 0.000002, o), *text[died + 1:again], *text[again + 1:]]):
+        broken = build(alive).of_rule("held")
+        assert len(broken) == 1 and f"msg_id {msg_id} " in broken[0].text and broken[0].blame == "kernel"
+        assert f"its object's drop at {ts + 0.000002:.6f} came while its reader, task {waiter_of(text, msg_id, o)}, " \
+               "lived on" in broken[0].text
     dropped_after = [*text[:again], drop_line(trace.parse(text[again])[0].ts, o), *text[again + 1:]]
     broken = build(dropped_after).of_rule("held")
     assert len(broken) == 1 and f"msg_id {msg_id} " in broken[0].text
@@ -189,6 +202,20 @@ def test_a_held_request_answered_before_the_restore_was_taken_over():
 
 def answer_line(ts: float, o: int, msg_id: int) -> str:
     return f"         python3-999     (    999) [001] .....    {ts:.6f}: cachefiles_ondemand_cread: o={o:08x} mid={msg_id:x}"
+
+
+def waiter_of(text: list[str], msg_id: int, o: int) -> int:
+    """The task whose `read` tracepoint queued the READ of object `o` first delivered as `msg_id`."""
+    first = next(i for i, line in enumerate(text) if f"msg_id={msg_id} " in line and "deliver:" in line)
+    (e,) = trace.parse(text[first])
+    queued = f"cachefiles_ondemand_read: o={o:08x} mid=0 oid=0 s={e.fields['a']:x} l={e.fields['b']:x}"
+    return next(trace.parse(line)[0].pid for line in reversed(text[:first]) if line.endswith(queued))
+
+
+def waiter_killed(text: list[str], msg_id: int, o: int, ts: float) -> str:
+    """The exit of that READ's waiter at `ts` (a SIGKILLed reader)."""
+    pid = waiter_of(text, msg_id, o)
+    return _line(pid, ts, f"sched_process_exit: comm=python3 pid={pid} prio=120")
 
 
 def drop_line(ts: float, o: int) -> str:
