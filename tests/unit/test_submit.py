@@ -68,7 +68,8 @@ class TwoSidedHarness:
         provenance = {"source": "tree:/src/linux", "base": {"commit": commit, "describe": "v6.12"},
                       "head": "c" * 40 if side == "series" else commit,
                       "patches": [{"subject": "cachefiles: x", "status": "applied"}] if side == "series" else []}
-        request = {"scenario": scenario, "seed": seed, "flavor": "plain"}
+        kills = arg(argv, "--kills")
+        request = {"scenario": scenario, "seed": seed, "flavor": "plain", "kills": int(kills) if kills else None}
         if what in ("UNTESTABLE", "ERROR"):
             results = error_results(Status(what), f"{what.lower()}: the build failed", request=request,
                                     reproduce="failover-harness run", kernel={"flavor": "plain"},
@@ -271,15 +272,19 @@ def test_the_cache_key_names_everything_the_base_run_depends_on(tmp_path, templa
     key = BaseRunKey(BASE_COMMIT, "crash", 1, "plain", "console")
     others = [BaseRunKey("a" * 40, "crash", 1, "plain", "console"), BaseRunKey(BASE_COMMIT, "close-fds", 1, "plain", "console"),
               BaseRunKey(BASE_COMMIT, "crash", 2, "plain", "console"), BaseRunKey(BASE_COMMIT, "crash", 1, "debug", "console"),
-              BaseRunKey(BASE_COMMIT, "crash", 1, "plain", "ssh"), BaseRunKey(BASE_COMMIT, "crash", 1, "plain", "console", "0.0.1")]
+              BaseRunKey(BASE_COMMIT, "crash", 1, "plain", "ssh"),
+              BaseRunKey(BASE_COMMIT, "crash", 1, "plain", "console", harness_version="0.0.1"),
+              BaseRunKey(BASE_COMMIT, "crash", 1, "plain", "console", kills=10)]
     assert len({k.digest for k in [key, *others]}) == len(others) + 1
-    assert set(key.to_json()) == {"base_commit", "scenario", "seed", "flavor", "transport", "harness_version"}
+    assert set(key.to_json()) == {"base_commit", "scenario", "seed", "flavor", "transport", "kills", "harness_version"}
     cache = BaseRunCache(tmp_path)
     results = copy.deepcopy(templates["PASS"])
     results["provenance"]["base"]["commit"] = BASE_COMMIT
-    results["request"]["seed"] = 1
+    results["request"].update(seed=1, kills=None)
     assert cache.put(key, results) and cache.get(key) == json.loads(json.dumps(results))
     assert all(cache.get(k) is None for k in others)
+    # a run with other kills than its key's is not kept under it
+    assert not cache.put(others[-1], results) and cache.get(others[-1]) is None
     # only a judged run of that very base, without a patch, is kept
     series = copy.deepcopy(results)
     series["provenance"]["patches"] = [{"subject": "x", "status": "applied"}]
