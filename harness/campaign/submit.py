@@ -15,10 +15,11 @@ DIR/NN-cell/<side>-seed<S>/. DIR gets report.md, junit.xml, reply.eml and checks
 code is Submission.exit_code: 1 when the series made a scenario worse, 2 when a side could not
 be tested because the input was wrong, 125 for a warning, 0.
 
-`--scenario` and `--kills` make a submission cheaper (a demonstration, a first look). `--kills`
-goes to the runs of the scenarios that have kills of their own: close-fds and crash-points are
-not given kills they do not have (they would test something else, and a kernel that fails at a
-death would fail them too).
+`--scenario` and `--kills` make a submission cheaper (a demonstration, a first look): the reports
+then say what it left of the default one (scope_note), so that it is not read as a full one.
+`--kills` goes to the runs of the scenarios that have kills of their own: close-fds and
+crash-points are not given kills they do not have (they would test something else, and a kernel
+that fails at a death would fail them too).
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def add_submit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", required=True, help="the commit the series applies to")
     p.add_argument("--scenario", action="append", dest="scenarios", metavar="S",
                    help=f"one of {', '.join(SCENARIOS)}; repeat for more "
-                        f"(default {' '.join(matrix.DEFAULT_SCENARIOS)})")
+                        f"(default {' '.join(matrix.DEFAULT_SCENARIOS)}); the reports say when it is not the default")
     # the kernel (--tree holds --base), flavour, kills, seed and cache of every run
     RunRequest.add_arguments(p, "submit")
     p.add_argument("--repeat", type=int, default=repeats.DEFAULT_MAX_RUNS, metavar="N",
@@ -78,6 +79,19 @@ def submit_command(args: argparse.Namespace, mbox: str | None = None) -> str:
     repeat = ["--repeat", str(args.repeat)] if args.repeat != repeats.DEFAULT_MAX_RUNS else []
     return shlex.join(["failover-harness", "submit", "--mbox", mbox or str(args.mbox), "--base", args.base, *chosen,
                        *RunRequest.from_args(args, "submit").to_argv("submit"), *repeat])
+
+
+def scope_note(scenarios: tuple[str, ...], kills: int | None) -> str | None:
+    """What a submission changed of the default one, in a sentence for report.md and reply.eml;
+    None when nothing: a narrowed submission must not pass for a full one."""
+    said = []
+    if set(scenarios) != set(matrix.DEFAULT_SCENARIOS):
+        names, n = ", ".join(scenarios), len(matrix.DEFAULT_SCENARIOS)
+        said.append(f"only {names} of the {n} default scenarios" if set(scenarios) < set(matrix.DEFAULT_SCENARIOS)
+                    else f"scenarios {names}, not the {n} default ones")
+    if kills is not None:
+        said.append(f"{kills} kills in each scenario that kills, not its own number")
+    return f"Not the default submission: {'; '.join(said)}." if said else None
 
 
 def _tested_by(text: str | None) -> str | None:
@@ -189,11 +203,13 @@ def run_submit(args: argparse.Namespace, runner: ci.Runner = ci.run_child, today
 def write_reports(p: Plan, sub: Submission, args: argparse.Namespace) -> None:
     p.output.mkdir(parents=True, exist_ok=True)
     runs = sub.labelled_runs()
+    scope = scope_note(tuple(c.scenario for c in p.cells), p.request.kills)
     (p.output / "junit.xml").write_text(junit.render_many([r.results for _, _, r in runs],
                                                           names=[label for label, _, _ in runs]))
     (p.output / "report.md").write_text(markdown.render_submission(
-        sub, title=f"failover-harness on {p.mbox.name}", reproduce=submit_command(args), max_runs=p.max_runs))
+        sub, title=f"failover-harness on {p.mbox.name}", reproduce=submit_command(args), max_runs=p.max_runs,
+        scope=scope))
     text = reply.body(sub, root=p.root, reproduce=submit_command(args, p.mbox.name), mbox_name=p.mbox.name,
-                      max_runs=p.max_runs, tested_by=p.tested_by)
+                      max_runs=p.max_runs, tested_by=p.tested_by, scope=scope)
     (p.output / "reply.eml").write_bytes(reply.message(text, p.root, p.tested_by or DEFAULT_SENDER).as_bytes())
     (p.output / "checks.json").write_text(patchwork.render(sub, p.request.flavor, p.target_url))

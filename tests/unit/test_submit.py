@@ -395,6 +395,31 @@ def test_the_reproducing_command_spells_the_scenarios_and_kills_it_was_given(tmp
     assert same == plain
 
 
+def test_a_narrowed_submission_says_so_and_a_default_one_does_not(tmp_path, templates):
+    fake = TwoSidedHarness(templates, every("PASS"))
+    submit.run_submit(submit_args(tmp_path, "--scenario", "crash", "--scenario", "close-fds", "--kills", "10",
+                                  "--tested-by", "Tess Ter <tess@example.org>"), runner=fake)
+    md, eml, _ = outputs(tmp_path)
+    note = ("Not the default submission: only crash, close-fds of the 7 default scenarios; "
+            "10 kills in each scenario that kills, not its own number.")
+    assert f"\n\n{note}\n\n" in md
+    text = eml.get_content()
+    assert " ".join(text.split()).count(note) == 1 and max(len(line) for line in text.splitlines()) <= 72
+    assert text.index("Not the default submission") < text.index("\nscenario ")  # before the table
+    assert "Tested-by: Tess Ter <tess@example.org>" in text  # what ran passed: the note says what did not run
+    # each narrowing alone, and scenarios beyond the default set
+    assert submit.scope_note(tuple(SCENARIOS), 10) == \
+        "Not the default submission: 10 kills in each scenario that kills, not its own number."
+    assert submit.scope_note(("crash", "no-failover"), None) == \
+        "Not the default submission: scenarios crash, no-failover, not the 7 default ones."
+    assert submit.scope_note(tuple(reversed(SCENARIOS)), None) is None  # the same set, in another order
+    # the control: a default submission says nothing of the kind
+    shutil.rmtree(tmp_path / "runs")
+    submit.run_submit(submit_args(tmp_path), runner=fake)
+    md, eml, _ = outputs(tmp_path)
+    assert "Not the default submission" not in md and "Not the default submission" not in eml.get_content()
+
+
 def test_a_base_run_with_other_kills_is_never_reused(tmp_path, templates, tree):
     argv = ["submit", "--mbox", str(tmp_path / "v2.mbx"), "--base", "HEAD", "--tree", str(tree),
             "--cache", str(tmp_path / "cache"), "--scenario", "crash", "--scenario", "close-fds"]
