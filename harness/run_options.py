@@ -25,8 +25,9 @@ TRANSPORTS = tuple(t.value for t in Transport)
 
 # Which commands take an option. `mutate` runs its own mutants, not a scenario of the user's;
 # `_bisect-step` is always told its tree (the bisection's scratch worktree), never a package;
-# `submit` picks the kernel, flavour and seed of its child runs, and their cache; `matrix` takes its
-# cells' kernels, flavours and scenarios as axes of its own, and only the transport from here.
+# `submit` picks the kernel, flavour, seed and kills of its child runs, and their cache (its
+# scenarios are a list: its own option); `matrix` takes its cells' kernels, flavours and scenarios
+# as axes of its own, and only the transport from here.
 SCENARIO_COMMANDS = frozenset({"run", "bisect", "_bisect-step"})
 SOURCE_COMMANDS = frozenset({"run", "bisect", "mutate", "submit"})
 MACHINE_COMMANDS = frozenset({"run", "bisect", "_bisect-step", "mutate"})
@@ -81,7 +82,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("package", "Debian source package (default %(default)s)", SOURCE_COMMANDS | BENCH_COMMANDS, group="source"),
     Option("ref", "the commit to build (of --tree's repository, or of the package's)", frozenset({"run"})),
     Option("series", "an mbox or a directory of patches, applied on top with git am", frozenset({"run"}), type=Path),
-    Option("kills", "SIGKILLs to send (default: the scenario's, 50 for crash)", SCENARIO_COMMANDS, type=one_or_more),
+    Option("kills", "SIGKILLs to send (default: the scenario's, 50 for crash; submit: to each scenario that has "
+           "kills of its own)", SCENARIO_COMMANDS | {"submit"}, type=one_or_more),
     Option("fd_closes", "anon fds the daemon closes (default: the scenario's, 40 for close-fds)", SCENARIO_COMMANDS,
            type=int),
     Option("readers", "reader processes (default: the scenario's)", SCENARIO_COMMANDS, type=int),

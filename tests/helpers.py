@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 from guest_scripts.contract import GuestConfig, Mode
 
@@ -42,21 +43,40 @@ def init_repo(path: Path, files: dict[str, str], message: str = "base") -> Path:
     return path
 
 
-def commit_on(repo: Path, parent: str, message: str, edits: dict) -> str:
-    """A commit on `parent` changing files by `edits` ({path: old text -> new text}), made with
-    plumbing and a private index: the repository's checkout and index are not touched."""
+def _commit_staged(repo: Path, parent: str, message: str, stage: Callable[[dict], None]) -> str:
+    """A commit on `parent` of what `stage(env)` makes of its tree in a private index (`env` names
+    it), with plumbing: the repository's checkout and index are not touched."""
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         env = {"GIT_INDEX_FILE": f"{tmp}/index"}
         git(repo, "read-tree", parent, env=env)
+        stage(env)
+        tree = git(repo, "write-tree", env=env)
+    return git(repo, "commit-tree", tree, "-p", parent, "-m", message)
+
+
+def commit_on(repo: Path, parent: str, message: str, edits: dict) -> str:
+    """A commit on `parent` changing files by `edits` ({path: old text -> new text})."""
+    def stage(env: dict) -> None:
         for path, edit in edits.items():
             old = git(repo, "show", f"{parent}:{path}", strip=False)
             new = edit(old)
             assert new != old, f"edit of {path} changed nothing"
             blob = git(repo, "hash-object", "-w", "--stdin", input=new)
             git(repo, "update-index", "--cacheinfo", f"100644,{blob},{path}", env=env)
-        tree = git(repo, "write-tree", env=env)
-    return git(repo, "commit-tree", tree, "-p", parent, "-m", message)
+    return _commit_staged(repo, parent, message, stage)
+
+
+def commit_patch(repo: Path, parent: str, patch: Path) -> str:
+    """A commit on `parent` of a patch mail (a mutant of tests/mutants, or any mail `git
+    format-patch` writes), with its subject and message, applied as `git am` would apply it."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        info = git(repo, "mailinfo", f"{tmp}/msg", f"{tmp}/diff", input=patch.read_text())
+        subject = next(line.split(": ", 1)[1] for line in info.splitlines() if line.startswith("Subject: "))
+        message = f"{subject}\n\n{Path(tmp, 'msg').read_text()}"
+    return _commit_staged(repo, parent, message,
+                          lambda env: git(repo, "apply", "--cached", str(patch.resolve()), env=env))
 
 
 def harmless(path: str, note: str) -> dict:

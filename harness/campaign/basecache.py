@@ -4,11 +4,13 @@ series on the same base does not run the base again.
 A base run is reused only when everything that decides what it tested is the same, named field
 by field in BaseRunKey: the base commit (for the Debian package, the commit the harness makes
 of it, whose id is fixed by the package's contents, so it stands for the package version), the
-scenario, the seed (the dataset and the fault timing), the flavour, the transport, and the
-harness version (which fixes the scenarios, the configs and the judge). The entries live under
+scenario, the seed (the dataset and the fault timing), the flavour, the transport, the kills
+(`submit --kills`; None for the scenario's own number), and the harness version (which fixes
+the scenarios, the configs and the judge). The entries live under
 `<cache>/base-runs/`, one file each, named by a digest of the key and holding the key itself,
-so that a digest collision or a hand-edited file is a miss, never a wrong result. Only judged
-runs are kept: a build or boot failure is tried again.
+so that a digest collision, a hand-edited file or an entry of a key with fewer fields (one kept
+before the kills were part of it) is a miss, never a wrong result. Only judged runs are kept: a
+build or boot failure is tried again.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ class BaseRunKey:
     seed: int
     flavor: str
     transport: str
+    kills: int | None = None  # None: the scenario's own number (submit without --kills)
     harness_version: str = __version__
 
     def to_json(self) -> dict[str, Any]:
@@ -44,10 +47,12 @@ class BaseRunKey:
 
 
 def is_base_run_of(results: AnyResults, key: BaseRunKey) -> bool:
-    """Whether `results` are a judged run of this key's base, without a patch on it: what may be kept."""
+    """Whether `results` are a judged run of this key's base, without a patch on it, with its seed
+    and kills: what may be kept."""
     prov = results.get("provenance") or {}
+    request = results["request"]
     return is_judged(results) and (prov.get("base") or {}).get("commit") == key.base_commit \
-        and not prov.get("patches") and results["request"].get("seed") == key.seed
+        and not prov.get("patches") and request.get("seed") == key.seed and request.get("kills") == key.kills
 
 
 class BaseRunCache:

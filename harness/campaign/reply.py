@@ -1,12 +1,13 @@
 """reply.eml: a submission's answer to its series, ready to send in reply to the cover letter.
 
-Plain text wrapped at 72 columns, as the kernel's lists read mail: the outcome, the table of
-both sides of every scenario, why each scenario that is not a plain pass is what it is, the
-kernel findings with their titles and fingerprints (and what the known issues say of them), the
-one command that reproduces it all, and a Tested-by: only when every scenario passes on the
-series with nothing regressed, inconclusive or untestable (Submission.tested). It threads under
-the cover letter (In-Reply-To and References from its Message-Id) and goes to its sender and
-recipients; the harness sends nothing: CI or a person does.
+Plain text wrapped at 72 columns, as the kernel's lists read mail: the outcome, what the
+submission left of the default one when it was narrowed, the table of both sides of every
+scenario, why each scenario that is not a plain pass is what it is, the kernel findings with
+their titles and fingerprints (and what the known issues say of them), the one command that
+reproduces it all, and a Tested-by: only when every scenario passes on the series with nothing
+regressed, inconclusive or untestable (Submission.tested). It threads under the cover letter
+(In-Reply-To and References from its Message-Id) and goes to its sender and recipients; the
+harness sends nothing: CI or a person does.
 """
 from __future__ import annotations
 
@@ -86,10 +87,13 @@ def _tested_on(runs: list[AnyResults]) -> str:
 
 
 def body(sub: Submission, *, root: ThreadRoot, reproduce: str, mbox_name: str, max_runs: int,
-         tested_by: str | None) -> str:
+         tested_by: str | None, scope: str | None = None) -> str:
+    """The reply's text; `scope`: what the submission left of the default one, said first."""
     runs = sub.labelled_runs()
     out = paragraph(f"failover-harness ran the cachefiles on-demand failover scenarios on this series: "
                     f"{sub.headline}.") + [""]
+    if scope:
+        out += paragraph(scope) + [""]
     out += paragraph(_tested_on([r.results for _, side, r in runs if side is Side.SERIES]
                                 or [r.results for _, _, r in runs])) + [""]
     out += columns([("scenario", "base", "series", "outcome")]

@@ -156,10 +156,13 @@ def _reproduce(commands: list[str]) -> list[str]:
 STATE_MARK = {CheckState.SUCCESS: "✅", CheckState.WARNING: "⚠️", CheckState.FAIL: "❌"}
 
 
-def render_submission(sub: Submission, *, title: str, reproduce: str, max_runs: int) -> str:
-    """The report of a two-sided submission: a row a scenario (both sides, the outcome, why), the
-    findings labelled by the known issues, every run, and the one command that reproduces it all."""
+def render_submission(sub: Submission, *, title: str, reproduce: str, max_runs: int, scope: str | None = None) -> str:
+    """The report of a two-sided submission: what it left of the default one (`scope`), a row a
+    scenario (both sides, the outcome, why), the findings labelled by the known issues, every run,
+    and the one command that reproduces it all."""
     out = [f"### {title}: {STATE_MARK[sub.worst_state]} {sub.headline}", ""]
+    if scope:
+        out += [scope, ""]
     runs = sub.labelled_runs()
     if prov := _provenance([r.results for _, side, r in runs if side is Side.SERIES]):
         out += prov + [""]

@@ -120,7 +120,8 @@ def test_each_command_takes_its_share_of_the_options() -> None:
         return {o.flag for o in run_options.options_of(command)}
     assert {"--ref", "--series"} <= flags("run") and not {"--ref", "--series"} & flags("bisect")
     assert "--package" not in flags(bisect.STEP_COMMAND) and "--scenario" not in flags("mutate")
-    assert flags("submit") == {"--flavor", "--tree", "--package", "--seed", "--transport", "--cache"}
+    # submit's scenarios are a list, an option of its own (test_submit.py)
+    assert flags("submit") == {"--flavor", "--tree", "--package", "--kills", "--seed", "--transport", "--cache"}
     assert flags("matrix") == {"--transport"}  # its kernels, flavours and scenarios are axes of its own
     # the bench's scenarios, faults and stages are its own; its --output is where bench.json goes
     assert flags("bench") == {"--tree", "--package", "--seed", "--accel", "--transport", "--jobs", "--cache"}

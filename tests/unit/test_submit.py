@@ -68,7 +68,8 @@ class TwoSidedHarness:
         provenance = {"source": "tree:/src/linux", "base": {"commit": commit, "describe": "v6.12"},
                       "head": "c" * 40 if side == "series" else commit,
                       "patches": [{"subject": "cachefiles: x", "status": "applied"}] if side == "series" else []}
-        request = {"scenario": scenario, "seed": seed, "flavor": "plain"}
+        kills = arg(argv, "--kills")
+        request = {"scenario": scenario, "seed": seed, "flavor": "plain", "kills": int(kills) if kills else None}
         if what in ("UNTESTABLE", "ERROR"):
             results = error_results(Status(what), f"{what.lower()}: the build failed", request=request,
                                     reproduce="failover-harness run", kernel={"flavor": "plain"},
@@ -271,15 +272,19 @@ def test_the_cache_key_names_everything_the_base_run_depends_on(tmp_path, templa
     key = BaseRunKey(BASE_COMMIT, "crash", 1, "plain", "console")
     others = [BaseRunKey("a" * 40, "crash", 1, "plain", "console"), BaseRunKey(BASE_COMMIT, "close-fds", 1, "plain", "console"),
               BaseRunKey(BASE_COMMIT, "crash", 2, "plain", "console"), BaseRunKey(BASE_COMMIT, "crash", 1, "debug", "console"),
-              BaseRunKey(BASE_COMMIT, "crash", 1, "plain", "ssh"), BaseRunKey(BASE_COMMIT, "crash", 1, "plain", "console", "0.0.1")]
+              BaseRunKey(BASE_COMMIT, "crash", 1, "plain", "ssh"),
+              BaseRunKey(BASE_COMMIT, "crash", 1, "plain", "console", harness_version="0.0.1"),
+              BaseRunKey(BASE_COMMIT, "crash", 1, "plain", "console", kills=10)]
     assert len({k.digest for k in [key, *others]}) == len(others) + 1
-    assert set(key.to_json()) == {"base_commit", "scenario", "seed", "flavor", "transport", "harness_version"}
+    assert set(key.to_json()) == {"base_commit", "scenario", "seed", "flavor", "transport", "kills", "harness_version"}
     cache = BaseRunCache(tmp_path)
     results = copy.deepcopy(templates["PASS"])
     results["provenance"]["base"]["commit"] = BASE_COMMIT
-    results["request"]["seed"] = 1
+    results["request"].update(seed=1, kills=None)
     assert cache.put(key, results) and cache.get(key) == json.loads(json.dumps(results))
     assert all(cache.get(k) is None for k in others)
+    # a run with other kills than its key's is not kept under it
+    assert not cache.put(others[-1], results) and cache.get(others[-1]) is None
     # only a judged run of that very base, without a patch, is kept
     series = copy.deepcopy(results)
     series["provenance"]["patches"] = [{"subject": "x", "status": "applied"}]
@@ -350,6 +355,98 @@ def test_the_transport_reaches_every_run_and_the_command(tmp_path, templates):
     assert submit.submit_command(args).endswith("--seed 1 --transport ssh --repeat 3")
 
 
+def test_only_the_chosen_scenarios_run_and_the_kills_reach_the_scenarios_that_kill(tmp_path, templates):
+    fake = TwoSidedHarness(templates, every("PASS"))
+    args = submit_args(tmp_path, "--scenario", "crash", "--scenario", "close-fds", "--scenario", "crash",
+                       "--kills", "10")
+    assert submit.run_submit(args, runner=fake) == 0
+    # in the order given, once each, on both sides
+    assert [arg(a, "--scenario") for a in fake.runs("base")] == ["crash", "close-fds"]
+    assert [arg(a, "--scenario") for a in fake.runs("series")] == ["crash", "close-fds"]
+    assert [arg(a, "--kills") for a in fake.runs("base", "crash") + fake.runs("series", "crash")] == ["10", "10"]
+    # close-fds has no kills of its own: it is not given any (it would test something else)
+    assert all("--kills" not in a for a in fake.runs("base", "close-fds") + fake.runs("series", "close-fds"))
+    _, _, checks = outputs(tmp_path)
+    assert [c["context"] for c in checks] == ["failover-harness-plain-crash", "failover-harness-plain-close-fds"]
+    # the control: without the options, every default scenario with its own kills
+    fake.calls.clear()
+    shutil.rmtree(tmp_path / "runs")
+    assert submit.run_submit(submit_args(tmp_path), runner=fake) == 0
+    assert [arg(a, "--scenario") for a in fake.runs("series")] == SCENARIOS  # (close-fds' base run: cached)
+    assert not any("--kills" in a for a in fake.calls)
+
+
+def test_the_reproducing_command_spells_the_scenarios_and_kills_it_was_given(tmp_path, templates):
+    args = submit_args(tmp_path, "--scenario", "crash", "--scenario", "close-fds", "--kills", "10", "--repeat", "2")
+    command = submit.submit_command(args)
+    assert "--base v6.12 --scenario crash --scenario close-fds --tree /src/linux --kills 10 --seed 1" in command
+    again = cli.parser().parse_args(shlex.split(command)[1:])
+    assert submit.scenarios_of(again) == ("crash", "close-fds") and again.kills == 10 and again.repeat == 2
+    # the reply's command is that one, as a shell reads it back
+    fake = TwoSidedHarness(templates, every("PASS"))
+    submit.run_submit(args, runner=fake)
+    text = outputs(tmp_path)[1].get_content()
+    said = text[text.index("  failover-harness submit"):].split("\n\n", 1)[0]
+    assert shlex.split(said.replace("\\\n", "")) == shlex.split(submit.submit_command(args, "v2.mbx"))
+    # the control: the default scenarios, in their order, and the scenarios' own kills are not spelled
+    plain = submit.submit_command(submit_args(tmp_path))
+    assert "--scenario" not in plain and "--kills" not in plain
+    same = submit.submit_command(submit_args(tmp_path, *[w for s in SCENARIOS for w in ("--scenario", s)]))
+    assert same == plain
+
+
+def test_a_narrowed_submission_says_so_and_a_default_one_does_not(tmp_path, templates):
+    fake = TwoSidedHarness(templates, every("PASS"))
+    submit.run_submit(submit_args(tmp_path, "--scenario", "crash", "--scenario", "close-fds", "--kills", "10",
+                                  "--tested-by", "Tess Ter <tess@example.org>"), runner=fake)
+    md, eml, _ = outputs(tmp_path)
+    note = ("Not the default submission: only crash, close-fds of the 7 default scenarios; "
+            "10 kills in each scenario that kills, not its own number.")
+    assert f"\n\n{note}\n\n" in md
+    text = eml.get_content()
+    assert " ".join(text.split()).count(note) == 1 and max(len(line) for line in text.splitlines()) <= 72
+    assert text.index("Not the default submission") < text.index("\nscenario ")  # before the table
+    assert "Tested-by: Tess Ter <tess@example.org>" in text  # what ran passed: the note says what did not run
+    # each narrowing alone, and scenarios beyond the default set
+    assert submit.scope_note(tuple(SCENARIOS), 10) == \
+        "Not the default submission: 10 kills in each scenario that kills, not its own number."
+    assert submit.scope_note(("crash", "no-failover"), None) == \
+        "Not the default submission: scenarios crash, no-failover, not the 7 default ones."
+    assert submit.scope_note(tuple(reversed(SCENARIOS)), None) is None  # the same set, in another order
+    # the control: a default submission says nothing of the kind
+    shutil.rmtree(tmp_path / "runs")
+    submit.run_submit(submit_args(tmp_path), runner=fake)
+    md, eml, _ = outputs(tmp_path)
+    assert "Not the default submission" not in md and "Not the default submission" not in eml.get_content()
+
+
+def test_a_base_run_with_other_kills_is_never_reused(tmp_path, templates, tree):
+    argv = ["submit", "--mbox", str(tmp_path / "v2.mbx"), "--base", "HEAD", "--tree", str(tree),
+            "--cache", str(tmp_path / "cache"), "--scenario", "crash", "--scenario", "close-fds"]
+    (tmp_path / "v2.mbx").write_text(COVER + PATCH)
+    fake = TwoSidedHarness(templates, every("PASS"))
+
+    def base_runs(*extra: str) -> list[list[str]]:
+        fake.calls.clear()
+        out = tmp_path / f"runs-{len(list(tmp_path.glob('runs-*')))}"
+        submit.run_submit(cli.parser().parse_args([*argv, *extra, "--output", str(out)]), runner=fake)
+        return fake.runs("base")
+
+    assert [arg(a, "--scenario") for a in base_runs("--kills", "10")] == ["crash", "close-fds"]
+    # the scenarios' own kills: crash runs again; close-fds, given no kills either way, is reused
+    assert [(arg(a, "--scenario"), arg(a, "--kills")) for a in base_runs()] == [("crash", None)]
+    assert [(arg(a, "--scenario"), arg(a, "--kills")) for a in base_runs("--kills", "20")] == [("crash", "20")]
+    assert base_runs("--kills", "10") == [] and base_runs() == []  # each one is kept under its own kills
+    # an entry kept before the kills were part of the key is a miss (run again), not an error
+    cache = BaseRunCache(tmp_path / "cache")
+    key = BaseRunKey(git(tree, "rev-parse", "HEAD"), "crash", 1, "plain", "console")
+    entry = json.loads(cache.path(key).read_text())
+    del entry["key"]["kills"]
+    cache.path(key).write_text(json.dumps(entry))
+    assert cache.get(key) is None
+    assert [arg(a, "--scenario") for a in base_runs()] == ["crash"]
+
+
 @pytest.mark.parametrize("content", ["", "From x\nSubject: [PATCH 0/1] cover\n\nwords only\n"])
 def test_a_submission_without_a_patch_is_refused_once_before_any_run(content, tmp_path, monkeypatch, capsys):
     mbox = tmp_path / "empty.mbx"
@@ -363,6 +460,8 @@ def test_a_submission_without_a_patch_is_refused_once_before_any_run(content, tm
 
 @pytest.mark.parametrize("extra, message", [
     (["--repeat", "1"], "--repeat must be 2..100 (got 1)"),
+    (["--scenario", "crash", "--scenario", "crash-point"], "unknown scenario 'crash-point' (one of crash, close-fds,"),
+    (["--scenario", "close-fds", "--kills", "10"], "--kills 10: none of the scenarios (close-fds) has kills of its own"),
     (["--tested-by", "tess@example.org"], "--tested-by 'tess@example.org': expected \"Name <address>\""),
     (["--target-url", "ci.example.org/1"], "--target-url 'ci.example.org/1': expected an http"),
     (["--known-issues", "/nonexistent.json"], "--known-issues /nonexistent.json: No such file or directory"),
