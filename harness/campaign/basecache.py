@@ -5,8 +5,9 @@ A base run is reused only when everything that decides what it tested is the sam
 by field in BaseRunKey: the base commit (for the Debian package, the commit the harness makes
 of it, whose id is fixed by the package's contents, so it stands for the package version), the
 scenario, the seed (the dataset and the fault timing), the flavour, the transport, the kills
-(`submit --kills`; None for the scenario's own number), and the harness version (which fixes
-the scenarios, the configs and the judge). The entries live under
+(`submit --kills`; None for the scenario's own number), and the harness version with a
+digest of its sources (`harness.source_digest`: they fix the scenarios, the configs and the
+judge, and `__version__` alone moves only by hand). The entries live under
 `<cache>/base-runs/`, one file each, named by a digest of the key and holding the key itself,
 so that a digest collision, a hand-edited file or an entry of a key with fewer fields (one kept
 before the kills were part of it) is a miss, never a wrong result. Only judged runs are kept: a
@@ -18,11 +19,11 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .. import version_with_source
 from ..judge.results import AnyResults, is_judged
 
 ENTRY_VERSION = 1  # the entry file's own shape
@@ -36,7 +37,8 @@ class BaseRunKey:
     flavor: str
     transport: str
     kills: int | None = None  # None: the scenario's own number (submit without --kills)
-    harness_version: str = __version__
+    # the harness's version and a digest of its sources: a judge fixed since is a miss
+    harness_version: str = field(default_factory=version_with_source)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -476,3 +476,26 @@ def test_bad_options_are_one_line_and_exit_2_before_any_run(extra, message, tmp_
                      "--output", str(tmp_path / "runs"), *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_the_harness_version_in_the_key_moves_with_any_change_of_its_sources(tmp_path):
+    """`__version__` moves by hand; a base run judged by a harness changed since (its judge, a
+    scenario, a guest script) must be a miss. Generated files (bytecode, tool caches) are not
+    sources. Control: the same tree digests the same."""
+    import shutil
+    import harness
+    tree = tmp_path / "tree"
+    for d in harness.SOURCE_DIRS:
+        shutil.copytree(harness.ROOT / d, tree / d, ignore=shutil.ignore_patterns("__pycache__", ".*"))
+    digest = harness.source_digest.__wrapped__
+    before = digest(tree)
+    assert digest(tree) == before and len(before) == 16
+    (tree / "guest_scripts" / "__pycache__").mkdir(exist_ok=True)
+    (tree / "guest_scripts" / "__pycache__" / "keeper.cpython-311.pyc").write_bytes(b"\0")
+    (tree / "harness" / ".mypy_cache").mkdir()
+    (tree / "harness" / ".mypy_cache" / "x.json").write_text("{}")
+    assert digest(tree) == before
+    judge = tree / "harness" / "judge" / "ledger.py"
+    judge.write_text(judge.read_text() + "\n# a judge changed\n")
+    assert digest(tree) != before
+    assert BaseRunKey(BASE_COMMIT, "crash", 1, "plain", "console").harness_version == harness.version_with_source()
