@@ -77,7 +77,12 @@ class Lifetime:
     # range at its first delivery; None when none or several were), blocked in the kernel until
     # the READ ends
     waiter: int | None = None
-    waiter_alive_at_drop: bool = False  # ended by its object's drop while its waiter had not exited
+    # the waiter's first event after the READ's first delivery, (event, ts): "exit" a waiter
+    # killed in its killable wait (which takes the request out); anything else, a waiter that
+    # went on because the READ had ended; None while it waits
+    waiter_next: tuple[str, float] | None = None
+    # ended by its object's drop with its waiter not killed before: what the waiter did by then
+    drop_found_waiter: str | None = None
 
     def describe(self) -> str:
         where = f" object {self.o}" if self.o is not None else ""
@@ -192,7 +197,7 @@ class _Builder:
         self.delivered_reads: Counter[tuple[int, int, int]] = Counter()
         self.waiting_reads: dict[int, tuple[int, int, int]] = {}  # task -> its READ queued, not yet delivered
         self.abandoned: Counter[tuple[int, int, int]] = Counter()  # READs whose task exited before their delivery
-        self.task_exits: dict[int, float] = {}  # thread -> its last exit
+        self.waiters: dict[int, Lifetime] = {}  # task -> the delivered READ it waits on, until its next event
         self.known_o: set[int] = set()
         self.reopens = Reopens()  # the objects opened again after their anon fd's release
         self.reads_after_reopen = 0  # READs delivered (first delivery) on a reopened object
@@ -208,6 +213,10 @@ class _Builder:
         self.binds: list[tuple[float, int]] = []  # each bind's (ts, ret)
 
     def feed(self, e: TraceEvent) -> None:
+        # a waiter's own wake-up of the daemon's poll queue, after its READ was queued, may come
+        # after the READ's delivery: no sign that it went on
+        if e.event != "pollwake" and (waited := self.waiters.pop(e.pid, None)) is not None:
+            waited.waiter_next = (e.event, e.ts)
         self.spans.feed(e)
         self.calls.feed(e)
         self.reopens.feed(e)
@@ -247,9 +256,11 @@ class _Builder:
             for msg_id, lt in list(self.live.items()):
                 if lt.o == o:
                     lt.ended_ts, lt.ended_by = e.ts, "drop"
-                    # an exit of that thread before the READ's delivery was an earlier task's
-                    lt.waiter_alive_at_drop = lt.waiter is not None and \
-                        self.task_exits.get(lt.waiter, -1.0) < lt.deliveries[0].ts
+                    if lt.waiter is not None and lt.waiter_next is None:
+                        lt.drop_found_waiter = f"task {lt.waiter}, was not killed (no event of it since the delivery)"
+                    elif lt.waiter is not None and lt.waiter_next is not None and lt.waiter_next[0] != "exit":
+                        lt.drop_found_waiter = f"task {lt.waiter}, went on at {lt.waiter_next[1]:.6f} " \
+                                               f"({lt.waiter_next[0]}), not killed"
                     del self.live[msg_id]
         elif e.event == "unbind":
             # the cache is dead: every request is failed with it, unanswered (the readers are
@@ -264,7 +275,6 @@ class _Builder:
             self.binds.append((e.ts, f.get("ret", -1)))
         elif e.event == "exit":
             self.exits[e.process] = e.ts
-            self.task_exits[e.pid] = e.ts
             if (key := self.waiting_reads.pop(e.pid, None)) is not None:
                 self.abandoned[key] += 1
 
@@ -317,7 +327,9 @@ class _Builder:
                     self.delivered_reads[key] += 1
                     if waiters := [t for t, k in self.waiting_reads.items() if k == key]:
                         del self.waiting_reads[waiters[0]]
-                        lt.waiter = waiters[0] if len(waiters) == 1 else None
+                        if len(waiters) == 1:
+                            lt.waiter = waiters[0]
+                            self.waiters[waiters[0]] = lt
                 if not self.object_open.get(o, False):
                     self.violations.append(Violation("closed", f"{lt.describe()} delivered at {e.ts:.6f} while its "
                                                      "object was closed (anon fd released, no copen since)"))
@@ -358,20 +370,21 @@ class _Builder:
 
     @staticmethod
     def dropped_with_its_waiter(lt: Lifetime) -> bool:
-        """Whether `lt`, ended by its object's drop, was a READ whose waiter had not exited by then.
-        A task waiting on a READ keeps its file, and so its object, open: the object can go only
-        once the READ has ended, or its waiter was killed (the killable wait takes the request
-        out). A drop that finds the waiter alive came after the READ had ended with no event: the
-        kernel failed it (a dying daemon's anon fd released, the waiter failed with EIO, its
-        reader gone on and unmounted), and the drop only seems to end it."""
-        return lt.ended_by == "drop" and lt.waiter_alive_at_drop
+        """Whether `lt`, ended by its object's drop, was a READ whose waiter was not killed while
+        it waited. A task waiting on a READ keeps its file, and so its object, open: the object
+        can go only once the READ has ended, or its waiter was killed (its first event after the
+        delivery is its exit: the killable wait takes the request out). A drop after the waiter
+        went on (any other event of it) came after the READ had ended with no event: the kernel
+        failed it (a dying daemon's anon fd released, the waiter failed with EIO, its reader gone
+        on and unmounted), and the drop only seems to end it."""
+        return lt.ended_by == "drop" and lt.drop_found_waiter is not None
 
     def drop_came_late(self, lt: Lifetime) -> str:
         """What a violation says of a drop that does not excuse `lt` (dropped_with_its_waiter)."""
         if not self.dropped_with_its_waiter(lt):
             return ""
-        return (f"; its object's drop at {lt.ended_ts:.6f} came while its reader, task {lt.waiter}, lived on: "
-                "it had ended before with no answer")
+        return (f"; its object's drop at {lt.ended_ts:.6f} does not excuse it: its reader, {lt.drop_found_waiter}, "
+                "and a waiting reader keeps its object: it had ended before, with no answer")
 
     def answers(self) -> list[float]:
         """The ledger's answers, in trace order (ProcessAccount.next_answer_s): every `copen` and
