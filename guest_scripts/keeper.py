@@ -61,7 +61,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from contract import (AT_RESTORE, CACHE_DEATH_RT_OFFSET, CLOCK_MARK, DAEMON_PID_FILE, INCARNATION, KEEPER_BOUND, NETFS_COOKIES,
                       REOPEN_CLOSED, REOPEN_GO_MARK, REOPEN_HELD, REOPEN_NONE, REOPEN_RESTORED, UMOUNT_AT,
@@ -249,12 +249,93 @@ def open_cache(cache_dir: str, tag: str) -> int:
     return fd
 
 
+class DaemonProcess(Protocol):
+    """What the keeper does with a daemon process: a spawned one's subprocess.Popen and a forked
+    one's AdoptedProcess are both one."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def send_signal(self, sig: int) -> None: ...
+    def terminate(self) -> None: ...
+    def kill(self) -> None: ...
+
+
+class AdoptedProcess:
+    """A child the keeper did not start but was given (re-parented to it, a child subreaper).
+    Waited for and signalled as subprocess.Popen does its own: one waitpid at a time (a poll
+    while another thread waits says None), the returncode negative for a signal, and no signal
+    once it is reaped (its pid may be another's)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._waitpid_lock = threading.Lock()
+
+    def _waitpid(self, flags: int) -> None:
+        try:
+            pid, status = os.waitpid(self.pid, flags)
+        except ChildProcessError:
+            self.returncode = 0  # not ours to wait for after all: Popen says 0 too
+            return
+        if pid == self.pid:
+            self.returncode = os.waitstatus_to_exitcode(status)
+
+    def poll(self) -> int | None:
+        if self.returncode is None and self._waitpid_lock.acquire(False):
+            try:
+                if self.returncode is None:
+                    self._waitpid(os.WNOHANG)
+            finally:
+                self._waitpid_lock.release()
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if timeout is None:
+            with self._waitpid_lock:
+                while self.returncode is None:
+                    self._waitpid(0)
+            return self.returncode
+        deadline = time.monotonic() + timeout
+        while (status := self.poll()) is None:
+            if time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout)
+            time.sleep(0.005)
+        return status
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
 @dataclass
 class Spawned:
     """A daemon process and the keeper's end of its channel, on which it waits for its activation."""
 
-    popen: subprocess.Popen[bytes]
+    process: DaemonProcess
     sock: socket.socket
+
+
+def end_process(process: DaemonProcess) -> int:
+    """Killed if it lives, and reaped: its returncode."""
+    if process.poll() is None:
+        process.kill()
+    return process.wait()
+
+
+def exit_fields(status: int) -> dict[str, int | None]:
+    """A Popen returncode as the keeper's events give it."""
+    return {"signal": -status if status < 0 else None, "exit_code": status if status >= 0 else None}
 
 
 class Keeper:
@@ -264,7 +345,7 @@ class Keeper:
         self.daemon_script = daemon_script
         self.log = EventLog(config.keeper_log, who="keeper")
         self.stopping = False
-        self.child: subprocess.Popen[bytes] | None = None  # the incarnation activated last: never a standby
+        self.child: DaemonProcess | None = None  # the incarnation activated last: never a standby
         self.standby: Spawned | None = None  # GuestConfig.standby: the next one's process, waiting
         self.device_fd = -1
         self.incarnation = 0
@@ -323,10 +404,10 @@ class Keeper:
         spawned = self.spawn()
         self.standby = spawned
         try:
-            os.setpriority(os.PRIO_PROCESS, spawned.popen.pid, os.getpriority(os.PRIO_PROCESS, 0) + STANDBY_NICE)
+            os.setpriority(os.PRIO_PROCESS, spawned.process.pid, os.getpriority(os.PRIO_PROCESS, 0) + STANDBY_NICE)
         except OSError:
             pass  # gone already: found so at its turn, and ended then
-        self.log.emit(Event.STANDBY, pid=spawned.popen.pid)
+        self.log.emit(Event.STANDBY, pid=spawned.process.pid)
 
     def end_standby(self, why: str, spawned: Spawned | None = None) -> None:
         """The standby (or `spawned`, one taken from it) ended unactivated: killed if it lives (it
@@ -335,18 +416,15 @@ class Keeper:
             spawned, self.standby = self.standby, None
         if spawned is None:
             return
-        if spawned.popen.poll() is None:
-            spawned.popen.kill()
-        status = spawned.popen.wait()
+        status = end_process(spawned.process)
         spawned.sock.close()
-        self.log.emit(Event.STANDBY_ENDED, pid=spawned.popen.pid, why=why,
-                      signal=-status if status < 0 else None, exit_code=status if status >= 0 else None)
+        self.log.emit(Event.STANDBY_ENDED, pid=spawned.process.pid, why=why, **exit_fields(status))
 
     def activate(self, spawned: Spawned) -> int | None:
         """Make `spawned` incarnation self.incarnation: back to the keeper's niceness (before any of
         its threads is started: they inherit it), then its number and the device fd. Returns the
         niceness it serves at (None: unknown); OSError if it is gone (nothing can be queued)."""
-        pid = spawned.popen.pid
+        pid = spawned.process.pid
         try:
             if os.getpriority(os.PRIO_PROCESS, pid) != (own := os.getpriority(os.PRIO_PROCESS, 0)):
                 os.setpriority(os.PRIO_PROCESS, pid, own)
@@ -381,7 +459,7 @@ class Keeper:
         try:
             if self.held is not None:
                 self.held.hand_over(spawned.sock)
-            self.child = spawned.popen
+            self.child = spawned.process
             if self.config.mode == Mode.NO_FAILOVER:
                 os.close(self.device_fd)
                 self.device_fd = -1
@@ -412,8 +490,7 @@ class Keeper:
             thread.join(10)
             sock.close()
             self.supervision = None
-        self.log.emit(Event.DIED, incarnation=self.incarnation, pid=self.child.pid,
-                      signal=-status if status < 0 else None, exit_code=status if status >= 0 else None)
+        self.log.emit(Event.DIED, incarnation=self.incarnation, pid=self.child.pid, **exit_fields(status))
         self.child = None
 
     def run(self) -> int:

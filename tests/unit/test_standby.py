@@ -17,7 +17,7 @@ import pytest
 
 from contract import DAEMON_PID_FILE, CrashPoint, Event, parse_daemon_state
 from helpers import ROOT, guest_config
-from keeper import STANDBY_NICE, Keeper
+from keeper import STANDBY_NICE, AdoptedProcess, Keeper
 
 # what /proc/<pid>/syscall starts with while a process waits in recvmsg(2): a standby, imported
 RECVMSG = {"x86_64": 47, "aarch64": 212}.get(platform.machine())
@@ -97,7 +97,7 @@ class Rig:
         """The standby's pid once it waits, imported, for its activation."""
         standby = wait_for(lambda: self.keeper.standby)
         assert standby is not None, "no standby started"
-        pid = standby.popen.pid
+        pid = standby.process.pid
         if RECVMSG is not None:
             assert wait_for(lambda: waiting_for_activation(pid)), "the standby never got to its wait"
         return pid
@@ -126,9 +126,9 @@ class Rig:
     def close(self) -> None:
         """After a failed test too: the loop stopped first, so that it starts nothing more."""
         self.keeper._on_term(signal.SIGTERM, None)
-        for popen in (self.keeper.child, self.keeper.standby.popen if self.keeper.standby else None):
-            if popen is not None and popen.poll() is None:
-                popen.kill()
+        for process in (self.keeper.child, self.keeper.standby.process if self.keeper.standby else None):
+            if process is not None and process.poll() is None:
+                process.kill()
         if self.thread is not None:
             self.thread.join(BOUND_S)
         self.keeper.end_standby("test over")
@@ -295,6 +295,20 @@ def test_a_supervised_standby_gets_the_held_anon_fds_only_at_its_activation(rig,
     r.stop()
 
 
+def test_an_adopted_process_is_waited_for_as_popen_does():
+    """AdoptedProcess: Popen's returncode (negative for a signal), poll and a bounded wait, and no
+    signal once it is reaped."""
+    exits = AdoptedProcess(os.posix_spawn("/bin/sh", ["sh", "-c", "exit 3"], os.environ))
+    assert exits.wait() == 3 and exits.poll() == 3
+    sleeper = AdoptedProcess(os.posix_spawn("/bin/sh", ["sh", "-c", "exec sleep 30"], os.environ))
+    assert sleeper.poll() is None
+    with pytest.raises(subprocess.TimeoutExpired):
+        sleeper.wait(0.05)
+    sleeper.terminate()
+    assert sleeper.wait() == -signal.SIGTERM and sleeper.poll() == -signal.SIGTERM
+    sleeper.kill()  # reaped: nothing is sent (its pid may be another process's by now)
+
+
 # -- Keeper.run's ends: SIGTERM (the end check's) and an error; a process of its own -------------
 
 DRIVER = """
@@ -313,7 +327,7 @@ if sys.argv[3] == "error":
     real_start = k.start_daemon
     def start():
         real_start()  # then the error, once the standby waits
-        while not open(f"/proc/{k.standby.popen.pid}/syscall").read().startswith(sys.argv[4] + " "):
+        while not open(f"/proc/{k.standby.process.pid}/syscall").read().startswith(sys.argv[4] + " "):
             time.sleep(0.01)
     k.reap, k.start_daemon = reap, start
 sys.exit(k.run())
