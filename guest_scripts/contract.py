@@ -56,6 +56,8 @@ class Event:
     # stopping, or the standby found gone at its turn (the incarnation is then started cold)
     STANDBY_ENDED: Final = "standby_ended"
     # daemon.jsonl
+    # the activation (`device_fd`, `crash_point`; `standby_wait_s`: how long the process waited
+    # for it, null if it found it queued; `forked`: the process was forked by the zygote)
     FD_RECEIVED: Final = "fd_received"
     RESTORE: Final = "restore"
     SERVING: Final = "serving"

@@ -1,8 +1,9 @@
 """The cachefiles on-demand daemon: serves EROFS blobs to the kernel, one incarnation a process.
 
-Started by keeper.py, it waits on a socket for its activation: its incarnation number and the
-/dev/cachefiles fd, queued there at once (a cold start) or, for a standby started ahead of the
-current incarnation's death, only once that one is reaped. An incarnation after the first writes
+Started by keeper.py (or forked, imported already, by the zygote: `--zygote-fd`, zygote.py), it
+waits on a socket for its activation: its incarnation number and the /dev/cachefiles fd, queued
+there at once (a cold start) or, for a standby started ahead of the current incarnation's death,
+only once that one is reaped. An incarnation after the first writes
 `restore` so that requests its dead predecessor had read but not answered are
 delivered again. Every message is logged (eventlog.py) before it is acted on and again when it
 is answered, so the host can tell which requests a killed incarnation was holding.
@@ -39,6 +40,7 @@ from typing import Any, Callable
 from dataclasses import dataclass
 
 import protocol
+import zygote
 from contract import (AT_RESTORE, CACHE_DEATH_RT_OFFSET, NETFS_COOKIES, REOPEN_CLOSED, REOPEN_HELD, REOPEN_NONE, REOPEN_RESTORED,
                       UMOUNT_REOPEN_RT_OFFSET, CrashPoint, Event, Fault, GuestConfig, Probe, ProbeOutcome, RestoreWhy,
                       StaleOrigin, cookie_live, daemon_serving)
@@ -1164,10 +1166,20 @@ class Daemon:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", required=True)
-    parser.add_argument("--sock-fd", type=int, required=True)
+    channel = parser.add_mutually_exclusive_group(required=True)
+    channel.add_argument("--sock-fd", type=int, help="the channel this process waits on for its activation")
+    channel.add_argument("--zygote-fd", type=int, help="be the keeper's zygote on this channel: a daemon process "
+                         "forked, ready-made, for each it asks (zygote.py)")
     args = parser.parse_args()
-    config = GuestConfig.read(args.config)
-    sock = socket.socket(fileno=args.sock_fd)
+    if args.zygote_fd is not None:
+        return zygote.serve(socket.socket(fileno=args.zygote_fd), lambda sock_fd: run(args.config, sock_fd, forked=True))
+    return run(args.config, args.sock_fd)
+
+
+def run(config_path: str, sock_fd: int, forked: bool = False) -> int:
+    """A daemon process, from its wait for its activation to its exit; `forked` by the zygote."""
+    config = GuestConfig.read(config_path)
+    sock = socket.socket(fileno=sock_fd)
     try:
         # A standby waits here, imported, with nothing of the cache: the device fd and its
         # incarnation number (its crash point, its log's lines) come together, only after the
@@ -1189,7 +1201,8 @@ def main() -> int:
         signal.signal(signum, daemon.on_request)
     # standby_wait_s: how long it waited for the activation (None: it found it queued, as a cold
     # start does, or a standby that had not finished importing)
-    daemon.log.emit(Event.FD_RECEIVED, device_fd=device_fd, crash_point=daemon.crash_point, standby_wait_s=waited_s)
+    daemon.log.emit(Event.FD_RECEIVED, device_fd=device_fd, crash_point=daemon.crash_point, standby_wait_s=waited_s,
+                    forked=forked)
     daemon.take_over(held)
     if incarnation > 1:
         daemon.restore()

@@ -100,6 +100,12 @@ def recv_msg(sock: socket.socket, flags: int = 0) -> tuple[dict[str, Any], int |
 
 ACTIVATE = "activate"
 GO = "go"
+# the keeper's channel to the zygote (zygote.py): it says READY once imported; FORK carries the
+# new daemon process's end of its activation channel, answered FORKED (its pid) or REFUSED
+READY = "ready"
+FORK = "fork"
+FORKED = "forked"
+REFUSED = "refused"
 
 
 def send_activation(sock: socket.socket, incarnation: int, device_fd: int) -> None:
