@@ -28,7 +28,8 @@ class Event:
     BOUND: Final = "bound"
     BIND_FAILED: Final = "bind_failed"
     # keeper: an incarnation, at its activation (`incarnation`, `pid`; `standby`: its process was
-    # started ahead, GuestConfig.standby; `nice`: the niceness it serves at); reader: the reader itself
+    # started ahead, GuestConfig.standby; `made`: how its process was (Made); `nice`: the niceness
+    # it serves at); reader: the reader itself
     STARTED: Final = "started"
     HANDED_OVER: Final = "handed_over"  # supervise_fds: the anon fds held, given to a new incarnation
     PRUNED: Final = "pruned"  # supervise_fds: held anon fds let go, their cookies dropped
@@ -48,13 +49,25 @@ class Event:
     REOPEN_UMOUNTED: Final = "reopen_umounted"
     DIED: Final = "died"
     STOPPED: Final = "stopped"
-    # GuestConfig.standby: a daemon process started ahead of the next death (`pid`). Not an
-    # incarnation: it has no number, no device fd, no anon fd and no log line of its own until
-    # the keeper activates it (STARTED, `standby` true), after the incarnation before it is reaped
+    # GuestConfig.standby: a daemon process started ahead of the next death (`pid`; `made`: Made;
+    # `fork_s`: forked, the zygote's answer came this long after the keeper asked; `why_spawned`:
+    # spawned, why the zygote did not fork it). Not an incarnation: it has no number, no device
+    # fd, no anon fd and no log line of its own until the keeper activates it (STARTED, `standby`
+    # true), after the incarnation before it is reaped
     STANDBY: Final = "standby"
     # ... ended without ever being activated (`pid`, `why`, `signal` or `exit_code`): the keeper
     # stopping, or the standby found gone at its turn (the incarnation is then started cold)
     STANDBY_ENDED: Final = "standby_ended"
+    # GuestConfig.standby: the zygote started (`pid`), the process that has imported daemon.py
+    # and forks each standby ready-made (keeper.py); `pid` null: none is (`why`), every standby
+    # is spawned
+    ZYGOTE: Final = "zygote"
+    # ... said it is imported (`pid`, `import_s`: from its start), seen as the keeper first asks
+    ZYGOTE_READY: Final = "zygote_ready"
+    # ... ended (`pid`, `why`, `signal` or `exit_code`): the keeper stopping, or given up (gone,
+    # no answer within keeper.ZYGOTE_BOUND_S, a fork refused): that standby is spawned, and a
+    # new zygote started (keeper.ZYGOTE_STARTS in all)
+    ZYGOTE_ENDED: Final = "zygote_ended"
     # daemon.jsonl
     # the activation (`device_fd`, `crash_point`; `standby_wait_s`: how long the process waited
     # for it, null if it found it queued; `forked`: the process was forked by the zygote)
@@ -106,6 +119,13 @@ class Event:
     # said the withdrawal begins, then unmounted (`began`: the wall clock; `took_s`)
     HELD_UMOUNT: Final = "held_umount"
     FINISHED: Final = "finished"
+
+
+class Made:
+    """How a daemon process was made (`made` of STANDBY and STARTED)."""
+
+    SPAWNED: Final = "spawned"  # a Python started for it (subprocess): seconds of CPU under TCG
+    FORKED: Final = "forked"  # forked by the zygote, imported already: ready in milliseconds
 
 
 class Probe:

@@ -16,6 +16,15 @@ its pid is in neither DAEMON_PID_FILE nor daemon.state (the host's kill targets)
 and STARTED, written at the activation, says whether the incarnation was one. Without it (a cold
 start) each incarnation's process is started at its activation, as before.
 
+A standby is forked by the zygote (zygote.py) once that has said it is imported: a Python start
+and daemon.py's imports cost seconds of CPU under TCG, a fork milliseconds. The keeper starts the
+zygote beside the first incarnation, niced as a standby, and is a child subreaper, so that the
+daemon process the zygote forks (through a child that exits at once) is re-parented to it: its
+child, which it waits for (AdoptedProcess, as Popen does a spawned one's) and statekill.py finds
+by its parent. A standby asked for while the zygote imports is spawned; a zygote that is gone,
+refuses or does not answer within ZYGOTE_BOUND_S is ended, that standby spawned, and a new one
+started. Each `standby` line says how it was made (contract.Made).
+
 With `supervise_fds` the keeper is also the supervisor real daemons have (nydusd's keeps the
 anon fds across a restart): the daemon deposits each anon fd here as soon as its OPEN is read,
 says when it answered the OPEN, and asks for it back (`drop`) before it closes its own copy. A
@@ -51,6 +60,7 @@ from __future__ import annotations
 
 import argparse
 import array
+import ctypes
 import json
 import os
 import select
@@ -66,7 +76,7 @@ from typing import Any, Callable, Protocol
 from contract import (AT_RESTORE, CACHE_DEATH_RT_OFFSET, CLOCK_MARK, DAEMON_PID_FILE, INCARNATION, KEEPER_BOUND, NETFS_COOKIES,
                       REOPEN_CLOSED, REOPEN_GO_MARK, REOPEN_HELD, REOPEN_NONE, REOPEN_RESTORED, UMOUNT_AT,
                       UMOUNT_REOPEN_RT_OFFSET, WAITER_GO_MARK, WAITER_MOUNTED, WAITER_WCHAN_PREFIX, Event,
-                      GuestConfig, Mode, UmountAt, cookie_dropped_only, cookie_live, parse_daemon_state)
+                      GuestConfig, Made, Mode, UmountAt, cookie_dropped_only, cookie_live, parse_daemon_state)
 from eventlog import EventLog, trace_mark, write_atomically
 from reader import detach, read_proc, umount
 
@@ -75,7 +85,14 @@ PRUNE_INTERVAL_S = 1.0  # the held fds of dropped cookies let go between hand-ov
 DAEMON_SCRIPT = os.path.join(HERE, "daemon.py")
 # A standby imports at this niceness above the keeper's, so that its start-up yields the CPU to the
 # incarnation serving and to the readers; it is put back to the keeper's before its activation.
+# The zygote runs at it too, and a standby it forks inherits it.
 STANDBY_NICE = 10
+# How long the keeper waits for the zygote's answer to a fork (milliseconds even under TCG, niced,
+# when it is well); past it the zygote is given up, and that standby spawned. It is started anew
+# after each such end, this many times in all.
+ZYGOTE_BOUND_S = 2.0
+ZYGOTE_STARTS = 3
+PR_SET_CHILD_SUBREAPER = 36  # prctl(2)
 
 
 def send_msg(sock: socket.socket, meta: dict[str, Any], fd: int | None = None) -> None:
@@ -269,10 +286,10 @@ class DaemonProcess(Protocol):
 
 
 class AdoptedProcess:
-    """A child the keeper did not start but was given (re-parented to it, a child subreaper).
-    Waited for and signalled as subprocess.Popen does its own: one waitpid at a time (a poll
-    while another thread waits says None), the returncode negative for a signal, and no signal
-    once it is reaped (its pid may be another's)."""
+    """A child the keeper did not start but was given: a daemon process forked by the zygote and
+    re-parented to the keeper (a child subreaper). Waited for and signalled as subprocess.Popen
+    does its own: one waitpid at a time (a poll while another thread waits says None), the
+    returncode negative for a signal, and no signal once it is reaped (its pid may be another's)."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
@@ -326,10 +343,94 @@ class AdoptedProcess:
 
 @dataclass
 class Spawned:
-    """A daemon process and the keeper's end of its channel, on which it waits for its activation."""
+    """A daemon process (spawned, or forked by the zygote: `made`) and the keeper's end of its
+    channel, on which it waits for its activation."""
 
     process: DaemonProcess
     sock: socket.socket
+    made: str = Made.SPAWNED
+    fork_s: float | None = None  # forked: the zygote's answer came this long after the keeper asked
+
+
+class ZygoteFailed(Exception):
+    """The zygote is given up: why."""
+
+
+@dataclass
+class Zygote:
+    """The keeper's side of the zygote (zygote.py): the process and the keeper's end of its channel."""
+
+    popen: subprocess.Popen[bytes]
+    sock: socket.socket
+    started: float  # time.time() as the keeper started it
+    import_s: float | None = None  # once it said READY: how long after its start
+
+    def ready(self) -> bool:
+        """Whether it has said READY, read without waiting. ZygoteFailed if it is gone."""
+        while self.import_s is None:
+            try:
+                meta, fd = recv_msg(self.sock, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return False
+            except (EOFError, OSError) as e:
+                raise ZygoteFailed("gone") from e
+            self._take(meta, fd)
+        return True
+
+    def fork(self, theirs: socket.socket, bound_s: float) -> int:
+        """A daemon process forked to wait on `theirs` (its activation channel), the keeper's
+        child by now: its pid. ZygoteFailed if the zygote is gone, refuses or does not answer
+        within the bound."""
+        try:
+            send_msg(self.sock, {"op": FORK}, theirs.fileno())
+        except OSError as e:
+            raise ZygoteFailed("gone") from e
+        deadline = time.monotonic() + bound_s
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        while True:
+            if not poller.poll(max(0, round((deadline - time.monotonic()) * 1000))):
+                raise ZygoteFailed(f"no answer within {bound_s} s")
+            try:
+                meta, fd = recv_msg(self.sock)
+            except (EOFError, OSError) as e:
+                raise ZygoteFailed("gone") from e
+            if meta.get("op") == FORKED:
+                return int(meta["pid"])
+            if meta.get("op") == REFUSED:
+                raise ZygoteFailed(f"refused: {meta.get('error')}")
+            self._take(meta, fd)
+
+    def late_forks(self) -> list[int]:
+        """The pids it answered after the keeper had given up on it (queued, read without waiting)."""
+        pids: list[int] = []
+        while True:
+            try:
+                meta, fd = recv_msg(self.sock, socket.MSG_DONTWAIT)
+            except (BlockingIOError, EOFError, OSError):
+                return pids
+            if meta.get("op") == FORKED:
+                pids.append(int(meta["pid"]))
+            self._take(meta, fd)
+
+    def _take(self, meta: dict[str, Any], fd: int | None) -> None:
+        if fd is not None:
+            os.close(fd)
+        if meta.get("op") == READY and self.import_s is None:
+            self.import_s = round(float(meta.get("t", self.started)) - self.started, 4)
+
+
+def child_subreaper(on: bool = True) -> str | None:
+    """prctl(PR_SET_CHILD_SUBREAPER): an orphan among the caller's descendants (a daemon process
+    the zygote forked, once the zygote's child has exited) is re-parented to it, not to init.
+    None, or why it was refused."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) != 0:
+            return f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(ctypes.get_errno())}"
+    except (OSError, AttributeError) as e:
+        return f"prctl(PR_SET_CHILD_SUBREAPER): {e}"
+    return None
 
 
 def end_process(process: DaemonProcess) -> int:
@@ -353,6 +454,9 @@ class Keeper:
         self.stopping = False
         self.child: DaemonProcess | None = None  # the incarnation activated last: never a standby
         self.standby: Spawned | None = None  # GuestConfig.standby: the next one's process, waiting
+        self.zygote: Zygote | None = None  # GuestConfig.standby: what forks the standbys
+        self.zygotes = 0  # started
+        self.no_zygote: str | None = None  # why none is started any more: every standby is spawned
         self.device_fd = -1
         self.incarnation = 0
         self.held = HeldFds(self.log) if config.supervise_fds else None
@@ -391,29 +495,94 @@ class Keeper:
     def spawn(self) -> Spawned:
         """A daemon process, blocked (once imported) on its end of a new socketpair until its
         activation. It is given nothing else of ours (close_fds): no device fd, no anon fd."""
+        return Spawned(*self.start_script("--sock-fd"))
+
+    def start_script(self, option: str) -> tuple[subprocess.Popen[bytes], socket.socket]:
+        """daemon.py, given one end of a new socketpair (`option`) and nothing else of ours; the
+        keeper's end."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            cmd = [sys.executable, "-S", self.daemon_script, "--config", self.config_path,
-                   "--sock-fd", str(theirs.fileno())]
-            popen = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], close_fds=True)
+            cmd = [sys.executable, "-S", self.daemon_script, "--config", self.config_path, option, str(theirs.fileno())]
+            return subprocess.Popen(cmd, pass_fds=[theirs.fileno()], close_fds=True), ours
         except BaseException:
             ours.close()
             raise
         finally:
             theirs.close()
-        return Spawned(popen, ours)
+
+    def start_zygote(self) -> None:
+        """GuestConfig.standby: the zygote (zygote.py), niced as a standby, unless one is there
+        or none can be: the keeper could not become a child subreaper (the zygote's forks would
+        not be its children), or ZYGOTE_STARTS have been given up. It imports while the keeper
+        goes on: a standby asked for before it is READY is spawned."""
+        if self.zygote is not None or self.no_zygote is not None or self.stopping:
+            return
+        if self.zygotes >= ZYGOTE_STARTS:
+            self.no_zygote = f"{self.zygotes} zygotes given up"
+        elif self.zygotes == 0:
+            self.no_zygote = child_subreaper()
+        if self.no_zygote is not None:
+            self.log.emit(Event.ZYGOTE, pid=None, why=self.no_zygote)
+            return
+        started = time.time()
+        popen, ours = self.start_script("--zygote-fd")
+        self.zygote = Zygote(popen, ours, started)
+        self.zygotes += 1
+        nice_down(popen.pid)
+        self.log.emit(Event.ZYGOTE, pid=popen.pid)
+
+    def end_zygote(self, why: str) -> None:
+        """The zygote killed and reaped, and what it forked after the keeper gave up on it."""
+        zygote, self.zygote = self.zygote, None
+        if zygote is None:
+            return
+        status = end_process(zygote.popen)
+        for pid in zygote.late_forks():  # its channel closed with it: nothing will activate them
+            end_process(AdoptedProcess(pid))
+        zygote.sock.close()
+        self.log.emit(Event.ZYGOTE_ENDED, pid=zygote.popen.pid, why=why, **exit_fields(status))
+
+    def fork_standby(self) -> Spawned | str:
+        """A daemon process forked by the zygote, adopted; or why none was (the caller spawns
+        one). A zygote that fails is ended, and another started for the standbys after this one."""
+        if (zygote := self.zygote) is None:
+            return self.no_zygote or "no zygote"
+        try:
+            seen = zygote.import_s is not None
+            if not zygote.ready():
+                return "zygote importing"
+            if not seen:
+                self.log.emit(Event.ZYGOTE_READY, pid=zygote.popen.pid, import_s=zygote.import_s)
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            asked = time.monotonic()
+            try:
+                pid = zygote.fork(theirs, ZYGOTE_BOUND_S)
+            except BaseException:
+                ours.close()
+                raise
+            finally:
+                theirs.close()
+        except ZygoteFailed as e:
+            self.end_zygote(str(e))
+            self.start_zygote()
+            return f"zygote {e}"
+        return Spawned(AdoptedProcess(pid), ours, Made.FORKED, round(time.monotonic() - asked, 4))
 
     def start_standby(self) -> None:
-        """The next incarnation's process, started now to wait, niced while it imports. Only the
-        keeper knows it: its pid is in no file the host or statekill.py read, it is no `child`
-        any fault signals, and it writes nothing to the daemon's log until activated."""
-        spawned = self.spawn()
+        """The next incarnation's process, forked by the zygote if it is ready, else started now
+        to wait, niced while it imports. Only the keeper knows it: its pid is in no file the host
+        or statekill.py read, it is no `child` any fault signals, and it writes nothing to the
+        daemon's log until activated."""
+        self.start_zygote()
+        forked = self.fork_standby()
+        if isinstance(forked, Spawned):
+            spawned, why = forked, None
+        else:
+            spawned, why = self.spawn(), forked
+            nice_down(spawned.process.pid)
         self.standby = spawned
-        try:
-            os.setpriority(os.PRIO_PROCESS, spawned.process.pid, os.getpriority(os.PRIO_PROCESS, 0) + STANDBY_NICE)
-        except OSError:
-            pass  # gone already: found so at its turn, and ended then
-        self.log.emit(Event.STANDBY, pid=spawned.process.pid)
+        self.log.emit(Event.STANDBY, pid=spawned.process.pid, made=spawned.made, fork_s=spawned.fork_s,
+                      why_spawned=why)
 
     def end_standby(self, why: str, spawned: Spawned | None = None) -> None:
         """The standby (or `spawned`, one taken from it) ended unactivated: killed if it lives (it
@@ -470,7 +639,8 @@ class Keeper:
                 os.close(self.device_fd)
                 self.device_fd = -1
             write_atomically(os.path.join(self.config.log_dir, DAEMON_PID_FILE), f"{self.child.pid}\n")
-            self.log.emit(Event.STARTED, incarnation=self.incarnation, pid=self.child.pid, standby=standby, nice=nice)
+            self.log.emit(Event.STARTED, incarnation=self.incarnation, pid=self.child.pid, standby=standby,
+                          made=spawned.made, nice=nice)
             try:
                 send_go(spawned.sock)
             except OSError:
@@ -511,8 +681,9 @@ class Keeper:
             threading.Thread(target=held.watch, args=(lambda: self.stopping,), name="prune", daemon=True).start()
         try:
             self.serve_incarnations()
-        finally:
-            self.end_standby("keeper stopping")  # an error too: no process of ours is left waiting
+        finally:  # an error too: no process of ours is left waiting
+            self.end_standby("keeper stopping")
+            self.end_zygote("keeper stopping")
         self.clean_up_waiters()  # a waiter killed as the keeper stopped
         if (unmounting := self.unmounting) is not None:  # stopping: it takes no further one
             unmounting.join(self.config.stall_bound_s)
@@ -528,6 +699,8 @@ class Keeper:
     def serve_incarnations(self) -> None:
         """Each incarnation started (activated) only once the one before it is reaped, until the
         keeper is told to stop."""
+        if self.config.standby:
+            self.start_zygote()  # importing beside the first incarnation, for the standbys after it
         while not self.stopping:
             if self.device_fd < 0 and not self.rebind():
                 continue
@@ -744,6 +917,14 @@ class Keeper:
         self.stopping = True
         if self.child is not None and self.child.poll() is None:
             self.child.terminate()
+
+
+def nice_down(pid: int) -> None:
+    """A process that imports (a spawned standby, the zygote) at STANDBY_NICE above the keeper."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, os.getpriority(os.PRIO_PROCESS, 0) + STANDBY_NICE)
+    except OSError:
+        pass  # gone already: found so when it is needed, and ended then
 
 
 def _unmount_after(waiter: subprocess.Popen[str] | None, target: str) -> None:

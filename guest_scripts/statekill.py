@@ -76,7 +76,8 @@ def status(pid: int) -> dict[str, str]:
 def daemon_process(thread: int, keeper_pid: int) -> int | None:
     """The process `thread` belongs to, if it is a daemon incarnation (the keeper's child). The
     keeper's other children never put the kernel in a state: a standby (GuestConfig.standby) has
-    no device fd and no anon fd until it is an incarnation, and a waiter only mounts and reads."""
+    no device fd and no anon fd until it is an incarnation (one the zygote forked is the keeper's
+    child too: re-parented to it), the zygote never has one, and a waiter only mounts and reads."""
     tgid = int(status(thread).get("Tgid", "0").strip() or 0)
     if tgid and int(status(tgid).get("PPid", "0").strip() or 0) == keeper_pid:
         return tgid

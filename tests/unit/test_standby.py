@@ -1,10 +1,11 @@
 """The keeper's standby incarnation (GuestConfig.standby), with real processes: the keeper's own
 loop (Keeper.serve_incarnations, in a thread; Keeper.run in a process of its own for the ways it
-ends) and the real daemon.py, whose device is one end of a SEQPACKET pair the test holds as the
-kernel would. Nothing here needs /dev/cachefiles."""
+ends) and the real daemon.py (spawned, or forked by the real zygote), whose device is one end of
+a SEQPACKET pair the test holds as the kernel would. Nothing here needs /dev/cachefiles."""
 import json
 import os
 import platform
+import select
 import signal
 import socket
 import subprocess
@@ -15,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from contract import DAEMON_PID_FILE, CrashPoint, Event, parse_daemon_state
+import keeper as keeper_module
+from contract import DAEMON_PID_FILE, CrashPoint, Event, Made, parse_daemon_state
 from helpers import ROOT, guest_config
-from keeper import STANDBY_NICE, AdoptedProcess, Keeper
+from keeper import STANDBY_NICE, AdoptedProcess, Keeper, Spawned, child_subreaper
 
 # what /proc/<pid>/syscall starts with while a process waits in recvmsg(2): a standby, imported
 RECVMSG = {"x86_64": 47, "aarch64": 212}.get(platform.machine())
@@ -102,6 +104,21 @@ class Rig:
             assert wait_for(lambda: waiting_for_activation(pid)), "the standby never got to its wait"
         return pid
 
+    def zygote_imported(self) -> int:
+        """The zygote's pid once it has said READY (read by the keeper or still queued)."""
+        zygote = self.keeper.zygote
+        assert zygote is not None, "no zygote started"
+        poller = select.poll()
+        poller.register(zygote.sock, select.POLLIN)
+        assert wait_for(lambda: zygote.import_s is not None or poller.poll(0)), "the zygote never said it was ready"
+        return zygote.popen.pid
+
+    def start_with_the_zygote_ready(self) -> tuple[int, int, int]:
+        """The loop started, and once incarnation 1 serves, its standby (spawned: the zygote
+        imports meanwhile) waits and the zygote is imported: their pids."""
+        self.start()
+        return self.serving(1), self.standby_pid(), self.zygote_imported()
+
     def daemons_alive(self) -> set[int]:
         """Our children (of any thread) running daemon.py with this rig's config."""
         pids = set()
@@ -122,6 +139,7 @@ class Rig:
             self.thread.join(BOUND_S)
             assert not self.thread.is_alive(), "the keeper's loop did not end"
         self.keeper.end_standby("keeper stopping")
+        self.keeper.end_zygote("keeper stopping")
 
     def close(self) -> None:
         """After a failed test too: the loop stopped first, so that it starts nothing more."""
@@ -132,6 +150,7 @@ class Rig:
         if self.thread is not None:
             self.thread.join(BOUND_S)
         self.keeper.end_standby("test over")
+        self.keeper.end_zygote("test over")
         if self.keeper.child is not None and self.keeper.child.poll() is None:
             self.keeper.child.kill()
             self.keeper.child.wait()
@@ -149,6 +168,7 @@ def rig(tmp_path):
     yield make
     for r in made:
         r.close()
+    child_subreaper(False)  # the keeper made this process one
 
 
 def test_a_death_is_served_by_the_standby_which_got_nothing_before_it(rig):
@@ -369,6 +389,188 @@ def test_every_end_of_the_keeper_ends_the_standby(tmp_path, end):
         assert [(e["incarnation"], e["pid"]) for e in events if e["event"] == Event.DIED] == [(1, started()[0])]
     else:
         assert status == 1 and "an error in the keeper" in (tmp_path / "keeper.err").read_text()
+    zygote = [e["pid"] for e in events if e["event"] == Event.ZYGOTE]
+    assert [(e["pid"], e["why"]) for e in events if e["event"] == Event.ZYGOTE_ENDED] == [(zygote[0], "keeper stopping")]
+    assert not Path(f"/proc/{zygote[0]}").exists()
+
+
+# -- the zygote: each standby forked ready-made ----------------------------------------------------
+
+def test_the_zygote_forks_a_standby_ready_at_once_that_is_the_keepers_child(rig, capsys):
+    """A fork is the keeper's child (re-parented: the keeper is a child subreaper), waits for its
+    activation within milliseconds of the request, holds nothing of the zygote's but stdio, and is
+    made an incarnation, killed and reaped as a spawned one is."""
+    if RECVMSG is None:
+        pytest.skip("no recvmsg number known for this machine")
+    r = rig()
+    r.keeper.start_zygote()
+    zygote = r.zygote_imported()
+    asked = time.monotonic()
+    forked = r.keeper.fork_standby()
+    assert isinstance(forked, Spawned) and forked.made == Made.FORKED
+    pid = forked.process.pid
+    deadline = asked + BOUND_S
+    while not waiting_for_activation(pid) and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    ready_s = time.monotonic() - asked
+    with capsys.disabled():
+        print(f"\nfork to ready: {ready_s * 1000:.1f} ms (the zygote's answer after {forked.fork_s * 1000:.1f} ms)")
+    assert ready_s < 1.0  # a spawned one takes a Python start: seconds under TCG
+    assert _status(pid)["PPid"] == str(os.getpid())
+    assert os.waitpid(pid, os.WNOHANG) == (0, 0)  # ours to wait for (ChildProcessError otherwise)
+    fds = os.listdir(f"/proc/{pid}/fd")
+    zygote_end = os.readlink(f"/proc/{zygote}/fd/{_arg(zygote, '--zygote-fd')}")
+    assert len(set(fds) - {"0", "1", "2"}) == 1 and zygote_end not in links(pid) and r.device_link not in links(pid)
+    spawned = r.keeper.spawn()  # the same start, a Python of its own: the same signal state
+    assert wait_for(lambda: waiting_for_activation(spawned.process.pid))
+    for field in ("SigBlk", "SigIgn", "SigCgt"):
+        assert _status(pid)[field] == _status(spawned.process.pid)[field], field
+    r.keeper.end_standby("compared", spawned)
+    assert os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, zygote) \
+        == min(19, os.getpriority(os.PRIO_PROCESS, 0) + STANDBY_NICE)
+    r.keeper.standby = forked  # what the loop activates first
+    r.start()
+    assert r.serving(1) == pid
+    started = r.keeper_events(Event.STARTED)
+    assert [(e["pid"], e["standby"], e["made"]) for e in started] == [(pid, True, Made.FORKED)]
+    received = r.daemon_events(Event.FD_RECEIVED)
+    assert [(e["pid"], e["forked"]) for e in received] == [(pid, True)] and received[0]["standby_wait_s"] > 0
+    assert (r.dir / DAEMON_PID_FILE).read_text() == f"{pid}\n"
+    os.kill(pid, signal.SIGKILL)
+    second = r.serving(2)
+    assert r.kernel.recv(64) == b"restore"
+    died = r.keeper_events(Event.DIED)
+    assert [(e["incarnation"], e["pid"], e["signal"]) for e in died] == [(1, pid, signal.SIGKILL)]
+    assert _state_of(pid) is None  # reaped by the keeper
+    assert second != pid and r.keeper_events(Event.STARTED)[1]["made"] in (Made.FORKED, Made.SPAWNED)
+    r.stop()
+
+
+def test_once_the_zygote_is_ready_every_standby_is_forked(rig):
+    """The loop: the first standby is spawned (the zygote still imports), the ones after it forked;
+    STANDBY and STARTED say which, and a forked incarnation dies and is reaped as any."""
+    r = rig()
+    first, spawned, zygote = r.start_with_the_zygote_ready()
+    os.kill(first, signal.SIGKILL)
+    assert r.serving(2) == spawned
+    forked = r.standby_pid()
+    assert _status(forked)["PPid"] == str(os.getpid())
+    os.kill(spawned, signal.SIGKILL)
+    assert r.serving(3) == forked
+    os.kill(forked, signal.SIGKILL)
+    fourth = r.serving(4)
+    r.stop()
+    standbys = r.keeper_events(Event.STANDBY)
+    assert [(e["pid"], e["made"]) for e in standbys] == [(spawned, Made.SPAWNED), (forked, Made.FORKED),
+                                                         (fourth, Made.FORKED), (standbys[3]["pid"], Made.FORKED)]
+    assert standbys[0]["why_spawned"] == "zygote importing" and standbys[0]["fork_s"] is None
+    assert all(e["fork_s"] < 1.0 and e["why_spawned"] is None for e in standbys[1:])
+    started = r.keeper_events(Event.STARTED)
+    assert [(e["pid"], e["made"]) for e in started] == [(first, Made.SPAWNED), (spawned, Made.SPAWNED),
+                                                        (forked, Made.FORKED), (fourth, Made.FORKED)]
+    died = r.keeper_events(Event.DIED)
+    assert [(e["pid"], e["signal"]) for e in died] == [(first, 9), (spawned, 9), (forked, 9), (fourth, None)]
+    assert [e["pid"] for e in r.keeper_events(Event.ZYGOTE_READY)] == [zygote]
+    assert [(e["pid"], e["why"]) for e in r.keeper_events(Event.ZYGOTE_ENDED)] == [(zygote, "keeper stopping")]
+    assert [e["forked"] for e in r.daemon_events(Event.FD_RECEIVED)] == [False, False, True, True]
+
+
+def test_a_dead_zygote_makes_the_next_standby_a_spawned_one(rig):
+    """The control: the zygote killed, the next standby is spawned (and serves), the zygote's end
+    logged, and a new one started, which forks the standby after it."""
+    r = rig()
+    first, spawned, zygote = r.start_with_the_zygote_ready()
+    os.kill(zygote, signal.SIGKILL)
+    assert wait_for(lambda: _state_of(zygote) == "Z")
+    os.kill(first, signal.SIGKILL)
+    assert r.serving(2) == spawned
+    after = r.standby_pid()
+    standby = r.keeper_events(Event.STANDBY)[-1]
+    assert (standby["pid"], standby["made"], standby["why_spawned"]) == (after, Made.SPAWNED, "zygote gone")
+    ended = r.keeper_events(Event.ZYGOTE_ENDED)
+    assert [(e["pid"], e["why"], e["signal"]) for e in ended] == [(zygote, "gone", signal.SIGKILL)]
+    assert _state_of(zygote) is None
+    zygotes = [e["pid"] for e in r.keeper_events(Event.ZYGOTE)]
+    assert len(zygotes) == 2 and zygotes[0] == zygote and r.zygote_imported() == zygotes[1]
+    os.kill(spawned, signal.SIGKILL)
+    assert r.serving(3) == after
+    assert r.standby_pid() != after and r.keeper_events(Event.STANDBY)[-1]["made"] == Made.FORKED
+    r.stop()
+
+
+def test_a_zygote_that_does_not_answer_is_given_up(rig, monkeypatch):
+    """A zygote stopped after it said READY: no answer within the bound, so it is ended (killed,
+    reaped, logged), that standby spawned by the caller, and a new zygote started."""
+    monkeypatch.setattr(keeper_module, "ZYGOTE_BOUND_S", 0.2)
+    r = rig()
+    r.keeper.start_zygote()
+    zygote = r.zygote_imported()
+    os.kill(zygote, signal.SIGSTOP)
+    assert r.keeper.fork_standby() == "zygote no answer within 0.2 s"
+    ended = r.keeper_events(Event.ZYGOTE_ENDED)
+    assert [(e["pid"], e["why"], e["signal"]) for e in ended] == [(zygote, "no answer within 0.2 s", signal.SIGKILL)]
+    assert _state_of(zygote) is None
+    assert r.keeper.zygote is not None and r.keeper.zygote.popen.pid != zygote
+
+
+def test_no_zygote_when_the_keeper_cannot_adopt_its_forks(rig, monkeypatch):
+    """prctl(PR_SET_CHILD_SUBREAPER) refused: a fork would be init's child, not the keeper's, so no
+    zygote is started and every standby is spawned, as before it; the keeper says why once."""
+    monkeypatch.setattr(keeper_module, "child_subreaper", lambda on=True: "refused (the test)")
+    r = rig()
+    r.start()
+    first = r.serving(1)
+    standby = r.standby_pid()
+    os.kill(first, signal.SIGKILL)
+    assert r.serving(2) == standby
+    r.standby_pid()
+    r.stop()
+    assert [(e["pid"], e["why"]) for e in r.keeper_events(Event.ZYGOTE)] == [(None, "refused (the test)")]
+    assert {(e["made"], e["why_spawned"]) for e in r.keeper_events(Event.STANDBY)} == {(Made.SPAWNED, "refused (the test)")}
+    assert r.keeper.zygote is None and not r.keeper_events(Event.ZYGOTE_ENDED)
+
+
+@pytest.mark.parametrize("end", ["sigterm", "sigkill"])
+def test_the_keepers_end_leaves_no_zygote_and_no_forked_standby(tmp_path, end):
+    """Keeper.run in a process of its own, a forked standby waiting: SIGTERM ends both (logged);
+    SIGKILL leaves them nothing to wait on, and both exit by themselves."""
+    if RECVMSG is None:
+        pytest.skip("no recvmsg number known for this machine")
+    config = guest_config(tmp_path)
+    config.write(str(tmp_path / "config.json"))
+    with open(tmp_path / "keeper.err", "w") as err:
+        keeper = subprocess.Popen([sys.executable, "-c", DRIVER, str(ROOT / "guest_scripts"),
+                                   str(tmp_path / "config.json"), "run", str(RECVMSG)], stderr=err)
+    log = tmp_path / "keeper.jsonl"
+    pids = lambda event, **match: [e["pid"] for e in lines(log)  # noqa: E731
+                                   if e["event"] == event and all(e.get(k) == v for k, v in match.items())]
+    started: list[int] = []
+    try:
+        zygote = wait_for(lambda: pids(Event.ZYGOTE))[0]
+        started = wait_for(lambda: pids(Event.STARTED))
+        assert wait_for(lambda: waiting_for_activation(zygote))  # imported, waiting for a fork
+        assert wait_for(lambda: waiting_for_activation(pids(Event.STANDBY)[0]))
+        os.kill(started[0], signal.SIGKILL)
+        forked = wait_for(lambda: pids(Event.STANDBY, made=Made.FORKED))
+        assert forked, "no standby forked"
+        assert wait_for(lambda: waiting_for_activation(forked[0]))
+        keeper.send_signal(signal.SIGTERM if end == "sigterm" else signal.SIGKILL)
+        keeper.wait(BOUND_S)
+        started = pids(Event.STARTED)
+        gone = {"sigterm": (None,), "sigkill": (None, "Z")}[end]  # orphans: reaped by whoever adopts them
+        assert wait_for(lambda: _state_of(zygote) in gone and _state_of(forked[0]) in gone), \
+            f"left: the zygote {_state_of(zygote)}, the standby {_state_of(forked[0])}"
+    finally:
+        if keeper.poll() is None:
+            keeper.kill()
+            keeper.wait()
+        for pid in started:
+            if _state_of(pid) not in (None, "Z"):
+                os.kill(pid, signal.SIGKILL)
+    if end == "sigterm":
+        ended = [(e["event"], e["pid"], e["why"]) for e in lines(log) if e["event"] in (Event.ZYGOTE_ENDED, Event.STANDBY_ENDED)]
+        assert sorted(ended) == sorted([(Event.STANDBY_ENDED, forked[0], "keeper stopping"),
+                                        (Event.ZYGOTE_ENDED, zygote, "keeper stopping")])
 
 
 # -- the host's side: the run option, down to the guest's config ------------------------------------
@@ -405,3 +607,15 @@ def _state_of(pid: int) -> str | None:
         return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return None
+
+
+def _status(pid: int) -> dict[str, str]:
+    """/proc/PID/status, by field."""
+    rows = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {k: v.strip() for k, _, v in (row.partition(":") for row in rows)}
+
+
+def _arg(pid: int, option: str) -> str:
+    """The value given `option` on the process's command line."""
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    return argv[argv.index(option) + 1]
