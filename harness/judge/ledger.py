@@ -23,8 +23,11 @@ The rules, each exact (no allowance; a correct kernel breaks none, README says w
   last thread exited) is delivered again after the next `restore` (a process that reads the
   device after the death with no `restore` written is the daemon's fault, blamed on it), unless it ended before that
   restore: the kernel ended it (its object dropped; for a READ, only once the task waiting on it
-  had exited: a waiting task keeps its object open, so a drop that finds it alive came after the
-  READ had ended with no event), or the next process answered it by msg_id
+  was killed in its wait: its exit came before any other event of it but READs it queued and
+  nobody was delivered (a killed reader's read_folio after its readahead's READ was given up). A
+  waiting task holds an access to its cookie (fscache_begin_read_operation), which a withdrawal
+  waits for, so a drop that finds it alive came after the READ had ended with no event), or the
+  next process answered it by msg_id
   (a supervisor kept its anon fd across the death: the request was never lost). An OPEN whose
   fd a supervisor kept, re-delivered by the restore, is refused (read() fails with EEXIST, and
   no event names the OPEN: `_Builder.refused` matches it): that counts as delivered again. A
@@ -81,6 +84,9 @@ class Lifetime:
     # killed in its killable wait (which takes the request out); anything else, a waiter that
     # went on because the READ had ended; None while it waits
     waiter_next: tuple[str, float] | None = None
+    # the first READ the waiter queued after the delivery, while waiter_next was None: a killed
+    # waiter's on its way out (given up at once), or one that went on
+    waiter_queued: float | None = None
     # ended by its object's drop with its waiter not killed before: what the waiter did by then
     drop_found_waiter: str | None = None
 
@@ -214,8 +220,14 @@ class _Builder:
 
     def feed(self, e: TraceEvent) -> None:
         # a waiter's own wake-up of the daemon's poll queue, after its READ was queued, may come
-        # after the READ's delivery: no sign that it went on
-        if e.event != "pollwake" and (waited := self.waiters.pop(e.pid, None)) is not None:
+        # after the READ's delivery: no sign that it went on. Nor is a `read`: a waiter SIGKILLed
+        # in the wait for a readahead's READ queues one more on its way out (filemap_get_pages
+        # calls read_folio on the folio the failed readahead left, with no fatal-signal check;
+        # the killable wait gives it up at once), then exits: what follows decides (its exit, or
+        # any other event of it, or the delivery of a READ it queued: deliver)
+        if e.event == "read" and (waited := self.waiters.get(e.pid)) is not None and waited.waiter_queued is None:
+            waited.waiter_queued = e.ts
+        elif e.event not in ("pollwake", "read") and (waited := self.waiters.pop(e.pid, None)) is not None:
             waited.waiter_next = (e.event, e.ts)
         self.spans.feed(e)
         self.calls.feed(e)
@@ -257,7 +269,9 @@ class _Builder:
                 if lt.o == o:
                     lt.ended_ts, lt.ended_by = e.ts, "drop"
                     if lt.waiter is not None and lt.waiter_next is None:
-                        lt.drop_found_waiter = f"task {lt.waiter}, was not killed (no event of it since the delivery)"
+                        since = "no event of it since the delivery" if lt.waiter_queued is None else \
+                            f"it queued another READ at {lt.waiter_queued:.6f}, and no exit followed"
+                        lt.drop_found_waiter = f"task {lt.waiter}, was not killed ({since})"
                     elif lt.waiter is not None and lt.waiter_next is not None and lt.waiter_next[0] != "exit":
                         lt.drop_found_waiter = f"task {lt.waiter}, went on at {lt.waiter_next[1]:.6f} " \
                                                f"({lt.waiter_next[0]}), not killed"
@@ -329,6 +343,9 @@ class _Builder:
                         del self.waiting_reads[waiters[0]]
                         if len(waiters) == 1:
                             lt.waiter = waiters[0]
+                            if (before := self.waiters.get(waiters[0])) is not None:
+                                # a READ it queued after was delivered: it went on, not killed
+                                before.waiter_next = ("read delivered", e.ts)
                             self.waiters[waiters[0]] = lt
                 if not self.object_open.get(o, False):
                     self.violations.append(Violation("closed", f"{lt.describe()} delivered at {e.ts:.6f} while its "
@@ -373,8 +390,9 @@ class _Builder:
         """Whether `lt`, ended by its object's drop, was a READ whose waiter was not killed while
         it waited. A task waiting on a READ keeps its file, and so its object, open: the object
         can go only once the READ has ended, or its waiter was killed (its first event after the
-        delivery is its exit: the killable wait takes the request out). A drop after the waiter
-        went on (any other event of it) came after the READ had ended with no event: the kernel
+        delivery, READs it queued and nobody was delivered aside, is its exit: the killable wait
+        takes the request out). A drop after the waiter went on (any other event of it, or a READ
+        it queued delivered) came after the READ had ended with no event: the kernel
         failed it (a dying daemon's anon fd released, the waiter failed with EIO, its reader gone
         on and unmounted), and the drop only seems to end it."""
         return lt.ended_by == "drop" and lt.drop_found_waiter is not None
