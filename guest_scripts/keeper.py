@@ -553,6 +553,9 @@ class Keeper:
                 return "zygote importing"
             if not seen:
                 self.log.emit(Event.ZYGOTE_READY, pid=zygote.popen.pid, import_s=zygote.import_s)
+                # imported: its forks are on the keeper's path to the next reap, so they go at the
+                # keeper's niceness (the standbys it forks are niced like spawned ones, below)
+                nice_as_keeper(zygote.popen.pid)
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             asked = time.monotonic()
             try:
@@ -579,7 +582,7 @@ class Keeper:
             spawned, why = forked, None
         else:
             spawned, why = self.spawn(), forked
-            nice_down(spawned.process.pid)
+        nice_down(spawned.process.pid)
         self.standby = spawned
         self.log.emit(Event.STANDBY, pid=spawned.process.pid, made=spawned.made, fork_s=spawned.fork_s,
                       why_spawned=why)
@@ -682,8 +685,10 @@ class Keeper:
         try:
             self.serve_incarnations()
         finally:  # an error too: no process of ours is left waiting
-            self.end_standby("keeper stopping")
-            self.end_zygote("keeper stopping")
+            try:
+                self.end_standby("keeper stopping")
+            finally:
+                self.end_zygote("keeper stopping")
         self.clean_up_waiters()  # a waiter killed as the keeper stopped
         if (unmounting := self.unmounting) is not None:  # stopping: it takes no further one
             unmounting.join(self.config.stall_bound_s)
@@ -917,6 +922,14 @@ class Keeper:
         self.stopping = True
         if self.child is not None and self.child.poll() is None:
             self.child.terminate()
+
+
+def nice_as_keeper(pid: int) -> None:
+    """Back to the keeper's niceness (a zygote done importing)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, os.getpriority(os.PRIO_PROCESS, 0))
+    except OSError:
+        pass  # not allowed to lower it (no CAP_SYS_NICE: the unit tests), or gone
 
 
 def nice_down(pid: int) -> None:

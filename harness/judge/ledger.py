@@ -388,9 +388,9 @@ class _Builder:
     @staticmethod
     def dropped_with_its_waiter(lt: Lifetime) -> bool:
         """Whether `lt`, ended by its object's drop, was a READ whose waiter was not killed while
-        it waited. A task waiting on a READ keeps its file, and so its object, open: the object
-        can go only once the READ has ended, or its waiter was killed (its first event after the
-        delivery, READs it queued and nobody was delivered aside, is its exit: the killable wait
+        it waited. A task waiting on a READ holds an access to its cookie (a mount's, or a
+        file's read), which the object's withdrawal waits for: the object can go only once the
+        READ has ended, or its waiter was killed (its first event after the delivery, READs it queued and nobody was delivered aside, is its exit: the killable wait
         takes the request out). A drop after the waiter went on (any other event of it, or a READ
         it queued delivered) came after the READ had ended with no event: the kernel
         failed it (a dying daemon's anon fd released, the waiter failed with EIO, its reader gone
