@@ -130,7 +130,7 @@ class Run:
 
     # -- the guest -------------------------------------------------------------------------------
     def faults(self, session: Session, logs: GuestLogs, t: vm.Timeouts, vm_started: float) -> None:
-        actions = scenarios.schedule(self.scenario, self.req.seed, self.req.kill_interval_s, t.recovery)
+        actions = scenarios.schedule(self.scenario, self.req.seed, self.req.kill_pause(), t.recovery)
         self.progress.stage("faults", totals={"kills": self.scenario.kills, "closes": self.scenario.fd_closes,
                                                     **self.scenario.misbehaviour_totals()})
         started = time.monotonic()

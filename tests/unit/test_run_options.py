@@ -128,3 +128,15 @@ def test_each_command_takes_its_share_of_the_options() -> None:
     assert all("--transport" in flags(c) for c in ("run", "bisect", bisect.STEP_COMMAND, "mutate"))
     with pytest.raises(ValueError):
         run_options.options_of("report")
+
+
+def test_the_pause_before_a_kill_follows_how_a_death_is_recovered_from() -> None:
+    """A forked standby serves again within about 0.1 s: a faster pace; a cold start, or another
+    daemon's own restart, keeps the slower one (a correct kernel FAILed at the faster with cold
+    starts). An explicit interval wins; results.json's request says the pause used."""
+    from harness.request import KILL_PAUSE_S
+    assert RunRequest().kill_pause() == KILL_PAUSE_S["standby"] == (0.3, 1.0)
+    assert RunRequest(daemon_restart="cold").kill_pause() == KILL_PAUSE_S["cold"] == (0.5, 2.0)
+    assert RunRequest(daemon="cdaemon").kill_pause() == KILL_PAUSE_S["cold"]
+    assert RunRequest(kill_interval_s=(1.0, 1.5)).kill_pause() == (1.0, 1.5)
+    assert RunRequest(daemon_restart="cold").to_json()["kill_interval_s"] == [0.5, 2.0]
