@@ -13,6 +13,11 @@ from typing import Any, Collection
 from . import run_options
 from .daemons import adapter as daemon_adapter
 from .daemons.adapter import DEFAULT_DAEMON
+from .errors import InputError
+from .kernel.kconfig import FLAVORS
+from .kernel.source import DEFAULT_PACKAGE
+from .run_options import ACCELS, DAEMON_RESTARTS, TRANSPORTS
+from .scenarios import DEFAULT_SCENARIO, FAULT_FIELDS, SCENARIOS, Scenario, for_daemon
 
 # The pause before each timed kill (s), by how a death is recovered from. A forked standby is
 # serving again within about 0.1 s of a death (the ledger, crash seeds 1-3): 0.3-1 s gives about
@@ -20,11 +25,6 @@ from .daemons.adapter import DEFAULT_DAEMON
 # a pace a held READ went from incarnation to incarnation, each killed before it got to it
 # (a correct kernel FAILed by a 30 s stall), so it keeps 0.5-2 s.
 KILL_PAUSE_S: dict[str, tuple[float, float]] = {"standby": (0.3, 1.0), "cold": (0.5, 2.0)}
-from .errors import InputError
-from .kernel.kconfig import FLAVORS
-from .kernel.source import DEFAULT_PACKAGE
-from .run_options import ACCELS, DAEMON_RESTARTS, TRANSPORTS
-from .scenarios import DEFAULT_SCENARIO, FAULT_FIELDS, SCENARIOS, Scenario, for_daemon
 
 
 def new_output_dir(output: Path, name: str) -> Path:
