@@ -603,11 +603,7 @@ class Keeper:
         its threads is started: they inherit it), then its number and the device fd. Returns the
         niceness it serves at (None: unknown); OSError if it is gone (nothing can be queued)."""
         pid = spawned.process.pid
-        try:
-            if os.getpriority(os.PRIO_PROCESS, pid) != (own := os.getpriority(os.PRIO_PROCESS, 0)):
-                os.setpriority(os.PRIO_PROCESS, pid, own)
-        except OSError:
-            pass  # not allowed to lower it (no CAP_SYS_NICE: the unit tests), or gone: the send says so
+        nice_as_keeper(pid)  # gone: the send says so
         try:
             nice: int | None = os.getpriority(os.PRIO_PROCESS, pid)
         except OSError:

@@ -87,7 +87,10 @@ class Lifetime:
     # the first READ the waiter queued after the delivery, while waiter_next was None: a killed
     # waiter's on its way out (given up at once), or one that went on
     waiter_queued: float | None = None
-    # ended by its object's drop with its waiter not killed before: what the waiter did by then
+    # ended by its object's drop with its waiter not killed before: what the waiter did by then.
+    # Such a drop ended nothing: a waiting task holds an access to its cookie, which the object's
+    # withdrawal waits for, so the READ had ended before, unseen (the kernel failed it: a dying
+    # daemon's anon fd released, the waiter failed with EIO, gone on and unmounted)
     drop_found_waiter: str | None = None
 
     def describe(self) -> str:
@@ -268,13 +271,7 @@ class _Builder:
             for msg_id, lt in list(self.live.items()):
                 if lt.o == o:
                     lt.ended_ts, lt.ended_by = e.ts, "drop"
-                    if lt.waiter is not None and lt.waiter_next is None:
-                        since = "no event of it since the delivery" if lt.waiter_queued is None else \
-                            f"it queued another READ at {lt.waiter_queued:.6f}, and no exit followed"
-                        lt.drop_found_waiter = f"task {lt.waiter}, was not killed ({since})"
-                    elif lt.waiter is not None and lt.waiter_next is not None and lt.waiter_next[0] != "exit":
-                        lt.drop_found_waiter = f"task {lt.waiter}, went on at {lt.waiter_next[1]:.6f} " \
-                                               f"({lt.waiter_next[0]}), not killed"
+                    lt.drop_found_waiter = _not_killed(lt)
                     del self.live[msg_id]
         elif e.event == "unbind":
             # the cache is dead: every request is failed with it, unanswered (the readers are
@@ -385,25 +382,6 @@ class _Builder:
             lt.ended_ts, lt.ended_by = ts, "refused"
             del self.live[lt.msg_id]
 
-    @staticmethod
-    def dropped_with_its_waiter(lt: Lifetime) -> bool:
-        """Whether `lt`, ended by its object's drop, was a READ whose waiter was not killed while
-        it waited. A task waiting on a READ holds an access to its cookie (a mount's, or a
-        file's read), which the object's withdrawal waits for: the object can go only once the
-        READ has ended, or its waiter was killed (its first event after the delivery, READs it queued and nobody was delivered aside, is its exit: the killable wait
-        takes the request out). A drop after the waiter went on (any other event of it, or a READ
-        it queued delivered) came after the READ had ended with no event: the kernel
-        failed it (a dying daemon's anon fd released, the waiter failed with EIO, its reader gone
-        on and unmounted), and the drop only seems to end it."""
-        return lt.ended_by == "drop" and lt.drop_found_waiter is not None
-
-    def drop_came_late(self, lt: Lifetime) -> str:
-        """What a violation says of a drop that does not excuse `lt` (dropped_with_its_waiter)."""
-        if not self.dropped_with_its_waiter(lt):
-            return ""
-        return (f"; its object's drop at {lt.ended_ts:.6f} does not excuse it: its reader, {lt.drop_found_waiter}, "
-                "and a waiting reader keeps its object: it had ended before, with no answer")
-
     def answers(self) -> list[float]:
         """The ledger's answers, in trace order (ProcessAccount.next_answer_s): every `copen` and
         `cread` tracepoint, and those `copened` returns that ended a live OPEN. A successful
@@ -452,13 +430,13 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None, unmounted
                     if lt.ended_by == "answer" and lt.ended_ts is not None:
                         taken_over += 1
                     elif lt.ended_by in ("drop", "unbind", "flushed") and lt.ended_ts is not None and lt.ended_ts < later \
-                            and not b.dropped_with_its_waiter(lt):
+                            and lt.drop_found_waiter is None:
                         by_kernel += 1
                     elif lt.ended_by != "refused":
                         violations.append(Violation("held", f"{lt.describe()}, held by process {tgid} when it died "
                                                     f"({died:.6f}), was never delivered again: no process wrote "
                                                     f"`restore` after, though process(es) read the device from "
-                                                    f"{later:.6f}{b.drop_came_late(lt)}", "daemon"))
+                                                    f"{later:.6f}{_drop_came_late(lt)}", "daemon"))
                 elif again := next((d.ts for d in lt.deliveries if d.ts > restore), None):
                     redelivered += 1
                     redelivered_ids.append(lt.msg_id)
@@ -468,7 +446,7 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None, unmounted
                     # restore marked again waits while newer ones keep coming
                     overtaken.append(_between(b.delivery_ts, restore, again) - 1)
                 elif lt.ended_by in ("drop", "unbind", "flushed") and lt.ended_ts is not None and lt.ended_ts < restore \
-                        and not b.dropped_with_its_waiter(lt):
+                        and lt.drop_found_waiter is None:
                     by_kernel += 1  # its object withdrawn, or the cache, before a restore could bring it back
                 elif lt.ended_by == "drop" and lt.op == "OPEN" and lt.o is not None and lt.o in unmounted:
                     by_kernel += 1  # the reopen's OPEN, its reader unmounted on purpose after the restore: reopenumount judges it
@@ -481,7 +459,7 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None, unmounted
                     newer = _between(b.delivery_ts, restore, float("inf"))
                     violations.append(Violation("held", f"{lt.describe()}, held by process {tgid} when it died "
                                                 f"({died:.6f}), was not delivered again after the restore at {restore:.6f} "
-                                                f"({newer} other messages were){b.drop_came_late(lt)}"))
+                                                f"({newer} other messages were){_drop_came_late(lt)}"))
         accounts.append(ProcessAccount(tgid, b.delivered[tgid], b.empty[tgid], died, held, redelivered, by_kernel,
                                        no_restore, taken_over, round(max(waits), 4) if waits else None,
                                        max(overtaken), next_answer, tuple(held_ids), tuple(redelivered_ids)))
@@ -530,6 +508,28 @@ def build(events: Iterable[TraceEvent], incomplete: str | None = None, unmounted
         answered=dict(Counter(lt.op for lt in b.all if lt.ended_by == "answer")),
         reads_after_reopen=b.reads_after_reopen,
     )
+
+
+def _not_killed(lt: Lifetime) -> str | None:
+    """At its object's drop, how `lt`'s waiter shows it was not killed while it waited; None when
+    it was (its first event after the delivery, READs it queued and nobody was delivered aside,
+    is its exit: the killable wait takes the request out), or the READ has no known waiter."""
+    if lt.waiter is None:
+        return None
+    if lt.waiter_next is None:
+        since = "no event of it since the delivery" if lt.waiter_queued is None else \
+            f"it queued another READ at {lt.waiter_queued:.6f}, and no exit followed"
+        return f"task {lt.waiter}, was not killed ({since})"
+    event, ts = lt.waiter_next
+    return None if event == "exit" else f"task {lt.waiter}, went on at {ts:.6f} ({event}), not killed"
+
+
+def _drop_came_late(lt: Lifetime) -> str:
+    """What a violation says of a drop that does not excuse `lt` (Lifetime.drop_found_waiter)."""
+    if lt.drop_found_waiter is None:
+        return ""
+    return (f"; its object's drop at {lt.ended_ts:.6f} does not excuse it: its reader, {lt.drop_found_waiter}, "
+            "and a waiting reader keeps its object: it had ended before, with no answer")
 
 
 def _death_accounts(b: _Builder) -> tuple[list[CacheDeath], set[int]]:
