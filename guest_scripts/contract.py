@@ -23,6 +23,10 @@ class Event:
     # statekill.jsonl
     ARMED: Final = "armed"
     STATE_KILL: Final = "state_kill"
+    # a host kill gated on a held request (HeldKill): `pid`, `gate` (KillGate), `waited_s` from
+    # the arming to the kill, `killed` (False: the process was gone already), `msg_id`/`opcode`
+    # of the request that made it (one it held, or the one just delivered to it)
+    HELD_KILL: Final = "held_kill"
 
     # keeper.jsonl
     BOUND: Final = "bound"
@@ -268,6 +272,41 @@ KERNEL_STATES: Final = (KernelState.DELIVERED_OPEN, KernelState.DELIVERED_READ, 
 STATEKILL_LOG: Final = "statekill.jsonl"  # in the log directory: what statekill.py armed and killed
 
 
+class KillGate:
+    """How a host kill (Fault.KILL) the state-kill agent carried out met its target. A timer kill
+    that lands while the daemon holds nothing tests nothing of a failover: the host picks the
+    moment (the scenario's seeded pause) and the agent, armed with `HeldKill.arm(pid, bound_s)`,
+    kills at once if the kernel's trace shows `pid` holding a request (delivered by its read(),
+    not yet answered), else when the next request is delivered to it, else at the bound."""
+
+    HELD: Final = "held"  # it held a request when armed: killed at once, at the timer's point
+    DELIVERY: Final = "delivery"  # it held none; killed as the next request was delivered to it
+    TIMEOUT: Final = "timeout"  # nothing was delivered to it within the bound: killed idle
+
+
+class HeldKill:
+    """The arming word for a gated kill, written to GuestConfig.statekill_ctl (one word, as a
+    KernelState is): `held:PID:BOUND_S`."""
+
+    PREFIX: Final = "held"
+
+    @staticmethod
+    def arm(pid: int, bound_s: float) -> str:
+        return f"{HeldKill.PREFIX}:{pid}:{bound_s:g}"
+
+    @staticmethod
+    def parse(word: str) -> tuple[int, float] | None:
+        """(pid, bound in seconds) of an arming word; None if it is not one."""
+        parts = word.split(":")
+        if len(parts) != 3 or parts[0] != HeldKill.PREFIX:
+            return None
+        try:
+            pid, bound_s = int(parts[1]), float(parts[2])
+        except ValueError:
+            return None
+        return (pid, bound_s) if pid > 0 and bound_s >= 0 else None
+
+
 # The signal the host sends the serving daemon for each fault it injects by signal. Real-time
 # signals by name, as the guest shell's `kill` takes them.
 FAULT_SIGNALS: Final = {Fault.KILL: "KILL", Fault.CLOSE: "USR1", Fault.RESTORE_LIVE: "RTMIN+1",
@@ -384,7 +423,8 @@ class GuestConfig:
     # dawdle_s: the daemon pauses this long before a copen and between a READ's data write and its
     # READ_COMPLETE (as one doing I/O does), so that a kill at a KernelState lands inside the step
     dawdle_s: float = 0.0
-    # statekill_ctl: the FIFO statekill.py reads the state to kill at from ("" : no agent)
+    # statekill_ctl: the FIFO statekill.py reads the state to kill at, or a gated kill
+    # (HeldKill), from ("" : no agent)
     statekill_ctl: str = ""
     # late_close: the anon fd of an object a CLOSE request names is sought and written through
     # until the kernel refuses both, then closed (Probe.LATE_WRITE), as a daemon does whose

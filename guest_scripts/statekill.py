@@ -9,6 +9,10 @@ keeper (found by the process tree, never by a name), it SIGKILLs that process an
 saw; then it waits to be armed again. Whether the daemon died in that state is for the host to
 confirm from the run's trace (harness/judge/statekills.py): the kill lands a little later than
 the event, and the daemon dawdles inside each step (GuestConfig.dawdle_s) so that it lands in it.
+
+It also carries out the host's timer kills (Fault.KILL, armed with a HeldKill word): from the
+same trace it knows which process holds which request (delivered by its read(), not answered),
+and kills the one named while it holds one (contract.KillGate).
 """
 from __future__ import annotations
 
@@ -18,18 +22,23 @@ import re
 import select
 import signal
 import sys
+import time
+from typing import Callable
 
-from contract import KERNEL_STATES, STATEKILL_LOG, Event, GuestConfig, KernelState
+from contract import KERNEL_STATES, STATEKILL_LOG, Event, GuestConfig, HeldKill, KernelState, KillGate
 from eventlog import EventLog
 
 TRACEFS = "/sys/kernel/tracing"
 INSTANCE = f"{TRACEFS}/instances/failover-statekill"
 EVENTS = ("failover/deliver", "failover/restore", "cachefiles/cachefiles_ondemand_open",
-          "cachefiles/cachefiles_ondemand_fd_write", "cachefiles/cachefiles_ondemand_fd_release")
+          "cachefiles/cachefiles_ondemand_fd_write", "cachefiles/cachefiles_ondemand_fd_release",
+          # the answers, for the requests each process holds (Held)
+          "cachefiles/cachefiles_ondemand_copen", "cachefiles/cachefiles_ondemand_cread", "failover/copened")
 LINE = re.compile(r"^\s*.+?-(?P<pid>\d+)\s+(?:\(\s*[-\d]+\)\s+)?\[\d+\]\s+(?:\S+\s+)?\d+\.\d+:\s+"
                   r"(?P<event>\w+):\s+(?:\([^)]*\)\s*)?(?P<args>.*)$")
 FIELD = re.compile(r"(\w+)=(\S+)")
 OFF = "off"  # written to the FIFO: disarm
+STOP_WAIT_S = 0.5  # a gated kill's SIGSTOP: how long every thread may take to stop (one in D state)
 
 
 def parse(line: str) -> tuple[int, str, dict[str, str]] | None:
@@ -65,6 +74,90 @@ class States:
         return None
 
 
+class Held:
+    """The requests each process holds, as the trace says: an OPEN or READ delivered by a read()
+    of one of its threads (`deliver`, ret > 0; a CLOSE is ended by its delivery), until its answer
+    (`copen`/`cread` by msg_id, or a `copened` return: a copen the kernel took, then failed). A
+    request held by a process that died is held by the one it is delivered to next."""
+
+    def __init__(self, process_of: Callable[[int], int] | None = None) -> None:
+        self.by_msg: dict[int, tuple[int, int]] = {}  # msg_id -> (process, opcode)
+        self.process_of = process_of or thread_group  # a thread's process (tests: a table)
+
+    def of(self, thread: int, event: str, f: dict[str, str]) -> tuple[int, int, int] | None:
+        """(process, msg_id, opcode) of a request `event` delivered; None for any other event."""
+        if event == "deliver" and int(f.get("ret", "-1")) > 0 and f.get("opcode") in ("0", "2"):
+            msg_id, opcode = int(f.get("msg_id", "-1")), int(f["opcode"])
+            process = self.process_of(thread)
+            self.by_msg[msg_id] = (process, opcode)
+            return process, msg_id, opcode
+        if event in ("cachefiles_ondemand_copen", "cachefiles_ondemand_cread"):
+            self.by_msg.pop(int(f.get("mid", "-1"), 16), None)  # the tracepoints print it in hex
+        elif event == "copened" and f.get("ret") == "0":
+            self.by_msg.pop(int(f.get("id", '"-1"').strip('"') or -1), None)
+        return None
+
+    def held_by(self, process: int) -> tuple[int, int] | None:
+        """(msg_id, opcode) of a request `process` holds, the oldest; None if it holds none."""
+        return next(((m, op) for m, (p, op) in self.by_msg.items() if p == process), None)
+
+
+class ArmedKill:
+    """A gated kill (HeldKill) the agent waits to carry out."""
+
+    def __init__(self, pid: int, bound_s: float) -> None:
+        self.pid = pid
+        self.armed_at = time.monotonic()
+        self.deadline = self.armed_at + bound_s
+        self.stopped = False  # SIGSTOPped by `stop`, not yet continued
+
+    def stop(self) -> bool:
+        """SIGSTOP the process and wait (STOP_WAIT_S at most) for every thread of it to stop. A
+        request the trace shows held may be answered in the millisecond the kill takes to land:
+        stopped, the process answers nothing more, and the trace read after says what it holds."""
+        try:
+            os.kill(self.pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            return False
+        self.stopped = True
+        until = time.monotonic() + STOP_WAIT_S
+        while time.monotonic() < until:
+            if all_stopped(self.pid):
+                return True
+            time.sleep(0.001)
+        return False
+
+    def go_on(self) -> None:
+        """SIGCONT a process `stop` stopped: it held nothing, the next delivery is waited for."""
+        if self.stopped:
+            self.stopped = False
+            try:
+                os.kill(self.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
+    def carry_out(self, log: EventLog, gate: str, **request: int) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)  # a stopped process too: SIGKILL wakes it to die
+            killed = True
+        except ProcessLookupError:
+            killed = False
+        log.emit(Event.HELD_KILL, pid=self.pid, gate=gate, killed=killed, stopped=self.stopped,
+                 waited_s=round(time.monotonic() - self.armed_at, 4), **request)
+
+
+def all_stopped(pid: int) -> bool:
+    """Whether every thread of `pid` is in a stop (a gone process: no)."""
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] not in ("T", "t"):
+                    return False
+    except (OSError, IndexError):
+        return False
+    return True
+
+
 def status(pid: int) -> dict[str, str]:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -73,13 +166,19 @@ def status(pid: int) -> dict[str, str]:
         return {}
 
 
+def thread_group(thread: int) -> int:
+    """The process a thread belongs to; the thread itself once it is gone (a single-threaded
+    daemon's, killed: its only thread)."""
+    return int(status(thread).get("Tgid", "0").strip() or 0) or thread
+
+
 def daemon_process(thread: int, keeper_pid: int) -> int | None:
     """The process `thread` belongs to, if it is a daemon incarnation (the keeper's child). The
     keeper's other children never put the kernel in a state: a standby (GuestConfig.standby) has
     no device fd and no anon fd until it is an incarnation (one the zygote forked is the keeper's
     child too: re-parented to it), the zygote never has one, and a waiter only mounts and reads."""
-    tgid = int(status(thread).get("Tgid", "0").strip() or 0)
-    if tgid and int(status(tgid).get("PPid", "0").strip() or 0) == keeper_pid:
+    tgid = thread_group(thread)
+    if int(status(tgid).get("PPid", "0").strip() or 0) == keeper_pid:
         return tgid
     return None
 
@@ -109,27 +208,34 @@ def main() -> int:
     poller = select.poll()
     poller.register(ctl, select.POLLIN)
     poller.register(pipe, select.POLLIN)
-    states = States()
+    states, held = States(), Held()
     armed: str | None = None
+    gated: ArmedKill | None = None
     pending = ""
-    log.emit(Event.STARTED)
-    while True:
-        for fd, _ in poller.poll():
-            if fd == ctl:
-                for word in os.read(ctl, 4096).decode().split():
-                    armed = word if word in KERNEL_STATES else None
-                    log.emit(Event.ARMED, state=armed or OFF)
-                continue
+
+    def read_trace() -> None:
+        """Every line the pipe has now, each put to the armed state and the gated kill."""
+        nonlocal armed, gated, pending
+        while True:
             try:
                 data = os.read(pipe, 65536).decode(errors="replace")
             except BlockingIOError:
-                continue
+                return
+            if not data:
+                return
             *lines, pending = (pending + data).split("\n")
             for line in lines:
                 parsed = parse(line)
                 if parsed is None:
                     continue
                 thread, event, f = parsed
+                try:
+                    delivered = held.of(thread, event, f)
+                except ValueError:  # a line cut or garbled: it says nothing of a request
+                    delivered = None
+                if gated is not None and delivered is not None and delivered[0] == gated.pid:
+                    gated.carry_out(log, KillGate.DELIVERY, msg_id=delivered[1], opcode=delivered[2])
+                    gated = None
                 hit = states.of(event, f)
                 if hit is None or armed is None or hit[0] != armed:
                     continue
@@ -139,6 +245,32 @@ def main() -> int:
                 os.kill(pid, signal.SIGKILL)
                 log.emit(Event.STATE_KILL, state=armed, pid=pid, thread=thread, trigger=event, **hit[1])
                 armed = None
+
+    log.emit(Event.STARTED)
+    while True:
+        timeout_ms = None if gated is None else max(0, int((gated.deadline - time.monotonic()) * 1000))
+        for fd, _ in poller.poll(timeout_ms):
+            if fd == ctl:
+                for word in os.read(ctl, 4096).decode().split():
+                    if (arming := HeldKill.parse(word)) is not None:
+                        read_trace()  # what the process holds now, as of the latest line
+                        gated = ArmedKill(*arming)
+                        log.emit(Event.ARMED, state=word)
+                        if held.held_by(gated.pid) is not None and gated.stop():
+                            read_trace()  # what it answered before it stopped (or a delivery: killed)
+                        if gated is not None and (request := held.held_by(gated.pid)) is not None:
+                            gated.carry_out(log, KillGate.HELD, msg_id=request[0], opcode=request[1])
+                            gated = None
+                        elif gated is not None:
+                            gated.go_on()
+                        continue
+                    armed = word if word in KERNEL_STATES else None
+                    log.emit(Event.ARMED, state=armed or OFF)
+                continue
+            read_trace()
+        if gated is not None and time.monotonic() >= gated.deadline:
+            gated.carry_out(log, KillGate.TIMEOUT)
+            gated = None
 
 
 if __name__ == "__main__":

@@ -107,7 +107,8 @@ class Run:
             supervise_fds=self.scenario.supervise_fds,
             standby=self.req.daemon_restart == "standby",
             race_withdrawal=self.scenario.race_withdrawal,
-            statekill_ctl=f"{GUEST_TMP}/statekill.ctl" if self.scenario.state_kills else "",
+            # the agent kills at kernel states, and carries out the host's kills (FaultLoop.gate_kills)
+            statekill_ctl=f"{GUEST_TMP}/statekill.ctl" if self.scenario.state_kills or self.scenario.kills else "",
             withdrawing_file=f"{GUEST_TMP}/withdrawing" if self.scenario.race_withdrawal else "",
             reopen_file=f"{GUEST_TMP}/reopen" if self.scenario.umount_reopens else "",
             crash_plan=self.crash_plan,
@@ -137,7 +138,7 @@ class Run:
         faults_log = self.dir / "faults.jsonl"
         try:
             loop = FaultLoop(session, logs, actions, self.crash_plan, t, faults_log, self.progress,
-                             stop_when_decided=self.req.after_fail == "stop")
+                             stop_when_decided=self.req.after_fail == "stop", gate_kills=self.scenario.kills > 0)
             self.meta["aborted"] = loop.run()
             if loop.decided_by:
                 self.meta["timing"]["faults_stopped_early"] = loop.decided_by

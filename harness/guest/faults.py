@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from guest_scripts.contract import FAULT_SIGNALS, KEEPER_SIGNALS, Event, Fault, KernelState
+from guest_scripts.contract import FAULT_SIGNALS, KEEPER_SIGNALS, Event, Fault, HeldKill, KernelState
 from ..progress import Progress
 from ..scenarios import Action
 from .logs import STALLED, GuestLogs
@@ -35,11 +35,16 @@ PROVOKE_EVERY_S = 3.0
 # readers mount every few seconds (OPENs) and read all the time (READs, writes); the rare ones are
 # provoked. A state that does not come is a miss, which the report counts.
 STATE_WAIT_SHARE = 1 / 3
+# A kill gated on a held request (contract.KillGate) waits at most this long for one to be
+# delivered to the daemon it aims at: the readers keep it busy (under TCG it held a request at 92-98%
+# of the timer's moments, and the next came within 0.1 s), so the bound is met only when they stop.
+KILL_GATE_S = 2.0
 
 
 class FaultLoop:
     def __init__(self, session: Session, logs: GuestLogs, actions: list[Action], crash_plan: dict[str, str],
-                 timeouts: Timeouts, faults_log: Path, progress: Progress, stop_when_decided: bool = True) -> None:
+                 timeouts: Timeouts, faults_log: Path, progress: Progress, stop_when_decided: bool = True,
+                 gate_kills: bool = False) -> None:
         self.session = session
         self.logs = logs
         self.actions = actions
@@ -50,6 +55,9 @@ class FaultLoop:
         # stop at the first decided verdict (GuestLogs.decided); off: every fault is injected
         # whatever the kernel did (a stall still stops them: a stuck reader cannot be served)
         self.stop_when_decided = stop_when_decided
+        # each Fault.KILL carried out by statekill.py while the daemon holds a request (KillGate);
+        # off: sent by the host's shell at the timer's moment, held or not
+        self.gate_kills = gate_kills
         self.decided_by: str | None = None  # a failed probe that stopped the faults early
         self.all_injected = False
 
@@ -103,6 +111,9 @@ class FaultLoop:
             # it has served kills one the kernel never saw at work
             self.logs.wait_until(f"incarnation {inc} answering", lambda: self.logs.answered_since(inc), self.t.recovery)
         self.logs.clock.sleep(action.delay_s)
+        if action.kind == Fault.KILL and self.gate_kills:
+            self.held_kill(index, inc, pid)
+            return inc + 1
         if action.kind in KEEPER_SIGNALS:
             # the keeper passes it on to the incarnation serving, which then exits
             keeper = f"$(cat {shlex.quote(self.logs.config.log_dir)}/keeper.pid)"
@@ -116,6 +127,30 @@ class FaultLoop:
         self.progress.set("served", self.logs.served)
         return inc + 1 if action.kind in (Fault.KILL, Fault.CACHE_DEATH, Fault.KILL_WAITER) else inc
 
+    def arm(self, word: str, gone_ok: bool = False) -> None:
+        """Arm (or disarm) statekill.py over its FIFO. Written without blocking: a FIFO open for
+        writing waits for a reader, and an agent that died would hang the guest's shell until the
+        command timeout; this way it is known at once (ENXIO), and the run says so."""
+        ctl = shlex.quote(self.logs.config.statekill_ctl)
+        r = self.session.run(f"echo {word} | dd of={ctl} oflag=nonblock status=none", self.t.command)
+        if r.status != 0 and not gone_ok:
+            raise GuestHung(f"the state-kill agent took no {word!r}: {r.output.strip() or f'exit {r.status}'}"
+                            f" (is it alive? {self.logs.config.log_dir}/statekill.out)")
+
+    def held_kill(self, index: int, incarnation: int, pid: int) -> None:
+        """The kill of `pid` at the timer's moment if it holds a request then, else at the next
+        delivered to it (within KILL_GATE_S): statekill.py knows from the kernel's trace, at once,
+        what no host poll of the daemon's log could tell in time."""
+        before = len(self.logs.held_kills)
+        self.arm(HeldKill.arm(pid, KILL_GATE_S))
+        self.logs.wait_until(f"the gated kill of process {pid}", lambda: len(self.logs.held_kills) > before,
+                             KILL_GATE_S + self.t.command)
+        hit = self.logs.held_kills[before]
+        self.record(index=index, kind=Fault.KILL, pid=pid, incarnation=incarnation, status=0 if hit.get("killed") else 1,
+                    gate=hit.get("gate"), waited_s=hit.get("waited_s"))
+        self.progress.count(PROGRESS_COUNTS[Fault.KILL])
+        self.progress.set("served", self.logs.served)
+
     def kill_at_state(self, index: int, action: Action, incarnation: int) -> int:
         """Arm statekill.py with the action's KernelState and wait for its kill; a state that does
         not come within a third of the recovery bound is recorded as missed (the report counts the
@@ -126,9 +161,8 @@ class FaultLoop:
         # deaths (the wait is the fault plan's, not the kernel's; 21 s seen, bound 30 s)
         self.logs.wait_until(f"incarnation {inc} answering", lambda: self.logs.answered_since(inc), self.t.recovery)
         self.logs.clock.sleep(action.delay_s)
-        ctl = shlex.quote(self.logs.config.statekill_ctl)
         before = len(self.logs.state_kills)
-        self.session.run(f"echo {action.state} >{ctl}", self.t.command)
+        self.arm(str(action.state))
         provoke = PROVOKE.get(str(action.state))
         deadline = self.logs.clock.now() + self.t.recovery * STATE_WAIT_SHARE
         try:
@@ -148,10 +182,10 @@ class FaultLoop:
                     if self.logs.clock.now() > deadline:
                         raise
         except RunDecided:
-            self.session.run(f"echo off >{ctl}", self.t.command)
+            self.arm("off", gone_ok=True)
             raise
         except GuestHung:
-            self.session.run(f"echo off >{ctl}", self.t.command)
+            self.arm("off", gone_ok=True)
             self.record(index=index, kind=Fault.STATE_KILL, state=action.state, missed=True)
             return inc
         hit = self.logs.state_kills[before]

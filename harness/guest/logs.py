@@ -84,6 +84,7 @@ class GuestLogs:
         self.statekill = LogTail(Path(config.log_dir) / STATEKILL_LOG)
         self.statekill_started = False
         self.state_kills: list[dict[str, Any]] = []  # statekill.py's kills, in order
+        self.held_kills: list[dict[str, Any]] = []  # statekill.py's gated kills (KillGate), in order
         self.probe_violations: list[dict[str, Any]] = []  # the daemon's probes the kernel failed
         # While the faults run, a decided run (`decided`) ends every wait at once (RunDecided): a
         # wait for an incarnation's answer would cost a bad kernel the whole recovery bound (a
@@ -103,6 +104,8 @@ class GuestLogs:
             self.statekill_started = True
             if e.get("event") == Event.STATE_KILL:
                 self.state_kills.append(e)
+            elif e.get("event") == Event.HELD_KILL:
+                self.held_kills.append(e)
         for e in self.keeper.poll():
             if e.get("event") == Event.DIED:
                 self.died.add(e.get(INCARNATION, 0))

@@ -18,7 +18,7 @@ from . import (cachedeath, console, copenwake, evidence, junit, kernelfacts, kil
 from .checks import Status, slugs
 from .results import (RESULTS_SCHEMA_VERSION, AnyResults, CacheDeathsSection, CopenWakesSection, CrashPointRow, DeathSpread, EndSection,
                       LedgerSection, Results, Spread, error_results)
-from guest_scripts.contract import EndOfRun, Event
+from guest_scripts.contract import EndOfRun, Event, KillGate
 from ..scenarios import CRASH_POINTS, UNANSWERED_POINTS, Needs, expected_daemon_errnos
 
 __all__ = ["RESULTS_SCHEMA_VERSION", "SCHEMA_FILE", "evaluate", "foreign_daemon", "summary", "write_error",
@@ -197,6 +197,7 @@ def evaluate(run_dir: Path) -> Results:
         "kills": kills,
         "kills_in_flight": in_flight,
         "in_flight_share": round(in_flight / kills, 3) if kills else 0.0,
+        "kill_gates": dict(Counter(str(f["gate"]) for f in logs.faults if f.get("gate"))),
         "mismatches": len(readers.mismatches),
         "read_errors": len(readers.read_errors),
         "max_stall_s": readers.max_stall_s,
@@ -295,6 +296,16 @@ def write_error(run_dir: Path, meta: dict[str, Any], status: Status, message: st
     write_outputs(run_dir, results, f"{status}: {message}\n  reproduce: {meta['reproduce']}\n")
 
 
+# how each gated kill met its target, as the summary says it
+GATE_WORDS = {KillGate.HELD: "killed holding a request", KillGate.DELIVERY: "at the next delivery",
+              KillGate.TIMEOUT: "idle at the gate's bound"}
+
+
+def _gates(gates: dict[str, int]) -> str:
+    """How the gated kills met their target (contract.KillGate), in the gates' order."""
+    return ", ".join(f"{gates[g]} {GATE_WORDS[g]}" for g in GATE_WORDS if gates.get(g))
+
+
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}s"
 
@@ -381,7 +392,8 @@ def summary(r: Results) -> str:
         f"{r['verdict']}: scenario {r['scenario']}, kernel {r['kernel'].get('version', '?')} "
         f"({r['kernel'].get('source', '?')}), {r['accel']}",
         *_series_lines(r.get("provenance")),
-        f"  faults: {r['kills']} kills ({r['kills_in_flight']} on a request in flight, {r['in_flight_share']:.0%}), "
+        f"  faults: {r['kills']} kills ({r['kills_in_flight']} on a request in flight, {r['in_flight_share']:.0%}"
+        + ("; " + _gates(r["kill_gates"]) if r.get("kill_gates") else "") + "), "
         f"{ev['fd_closes']} anon fds closed, {ev['deaths']} daemon deaths",
         f"  failover: {ev['restores']} restores, {ev['redelivered']} requests re-delivered, "
         f"{ev['reopens']} reopens with {ev['reads_after_reopen']} READs after them, "

@@ -186,6 +186,9 @@ class Results(_Common, _JudgedOptional):
     kills: int
     kills_in_flight: int
     in_flight_share: float
+    # the host's kills by how statekill.py carried them out (contract.KillGate); {}: sent by the
+    # host's shell at the timer's moment
+    kill_gates: dict[str, int]
     mismatches: int
     read_errors: int
     max_stall_s: float

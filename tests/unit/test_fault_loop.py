@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from guest_scripts.contract import STATEKILL_LOG, Event, Fault, KernelState, Probe, ProbeOutcome, daemon_serving
-from harness.guest.faults import FaultLoop
+from guest_scripts.contract import (STATEKILL_LOG, Event, Fault, HeldKill, KernelState, KillGate, Probe, ProbeOutcome,
+                                    daemon_serving)
+from harness.guest.faults import KILL_GATE_S, FaultLoop
 from harness.guest.logs import DECIDED_BY_PROBE, STALLED, Clock, GuestLogs
 from harness.guest.session import CommandResult, GuestGone
 from harness.guest.vm import Timeouts
@@ -45,6 +46,8 @@ class StandInGuest:
         self.states_at_once: set[str] = set()  # kernel states reached as soon as statekill.py is armed
         self.states_provoked: set[str] = set()  # ... reached once the host provokes them
         self.armed: str | None = None
+        self.agent_gone = False  # statekill.py carries out no gated kill
+        self.fifo_unread = False  # ... nor reads its FIFO: a non-blocking write of it fails
         self.start_next()
 
     # -- the guest's side
@@ -92,6 +95,16 @@ class StandInGuest:
         self.commands.append(command)
         if command.startswith("echo "):  # statekill.py armed (or disarmed) over its FIFO
             state = command.split()[1]
+            if self.fifo_unread:
+                return CommandResult(command, 1, "dd: failed to open 'ctl': No such device or address", 0.0)
+            if (gated := HeldKill.parse(state)) is not None:
+                if not self.agent_gone:
+                    alive = gated[0] == self.pid
+                    self.log(STATEKILL_LOG, event=Event.HELD_KILL, pid=gated[0], gate=KillGate.HELD, killed=alive,
+                             waited_s=0.0)
+                    if alive:
+                        self.die()
+                return CommandResult(command, 0, "", 0.0)
             self.armed = None if state == "off" else state
             if state in self.states_at_once:
                 self.state_kill(state)
@@ -121,11 +134,16 @@ class StandInGuest:
 
 
 def fault_loop(tmp_path: Path, guest: StandInGuest, kinds: list[str], states: list[str] = (),
-               stop_when_decided: bool = True) -> FaultLoop:
+               stop_when_decided: bool = True, gate_kills: bool = False) -> FaultLoop:
     logs = GuestLogs(guest, guest_config(tmp_path, statekill_ctl="ctl"), guest.clock())
     actions = [Action(kind, 0.5) for kind in kinds] + [Action(Fault.STATE_KILL, 0.0, s) for s in states]
     return FaultLoop(guest, logs, actions, guest.crash_plan, TIMEOUTS, tmp_path / "faults.jsonl",
-                     Progress(io.StringIO(), tty=False), stop_when_decided)
+                     Progress(io.StringIO(), tty=False), stop_when_decided, gate_kills)
+
+
+def arm(word: str) -> str:
+    """The host's command arming statekill.py with `word` over its FIFO."""
+    return f"echo {word} | dd of=ctl oflag=nonblock status=none"
 
 
 def faults(tmp_path: Path) -> list[dict[str, Any]]:
@@ -141,6 +159,40 @@ def test_kills_advance_the_incarnation_and_closes_do_not(tmp_path: Path) -> None
     assert [(f["kind"], f["incarnation"], f["status"]) for f in faults(tmp_path)] == [
         (Fault.KILL, 1, 0), (Fault.CLOSE, 2, 0), (Fault.CLOSE, 2, 0), (Fault.KILL, 2, 0)]
     assert loop.logs.served == 3  # each incarnation's first answer
+
+
+def test_gated_kills_are_the_agent_s_and_say_how_they_met_their_target(tmp_path: Path) -> None:
+    """With the agent, each kill is armed over its FIFO (the pid the loop waited for) and recorded
+    from the agent's log; a close is still the host's signal. Control: a target already gone is a
+    miss (status 1), as a shell kill of a dead pid is."""
+    guest = StandInGuest(tmp_path)
+    loop = fault_loop(tmp_path, guest, [Fault.KILL, Fault.CLOSE, Fault.KILL], gate_kills=True)
+    assert loop.run() is None
+    assert guest.commands == [arm(HeldKill.arm(101, KILL_GATE_S)), "kill -USR1 102", arm(HeldKill.arm(102, KILL_GATE_S))]
+    assert [(f["kind"], f["incarnation"], f["pid"], f["status"], f.get("gate")) for f in faults(tmp_path)] == [
+        (Fault.KILL, 1, 101, 0, KillGate.HELD), (Fault.CLOSE, 2, 102, 0, None), (Fault.KILL, 2, 102, 0, KillGate.HELD)]
+    (tmp_path / "gone").mkdir()
+    guest = StandInGuest(tmp_path / "gone")
+    guest.dies_by_itself.add(1)
+    assert fault_loop(tmp_path / "gone", guest, [Fault.KILL, Fault.KILL], gate_kills=True).run() is None
+    assert [(f["pid"], f["status"]) for f in faults(tmp_path / "gone")] == [(101, 1), (102, 0)]
+
+
+def test_an_agent_that_is_gone_is_known_at_its_arming_not_at_a_command_timeout(tmp_path: Path) -> None:
+    guest = StandInGuest(tmp_path)
+    guest.agent_gone = True
+    guest.fifo_unread = True
+    aborted = fault_loop(tmp_path, guest, [Fault.KILL], gate_kills=True).run()
+    assert aborted is not None and aborted.startswith("the state-kill agent took no 'held:101:")
+    assert guest.now < TIMEOUTS.command
+
+
+def test_an_agent_that_never_kills_ends_the_run_within_the_gate_s_bound(tmp_path: Path) -> None:
+    guest = StandInGuest(tmp_path)
+    guest.agent_gone = True
+    aborted = fault_loop(tmp_path, guest, [Fault.KILL], gate_kills=True).run()
+    assert aborted == f"the gated kill of process 101: not within {KILL_GATE_S + TIMEOUTS.command:g}s"
+    assert faults(tmp_path) == []
 
 
 def test_closes_alone_wait_for_no_other_incarnation(tmp_path: Path) -> None:
@@ -215,7 +267,7 @@ def test_a_reader_stall_ends_a_wait_for_a_kernel_state_or_a_crash_point_as_a_sta
     guest.stall_on_command = True  # at the provoking signal
     loop = fault_loop(tmp_path, guest, [], states=[KernelState.REOPENING, KernelState.DELIVERED_OPEN])
     assert loop.run() == STALLED
-    assert guest.commands[-1] == "echo off >ctl" and not any(f.get("missed") for f in faults(tmp_path))
+    assert guest.commands[-1] == arm("off") and not any(f.get("missed") for f in faults(tmp_path))
     (tmp_path / "crash").mkdir()
     crashing = StandInGuest(tmp_path / "crash", crash_plan={"1": "read_received"}, never_reach_point=(1,))
     crashing.stall_at = 0.2  # while the host waits (0.5 s) for incarnation 1's point
@@ -301,8 +353,8 @@ def test_kills_at_kernel_states_arm_the_agent_and_follow_its_kills(tmp_path: Pat
                                                       KernelState.DATA_WRITTEN])
     assert loop.run() is None
     # a restore comes by itself only at a death: a live one is asked for
-    assert guest.commands == ["kill -KILL 101", "echo delivered-read >ctl", "echo restoring >ctl", "kill -RTMIN+1 103",
-                              "echo data-written >ctl"]
+    assert guest.commands == ["kill -KILL 101", arm("delivered-read"), arm("restoring"), "kill -RTMIN+1 103",
+                              arm("data-written")]
     assert [(f["kind"], f.get("state"), f.get("pid")) for f in faults(tmp_path)] == [
         (Fault.KILL, None, 101), (Fault.KILL, KernelState.DELIVERED_READ, 102),
         (Fault.RESTORE_LIVE, None, 103), (Fault.KILL, KernelState.RESTORING, 103),
@@ -314,7 +366,7 @@ def test_a_state_that_never_comes_is_a_miss_and_the_agent_is_disarmed(tmp_path: 
     guest = StandInGuest(tmp_path)
     loop = fault_loop(tmp_path, guest, [], [KernelState.DELIVERED_OPEN])
     assert loop.run() is None
-    assert guest.commands == ["echo delivered-open >ctl", "echo off >ctl"]
+    assert guest.commands == [arm("delivered-open"), arm("off")]
     [missed] = faults(tmp_path)
     assert missed["missed"] and missed["state"] == KernelState.DELIVERED_OPEN
     assert TIMEOUTS.recovery / 3 <= guest.now < TIMEOUTS.recovery

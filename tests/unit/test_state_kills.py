@@ -4,7 +4,7 @@ negative control (the answer, or the READ_COMPLETE, came before the death)."""
 import pytest
 
 import statekill
-from contract import KernelState
+from contract import HeldKill, KernelState
 from harness.judge import ledger, statekills, trace
 
 T = "         python3-{pid:<6}({tgid:>7}) [000] .....    {ts:.6f}: {body}"
@@ -77,3 +77,50 @@ def test_an_open_failed_at_its_copen_is_ended_in_the_ledger_not_held():
     assert ledger.build(trace.parse("\n".join(lines))).held == 0
     refused = lines[1].replace("ret=0", "ret=-22")  # a refused copen took nothing out
     assert ledger.build(trace.parse("\n".join([lines[0], refused, lines[2]]))).held == 1
+
+
+COPENED = "copened: (cachefiles_daemon_write+0x1/0x2 <- cachefiles_ondemand_copen) ret={ret} id=\"{mid}\""
+
+
+def held_after(*lines_):
+    held = statekill.Held(process_of=lambda thread: {301: 300}.get(thread, thread))
+    delivered = [held.of(*statekill.parse(x)) for x in lines_]
+    return held, delivered
+
+
+def test_the_agent_knows_which_process_holds_which_request_until_its_answer():
+    """A gated kill (HeldKill) trusts this table: a request is held from its delivery to its
+    answer, by the process whose thread read it; each answer with its control (none: still held)."""
+    held, delivered = held_after(line(1, DELIVER.format(ret=32, mid=7, op=2), pid=301),  # a thread of 300
+                                 line(2, DELIVER.format(ret=53, mid=8, op=0)))
+    assert delivered == [(300, 7, 2), (300, 8, 0)]
+    assert held.held_by(300) == (7, 2) and held.held_by(301) is None
+    # the tracepoints print msg_ids in hex, `deliver` and the copen command in decimal
+    for answer, mid in (("cachefiles_ondemand_cread: o=00000002 mid=1a", 26),
+                        ("cachefiles_ondemand_copen: o=00000002 mid=8 l=1000", 8),
+                        (COPENED.format(ret=0, mid=8), 8)):  # a copen taken, then failed: ended too
+        held, _ = held_after(line(1, DELIVER.format(ret=32, mid=26, op=2)), line(2, DELIVER.format(ret=53, mid=8, op=0)),
+                             line(3, answer))
+        assert [m for m in (26, 8) if m != mid] == [held.held_by(300)[0]]
+    held, _ = held_after(line(1, DELIVER.format(ret=53, mid=8, op=0)), line(2, COPENED.format(ret=-22, mid=8)))
+    assert held.held_by(300) == (8, 0)  # a refused copen took nothing out
+
+
+def test_nothing_is_held_of_a_close_an_empty_read_or_a_request_delivered_again_elsewhere():
+    held, delivered = held_after(line(1, DELIVER.format(ret=32, mid=5, op=1)),  # a CLOSE: ended by its delivery
+                                 line(2, DELIVER.format(ret=0, mid=0, op=0)))  # an empty read
+    assert delivered == [None, None] and held.held_by(300) is None
+    held, _ = held_after(line(1, DELIVER.format(ret=32, mid=7, op=2)),
+                         line(2, DELIVER.format(ret=32, mid=7, op=2), pid=400, tgid=400))  # after restore
+    assert held.held_by(300) is None and held.held_by(400) == (7, 2)
+
+
+@pytest.mark.parametrize("word,parsed", [("held:250:2", (250, 2.0)), ("held:7:0.5", (7, 0.5)),
+                                         ("held:0:2", None), ("held:x:2", None), ("held:250", None),
+                                         ("delivered-read", None), ("off", None)])
+def test_the_arming_word_of_a_gated_kill(word, parsed):
+    assert HeldKill.parse(word) == parsed
+
+
+def test_the_arming_word_round_trips():
+    assert HeldKill.parse(HeldKill.arm(4242, 2.0)) == (4242, 2.0)
