@@ -340,8 +340,26 @@ def test_the_daemon_log_and_the_ledger_are_compared_per_process():
     delivered = {p.tgid: p.delivered for p in lg.processes}
     assert ledger.disagreements(lg, delivered) == []
     pid = next(iter(delivered))
+    (account,) = [p for p in lg.processes if p.tgid == pid]
+    dying = f" ({account.died_reading} of them as it died)" if account.died_reading else ""
     assert ledger.disagreements(lg, {**delivered, pid: delivered[pid] + 1}) == [
-        f"process {pid}: the kernel delivered {delivered[pid]} request(s), the daemon logged {delivered[pid] + 1}"]
+        f"process {pid}: the kernel delivered {delivered[pid]} request(s){dying}, the daemon logged {delivered[pid] + 1}"]
+
+
+def test_a_daemon_killed_as_a_request_was_delivered_may_not_have_logged_it_and_no_other():
+    """A kill gated on a delivery lands between the daemon's read() and its log line: the log may
+    be short by the deliveries its threads died on, not by one more, nor over. Control: the same
+    delivery followed by the thread's answer was seen, and a log short of it disagrees."""
+    died_on_it = _held_open_then([])
+    lg = build(died_on_it)
+    assert [(p.tgid, p.delivered, p.died_reading) for p in lg.processes] == [(100, 1, 1)]
+    assert ledger.disagreements(lg, {100: 0}) == ledger.disagreements(lg, {100: 1}) == []
+    assert ledger.disagreements(lg, {100: 2}) == [
+        "process 100: the kernel delivered 1 request(s) (1 of them as it died), the daemon logged 2"]
+    answered = build([*died_on_it[:2], _line(100, 1.5, "cachefiles_ondemand_copen: o=00000001 mid=5 l=1000"),
+                      *died_on_it[2:]])
+    assert [(p.tgid, p.delivered, p.died_reading) for p in answered.processes] == [(100, 1, 0)]
+    assert ledger.disagreements(answered, {100: 0}) == ["process 100: the kernel delivered 1 request(s), the daemon logged 0"]
 
 
 def test_a_trace_without_the_kprobes_has_no_ledger():
