@@ -231,12 +231,12 @@ def main() -> int:
                 thread, event, f = parsed
                 try:
                     delivered = held.of(thread, event, f)
-                except ValueError:  # a line cut or garbled: it says nothing of a request
-                    delivered = None
+                    hit = states.of(event, f)
+                except ValueError:  # a line cut or garbled: it says nothing (and must not end the agent)
+                    continue
                 if gated is not None and delivered is not None and delivered[0] == gated.pid:
                     gated.carry_out(log, KillGate.DELIVERY, msg_id=delivered[1], opcode=delivered[2])
                     gated = None
-                hit = states.of(event, f)
                 if hit is None or armed is None or hit[0] != armed:
                     continue
                 pid = daemon_process(thread, args.keeper_pid)
@@ -256,13 +256,15 @@ def main() -> int:
                         read_trace()  # what the process holds now, as of the latest line
                         gated = ArmedKill(*arming)
                         log.emit(Event.ARMED, state=word)
-                        if held.held_by(gated.pid) is not None and gated.stop():
-                            read_trace()  # what it answered before it stopped (or a delivery: killed)
-                        if gated is not None and (request := held.held_by(gated.pid)) is not None:
-                            gated.carry_out(log, KillGate.HELD, msg_id=request[0], opcode=request[1])
-                            gated = None
-                        elif gated is not None:
-                            gated.go_on()
+                        try:
+                            if held.held_by(gated.pid) is not None and gated.stop():
+                                read_trace()  # what it answered before it stopped (or a delivery: killed)
+                            if gated is not None and (request := held.held_by(gated.pid)) is not None:
+                                gated.carry_out(log, KillGate.HELD, msg_id=request[0], opcode=request[1])
+                                gated = None
+                        finally:
+                            if gated is not None:
+                                gated.go_on()  # on every other way out too: no daemon is left stopped
                         continue
                     armed = word if word in KERNEL_STATES else None
                     log.emit(Event.ARMED, state=armed or OFF)

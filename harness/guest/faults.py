@@ -143,8 +143,14 @@ class FaultLoop:
         what no host poll of the daemon's log could tell in time."""
         before = len(self.logs.held_kills)
         self.arm(HeldKill.arm(pid, KILL_GATE_S))
-        self.logs.wait_until(f"the gated kill of process {pid}", lambda: len(self.logs.held_kills) > before,
-                             KILL_GATE_S + self.t.command)
+        # armed, the kill lands within KILL_GATE_S whatever the run has decided meanwhile: waited for
+        # and recorded all the same (a RunDecided here left it unrecorded, landing in the drain)
+        running, self.logs.faults_running = self.logs.faults_running, False
+        try:
+            self.logs.wait_until(f"the gated kill of process {pid}", lambda: len(self.logs.held_kills) > before,
+                                 KILL_GATE_S + self.t.command)
+        finally:
+            self.logs.faults_running = running
         hit = self.logs.held_kills[before]
         self.record(index=index, kind=Fault.KILL, pid=pid, incarnation=incarnation, status=0 if hit.get("killed") else 1,
                     gate=hit.get("gate"), waited_s=hit.get("waited_s"))

@@ -199,7 +199,7 @@ class _Builder:
         self.live: dict[int, Lifetime] = {}  # msg_id -> its lifetime, until it ends
         self.all: list[Lifetime] = []
         self.exits: dict[int, float] = {}  # tgid -> its last thread's exit
-        self.just_read: set[int] = set()  # threads whose last event was a delivery (ret > 0)
+        self.just_read: dict[int, int] = {}  # thread -> the process a delivery (ret > 0), its last event, was charged to
         self.died_reading: Counter[int] = Counter()  # tgid -> deliveries its threads died on (ProcessAccount)
         self.empty: Counter[int] = Counter()
         self.delivered: Counter[int] = Counter()
@@ -237,10 +237,10 @@ class _Builder:
             waited.waiter_queued = e.ts
         elif e.event not in ("pollwake", "read") and (waited := self.waiters.pop(e.pid, None)) is not None:
             waited.waiter_next = (e.event, e.ts)
-        if e.event == "exit" and e.pid in self.just_read:
-            self.died_reading[e.process] += 1
+        if e.event == "exit" and (charged := self.just_read.get(e.pid)) is not None:
+            self.died_reading[charged] += 1  # the account the delivery was counted in, whatever the exit's tgid says
         if e.event != "pollwake":  # one in its context may be an interrupt's (`d.h..`): not the thread's doing
-            self.just_read.discard(e.pid)
+            self.just_read.pop(e.pid, None)
         self.spans.feed(e)
         self.calls.feed(e)
         self.reopens.feed(e)
@@ -306,7 +306,7 @@ class _Builder:
         # thread's (its death is its last thread's exit, which no read of its follows)
         self.exits.pop(tgid, None)
         if ret > 0:
-            self.just_read.add(e.pid)
+            self.just_read[e.pid] = tgid
         if ret == 0:
             self.empty[tgid] += 1
         if ret == -errno.EEXIST:

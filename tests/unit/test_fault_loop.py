@@ -48,6 +48,8 @@ class StandInGuest:
         self.armed: str | None = None
         self.agent_gone = False  # statekill.py carries out no gated kill
         self.fifo_unread = False  # ... nor reads its FIFO: a non-blocking write of it fails
+        self.gate_after_s: float | None = None  # a gated kill lands this long after its arming (at a delivery)
+        self.gated: tuple[int, float] | None = None  # (pid, when) of a gated kill yet to land
         self.start_next()
 
     # -- the guest's side
@@ -70,6 +72,12 @@ class StandInGuest:
         self.start_next()
 
     def tick(self) -> None:
+        if self.gated is not None and self.now >= self.gated[1]:
+            pid, self.gated = self.gated[0], None
+            self.log(STATEKILL_LOG, event=Event.HELD_KILL, pid=pid, gate=KillGate.DELIVERY, killed=pid == self.pid,
+                     waited_s=self.gate_after_s)
+            if pid == self.pid:
+                self.die()
         if self.stall_at is not None and self.now >= self.stall_at:
             self.log("reader-0.jsonl", event=Event.STALL, what="img0.0x0:a@0", waited_s=31.0)
             self.stall_at = None
@@ -98,7 +106,12 @@ class StandInGuest:
             if self.fifo_unread:
                 return CommandResult(command, 1, "dd: failed to open 'ctl': No such device or address", 0.0)
             if (gated := HeldKill.parse(state)) is not None:
-                if not self.agent_gone:
+                if self.probe_fails_on_command:
+                    self.log("daemon.jsonl", event=Event.PROBE, probe=Probe.CLOSE_COPEN,
+                             outcome=ProbeOutcome.READ_ON_CLOSED, incarnation=self.incarnation)
+                if self.gate_after_s is not None:
+                    self.gated = (gated[0], self.now + self.gate_after_s)
+                elif not self.agent_gone:
                     alive = gated[0] == self.pid
                     self.log(STATEKILL_LOG, event=Event.HELD_KILL, pid=gated[0], gate=KillGate.HELD, killed=alive,
                              waited_s=0.0)
@@ -193,6 +206,19 @@ def test_an_agent_that_never_kills_ends_the_run_within_the_gate_s_bound(tmp_path
     aborted = fault_loop(tmp_path, guest, [Fault.KILL], gate_kills=True).run()
     assert aborted == f"the gated kill of process 101: not within {KILL_GATE_S + TIMEOUTS.command:g}s"
     assert faults(tmp_path) == []
+
+
+def test_a_gated_kill_armed_as_the_run_is_decided_is_waited_for_and_recorded(tmp_path: Path) -> None:
+    """Once armed, the agent kills within the gate's bound whatever the host decides meanwhile: a
+    wait that a failed probe ended would leave that death out of faults.jsonl (it lands in the
+    drain). Control: the faults stop there all the same."""
+    guest = StandInGuest(tmp_path)
+    guest.gate_after_s = 0.3
+    guest.probe_fails_on_command = True
+    loop = fault_loop(tmp_path, guest, [Fault.KILL, Fault.KILL], gate_kills=True)
+    assert loop.run() is None and loop.decided_by == f"{DECIDED_BY_PROBE}: close-copen (read-on-closed)"
+    assert [(f["pid"], f["status"], f.get("gate")) for f in faults(tmp_path)] == [(101, 0, KillGate.DELIVERY)]
+    assert len([c for c in guest.commands if "held:" in c]) == 1
 
 
 def test_closes_alone_wait_for_no_other_incarnation(tmp_path: Path) -> None:

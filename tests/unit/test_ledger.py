@@ -362,6 +362,30 @@ def test_a_daemon_killed_as_a_request_was_delivered_may_not_have_logged_it_and_n
     assert ledger.disagreements(answered, {100: 0}) == ["process 100: the kernel delivered 1 request(s), the daemon logged 0"]
 
 
+def _thread_line(pid: int, tgid: str, ts: float, rest: str) -> str:
+    return f"         python3-{pid}     ({tgid:>7}) [001] .....    {ts:.6f}: {rest}"
+
+
+def test_died_reading_is_per_thread_and_only_a_pollwake_leaves_it_standing():
+    """The allowance is the delivering thread's: another thread's exit is not it; a pollwake (an
+    interrupt's, in its context) between the delivery and the exit leaves it; any other event of
+    the thread (its data write) clears it; an exit whose tgid the trace lost (`-------`) is still
+    charged to the process the delivery was counted in."""
+    deliver = _line(100, 1.1, "deliver: (vfs_read+0x84/0x14b <- cachefiles_ondemand_daemon_read) ret=64 msg_id=5 "
+                              "opcode=2 len=64 object_id=1 a=0 b=4096")
+    exit_100 = _line(100, 2.0, "sched_process_exit: comm=python3 pid=100 prio=120")
+    helper_exit = _thread_line(101, "100", 1.5, "sched_process_exit: comm=python3 pid=101 prio=120")
+    pollwake = _line(100, 1.5, "pollwake: (pollwake+0x0/0x80) pwq=0xffffc90001000 wq=0xffff888002000 key=0x0 ekey=0x1")
+    fd_write = _line(100, 1.5, "cachefiles_ondemand_fd_write: o=00000001 iB=21b s=0 l=1000")
+    died = {p.tgid: p.died_reading for p in build([deliver, helper_exit]).processes}
+    assert died.get(100, 0) == 0  # the helper died; the reader lives on
+    assert [p.died_reading for p in build([deliver, pollwake, exit_100]).processes if p.tgid == 100] == [1]
+    assert [p.died_reading for p in build([deliver, fd_write, exit_100]).processes if p.tgid == 100] == [0]
+    by_thread = _thread_line(101, "100", 1.1, deliver.split(": ", 1)[1])  # thread 101 of process 100 read it
+    lost_tgid = _thread_line(101, "-------", 2.0, "sched_process_exit: comm=python3 pid=101 prio=120")
+    assert [(p.tgid, p.delivered, p.died_reading) for p in build([by_thread, lost_tgid]).processes] == [(100, 1, 1)]
+
+
 def test_a_trace_without_the_kprobes_has_no_ledger():
     text = [line for line in lines(CRASH) if "deliver:" not in line]
     assert not build(text).available
