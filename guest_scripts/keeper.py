@@ -71,7 +71,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 from contract import (AT_RESTORE, CACHE_DEATH_RT_OFFSET, CLOCK_MARK, DAEMON_PID_FILE, INCARNATION, KEEPER_BOUND, NETFS_COOKIES,
                       REOPEN_CLOSED, REOPEN_GO_MARK, REOPEN_HELD, REOPEN_NONE, REOPEN_RESTORED, UMOUNT_AT,
@@ -366,16 +366,17 @@ class Zygote:
     import_s: float | None = None  # once it said READY: how long after its start
 
     def ready(self) -> bool:
-        """Whether it has said READY, read without waiting. ZygoteFailed if it is gone."""
-        while self.import_s is None:
-            try:
-                meta, fd = recv_msg(self.sock, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return False
-            except (EOFError, OSError) as e:
-                raise ZygoteFailed("gone") from e
-            self._take(meta, fd)
-        return True
+        """Whether it has said READY, read without waiting. ZygoteFailed if it is gone. Once it
+        has, nothing more is read here: a late answer waits for `late_forks`."""
+        if self.import_s is not None:
+            return True
+        try:
+            for _ in self._queued():
+                if self.import_s is not None:
+                    break
+        except (EOFError, OSError) as e:
+            raise ZygoteFailed("gone") from e
+        return self.import_s is not None
 
     def fork(self, theirs: socket.socket, bound_s: float) -> int:
         """A daemon process forked to wait on `theirs` (its activation channel), the keeper's
@@ -404,14 +405,22 @@ class Zygote:
     def late_forks(self) -> list[int]:
         """The pids it answered after the keeper had given up on it (queued, read without waiting)."""
         pids: list[int] = []
+        try:
+            pids.extend(int(meta["pid"]) for meta in self._queued() if meta.get("op") == FORKED)
+        except (EOFError, OSError):
+            pass  # gone: what it sent before is all there is
+        return pids
+
+    def _queued(self) -> Iterator[dict[str, Any]]:
+        """What it has sent and the keeper not yet read, without waiting, each message taken
+        (`_take`) as it is read. EOFError or OSError once it is gone."""
         while True:
             try:
                 meta, fd = recv_msg(self.sock, socket.MSG_DONTWAIT)
-            except (BlockingIOError, EOFError, OSError):
-                return pids
-            if meta.get("op") == FORKED:
-                pids.append(int(meta["pid"]))
+            except BlockingIOError:
+                return
             self._take(meta, fd)
+            yield meta
 
     def _take(self, meta: dict[str, Any], fd: int | None) -> None:
         if fd is not None:

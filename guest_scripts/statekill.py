@@ -17,6 +17,7 @@ and kills the one named while it holds one (contract.KillGate).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import select
@@ -38,6 +39,8 @@ LINE = re.compile(r"^\s*.+?-(?P<pid>\d+)\s+(?:\(\s*[-\d]+\)\s+)?\[\d+\]\s+(?:\S+
                   r"(?P<event>\w+):\s+(?:\([^)]*\)\s*)?(?P<args>.*)$")
 FIELD = re.compile(r"(\w+)=(\S+)")
 OFF = "off"  # written to the FIFO: disarm
+# a request held longer than this by a live daemon may be one the kernel ended with no answer (Held)
+HELD_FOR_S = 5.0
 STOP_WAIT_S = 0.5  # a gated kill's SIGSTOP: how long every thread may take to stop (one in D state)
 
 
@@ -81,7 +84,7 @@ class Held:
     request held by a process that died is held by the one it is delivered to next."""
 
     def __init__(self, process_of: Callable[[int], int] | None = None) -> None:
-        self.by_msg: dict[int, tuple[int, int]] = {}  # msg_id -> (process, opcode)
+        self.by_msg: dict[int, tuple[int, int, float]] = {}  # msg_id -> (process, opcode, when read)
         self.process_of = process_of or thread_group  # a thread's process (tests: a table)
 
     def of(self, thread: int, event: str, f: dict[str, str]) -> tuple[int, int, int] | None:
@@ -89,7 +92,8 @@ class Held:
         if event == "deliver" and int(f.get("ret", "-1")) > 0 and f.get("opcode") in ("0", "2"):
             msg_id, opcode = int(f.get("msg_id", "-1")), int(f["opcode"])
             process = self.process_of(thread)
-            self.by_msg[msg_id] = (process, opcode)
+            self.by_msg.pop(msg_id, None)  # delivered again: the newest, in order
+            self.by_msg[msg_id] = (process, opcode, time.monotonic())
             return process, msg_id, opcode
         if event in ("cachefiles_ondemand_copen", "cachefiles_ondemand_cread"):
             self.by_msg.pop(int(f.get("mid", "-1"), 16), None)  # the tracepoints print it in hex
@@ -97,9 +101,14 @@ class Held:
             self.by_msg.pop(int(f.get("id", '"-1"').strip('"') or -1), None)
         return None
 
-    def held_by(self, process: int) -> tuple[int, int] | None:
-        """(msg_id, opcode) of a request `process` holds, the oldest; None if it holds none."""
-        return next(((m, op) for m, (p, op) in self.by_msg.items() if p == process), None)
+    def held_by(self, process: int, now: float | None = None) -> tuple[int, int] | None:
+        """(msg_id, opcode) of a request `process` holds, the oldest; None if it holds none. One
+        delivered over HELD_FOR_S ago is not trusted: the kernel ends some requests with no answer
+        (an object dropped, a dead cache) and this table never hears of it; waiting for the next
+        delivery instead costs a kill nothing but a few milliseconds."""
+        now = time.monotonic() if now is None else now
+        return next(((m, op) for m, (p, op, at) in self.by_msg.items()
+                     if p == process and now - at <= HELD_FOR_S), None)
 
 
 class ArmedKill:
@@ -248,7 +257,7 @@ def main() -> int:
 
     log.emit(Event.STARTED)
     while True:
-        timeout_ms = None if gated is None else max(0, int((gated.deadline - time.monotonic()) * 1000))
+        timeout_ms = None if gated is None else max(0, math.ceil((gated.deadline - time.monotonic()) * 1000))
         for fd, _ in poller.poll(timeout_ms):
             if fd == ctl:
                 for word in os.read(ctl, 4096).decode().split():
@@ -257,7 +266,8 @@ def main() -> int:
                         gated = ArmedKill(*arming)
                         log.emit(Event.ARMED, state=word)
                         try:
-                            if held.held_by(gated.pid) is not None and gated.stop():
+                            if held.held_by(gated.pid) is not None:
+                                gated.stop()  # stopped or not (a thread in D state), the trace says more now
                                 read_trace()  # what it answered before it stopped (or a delivery: killed)
                             if gated is not None and (request := held.held_by(gated.pid)) is not None:
                                 gated.carry_out(log, KillGate.HELD, msg_id=request[0], opcode=request[1])

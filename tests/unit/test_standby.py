@@ -621,3 +621,28 @@ def _arg(pid: int, option: str) -> str:
     """The value given `option` on the process's command line."""
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
     return argv[argv.index(option) + 1]
+
+
+def test_the_zygote_s_queued_messages_are_read_once_by_ready_or_late_forks():
+    """`ready` reads up to READY and no further (an answer behind it is `late_forks`'), reads
+    nothing once READY was seen, and says a closed channel is a zygote gone; `late_forks` takes
+    every FORKED queued, and a closed channel is no error to it."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    zygote = keeper_module.Zygote(popen=None, sock=ours, started=time.time())  # type: ignore[arg-type]
+    assert not zygote.ready()  # nothing sent yet
+    keeper_module.send_msg(theirs, {"op": keeper_module.READY, "t": time.time()})
+    keeper_module.send_msg(theirs, {"op": keeper_module.FORKED, "pid": 4242})
+    keeper_module.send_msg(theirs, {"op": keeper_module.FORKED, "pid": 4243})
+    assert zygote.ready() and zygote.import_s is not None
+    assert zygote.ready()  # again: nothing more read
+    theirs.close()
+    assert zygote.late_forks() == [4242, 4243]
+    assert zygote.late_forks() == []
+    ours.close()
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    gone = keeper_module.Zygote(popen=None, sock=ours, started=time.time())  # type: ignore[arg-type]
+    theirs.close()
+    with pytest.raises(keeper_module.ZygoteFailed, match="gone"):
+        gone.ready()
+    ours.close()
