@@ -202,6 +202,91 @@ def setup() -> int:
     return os.open(f"{INSTANCE}/trace_pipe", os.O_RDONLY | os.O_NONBLOCK)
 
 
+class Agent:
+    """The agent's loop over its two inputs: the arming FIFO (`ctl`) and the trace (`pipe`), both
+    non-blocking fds (a test gives it pipes of its own and a real process to kill)."""
+
+    def __init__(self, ctl: int, pipe: int, log: EventLog, keeper_pid: int) -> None:
+        self.ctl, self.pipe, self.log, self.keeper_pid = ctl, pipe, log, keeper_pid
+        self.states, self.held = States(), Held()
+        self.armed: str | None = None  # the KernelState to kill at
+        self.gated: ArmedKill | None = None  # the host's timer kill, waiting for a held request
+        self.pending = ""  # a trace line read in part
+
+    def serve(self, running: Callable[[], bool] = lambda: True) -> None:
+        poller = select.poll()
+        poller.register(self.ctl, select.POLLIN)
+        poller.register(self.pipe, select.POLLIN)
+        self.log.emit(Event.STARTED)
+        while running():
+            gated = self.gated
+            timeout_ms = None if gated is None else max(0, math.ceil((gated.deadline - time.monotonic()) * 1000))
+            for fd, _ in poller.poll(timeout_ms):
+                if fd == self.ctl:
+                    for word in os.read(self.ctl, 4096).decode().split():
+                        self.take(word)
+                else:
+                    self.read_trace()
+            if self.gated is not None and time.monotonic() >= self.gated.deadline:
+                self.gated.carry_out(self.log, KillGate.TIMEOUT)
+                self.gated = None
+
+    def take(self, word: str) -> None:
+        """One word from the FIFO: a gated kill (HeldKill), a KernelState, or `off`."""
+        if (arming := HeldKill.parse(word)) is None:
+            self.armed = word if word in KERNEL_STATES else None
+            self.log.emit(Event.ARMED, state=self.armed or OFF)
+            return
+        self.read_trace()  # what the process holds now, as of the latest line
+        gated = self.gated = ArmedKill(*arming)
+        self.log.emit(Event.ARMED, state=word)
+        try:
+            if self.held.held_by(gated.pid) is not None:
+                gated.stop()  # stopped or not (a thread in D state), the trace says more now
+                self.read_trace()  # what it answered before it stopped (or a delivery: killed)
+            if self.gated is not None and (request := self.held.held_by(gated.pid)) is not None:
+                gated.carry_out(self.log, KillGate.HELD, msg_id=request[0], opcode=request[1])
+                self.gated = None
+        finally:
+            if self.gated is not None:
+                gated.go_on()  # on every other way out too: no daemon is left stopped
+
+    def read_trace(self) -> None:
+        """Every line the pipe has now, each put to the armed state and the gated kill."""
+        while True:
+            try:
+                data = os.read(self.pipe, 65536).decode(errors="replace")
+            except BlockingIOError:
+                return
+            if not data:
+                return
+            *lines, self.pending = (self.pending + data).split("\n")
+            for line in lines:
+                self.see(line)
+
+    def see(self, line: str) -> None:
+        parsed = parse(line)
+        if parsed is None:
+            return
+        thread, event, f = parsed
+        try:
+            delivered = self.held.of(thread, event, f)
+            hit = self.states.of(event, f)
+        except ValueError:  # a line cut or garbled: it says nothing (and must not end the agent)
+            return
+        if self.gated is not None and delivered is not None and delivered[0] == self.gated.pid:
+            self.gated.carry_out(self.log, KillGate.DELIVERY, msg_id=delivered[1], opcode=delivered[2])
+            self.gated = None
+        if hit is None or self.armed is None or hit[0] != self.armed:
+            return
+        pid = daemon_process(thread, self.keeper_pid)
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGKILL)
+        self.log.emit(Event.STATE_KILL, state=self.armed, pid=pid, thread=thread, trigger=event, **hit[1])
+        self.armed = None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", required=True)
@@ -213,76 +298,8 @@ def main() -> int:
     if not os.path.exists(config.statekill_ctl):
         os.mkfifo(config.statekill_ctl)
     ctl = os.open(config.statekill_ctl, os.O_RDWR | os.O_NONBLOCK)  # never EOF: we hold a writer too
-    pipe = setup()
-    poller = select.poll()
-    poller.register(ctl, select.POLLIN)
-    poller.register(pipe, select.POLLIN)
-    states, held = States(), Held()
-    armed: str | None = None
-    gated: ArmedKill | None = None
-    pending = ""
-
-    def read_trace() -> None:
-        """Every line the pipe has now, each put to the armed state and the gated kill."""
-        nonlocal armed, gated, pending
-        while True:
-            try:
-                data = os.read(pipe, 65536).decode(errors="replace")
-            except BlockingIOError:
-                return
-            if not data:
-                return
-            *lines, pending = (pending + data).split("\n")
-            for line in lines:
-                parsed = parse(line)
-                if parsed is None:
-                    continue
-                thread, event, f = parsed
-                try:
-                    delivered = held.of(thread, event, f)
-                    hit = states.of(event, f)
-                except ValueError:  # a line cut or garbled: it says nothing (and must not end the agent)
-                    continue
-                if gated is not None and delivered is not None and delivered[0] == gated.pid:
-                    gated.carry_out(log, KillGate.DELIVERY, msg_id=delivered[1], opcode=delivered[2])
-                    gated = None
-                if hit is None or armed is None or hit[0] != armed:
-                    continue
-                pid = daemon_process(thread, args.keeper_pid)
-                if pid is None:
-                    continue
-                os.kill(pid, signal.SIGKILL)
-                log.emit(Event.STATE_KILL, state=armed, pid=pid, thread=thread, trigger=event, **hit[1])
-                armed = None
-
-    log.emit(Event.STARTED)
-    while True:
-        timeout_ms = None if gated is None else max(0, math.ceil((gated.deadline - time.monotonic()) * 1000))
-        for fd, _ in poller.poll(timeout_ms):
-            if fd == ctl:
-                for word in os.read(ctl, 4096).decode().split():
-                    if (arming := HeldKill.parse(word)) is not None:
-                        read_trace()  # what the process holds now, as of the latest line
-                        gated = ArmedKill(*arming)
-                        log.emit(Event.ARMED, state=word)
-                        try:
-                            if held.held_by(gated.pid) is not None:
-                                gated.stop()  # stopped or not (a thread in D state), the trace says more now
-                                read_trace()  # what it answered before it stopped (or a delivery: killed)
-                            if gated is not None and (request := held.held_by(gated.pid)) is not None:
-                                gated.carry_out(log, KillGate.HELD, msg_id=request[0], opcode=request[1])
-                                gated = None
-                        finally:
-                            if gated is not None:
-                                gated.go_on()  # on every other way out too: no daemon is left stopped
-                        continue
-                    armed = word if word in KERNEL_STATES else None
-                    log.emit(Event.ARMED, state=armed or OFF)
-                continue
-            read_trace()
-        if gated is not None and time.monotonic() >= gated.deadline:
-            gated.carry_out(log, KillGate.TIMEOUT)
-            gated = None
+    Agent(ctl, setup(), log, args.keeper_pid).serve()
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,12 +1,18 @@
 """Kills at kernel states: what statekill.py reads off the live trace (a pure parser), and how the
 judge confirms from the run's trace that the daemon died in the state; each state with its
 negative control (the answer, or the READ_COMPLETE, came before the death)."""
+import json
+import os
+import signal
+import subprocess
+import threading
 import time
 
 import pytest
 
 import statekill
-from contract import HeldKill, KernelState
+from contract import HeldKill, KernelState, KillGate
+from eventlog import EventLog
 from harness.judge import ledger, statekills, trace
 
 T = "         python3-{pid:<6}({tgid:>7}) [000] .....    {ts:.6f}: {body}"
@@ -129,3 +135,77 @@ def test_the_arming_word_of_a_gated_kill(word, parsed):
 
 def test_the_arming_word_round_trips():
     assert HeldKill.parse(HeldKill.arm(4242, 2.0)) == (4242, 2.0)
+
+
+class AgentRig:
+    """statekill.Agent on pipes of its own (the FIFO's words, the trace's lines), in a thread, and
+    a real process (`sleep`) for it to stop, continue and kill."""
+
+    def __init__(self, tmp_path):
+        ctl_r, self.ctl = os.pipe()
+        trace_r, self.trace = os.pipe()
+        os.set_blocking(ctl_r, False)
+        os.set_blocking(trace_r, False)
+        self.log_path = tmp_path / "statekill.jsonl"
+        agent = statekill.Agent(ctl_r, trace_r, EventLog(str(self.log_path), who="statekill"), keeper_pid=os.getpid())
+        threading.Thread(target=agent.serve, daemon=True).start()
+        self.daemon = subprocess.Popen(["sleep", "60"])
+
+    def trace_line(self, body, ts=1.0):
+        os.write(self.trace, (line(ts, body, pid=self.daemon.pid, tgid=self.daemon.pid) + "\n").encode())
+
+    def arm(self, bound_s=5.0):
+        time.sleep(0.05)  # the agent reads the trace as it comes; the arming drains it anyway
+        os.write(self.ctl, f"{HeldKill.arm(self.daemon.pid, bound_s)}\n".encode())
+
+    def kill(self, timeout_s=10.0):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.log_path.exists():
+                kills = [json.loads(x) for x in self.log_path.read_text().splitlines() if '"held_kill"' in x]
+                if kills:
+                    return kills[0]
+            time.sleep(0.01)
+        raise AssertionError("no gated kill")
+
+    def state(self):
+        with open(f"/proc/{self.daemon.pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.fixture
+def agent_rig(tmp_path):
+    rig = AgentRig(tmp_path)
+    yield rig
+    rig.daemon.kill()
+    rig.daemon.wait()
+
+
+def test_the_agent_kills_a_process_holding_a_request_once_stopped(agent_rig):
+    agent_rig.trace_line("deliver: (vfs_read+0x84/0x14b <- cachefiles_ondemand_daemon_read) ret=abc msg_id=6 opcode=2")
+    agent_rig.trace_line(DELIVER.format(ret=32, mid=7, op=2))  # after a garbled line: the agent goes on
+    agent_rig.arm()
+    k = agent_rig.kill()
+    assert (k["gate"], k["killed"], k["stopped"], k["msg_id"]) == (KillGate.HELD, True, True, 7)
+    assert agent_rig.daemon.wait(timeout=10) == -signal.SIGKILL
+
+
+def test_the_agent_lets_a_process_holding_nothing_go_on_and_kills_it_at_the_next_delivery(agent_rig):
+    """Control: the request answered before the arming is held no more; the process is not left
+    stopped while the agent waits, and dies as the next request is delivered to it."""
+    agent_rig.trace_line(DELIVER.format(ret=32, mid=7, op=2))
+    agent_rig.trace_line("cachefiles_ondemand_cread: o=00000002 mid=7", ts=1.1)
+    agent_rig.arm()
+    time.sleep(0.3)
+    assert agent_rig.daemon.poll() is None and agent_rig.state() not in ("T", "t")
+    agent_rig.trace_line(DELIVER.format(ret=32, mid=8, op=2), ts=1.2)
+    k = agent_rig.kill()
+    assert (k["gate"], k["killed"], k["stopped"], k["msg_id"]) == (KillGate.DELIVERY, True, False, 8)
+    assert agent_rig.daemon.wait(timeout=10) == -signal.SIGKILL
+
+
+def test_the_agent_kills_at_the_bound_when_nothing_is_delivered(agent_rig):
+    agent_rig.arm(bound_s=0.3)
+    k = agent_rig.kill()
+    assert (k["gate"], k["killed"]) == (KillGate.TIMEOUT, True) and k["waited_s"] >= 0.3
+    assert agent_rig.daemon.wait(timeout=10) == -signal.SIGKILL
