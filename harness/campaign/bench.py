@@ -381,18 +381,20 @@ def bisect_stage(seam: Seam, req: RunRequest, work: Path) -> Stage:
 
 
 def ccache_note(env: Mapping[str, str], have_ccache: bool) -> str:
+    """What the cold build owed to ccache: nothing unless the user named its directory
+    (build.use_ccache)."""
+    if not env.get("CCACHE_DIR"):
+        return "none (CCACHE_DIR not set: builds do not go through ccache)"
     if not have_ccache:
-        return "none (ccache not installed)"
-    if env.get("CCACHE_DIR"):
-        return f"CCACHE_DIR={env['CCACHE_DIR']} from the environment: not fresh, may serve the build"
-    return "fresh (in the temporary cache)"
+        return "none (CCACHE_DIR set, ccache not installed)"
+    return f"CCACHE_DIR={env['CCACHE_DIR']} from the environment: not fresh, may serve the build"
 
 
 def cold_stage(seam: Seam, req: RunRequest, work: Path, env: Mapping[str, str] = os.environ,
                have_ccache: bool | None = None) -> Stage:
     """A run with a cache of its own, made now and removed after: the package downloaded, unpacked
-    and imported, the kernel built from nothing (ccache's directory is in that cache too, unless
-    CCACHE_DIR says otherwise)."""
+    and imported, the kernel built from nothing (through ccache only if CCACHE_DIR is set, and then
+    from that cache: ccache_note says so)."""
     cache = work / "cold-cache"
     cache.mkdir(parents=True)
     try:
