@@ -231,7 +231,10 @@ class Server:
             standin = StandIn(self.allowed)
             standin.transport = t
             self.standins.append(standin)
-            t.start_server(server=standin)
+            try:
+                t.start_server(server=standin)
+            except (paramiko.SSHException, EOFError, OSError):
+                continue  # a client that hung up in the handshake (one refused, one closed): serve the next
 
     def close(self):
         self.listener.close()
