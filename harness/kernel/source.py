@@ -143,8 +143,12 @@ def _size_of(directory: Path, pattern: str) -> int:
 
 def _make_repo(tree: Path, name: str, progress: Progress, files: int | None = None) -> None:
     """One commit of the package's content, exactly: `-f` because Debian's .gitignore ignores `/*`.
-    `files`, if known, is how many the tree has: the import's total."""
-    if git.head(tree) is None:
+    `files`, if known, is how many the tree has: the import's total.
+
+    The tree's own `.git` is what is asked for, not a HEAD: in a cache inside a checkout (`bench
+    --output bench` in the harness's own clone), `git -C tree` finds the enclosing repository's
+    HEAD, and the tag, the checkout and a series' commits would go to that repository."""
+    if not (tree / ".git").exists() or git.head(tree) is None:
         git.check(tree, "init", "--quiet")
         progress.step("import", totals={"files": files} if files else None)
         git.check(tree, "add", "--all", "--force", "--verbose", on_line=progress.counting("files", is_added_file))

@@ -100,9 +100,8 @@ def test_a_counter_polled_from_a_growing_file(tmp_path):
     assert p.status.counters == {"bytes": 15}
 
 
-@pytest.mark.skipif(shutil.which("dpkg-deb") is None or shutil.which("apt-get") is None,
-                    reason="needs dpkg-deb and apt-get (Debian)")
-def test_unpack_and_import_of_a_package_show_their_files(tmp_path):
+def a_downloaded_package(tmp_path, cache):
+    """A cache holding a tiny linux-source-6.12 .deb, as if apt had downloaded it."""
     tree = tmp_path / "pkg" / "linux-source-6.12"
     for name, text in KERNEL_FILES.items():
         (tree / name).parent.mkdir(parents=True, exist_ok=True)
@@ -115,10 +114,19 @@ def test_unpack_and_import_of_a_package_show_their_files(tmp_path):
     (tmp_path / "deb" / "DEBIAN" / "control").write_text(
         "Package: linux-source-6.12\nVersion: 6.12.1-1\nArchitecture: all\nMaintainer: t <t@example.org>\n"
         "Description: a test\n")
-    cache = tmp_path / "cache"
     (cache / "downloads").mkdir(parents=True)  # already downloaded: apt is not asked
     subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(tmp_path / "deb"),
                     str(cache / "downloads" / "linux-source-6.12_6.12.1-1_all.deb")], check=True, capture_output=True)
+
+
+needs_dpkg = pytest.mark.skipif(shutil.which("dpkg-deb") is None or shutil.which("apt-get") is None,
+                                reason="needs dpkg-deb and apt-get (Debian)")
+
+
+@needs_dpkg
+def test_unpack_and_import_of_a_package_show_their_files(tmp_path):
+    cache = tmp_path / "cache"
+    a_downloaded_package(tmp_path, cache)
     out = io.StringIO()
     p = progress.Progress(out, tty=False, plain_interval_s=0, clock=lambda: 0.0, wall=lambda: 0.0)
     p.stage("source")
@@ -132,3 +140,23 @@ def test_unpack_and_import_of_a_package_show_their_files(tmp_path):
     assert src.version == "6.12.1" and src.identity == "debian:linux-source-6.12_6.12.1-1"
     assert git.check(src.tree, "ls-files").splitlines() == sorted(KERNEL_FILES)
     assert git.resolve(src.tree, source.base_tag("linux-source-6.12_6.12.1-1")) == git.head(src.tree)
+
+
+@needs_dpkg
+def test_a_cache_inside_a_checkout_gets_a_repository_of_its_own(tmp_path):
+    """bench's cold cache is made under its --output, by default inside the harness's own clone:
+    the package's tree is imported into a repository of its own, and the clone is not touched."""
+    project = init_repo(tmp_path / "project", {"harness.py": "x = 1\n"})
+    before = git.head(project)
+    cache = project / "bench" / "cold-cache"
+    a_downloaded_package(tmp_path, cache)
+    out = io.StringIO()
+    p = progress.Progress(out, tty=False, plain_interval_s=0, clock=lambda: 0.0, wall=lambda: 0.0)
+    p.stage("source")
+    src = source.debian_package(cache, "linux-source-6.12", p)
+    assert "source 0s: import, 5/5 files" in out.getvalue()
+    assert git.top_level(src.tree) == src.tree.resolve()
+    assert git.check(src.tree, "ls-files").splitlines() == sorted(KERNEL_FILES)
+    assert git.resolve(src.tree, source.base_tag("linux-source-6.12_6.12.1-1")) == git.head(src.tree) != before
+    # the enclosing checkout: its HEAD where it was, no tag of the package's
+    assert git.head(project) == before and git.check(project, "tag", "--list") == ""
