@@ -73,6 +73,12 @@ def head(tree: Path) -> str | None:
     return r.output.strip() if r.ok else None
 
 
+def own_head(tree: Path) -> str | None:
+    """HEAD of `tree`'s own repository; None if it has none. `head` would answer for an enclosing
+    one: a package tree unpacked in a cache inside a checkout, a user's plain tree in a monorepo."""
+    return head(tree) if (tree / ".git").exists() else None
+
+
 def describe(tree: Path, commit: str) -> str | None:
     r = run(tree, "describe", "--always", "--tags", commit, timeout_s=60)
     return r.output.strip() if r.ok else None

@@ -77,9 +77,8 @@ def kernel_version(tree: Path) -> str:
 
 def clean_commit(tree: Path) -> str | None:
     """HEAD if `tree` is a git checkout without changes to tracked files, else None."""
-    if not (tree / ".git").exists():
-        return None
-    return git.head(tree) if git.is_clean(tree) else None
+    head = git.own_head(tree)
+    return head if head is not None and git.is_clean(tree) else None
 
 
 def user_tree(tree: Path) -> KernelSource:
@@ -145,10 +144,10 @@ def _make_repo(tree: Path, name: str, progress: Progress, files: int | None = No
     """One commit of the package's content, exactly: `-f` because Debian's .gitignore ignores `/*`.
     `files`, if known, is how many the tree has: the import's total.
 
-    The tree's own `.git` is what is asked for, not a HEAD: in a cache inside a checkout (`bench
-    --output bench` in the harness's own clone), `git -C tree` finds the enclosing repository's
-    HEAD, and the tag, the checkout and a series' commits would go to that repository."""
-    if not (tree / ".git").exists() or git.head(tree) is None:
+    The tree's own repository is what is asked for: in a cache inside a checkout (`bench --output
+    bench` in the harness's own clone), `git -C tree` finds the enclosing repository's HEAD, and
+    the tag, the checkout and a series' commits would go to that repository."""
+    if git.own_head(tree) is None:
         git.check(tree, "init", "--quiet")
         progress.step("import", totals={"files": files} if files else None)
         git.check(tree, "add", "--all", "--force", "--verbose", on_line=progress.counting("files", is_added_file))
@@ -303,7 +302,7 @@ def prepare(cache: Path, package: str, tree: Path | None, ref: str | None, serie
     patches = series.load(series_path) if series_path else ()
     if tree is not None and ref is None and not patches:
         src = user_tree(tree)  # as it is: nothing to check out
-        head = git.head(src.tree) if (src.tree / ".git").exists() else None
+        head = git.own_head(src.tree)
         yield src, Provenance(src.identity, head, git.describe(src.tree, head) if head else None,
                               head if src.commit else None)
         return

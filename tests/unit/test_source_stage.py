@@ -119,19 +119,23 @@ def a_downloaded_package(tmp_path, cache):
                     str(cache / "downloads" / "linux-source-6.12_6.12.1-1_all.deb")], check=True, capture_output=True)
 
 
+def imported(tmp_path, cache):
+    """The package's source stage in `cache`: its tree, and what the progress display showed."""
+    a_downloaded_package(tmp_path, cache)
+    out = io.StringIO()
+    p = progress.Progress(out, tty=False, plain_interval_s=0, clock=lambda: 0.0, wall=lambda: 0.0)
+    p.stage("source")
+    return source.debian_package(cache, "linux-source-6.12", p), out.getvalue()
+
+
 needs_dpkg = pytest.mark.skipif(shutil.which("dpkg-deb") is None or shutil.which("apt-get") is None,
                                 reason="needs dpkg-deb and apt-get (Debian)")
 
 
 @needs_dpkg
 def test_unpack_and_import_of_a_package_show_their_files(tmp_path):
-    cache = tmp_path / "cache"
-    a_downloaded_package(tmp_path, cache)
-    out = io.StringIO()
-    p = progress.Progress(out, tty=False, plain_interval_s=0, clock=lambda: 0.0, wall=lambda: 0.0)
-    p.stage("source")
-    src = source.debian_package(cache, "linux-source-6.12", p)
-    lines = [l[9:] for l in out.getvalue().splitlines()]
+    src, shown = imported(tmp_path, tmp_path / "cache")
+    lines = [l[9:] for l in shown.splitlines()]
     assert lines[:2] == ["source 0s", "source 0s: unpack"]
     assert "source 0s: unpack, 5 files" in lines and "source 0s: unpack, 6 files" not in lines
     assert lines[-7:] == [
@@ -148,13 +152,8 @@ def test_a_cache_inside_a_checkout_gets_a_repository_of_its_own(tmp_path):
     the package's tree is imported into a repository of its own, and the clone is not touched."""
     project = init_repo(tmp_path / "project", {"harness.py": "x = 1\n"})
     before = git.head(project)
-    cache = project / "bench" / "cold-cache"
-    a_downloaded_package(tmp_path, cache)
-    out = io.StringIO()
-    p = progress.Progress(out, tty=False, plain_interval_s=0, clock=lambda: 0.0, wall=lambda: 0.0)
-    p.stage("source")
-    src = source.debian_package(cache, "linux-source-6.12", p)
-    assert "source 0s: import, 5/5 files" in out.getvalue()
+    src, shown = imported(tmp_path, project / "bench" / "cold-cache")
+    assert "source 0s: import, 5/5 files" in shown
     assert git.top_level(src.tree) == src.tree.resolve()
     assert git.check(src.tree, "ls-files").splitlines() == sorted(KERNEL_FILES)
     assert git.resolve(src.tree, source.base_tag("linux-source-6.12_6.12.1-1")) == git.head(src.tree) != before
